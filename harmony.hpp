@@ -1,0 +1,2218 @@
+// SPDX-License-Identifier: MIT
+// harmony.hpp - a smart TCP load balancer in one header.
+// Copyright (c) 2026 the Harmony authors. Licence text at the end of this file.
+//
+// Backends register over an admin port and ack that they are alive; every client
+// connection is proxied to a backend chosen by weight and load, with persistence,
+// a concurrency cap with a wait queue, requeue on failure and an "unavailable"
+// reply when nobody can serve. A native re-creation of harmony.js (2014).
+//
+// CONTENTS (grep for the anchor)
+//   >>config        configuration macros
+//   >>version       version numbers
+//   >>errors        harmony::errc, error category
+//   >>types         endpoint, durations, algorithm, logger
+//   >>server        harmony::server (the balancer) and its options
+//   >>client        harmony::client (a backend's agent) and its options
+//   ---- implementation (only with HARMONY_IMPLEMENTATION or HARMONY_HEADER_ONLY)
+//   >>platform      OS headers, socket helpers, randomness
+//   >>util          parsing, formatting, logging
+//   >>selector      sans-IO backend selection (weighted least-connections, round-robin)
+//   >>registry      the shared backend table
+//   >>reactor       timers, posting, the poller contract; epoll and poll pollers
+//   >>pump          the proxy core: two sockets, both directions, backpressure, half-close
+//   >>worker        one event loop: accept, pick, connect, relay, farewell
+//   >>server-impl   harmony::server
+//   >>licence
+//
+// >>config
+//   HARMONY_IMPLEMENTATION  define in exactly one translation unit before including this
+//                           header: that unit compiles the implementation (and includes
+//                           the OS socket headers); every other unit sees declarations only.
+//   HARMONY_HEADER_ONLY     define (globally) to compile the implementation, as inline
+//                           functions, in every unit that includes the header.
+//   HARMONY_USE_EPOLL, HARMONY_USE_POLL, HARMONY_USE_IOCP
+//                           force one reactor backend (implementation unit only). The
+//                           default is epoll on Linux, IOCP on Windows, poll elsewhere;
+//                           HARMONY_USE_POLL on Linux selects the portable poll(2) backend.
+//   HARMONY_DEFAULT_BUFFER_BYTES  size of a pooled relay buffer (default 16384).
+//
+// Thread-safety: every public member function of harmony::server and harmony::client
+// may be called from any thread. Callbacks run on the object's own event-loop thread.
+// The library throws no exceptions and works with -fno-exceptions.
+
+#ifndef HARMONY_HPP
+#define HARMONY_HPP
+
+// >>version
+#define HARMONY_VERSION_MAJOR 0
+#define HARMONY_VERSION_MINOR 1
+#define HARMONY_VERSION_PATCH 0
+#define HARMONY_VERSION (HARMONY_VERSION_MAJOR * 10000 + HARMONY_VERSION_MINOR * 100 + HARMONY_VERSION_PATCH)
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <vector>
+
+#ifndef HARMONY_DEFAULT_BUFFER_BYTES
+#define HARMONY_DEFAULT_BUFFER_BYTES 16384
+#endif
+
+namespace harmony {
+
+// >>errors
+// One list gives the enumerators and their messages.
+#define HARMONY_ERRORS(X)                                                                  \
+  X(bad_address, "malformed address (expected HOST:PORT or [IPv6]:PORT)")                  \
+  X(resolve_failed, "cannot resolve host name")                                            \
+  X(bad_option, "invalid option value")                                                    \
+  X(bad_duration, "malformed duration (expected e.g. 500ms, 30s, 1m, 2h)")                 \
+  X(unknown_backend, "unknown backend id")                                                 \
+  X(too_many_backends, "backend limit reached")                                            \
+  X(no_backend, "no eligible backend")                                                     \
+  X(attempts_exhausted, "every backend attempt failed")                                    \
+  X(queue_full, "wait queue is full")                                                      \
+  X(queue_timeout, "timed out in the wait queue")                                          \
+  X(connect_timeout, "backend connect timed out")                                          \
+  X(backend_reset, "backend closed the connection before any byte")                        \
+  X(already_running, "already running")                                                    \
+  X(not_running, "not running")                                                            \
+  X(shutting_down, "shutting down")                                                        \
+  X(protocol, "malformed admin message")                                                   \
+  X(unauthorized, "authentication required or failed")
+
+enum class errc : int {
+  ok = 0,
+#define HARMONY_ENUM_ITEM(name, text) name,
+  HARMONY_ERRORS(HARMONY_ENUM_ITEM)
+#undef HARMONY_ENUM_ITEM
+};
+
+const std::error_category& error_category() noexcept;
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
+
+}  // namespace harmony
+
+template <>
+struct std::is_error_code_enum<harmony::errc> : std::true_type {};
+
+namespace harmony {
+
+// >>types
+using duration = std::chrono::milliseconds;
+
+// A host (name, IPv4 or IPv6 literal) and a port. Text form: HOST:PORT or [IPv6]:PORT.
+struct endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;
+};
+
+// Parses HOST:PORT / [IPv6]:PORT; port 0 is allowed (an ephemeral port when listening).
+std::error_code parse_endpoint(std::string_view text, endpoint& out);
+// Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
+std::error_code parse_duration(std::string_view text, duration& out);
+
+enum class algorithm {
+  leastconn,   // minimise active/weight; ties go by smooth weighted round-robin
+  roundrobin,  // smooth weighted round-robin
+};
+std::error_code parse_algorithm(std::string_view text, algorithm& out);
+const char* to_string(algorithm a) noexcept;
+
+enum class log_level { trace, debug, info, warn, error, off };
+using log_function = std::function<void(log_level, std::string_view message)>;
+const char* to_string(log_level l) noexcept;
+std::error_code parse_log_level(std::string_view text, log_level& out);
+
+// A client connection that could not be served, handed to the unavailable callback.
+class rejected_connection {
+ public:
+  // The client's address, e.g. "127.0.0.1:53211".
+  const std::string& peer() const noexcept { return peer_; }
+  // Queues bytes to send before the connection is closed.
+  void send(std::string_view bytes) { reply_.append(bytes.data(), bytes.size()); }
+
+ private:
+  friend struct rejected_access;
+  std::string peer_;
+  std::string reply_;
+};
+
+// >>server
+struct backend_info {
+  std::string id;
+  endpoint address;
+  int weight = 0;
+  int active = 0;               // proxied connections open now
+  std::uint64_t total = 0;      // connections ever sent
+  std::uint64_t failures = 0;   // failed connect attempts
+  bool eligible = false;        // would receive a new connection now
+  bool draining = false;
+};
+
+struct server_stats {
+  std::uint64_t accepted = 0;
+  std::uint64_t active = 0;
+  std::uint64_t queued = 0;
+  std::uint64_t unavailable = 0;
+  std::uint64_t connect_failures = 0;
+  std::uint64_t bytes_in = 0;   // client to backend
+  std::uint64_t bytes_out = 0;  // backend to client
+};
+
+struct server_options {
+  std::string listen = "127.0.0.1:3000";  // where clients connect
+  std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
+  algorithm balance = algorithm::leastconn;
+  bool persistent = true;                 // a client address keeps its backend
+  int concurrency = -1;                   // -1 unlimited, 0 paused, N at most N proxied
+  int requeue = 1;                        // extra attempts on other backends after a failure
+  std::string unavailable;                // written to a client nobody can serve
+  // Called instead of writing `unavailable`; `why` is errc::no_backend, attempts_exhausted,
+  // queue_full or queue_timeout. Runs on the loop thread.
+  std::function<void(std::error_code why, rejected_connection& client)> on_unavailable;
+  // Called on the loop thread when a backend connect fails (refused, timed out, reset).
+  std::function<void(const std::string& backend_id, std::error_code error)> on_backend_error;
+  duration host_timeout{60000};     // backend ineligible when its last ack is older
+  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
+  duration idle_timeout{600000};    // a proxied connection without traffic is closed
+  duration queue_timeout{30000};    // longest wait in the concurrency queue
+  std::size_t queue_limit = 10000;  // longest concurrency queue
+  std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;
+  int workers = 1;                  // event-loop threads sharing the listen port
+  log_function log;                 // silent when empty
+  log_level level = log_level::info;
+};
+
+class server {
+ public:
+  explicit server(server_options options = {});
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  // Binds the ports and runs the event loops on threads of its own.
+  std::error_code start();
+  // Binds the ports and runs the first event loop on the calling thread until stop().
+  std::error_code run();
+  // Stops accepting, closes every connection and joins the threads. Idempotent.
+  void stop();
+
+  // Bound addresses (useful with port 0); empty before start().
+  endpoint listen_endpoint() const;
+  endpoint admin_endpoint() const;
+
+  // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
+  std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
+  std::error_code remove_backend(std::string_view id);
+  std::error_code set_weight(std::string_view id, int weight);
+  // Drained backends get no new connections; open ones finish.
+  std::error_code drain(std::string_view id, bool on = true);
+  std::error_code set_concurrency(int limit);
+  std::vector<backend_info> backends() const;
+  server_stats stats() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace harmony
+
+#if defined(HARMONY_IMPLEMENTATION) || defined(HARMONY_HEADER_ONLY)
+#ifndef HARMONY_IMPLEMENTATION_INCLUDED
+#define HARMONY_IMPLEMENTATION_INCLUDED
+// ============================================================================
+// IMPLEMENTATION
+// ============================================================================
+#if defined(HARMONY_HEADER_ONLY)
+#define HARMONY_DEF inline
+#else
+#define HARMONY_DEF
+#endif
+
+#if (defined(HARMONY_USE_EPOLL) + defined(HARMONY_USE_POLL) + defined(HARMONY_USE_IOCP)) > 1
+#error "harmony: define at most one of HARMONY_USE_EPOLL, HARMONY_USE_POLL, HARMONY_USE_IOCP"
+#endif
+#if !defined(HARMONY_USE_EPOLL) && !defined(HARMONY_USE_POLL) && !defined(HARMONY_USE_IOCP)
+#if defined(_WIN32)
+#define HARMONY_USE_IOCP
+#elif defined(__linux__)
+#define HARMONY_USE_EPOLL
+#else
+#define HARMONY_USE_POLL
+#endif
+#endif
+#if defined(HARMONY_USE_EPOLL) && !defined(__linux__)
+#error "harmony: HARMONY_USE_EPOLL needs Linux"
+#endif
+#if defined(HARMONY_USE_IOCP) != defined(_WIN32)
+#error "harmony: IOCP is the Windows backend and the only one there"
+#endif
+
+// >>platform
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#if defined(_WIN32)
+#error "harmony: the IOCP backend is not written yet"
+#else
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
+#if defined(HARMONY_USE_EPOLL)
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#endif
+#endif
+
+namespace harmony {
+namespace detail {
+
+using clock = std::chrono::steady_clock;
+inline std::int64_t now_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now().time_since_epoch()).count();
+}
+
+using socket_handle = int;
+constexpr socket_handle invalid_socket = -1;
+inline int last_socket_error() noexcept { return errno; }
+inline bool would_block(int e) noexcept { return e == EAGAIN || e == EWOULDBLOCK; }
+inline std::error_code system_error_code(int e) noexcept { return {e, std::system_category()}; }
+inline void close_socket(socket_handle s) noexcept { ::close(s); }
+// Closing with a zero linger sends a reset instead of a FIN: how a reset is passed on.
+inline void abort_socket(socket_handle s) noexcept {
+  ::linger l{};
+  l.l_onoff = 1;
+  l.l_linger = 0;
+  ::setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  ::close(s);
+}
+inline void set_nodelay(socket_handle s) noexcept {
+  int one = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+inline bool set_nonblocking(socket_handle s) noexcept {
+  int flags = ::fcntl(s, F_GETFL, 0);
+  return flags >= 0 && ::fcntl(s, F_SETFL, flags | O_NONBLOCK) == 0 && ::fcntl(s, F_SETFD, FD_CLOEXEC) == 0;
+}
+inline ssize_t send_some(socket_handle s, const char* data, std::size_t n) noexcept {
+#if defined(MSG_NOSIGNAL)
+  return ::send(s, data, n, MSG_NOSIGNAL);
+#else
+  return ::send(s, data, n, 0);
+#endif
+}
+inline ssize_t recv_some(socket_handle s, char* data, std::size_t n) noexcept { return ::recv(s, data, n, 0); }
+
+struct address {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&storage); }
+  sockaddr* get() noexcept { return reinterpret_cast<sockaddr*>(&storage); }
+  int family() const noexcept { return storage.ss_family; }
+  std::uint16_t port() const noexcept {
+    if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage)->sin_port);
+    if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_port);
+    return 0;
+  }
+  void set_port(std::uint16_t p) noexcept {
+    if (family() == AF_INET) reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(p);
+    if (family() == AF_INET6) reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(p);
+  }
+  // The host part only, as bytes: the persistence key of a client.
+  std::string host_key() const {
+    if (family() == AF_INET) {
+      auto* a = reinterpret_cast<const sockaddr_in*>(&storage);
+      return std::string(reinterpret_cast<const char*>(&a->sin_addr), 4);
+    }
+    if (family() == AF_INET6) {
+      auto* a = reinterpret_cast<const sockaddr_in6*>(&storage);
+      return std::string(reinterpret_cast<const char*>(&a->sin6_addr), 16);
+    }
+    return {};
+  }
+  std::string host_text() const {
+    char text[INET6_ADDRSTRLEN] = {0};
+    if (family() == AF_INET)
+      ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, text, sizeof text);
+    else if (family() == AF_INET6)
+      ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, text, sizeof text);
+    return text;
+  }
+  endpoint to_endpoint() const { return endpoint{host_text(), port()}; }
+};
+
+inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  addrinfo* list = nullptr;
+  std::string port = std::to_string(ep.port);
+  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
+    return make_error_code(errc::resolve_failed);
+  std::memcpy(&out.storage, list->ai_addr, list->ai_addrlen);
+  out.length = static_cast<socklen_t>(list->ai_addrlen);
+  ::freeaddrinfo(list);
+  return {};
+}
+
+inline socket_handle open_stream_socket(int family) noexcept {
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+  return ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+#else
+  socket_handle s = ::socket(family, SOCK_STREAM, 0);
+  if (s != invalid_socket && !set_nonblocking(s)) {
+    close_socket(s);
+    return invalid_socket;
+  }
+  return s;
+#endif
+}
+
+inline std::error_code open_listener(const address& at, bool reuse_port, socket_handle& out) {
+  socket_handle s = open_stream_socket(at.family());
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  int one = 1;
+  ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+#if defined(SO_REUSEPORT)
+  if (reuse_port) ::setsockopt(s, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+#else
+  (void)reuse_port;
+#endif
+  if (at.family() == AF_INET6) ::setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+  // Linux passes TCP_NODELAY on to accepted sockets, saving a call per connection.
+  set_nodelay(s);
+  if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
+    int e = last_socket_error();
+    close_socket(s);
+    return system_error_code(e);
+  }
+  out = s;
+  return {};
+}
+
+inline std::error_code local_address(socket_handle s, address& out) {
+  out.length = sizeof out.storage;
+  if (::getsockname(s, out.get(), &out.length) != 0) return system_error_code(last_socket_error());
+  return {};
+}
+
+// Starts a non-blocking connect; `done` tells whether it completed at once.
+inline std::error_code begin_connect(const address& to, socket_handle& out, bool& done) {
+  socket_handle s = open_stream_socket(to.family());
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  set_nodelay(s);
+  done = false;
+  if (::connect(s, to.get(), to.length) == 0) {
+    done = true;
+  } else if (last_socket_error() != EINPROGRESS) {
+    int e = last_socket_error();
+    close_socket(s);
+    return system_error_code(e);
+  }
+  out = s;
+  return {};
+}
+
+inline std::error_code pending_socket_error(socket_handle s) noexcept {
+  int e = 0;
+  socklen_t len = sizeof e;
+  if (::getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &len) != 0) e = last_socket_error();
+  return e ? system_error_code(e) : std::error_code{};
+}
+
+inline socket_handle accept_one(socket_handle listener, address& peer) noexcept {
+  peer.length = sizeof peer.storage;
+#if defined(__linux__)
+  return ::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+  socket_handle s = ::accept(listener, peer.get(), &peer.length);
+  if (s != invalid_socket) {
+    if (!set_nonblocking(s)) {
+      close_socket(s);
+      errno = EAGAIN;
+      return invalid_socket;
+    }
+    set_nodelay(s);
+  }
+  return s;
+#endif
+}
+
+// Backend ids must be unguessable: they come from the OS CSPRNG.
+inline bool random_bytes(void* out, std::size_t n) noexcept {
+  auto* p = static_cast<unsigned char*>(out);
+#if defined(__linux__)
+  while (n > 0) {
+    ssize_t got = ::getrandom(p, n, 0);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+  return true;
+#elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__)
+  ::arc4random_buf(p, n);
+  return true;
+#else
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  while (n > 0) {
+    ssize_t got = ::read(fd, p, n);
+    if (got <= 0) {
+      if (got < 0 && errno == EINTR) continue;
+      ::close(fd);
+      return false;
+    }
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+  ::close(fd);
+  return true;
+#endif
+}
+
+// 32 uppercase hex characters, as harmony.js agents expect.
+inline std::string random_id() {
+  unsigned char bytes[16];
+  if (!random_bytes(bytes, sizeof bytes)) {
+    // Without a CSPRNG there is nothing safe to fall back to but a loud, still-unique id.
+    static std::atomic<std::uint64_t> counter{0};
+    std::uint64_t c = ++counter;
+    std::memset(bytes, 0, sizeof bytes);
+    std::memcpy(bytes, &c, sizeof c);
+  }
+  static const char digits[] = "0123456789ABCDEF";
+  std::string id(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    id[2 * i] = digits[bytes[i] >> 4];
+    id[2 * i + 1] = digits[bytes[i] & 15];
+  }
+  return id;
+}
+
+// >>util
+struct logger {
+  log_function fn;
+  log_level level = log_level::off;
+  bool enabled(log_level l) const noexcept { return fn && l >= level && level != log_level::off; }
+#if defined(__GNUC__)
+  __attribute__((format(printf, 3, 4)))
+#endif
+  void
+  operator()(log_level l, const char* format, ...) const {
+    if (!enabled(l)) return;
+    char text[512];
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(text, sizeof text, format, args);
+    va_end(args);
+    fn(l, text);
+  }
+};
+
+inline bool parse_uint(std::string_view text, std::uint64_t limit, std::uint64_t& out) noexcept {
+  if (text.empty() || text.size() > 20) return false;
+  std::uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (limit - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+
+}  // namespace detail
+
+// >>errors (implementation)
+namespace detail {
+class harmony_category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "harmony"; }
+  std::string message(int value) const override {
+    switch (static_cast<errc>(value)) {
+      case errc::ok: return "success";
+#define HARMONY_MESSAGE_ITEM(name, text) \
+  case errc::name: return text;
+      HARMONY_ERRORS(HARMONY_MESSAGE_ITEM)
+#undef HARMONY_MESSAGE_ITEM
+    }
+    return "unknown harmony error";
+  }
+};
+}  // namespace detail
+
+HARMONY_DEF const std::error_category& error_category() noexcept {
+  static const detail::harmony_category category;
+  return category;
+}
+
+HARMONY_DEF std::string endpoint::to_string() const {
+  std::string text = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  return text + ":" + std::to_string(port);
+}
+
+HARMONY_DEF std::error_code parse_endpoint(std::string_view text, endpoint& out) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    std::size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      return make_error_code(errc::bad_address);
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    std::size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) return make_error_code(errc::bad_address);
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return make_error_code(errc::bad_address);  // IPv6 needs []
+  }
+  std::uint64_t number = 0;
+  if (host.empty() || !detail::parse_uint(port, 65535, number)) return make_error_code(errc::bad_address);
+  for (char c : host)
+    if (static_cast<unsigned char>(c) <= ' ' || c == '/' || c == '[' || c == ']') return make_error_code(errc::bad_address);
+  out.host.assign(host.data(), host.size());
+  out.port = static_cast<std::uint16_t>(number);
+  return {};
+}
+
+HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  std::string_view unit = text.substr(digits);
+  std::uint64_t scale = 0;
+  if (unit.empty() || unit == "ms") scale = 1;
+  else if (unit == "s") scale = 1000;
+  else if (unit == "m") scale = 60000;
+  else if (unit == "h") scale = 3600000;
+  std::uint64_t number = 0;
+  // A limit of about 100 years keeps every later addition far from overflow.
+  const std::uint64_t limit = 3153600000000ULL;
+  if (scale == 0 || !detail::parse_uint(text.substr(0, digits), limit / scale, number))
+    return make_error_code(errc::bad_duration);
+  out = duration(static_cast<duration::rep>(number * scale));
+  return {};
+}
+
+HARMONY_DEF std::error_code parse_algorithm(std::string_view text, algorithm& out) {
+  if (text == "leastconn") out = algorithm::leastconn;
+  else if (text == "roundrobin") out = algorithm::roundrobin;
+  else return make_error_code(errc::bad_option);
+  return {};
+}
+
+HARMONY_DEF const char* to_string(algorithm a) noexcept {
+  switch (a) {
+    case algorithm::leastconn: return "leastconn";
+    case algorithm::roundrobin: return "roundrobin";
+  }
+  return "?";
+}
+
+HARMONY_DEF const char* to_string(log_level l) noexcept {
+  switch (l) {
+    case log_level::trace: return "trace";
+    case log_level::debug: return "debug";
+    case log_level::info: return "info";
+    case log_level::warn: return "warn";
+    case log_level::error: return "error";
+    case log_level::off: return "off";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& out) {
+  for (log_level l : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error,
+                      log_level::off})
+    if (text == to_string(l)) {
+      out = l;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
+
+namespace detail {
+
+// >>selector
+// Sans-IO choice of a backend among eligible slots, O(log n) per operation.
+// Every slot carries a virtual "pass" that advances by 1/weight each time it is
+// picked (stride scheduling): picking the smallest pass spreads picks smoothly in
+// proportion to weight, as smooth weighted round-robin does, but from a heap.
+// leastconn orders first by active/weight, so concurrent load goes to the least
+// loaded backend and equally loaded ones (e.g. all idle) split by weight.
+class selector {
+ public:
+  static constexpr std::uint32_t npos = 0xffffffffu;
+  enum class verdict { take, skip, evict };
+
+  explicit selector(algorithm a = algorithm::leastconn) : algorithm_(a) {}
+
+  void set_algorithm(algorithm a) {
+    algorithm_ = a;
+    for (std::size_t i = heap_.size(); i-- > 0;) sift_down(i);
+  }
+  algorithm get_algorithm() const noexcept { return algorithm_; }
+  std::size_t size() const noexcept { return heap_.size(); }
+  bool contains(std::uint32_t slot) const noexcept { return slot < items_.size() && items_[slot].pos != npos; }
+
+  // Makes a slot eligible. A newcomer starts at the current virtual time, so it
+  // neither floods with catch-up picks nor waits behind everyone.
+  void insert(std::uint32_t slot, int weight, int active) {
+    if (slot >= items_.size()) items_.resize(slot + 1);
+    item& it = items_[slot];
+    it.weight = weight > 0 ? weight : 1;
+    it.active = active;
+    if (it.pos != npos) return fix(it.pos);
+    it.pass = std::max(it.pass, virtual_time_);
+    it.pos = static_cast<std::uint32_t>(heap_.size());
+    heap_.push_back(slot);
+    sift_up(it.pos);
+  }
+  void erase(std::uint32_t slot) {
+    if (!contains(slot)) return;
+    std::uint32_t pos = items_[slot].pos;
+    items_[slot].pos = npos;
+    std::uint32_t last = heap_.back();
+    heap_.pop_back();
+    if (pos < heap_.size()) {
+      heap_[pos] = last;
+      items_[last].pos = pos;
+      fix(pos);
+    }
+  }
+  // Forget a slot entirely (it may be reused by another backend).
+  void reset(std::uint32_t slot) {
+    erase(slot);
+    if (slot < items_.size()) items_[slot] = item{};
+  }
+  void set_weight(std::uint32_t slot, int weight) {
+    if (slot >= items_.size()) return;
+    items_[slot].weight = weight > 0 ? weight : 1;
+    if (contains(slot)) fix(items_[slot].pos);
+  }
+  void set_active(std::uint32_t slot, int active) {
+    if (slot >= items_.size()) return;
+    items_[slot].active = active;
+    if (contains(slot)) fix(items_[slot].pos);
+  }
+
+  // Returns the best slot that `judge` takes, or npos. Slots judged `skip` stay
+  // eligible; `evict` removes them. The chosen slot is charged one pick.
+  template <class Judge>
+  std::uint32_t pick(Judge&& judge) {
+    std::uint32_t chosen = npos;
+    std::uint32_t aside_small[8];
+    std::vector<std::uint32_t> aside_big;
+    std::size_t aside = 0;
+    while (!heap_.empty()) {
+      std::uint32_t top = heap_.front();
+      verdict v = judge(top);
+      if (v == verdict::take) {
+        chosen = top;
+        break;
+      }
+      erase(top);
+      if (v == verdict::skip) {
+        if (aside < 8) aside_small[aside++] = top;
+        else aside_big.push_back(top);
+      }
+    }
+    for (std::size_t i = 0; i < aside; ++i) reinsert(aside_small[i]);
+    for (std::uint32_t s : aside_big) reinsert(s);
+    if (chosen != npos) charge(chosen);
+    return chosen;
+  }
+
+ private:
+  struct item {
+    int weight = 1;
+    int active = 0;
+    double pass = 0;
+    std::uint32_t pos = npos;
+  };
+
+  void reinsert(std::uint32_t slot) {
+    item& it = items_[slot];
+    it.pos = static_cast<std::uint32_t>(heap_.size());
+    heap_.push_back(slot);
+    sift_up(it.pos);
+  }
+  void charge(std::uint32_t slot) {
+    item& it = items_[slot];
+    virtual_time_ = std::max(virtual_time_, it.pass);
+    it.pass += 1.0 / it.weight;
+    fix(it.pos);
+  }
+  bool before(std::uint32_t a, std::uint32_t b) const noexcept {
+    const item& x = items_[a];
+    const item& y = items_[b];
+    if (algorithm_ == algorithm::leastconn) {
+      std::int64_t lx = static_cast<std::int64_t>(x.active) * y.weight;
+      std::int64_t ly = static_cast<std::int64_t>(y.active) * x.weight;
+      if (lx != ly) return lx < ly;
+    }
+    if (x.pass != y.pass) return x.pass < y.pass;
+    return a < b;
+  }
+  void fix(std::uint32_t pos) {
+    std::uint32_t slot = heap_[pos];
+    sift_up(pos);
+    sift_down(items_[slot].pos);
+  }
+  void place(std::size_t pos, std::uint32_t slot) {
+    heap_[pos] = slot;
+    items_[slot].pos = static_cast<std::uint32_t>(pos);
+  }
+  void sift_up(std::size_t pos) {
+    std::uint32_t slot = heap_[pos];
+    while (pos > 0) {
+      std::size_t parent = (pos - 1) / 2;
+      if (!before(slot, heap_[parent])) break;
+      place(pos, heap_[parent]);
+      pos = parent;
+    }
+    place(pos, slot);
+  }
+  void sift_down(std::size_t pos) {
+    std::uint32_t slot = heap_[pos];
+    for (;;) {
+      std::size_t child = 2 * pos + 1;
+      if (child >= heap_.size()) break;
+      if (child + 1 < heap_.size() && before(heap_[child + 1], heap_[child])) ++child;
+      if (!before(heap_[child], slot)) break;
+      place(pos, heap_[child]);
+      pos = child;
+    }
+    place(pos, slot);
+  }
+
+  algorithm algorithm_;
+  std::vector<item> items_;
+  std::vector<std::uint32_t> heap_;
+  double virtual_time_ = 0;
+};
+
+}  // namespace detail
+}  // namespace harmony
+namespace harmony {
+namespace detail {
+
+// >>registry
+// The backend table every event loop shares. One mutex guards it: a pick, a
+// release and an admin change each take it once, briefly.
+struct lease {
+  std::uint32_t slot = selector::npos;
+  std::uint32_t generation = 0;
+  bool valid() const noexcept { return slot != selector::npos; }
+  bool operator==(const lease& o) const noexcept { return slot == o.slot && generation == o.generation; }
+};
+
+struct pick_result {
+  lease chosen;
+  address to;
+};
+
+struct registry_limits {
+  std::size_t backends = 100000;
+  std::size_t affinity_entries = 100000;
+  std::int64_t affinity_ttl_ms = 3600000;
+};
+
+class registry {
+ public:
+  using limits = registry_limits;
+  registry(algorithm a, duration host_timeout, bool persistent, limits l = limits{})
+      : selector_(a), host_timeout_ms_(host_timeout.count()), persistent_(persistent), limits_(l) {}
+
+  // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
+  // (registered agents); static backends added through the API never expire.
+  std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
+                      std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
+    std::uint32_t slot;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      slot = static_cast<std::uint32_t>(records_.size());
+      records_.emplace_back();
+    }
+    record& r = records_[slot];
+    std::uint32_t generation = r.generation;
+    r = record{};
+    r.generation = generation;
+    r.used = true;
+    do r.id = random_id();
+    while (by_id_.count(r.id));
+    r.at = at;
+    if (resolved) {
+      r.to = *resolved;
+      r.routable = at.port != 0;
+    }
+    r.weight = weight;
+    r.expires = expires;
+    r.last_ack = now;
+    by_id_.emplace(r.id, slot);
+    refresh(slot, now);
+    if (id_out) *id_out = r.id;
+    return {};
+  }
+
+  std::error_code remove(std::string_view id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    by_id_.erase(records_[slot].id);
+    selector_.reset(slot);
+    record& r = records_[slot];
+    r.used = false;
+    ++r.generation;  // open leases of the old backend no longer count against the slot
+    r.id.clear();
+    free_slots_.push_back(slot);
+    return {};
+  }
+
+  std::error_code set_weight(std::string_view id, int weight) {
+    if (weight <= 0) return make_error_code(errc::bad_option);
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    records_[slot].weight = weight;
+    selector_.set_weight(slot, weight);
+    return {};
+  }
+
+  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    records_[slot].draining = on;
+    refresh(slot, now);
+    return {};
+  }
+
+  // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
+  std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    record& r = records_[slot];
+    r.at = at;
+    r.to = resolved;
+    r.routable = at.port != 0;
+    refresh(slot, now);
+    return {};
+  }
+
+  std::error_code ack(std::string_view id, std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    records_[slot].last_ack = now;
+    refresh(slot, now);
+    return {};
+  }
+
+  bool known(std::string_view id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    return find(id, slot);
+  }
+
+  void set_algorithm(algorithm a) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    selector_.set_algorithm(a);
+  }
+
+  // Chooses a backend for a client (by its host key) and counts the connection
+  // against it. `tried` lists earlier failed attempts of this connection.
+  bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t chosen = selector::npos;
+    auto was_tried = [&](std::uint32_t slot) {
+      for (const lease& l : tried)
+        if (l.slot == slot && l.generation == records_[slot].generation) return true;
+      return false;
+    };
+    affinity* sticky = nullptr;
+    if (persistent_ && !client_key.empty()) {
+      auto it = affinities_.find(std::string(client_key));
+      if (it != affinities_.end()) {
+        sticky = &it->second;
+        const lease& l = sticky->backend;
+        if (l.slot < records_.size() && records_[l.slot].generation == l.generation && eligible(l.slot, now) &&
+            !was_tried(l.slot))
+          chosen = l.slot;
+      }
+    }
+    if (chosen == selector::npos) {
+      chosen = selector_.pick([&](std::uint32_t slot) {
+        if (!eligible(slot, now)) return selector::verdict::evict;
+        return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
+      });
+      if (chosen == selector::npos) return false;
+    }
+    record& r = records_[chosen];
+    ++r.active;
+    ++r.total;
+    selector_.set_active(chosen, r.active);
+    out.chosen = lease{chosen, r.generation};
+    out.to = r.to;
+    if (persistent_ && !client_key.empty()) {
+      if (!sticky) {
+        if (affinities_.size() >= limits_.affinity_entries) prune_affinities(now);
+        sticky = &affinities_[std::string(client_key)];
+      }
+      sticky->backend = out.chosen;
+      sticky->last_used = now;
+    }
+    return true;
+  }
+
+  void release(const lease& l, bool failed) {
+    if (!l.valid()) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (l.slot >= records_.size()) return;
+    record& r = records_[l.slot];
+    if (r.generation != l.generation) return;
+    if (r.active > 0) --r.active;
+    if (failed) ++r.failures;
+    selector_.set_active(l.slot, r.active);
+  }
+
+  std::string id_of(const lease& l) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (l.slot < records_.size() && records_[l.slot].generation == l.generation) return records_[l.slot].id;
+    return {};
+  }
+
+  std::vector<backend_info> list(std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<backend_info> out;
+    out.reserve(by_id_.size());
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
+      const record& r = records_[slot];
+      if (!r.used) continue;
+      backend_info b;
+      b.id = r.id;
+      b.address = r.at;
+      b.weight = r.weight;
+      b.active = r.active;
+      b.total = r.total;
+      b.failures = r.failures;
+      b.eligible = eligible(slot, now);
+      b.draining = r.draining;
+      out.push_back(std::move(b));
+    }
+    return out;
+  }
+
+  std::size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return by_id_.size();
+  }
+
+ private:
+  struct record {
+    std::string id;
+    endpoint at;
+    address to;
+    bool used = false;
+    bool routable = false;
+    bool draining = false;
+    bool expires = false;
+    int weight = 500;
+    int active = 0;
+    std::uint64_t total = 0;
+    std::uint64_t failures = 0;
+    std::int64_t last_ack = 0;
+    std::uint32_t generation = 0;
+  };
+  struct affinity {
+    lease backend;
+    std::int64_t last_used = 0;
+  };
+
+  bool find(std::string_view id, std::uint32_t& slot) const {
+    auto it = by_id_.find(std::string(id));
+    if (it == by_id_.end()) return false;
+    slot = it->second;
+    return true;
+  }
+  bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
+    const record& r = records_[slot];
+    return r.used && r.routable && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+  }
+  void refresh(std::uint32_t slot, std::int64_t now) {
+    const record& r = records_[slot];
+    if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
+    else selector_.erase(slot);
+  }
+  // Drops idle entries; if none is idle, the oldest half goes.
+  void prune_affinities(std::int64_t now) {
+    for (auto it = affinities_.begin(); it != affinities_.end();)
+      it = now - it->second.last_used > limits_.affinity_ttl_ms ? affinities_.erase(it) : std::next(it);
+    if (affinities_.size() < limits_.affinity_entries) return;
+    std::vector<std::int64_t> ages;
+    ages.reserve(affinities_.size());
+    for (auto& e : affinities_) ages.push_back(e.second.last_used);
+    auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
+    std::nth_element(ages.begin(), middle, ages.end());
+    std::int64_t cut = *middle;
+    for (auto it = affinities_.begin(); it != affinities_.end();)
+      it = it->second.last_used <= cut ? affinities_.erase(it) : std::next(it);
+  }
+
+  std::mutex mutex_;
+  selector selector_;
+  std::int64_t host_timeout_ms_;
+  bool persistent_;
+  limits limits_;
+  std::vector<record> records_;
+  std::vector<std::uint32_t> free_slots_;
+  std::unordered_map<std::string, std::uint32_t> by_id_;
+  std::unordered_map<std::string, affinity> affinities_;
+};
+
+// >>reactor
+enum : unsigned { io_read = 1, io_write = 2, io_error = 4, io_peer_closed = 8 };
+
+struct io_handler {
+  virtual void on_io(unsigned events) = 0;
+  bool retired = false;  // closed during this loop turn: its pending events are stale
+
+ protected:
+  ~io_handler() = default;
+};
+
+struct timer {
+  std::int64_t deadline = 0;
+  std::size_t index = static_cast<std::size_t>(-1);
+  std::function<void()> fire;
+  bool armed() const noexcept { return index != static_cast<std::size_t>(-1); }
+};
+
+#if defined(HARMONY_USE_EPOLL)
+// Edge-triggered: each socket is registered once for everything, so changing what
+// a connection waits for costs no system call. Handlers track readiness themselves.
+class poller {
+ public:
+  static constexpr bool tracks_interest = false;
+  std::error_code open() {
+    fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    return fd_ < 0 ? system_error_code(errno) : std::error_code{};
+  }
+  ~poller() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  std::error_code add(socket_handle s, io_handler* h, unsigned) {
+    epoll_event e{};
+    e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    e.data.ptr = h;
+    return ::epoll_ctl(fd_, EPOLL_CTL_ADD, s, &e) == 0 ? std::error_code{} : system_error_code(errno);
+  }
+  void interest(socket_handle, io_handler*, unsigned) noexcept {}
+  // Closing a socket removes it from the epoll set by itself.
+  void remove(socket_handle) noexcept {}
+  template <class Dispatch>
+  void wait(int timeout_ms, Dispatch&& dispatch) {
+    int n = ::epoll_wait(fd_, events_, max_events, timeout_ms);
+    for (int i = 0; i < n; ++i) {
+      unsigned ev = 0, e = events_[i].events;
+      if (e & EPOLLIN) ev |= io_read;
+      if (e & EPOLLOUT) ev |= io_write;
+      if (e & (EPOLLERR | EPOLLHUP)) ev |= io_error | io_read | io_write;
+      if (e & (EPOLLRDHUP | EPOLLHUP)) ev |= io_peer_closed | io_read;
+      dispatch(static_cast<io_handler*>(events_[i].data.ptr), ev);
+    }
+  }
+
+ private:
+  static constexpr int max_events = 256;
+  int fd_ = -1;
+  epoll_event events_[max_events];
+};
+#elif defined(HARMONY_USE_POLL)
+// Level-triggered poll(2): handlers state what they wait for.
+class poller {
+ public:
+  static constexpr bool tracks_interest = true;
+  std::error_code open() { return {}; }
+  std::error_code add(socket_handle s, io_handler* h, unsigned interest) {
+    if (static_cast<std::size_t>(s) >= slot_of_.size()) slot_of_.resize(static_cast<std::size_t>(s) + 1, -1);
+    slot_of_[static_cast<std::size_t>(s)] = static_cast<int>(fds_.size());
+    pollfd p{};
+    p.fd = s;
+    p.events = mask(interest);
+    fds_.push_back(p);
+    handlers_.push_back(h);
+    return {};
+  }
+  void interest(socket_handle s, io_handler*, unsigned interest) noexcept {
+    int slot = lookup(s);
+    if (slot >= 0) fds_[static_cast<std::size_t>(slot)].events = mask(interest);
+  }
+  void remove(socket_handle s) noexcept {
+    int slot = lookup(s);
+    if (slot < 0) return;
+    std::size_t i = static_cast<std::size_t>(slot), last = fds_.size() - 1;
+    if (i != last) {
+      fds_[i] = fds_[last];
+      handlers_[i] = handlers_[last];
+      slot_of_[static_cast<std::size_t>(fds_[i].fd)] = slot;
+    }
+    fds_.pop_back();
+    handlers_.pop_back();
+    slot_of_[static_cast<std::size_t>(s)] = -1;
+  }
+  template <class Dispatch>
+  void wait(int timeout_ms, Dispatch&& dispatch) {
+    int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout_ms);
+    if (n <= 0) return;
+    ready_.clear();
+    for (std::size_t i = 0; i < fds_.size() && ready_.size() < static_cast<std::size_t>(n); ++i) {
+      short r = fds_[i].revents;
+      if (!r) continue;
+      unsigned ev = 0;
+      if (r & POLLIN) ev |= io_read;
+      if (r & POLLOUT) ev |= io_write;
+      if (r & (POLLERR | POLLNVAL)) ev |= io_error | io_read | io_write;
+      if (r & POLLHUP) ev |= io_peer_closed | io_read | io_write;
+      ready_.push_back({handlers_[i], ev});
+    }
+    for (auto& r : ready_) dispatch(r.first, r.second);
+  }
+
+ private:
+  static short mask(unsigned interest) noexcept {
+    return static_cast<short>(((interest & io_read) ? POLLIN : 0) | ((interest & io_write) ? POLLOUT : 0));
+  }
+  int lookup(socket_handle s) const noexcept {
+    return static_cast<std::size_t>(s) < slot_of_.size() ? slot_of_[static_cast<std::size_t>(s)] : -1;
+  }
+  std::vector<pollfd> fds_;
+  std::vector<io_handler*> handlers_;
+  std::vector<int> slot_of_;
+  std::vector<std::pair<io_handler*, unsigned>> ready_;
+};
+#endif
+
+// One event loop: a poller, timers, a cross-thread task queue and a wake-up.
+class reactor {
+ public:
+  reactor() { waker_.owner = this; }
+  reactor(const reactor&) = delete;
+  reactor& operator=(const reactor&) = delete;
+  ~reactor() {
+    if (wake_read_ >= 0) ::close(wake_read_);
+    if (wake_write_ >= 0 && wake_write_ != wake_read_) ::close(wake_write_);
+  }
+
+  std::error_code open() {
+    if (auto e = poller_.open()) return e;
+#if defined(HARMONY_USE_EPOLL)
+    wake_read_ = wake_write_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_read_ < 0) return system_error_code(errno);
+#else
+    int p[2];
+    if (::pipe(p) != 0) return system_error_code(errno);
+    wake_read_ = p[0];
+    wake_write_ = p[1];
+    if (!set_nonblocking(wake_read_) || !set_nonblocking(wake_write_)) return system_error_code(errno);
+#endif
+    now_ = now_ms();
+    return poller_.add(wake_read_, &waker_, io_read);
+  }
+
+  std::error_code add(socket_handle s, io_handler* h, unsigned interest) { return poller_.add(s, h, interest); }
+  void interest(socket_handle s, io_handler* h, unsigned interest) { poller_.interest(s, h, interest); }
+  void remove(socket_handle s) { poller_.remove(s); }
+  static constexpr bool tracks_interest = poller::tracks_interest;
+
+  // Cached at each loop turn, so hot paths never read the clock.
+  std::int64_t now() const noexcept { return now_; }
+
+  void schedule(timer& t, std::int64_t deadline) {
+    if (t.armed()) cancel(t);
+    t.deadline = deadline;
+    t.index = timers_.size();
+    timers_.push_back(&t);
+    timer_up(t.index);
+  }
+  void cancel(timer& t) {
+    if (!t.armed()) return;
+    std::size_t i = t.index;
+    t.index = static_cast<std::size_t>(-1);
+    timer* last = timers_.back();
+    timers_.pop_back();
+    if (i < timers_.size()) {
+      timers_[i] = last;
+      last->index = i;
+      timer_up(i);
+      timer_down(last->index);
+    }
+  }
+
+  // Thread-safe: runs `task` on the loop thread.
+  void post(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(tasks_mutex_);
+      tasks_.push_back(std::move(task));
+    }
+    wake();
+  }
+  void stop() {
+    stopping_.store(true, std::memory_order_release);
+    wake();
+  }
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  // Handlers closed during a turn are released after it, when no stale event can reach them.
+  void retire(io_handler* h, std::function<void()> release) {
+    h->retired = true;
+    graveyard_.push_back(std::move(release));
+  }
+
+  void run() {
+    while (!stopping()) turn();
+  }
+
+  void turn() {
+    int timeout = -1;
+    if (!timers_.empty()) {
+      std::int64_t wait = timers_.front()->deadline - now_ms();
+      timeout = wait <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>(wait, INT_MAX));
+    }
+    poller_.wait(timeout, [](io_handler* h, unsigned ev) {
+      if (!h->retired) h->on_io(ev);
+    });
+    now_ = now_ms();
+    while (!timers_.empty() && timers_.front()->deadline <= now_) {
+      timer* t = timers_.front();
+      cancel(*t);
+      t->fire();
+    }
+    run_tasks();
+    for (std::size_t i = 0; i < graveyard_.size(); ++i) graveyard_[i]();
+    graveyard_.clear();
+  }
+
+ private:
+  struct waker_handler final : io_handler {
+    reactor* owner = nullptr;
+    void on_io(unsigned) override { owner->drain_wake(); }
+  };
+
+  void wake() {
+    if (wake_write_ < 0) return;
+#if defined(HARMONY_USE_EPOLL)
+    std::uint64_t one = 1;
+    ssize_t r = ::write(wake_write_, &one, sizeof one);
+#else
+    char one = 1;
+    ssize_t r = ::write(wake_write_, &one, 1);
+#endif
+    (void)r;  // a full pipe or counter already means "wake up"
+  }
+  void drain_wake() {
+    char sink[64];
+    while (::read(wake_read_, sink, sizeof sink) > 0) {
+    }
+  }
+  void run_tasks() {
+    std::vector<std::function<void()>> batch;
+    {
+      std::lock_guard<std::mutex> lock(tasks_mutex_);
+      if (tasks_.empty()) return;
+      batch.swap(tasks_);
+    }
+    for (auto& task : batch) task();
+  }
+  void timer_up(std::size_t i) {
+    timer* t = timers_[i];
+    while (i > 0) {
+      std::size_t parent = (i - 1) / 2;
+      if (timers_[parent]->deadline <= t->deadline) break;
+      timers_[i] = timers_[parent];
+      timers_[i]->index = i;
+      i = parent;
+    }
+    timers_[i] = t;
+    t->index = i;
+  }
+  void timer_down(std::size_t i) {
+    timer* t = timers_[i];
+    for (;;) {
+      std::size_t child = 2 * i + 1;
+      if (child >= timers_.size()) break;
+      if (child + 1 < timers_.size() && timers_[child + 1]->deadline < timers_[child]->deadline) ++child;
+      if (timers_[child]->deadline >= t->deadline) break;
+      timers_[i] = timers_[child];
+      timers_[i]->index = i;
+      i = child;
+    }
+    timers_[i] = t;
+    t->index = i;
+  }
+
+  poller poller_;
+  waker_handler waker_;
+  int wake_read_ = -1;
+  int wake_write_ = -1;
+  std::int64_t now_ = 0;
+  std::vector<timer*> timers_;
+  std::mutex tasks_mutex_;
+  std::vector<std::function<void()>> tasks_;
+  std::vector<std::function<void()>> graveyard_;
+  std::atomic<bool> stopping_{false};
+};
+
+// Fixed-size relay buffers, taken only while data is in flight.
+class buffer_pool {
+ public:
+  explicit buffer_pool(std::size_t size, std::size_t keep = 256) : size_(size), keep_(keep) {}
+  ~buffer_pool() {
+    for (char* b : free_) delete[] b;
+  }
+  buffer_pool(const buffer_pool&) = delete;
+  buffer_pool& operator=(const buffer_pool&) = delete;
+  char* take() {
+    if (free_.empty()) return new char[size_];
+    char* b = free_.back();
+    free_.pop_back();
+    return b;
+  }
+  void give(char* b) {
+    if (free_.size() < keep_) free_.push_back(b);
+    else delete[] b;
+  }
+  std::size_t size() const noexcept { return size_; }
+
+ private:
+  std::size_t size_;
+  std::size_t keep_;
+  std::vector<char*> free_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+namespace harmony {
+
+struct rejected_access {
+  static void set_peer(rejected_connection& c, std::string peer) { c.peer_ = std::move(peer); }
+  static std::string& reply(rejected_connection& c) { return c.reply_; }
+};
+
+namespace detail {
+
+class worker;
+
+// >>pump
+// A proxied connection: the client socket, the backend socket and one buffer per
+// direction. A direction reads its source only when its buffer is empty, so a
+// slow reader holds back its writer (backpressure); it passes EOF on as a FIN only
+// once everything read has been written (half-close); an error on either socket
+// resets the other (reset propagation). Buffers come from the pool only while
+// data is in flight, so an idle connection costs no buffer at all.
+class session {
+ public:
+  enum class phase { idle, queued, connecting, retrying, relaying, farewell };
+
+  struct side final : io_handler {
+    session* owner = nullptr;
+    socket_handle fd = invalid_socket;
+    bool readable = false;
+    bool writable = false;
+    bool peer_closed = false;
+    bool registered = false;
+    void on_io(unsigned events) override { owner->on_side_io(*this, events); }
+    void reset() noexcept {
+      fd = invalid_socket;
+      readable = writable = peer_closed = registered = false;
+      retired = false;
+    }
+  };
+  struct direction {
+    char* data = nullptr;
+    std::uint32_t begin = 0;
+    std::uint32_t end = 0;
+    bool eof = false;   // the source sent its FIN
+    bool shut = false;  // the FIN went on to the destination
+  };
+
+  explicit session(worker& w) : worker_(w) {
+    client_.owner = this;
+    backend_.owner = this;
+    clock_.fire = [this] { on_clock(); };
+  }
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
+
+  void open(socket_handle fd, const address& peer);
+  void admit();
+  void start_attempt();
+  void on_clock();
+  void on_side_io(side& s, unsigned events);
+  // Ends the connection now: used by shutdown of the whole server, too.
+  void close(bool reset);
+  void leave_queue_for_attempt();
+
+  phase current_phase() const noexcept { return phase_; }
+  session* queue_next = nullptr;
+  session* queue_prev = nullptr;
+  std::int64_t queued_at = 0;
+
+ private:
+  void connected();
+  void attempt_failed(std::error_code why);
+  void unavailable(std::error_code why);
+  void pump();
+  bool flow(direction& d, side& src, side& dst);
+  void fail(side& where, int error);
+  void farewell_pump();
+  void register_side(side& s, unsigned interest);
+  void update_interest();
+  void release_buffers();
+
+  worker& worker_;
+  side client_;
+  side backend_;
+  direction up_;    // client to backend
+  direction down_;  // backend to client
+  phase phase_ = phase::idle;
+  lease current_;
+  std::vector<lease> tried_;
+  int attempts_ = 0;
+  bool holds_slot_ = false;
+  address peer_;
+  timer clock_;
+  std::int64_t last_activity_ = 0;
+  std::uint64_t sent_to_backend_ = 0;
+  std::uint64_t received_from_backend_ = 0;
+  std::string farewell_;
+  std::size_t farewell_sent_ = 0;
+};
+
+// >>worker
+// One event loop and everything on it: the listener, the sessions, the wait queue.
+class worker {
+ public:
+  worker(server::impl& owner, const server_options& options, const logger& log)
+      : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes ? options.buffer_bytes : 16384) {
+    listener_.owner = this;
+    accept_retry_.fire = [this] { accept_all(); };
+  }
+  ~worker();
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
+
+  std::error_code open(socket_handle listener) {
+    if (auto e = loop_.open()) return e;
+    listener_.fd = listener;
+    return loop_.add(listener, &listener_, io_read);
+  }
+
+  reactor& loop() noexcept { return loop_; }
+  buffer_pool& pool() noexcept { return pool_; }
+  const server_options& options() const noexcept { return options_; }
+  const logger& log() const noexcept { return log_; }
+  server::impl& owner() noexcept { return owner_; }
+
+  void enqueue(session* s);
+  void dequeue(session* s);
+  // Admits waiting connections while the concurrency limit allows, oldest first.
+  void admit_waiting();
+  std::size_t waiting() const noexcept { return queue_length_; }
+  void recycle(session* s);
+
+  struct counters {
+    std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
+        bytes_out{0};
+  } stats;
+
+ private:
+  struct listener_handler final : io_handler {
+    worker* owner = nullptr;
+    socket_handle fd = invalid_socket;
+    void on_io(unsigned) override { owner->accept_all(); }
+  };
+  void accept_all();
+  session* make_session();
+
+  server::impl& owner_;
+  const server_options& options_;
+  const logger& log_;
+  reactor loop_;
+  buffer_pool pool_;
+  listener_handler listener_;
+  timer accept_retry_;
+  std::vector<std::unique_ptr<session>> sessions_;
+  std::vector<session*> free_sessions_;
+  session* queue_head_ = nullptr;
+  session* queue_tail_ = nullptr;
+  std::size_t queue_length_ = 0;
+};
+
+}  // namespace detail
+
+// >>server-impl
+struct server::impl {
+  explicit impl(server_options o)
+      : options(std::move(o)),
+        log{options.log, options.level},
+        backends(options.balance, options.host_timeout, options.persistent),
+        concurrency(options.concurrency) {}
+
+  // A slot is one proxied connection under the concurrency limit.
+  bool try_take_slot() {
+    int limit = concurrency.load(std::memory_order_relaxed);
+    std::int64_t used = proxied.load(std::memory_order_relaxed);
+    for (;;) {
+      if (limit >= 0 && used >= limit) return false;
+      if (proxied.compare_exchange_weak(used, used + 1, std::memory_order_relaxed)) return true;
+    }
+  }
+  void give_slot(detail::worker& from) {
+    proxied.fetch_sub(1, std::memory_order_relaxed);
+    if (from.waiting()) from.admit_waiting();
+    else if (waiting.load(std::memory_order_relaxed) > 0) wake_queues();
+  }
+  void wake_queues() {
+    for (auto& w : workers) {
+      detail::worker* target = w.get();
+      target->loop().post([target] { target->admit_waiting(); });
+    }
+  }
+
+  std::error_code open();
+  void close_all();
+
+  server_options options;
+  detail::logger log;
+  detail::registry backends;
+  std::atomic<int> concurrency;
+  std::atomic<std::int64_t> proxied{0};
+  std::atomic<std::int64_t> waiting{0};
+  std::vector<std::unique_ptr<detail::worker>> workers;
+  std::vector<std::thread> threads;
+  std::mutex lifecycle;
+  bool running = false;
+  bool caller_runs_loop = false;
+  endpoint bound_listen;
+  endpoint bound_admin;
+};
+
+namespace detail {
+
+inline void session::open(socket_handle fd, const address& peer) {
+  client_.reset();
+  backend_.reset();
+  client_.fd = fd;
+  up_ = direction{};
+  down_ = direction{};
+  current_ = lease{};
+  tried_.clear();
+  attempts_ = 0;
+  holds_slot_ = false;
+  peer_ = peer;
+  sent_to_backend_ = received_from_backend_ = 0;
+  farewell_.clear();
+  farewell_sent_ = 0;
+  last_activity_ = worker_.loop().now();
+}
+
+inline void session::admit() {
+  server::impl& srv = worker_.owner();
+  if (srv.try_take_slot()) {
+    holds_slot_ = true;
+    return start_attempt();
+  }
+  if (worker_.waiting() >= worker_.options().queue_limit) return unavailable(make_error_code(errc::queue_full));
+  phase_ = phase::queued;
+  queued_at = worker_.loop().now();
+  worker_.enqueue(this);
+  worker_.loop().schedule(clock_, queued_at + worker_.options().queue_timeout.count());
+}
+
+inline void session::leave_queue_for_attempt() {
+  worker_.loop().cancel(clock_);
+  holds_slot_ = true;
+  start_attempt();
+}
+
+inline void session::start_attempt() {
+  reactor& loop = worker_.loop();
+  pick_result pick;
+  std::string key = peer_.host_key();
+  if (!worker_.owner().backends.pick(loop.now(), key, tried_, pick))
+    return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
+  current_ = pick.chosen;
+  phase_ = phase::connecting;
+  socket_handle s = invalid_socket;
+  bool done = false;
+  if (std::error_code e = begin_connect(pick.to, s, done)) return attempt_failed(e);
+  backend_.reset();
+  backend_.fd = s;
+  register_side(backend_, io_write);
+  if (done) return connected();
+  loop.schedule(clock_, loop.now() + worker_.options().connect_timeout.count());
+}
+
+inline void session::register_side(side& s, unsigned interest) {
+  if (s.registered) return worker_.loop().interest(s.fd, &s, interest);
+  s.registered = true;
+  worker_.loop().add(s.fd, &s, interest);
+}
+
+inline void session::connected() {
+  reactor& loop = worker_.loop();
+  phase_ = phase::relaying;
+  backend_.writable = true;
+  register_side(client_, io_read);
+  last_activity_ = loop.now();
+  loop.schedule(clock_, last_activity_ + worker_.options().idle_timeout.count());
+  pump();
+}
+
+// A failed attempt is retried from a timer, after this loop turn: any stale event
+// of the closed socket is then gone and cannot be mistaken for the new one.
+inline void session::attempt_failed(std::error_code why) {
+  reactor& loop = worker_.loop();
+  server::impl& srv = worker_.owner();
+  worker_.stats.connect_failures.fetch_add(1, std::memory_order_relaxed);
+  std::string id = srv.backends.id_of(current_);
+  srv.log(log_level::warn, "backend %s failed for %s: %s", id.c_str(), peer_.to_endpoint().to_string().c_str(),
+          why.message().c_str());
+  if (srv.options.on_backend_error) srv.options.on_backend_error(id, why);
+  srv.backends.release(current_, true);
+  tried_.push_back(current_);
+  current_ = lease{};
+  if (backend_.fd != invalid_socket) {
+    if (backend_.registered) loop.remove(backend_.fd);
+    close_socket(backend_.fd);
+    backend_.reset();
+  }
+  // Whatever reached the failed backend is lost: the next one starts afresh.
+  up_.begin = 0;
+  up_.shut = false;
+  sent_to_backend_ = 0;
+  ++attempts_;
+  if (attempts_ > srv.options.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
+  phase_ = phase::retrying;
+  loop.schedule(clock_, loop.now());
+}
+
+inline void session::on_clock() {
+  reactor& loop = worker_.loop();
+  switch (phase_) {
+    case phase::queued:
+      worker_.dequeue(this);
+      return unavailable(make_error_code(errc::queue_timeout));
+    case phase::retrying: return start_attempt();
+    case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
+    case phase::relaying: {
+      std::int64_t deadline = last_activity_ + worker_.options().idle_timeout.count();
+      if (loop.now() >= deadline) {
+        worker_.owner().log(log_level::debug, "idle timeout for %s", peer_.to_endpoint().to_string().c_str());
+        return close(false);
+      }
+      return loop.schedule(clock_, deadline);
+    }
+    case phase::farewell: return close(false);
+    case phase::idle: return;
+  }
+}
+
+inline void session::on_side_io(side& s, unsigned events) {
+  if (events & io_read) s.readable = true;
+  if (events & io_write) s.writable = true;
+  if (events & io_peer_closed) s.peer_closed = true;
+  switch (phase_) {
+    case phase::connecting:
+      if (&s == &backend_ && (events & (io_write | io_error))) {
+        std::error_code e = pending_socket_error(backend_.fd);
+        if (e) return attempt_failed(e);
+        worker_.loop().cancel(clock_);
+        return connected();
+      }
+      return;
+    case phase::relaying: return pump();
+    case phase::farewell: return farewell_pump();
+    default: return;
+  }
+}
+
+inline void session::pump() {
+  if (!flow(up_, client_, backend_)) return;
+  if (!flow(down_, backend_, client_)) return;
+  if (up_.shut && down_.shut) return close(false);
+  if (reactor::tracks_interest) update_interest();
+}
+
+// What a side waits for: readable when its outgoing direction may read, writable
+// when its incoming direction has bytes waiting.
+inline void session::update_interest() {
+  auto wants = [](const direction& out, const direction& in) {
+    unsigned w = 0;
+    if (!out.eof && out.begin == out.end) w |= io_read;
+    if (in.begin < in.end) w |= io_write;
+    return w;
+  };
+  worker_.loop().interest(client_.fd, &client_, wants(up_, down_));
+  worker_.loop().interest(backend_.fd, &backend_, wants(down_, up_));
+}
+
+inline bool session::flow(direction& d, side& src, side& dst) {
+  buffer_pool& pool = worker_.pool();
+  for (;;) {
+    if (d.begin < d.end) {
+      if (!dst.writable) return true;
+      auto n = send_some(dst.fd, d.data + d.begin, d.end - d.begin);
+      if (n < 0) {
+        int e = last_socket_error();
+        if (would_block(e)) {
+          dst.writable = false;
+          return true;
+        }
+        if (e == EINTR) continue;
+        fail(dst, e);
+        return false;
+      }
+      d.begin += static_cast<std::uint32_t>(n);
+      if (&dst == &backend_) sent_to_backend_ += static_cast<std::uint64_t>(n);
+      last_activity_ = worker_.loop().now();
+      if (d.begin < d.end) {
+        dst.writable = false;
+        return true;
+      }
+      continue;
+    }
+    if (d.data) {
+      pool.give(d.data);
+      d.data = nullptr;
+      d.begin = d.end = 0;
+    }
+    if (d.eof) {
+      if (!d.shut) {
+        ::shutdown(dst.fd, SHUT_WR);
+        d.shut = true;
+      }
+      return true;
+    }
+    if (!src.readable) return true;
+    char* buffer = pool.take();
+    auto n = recv_some(src.fd, buffer, pool.size());
+    if (n > 0) {
+      d.data = buffer;
+      d.begin = 0;
+      d.end = static_cast<std::uint32_t>(n);
+      if (&src == &backend_) received_from_backend_ += static_cast<std::uint64_t>(n);
+      last_activity_ = worker_.loop().now();
+      // With edge-triggered readiness a short read means "drained", unless the
+      // peer's FIN is already queued behind the data: then read on to see it.
+      if (static_cast<std::size_t>(n) < pool.size() && !src.peer_closed) src.readable = false;
+      continue;
+    }
+    pool.give(buffer);
+    if (n == 0) {
+      d.eof = true;
+      src.readable = false;
+      continue;
+    }
+    int e = last_socket_error();
+    if (would_block(e)) {
+      src.readable = false;
+      return true;
+    }
+    if (e == EINTR) continue;
+    fail(src, e);
+    return false;
+  }
+}
+
+inline void session::fail(side& where, int error) {
+  // A backend that breaks before any byte went either way is a failed attempt:
+  // the client has lost nothing, so another backend may serve it.
+  if (&where == &backend_ && sent_to_backend_ == 0 && received_from_backend_ == 0 && down_.begin == down_.end &&
+      !down_.eof)
+    return attempt_failed(error == ECONNRESET || error == EPIPE ? make_error_code(errc::backend_reset)
+                                                                 : system_error_code(error));
+  worker_.owner().log(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
+                      peer_.to_endpoint().to_string().c_str(), system_error_code(error).message().c_str());
+  close(true);
+}
+
+inline void session::unavailable(std::error_code why) {
+  server::impl& srv = worker_.owner();
+  worker_.stats.unavailable.fetch_add(1, std::memory_order_relaxed);
+  if (holds_slot_) {
+    holds_slot_ = false;
+    srv.give_slot(worker_);
+  }
+  farewell_ = srv.options.unavailable;
+  if (srv.options.on_unavailable) {
+    rejected_connection client;
+    rejected_access::set_peer(client, peer_.to_endpoint().to_string());
+    srv.options.on_unavailable(why, client);
+    farewell_ = std::move(rejected_access::reply(client));
+  }
+  srv.log(log_level::info, "unavailable for %s: %s", peer_.to_endpoint().to_string().c_str(),
+          why.message().c_str());
+  phase_ = phase::farewell;
+  farewell_sent_ = 0;
+  client_.writable = true;
+  register_side(client_, io_read | io_write);
+  reactor& loop = worker_.loop();
+  loop.schedule(clock_, loop.now() + std::max<std::int64_t>(1000, worker_.options().connect_timeout.count()));
+  farewell_pump();
+}
+
+// Sends the unavailable text, then a FIN, then reads until the client's FIN, so
+// that unread client bytes never turn the close into a reset that eats the text.
+inline void session::farewell_pump() {
+  while (farewell_sent_ < farewell_.size()) {
+    if (!client_.writable) return update_interest();
+    auto n = send_some(client_.fd, farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_);
+    if (n < 0) {
+      int e = last_socket_error();
+      if (would_block(e)) {
+        client_.writable = false;
+        if (reactor::tracks_interest) worker_.loop().interest(client_.fd, &client_, io_read | io_write);
+        return;
+      }
+      if (e == EINTR) continue;
+      return close(true);
+    }
+    farewell_sent_ += static_cast<std::size_t>(n);
+  }
+  if (!down_.shut) {
+    ::shutdown(client_.fd, SHUT_WR);
+    down_.shut = true;
+    if (reactor::tracks_interest) worker_.loop().interest(client_.fd, &client_, io_read);
+  }
+  char sink[4096];
+  for (;;) {
+    auto n = recv_some(client_.fd, sink, sizeof sink);
+    if (n > 0) continue;
+    if (n < 0 && would_block(last_socket_error())) return;
+    if (n < 0 && last_socket_error() == EINTR) continue;
+    return close(false);
+  }
+}
+
+inline void session::release_buffers() {
+  for (direction* d : {&up_, &down_})
+    if (d->data) {
+      worker_.pool().give(d->data);
+      d->data = nullptr;
+    }
+}
+
+inline void session::close(bool reset) {
+  reactor& loop = worker_.loop();
+  server::impl& srv = worker_.owner();
+  loop.cancel(clock_);
+  if (phase_ == phase::queued) worker_.dequeue(this);
+  for (side* s : {&client_, &backend_}) {
+    if (s->fd == invalid_socket) continue;
+    if (s->registered) loop.remove(s->fd);
+    if (reset) abort_socket(s->fd);
+    else close_socket(s->fd);
+    s->fd = invalid_socket;
+  }
+  release_buffers();
+  if (current_.valid()) srv.backends.release(current_, false);
+  current_ = lease{};
+  worker_.stats.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
+  worker_.stats.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
+  worker_.stats.active.fetch_sub(1, std::memory_order_relaxed);
+  phase_ = phase::idle;
+  bool had_slot = holds_slot_;
+  holds_slot_ = false;
+  backend_.retired = true;
+  loop.retire(&client_, [this] { worker_.recycle(this); });
+  if (had_slot) srv.give_slot(worker_);
+}
+
+inline worker::~worker() {
+  for (auto& s : sessions_)
+    if (s->current_phase() != session::phase::idle) s->close(true);
+  if (listener_.fd != invalid_socket) close_socket(listener_.fd);
+}
+
+inline session* worker::make_session() {
+  if (!free_sessions_.empty()) {
+    session* s = free_sessions_.back();
+    free_sessions_.pop_back();
+    return s;
+  }
+  sessions_.push_back(std::make_unique<session>(*this));
+  return sessions_.back().get();
+}
+
+inline void worker::recycle(session* s) { free_sessions_.push_back(s); }
+
+inline void worker::accept_all() {
+  for (;;) {
+    address peer;
+    socket_handle fd = accept_one(listener_.fd, peer);
+    if (fd == invalid_socket) {
+      int e = last_socket_error();
+      if (would_block(e)) return;
+      if (e == EINTR || e == ECONNABORTED) continue;
+      // Out of descriptors or memory: stop accepting for a moment instead of spinning.
+      log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
+      if (reactor::tracks_interest) loop_.interest(listener_.fd, &listener_, 0);
+      accept_retry_.fire = [this] {
+        if (reactor::tracks_interest) loop_.interest(listener_.fd, &listener_, io_read);
+        accept_all();
+      };
+      loop_.schedule(accept_retry_, loop_.now() + 100);
+      return;
+    }
+    stats.accepted.fetch_add(1, std::memory_order_relaxed);
+    stats.active.fetch_add(1, std::memory_order_relaxed);
+    session* s = make_session();
+    s->open(fd, peer);
+    s->admit();
+  }
+}
+
+inline void worker::enqueue(session* s) {
+  s->queue_next = nullptr;
+  s->queue_prev = queue_tail_;
+  if (queue_tail_) queue_tail_->queue_next = s;
+  else queue_head_ = s;
+  queue_tail_ = s;
+  ++queue_length_;
+  owner_.waiting.fetch_add(1, std::memory_order_relaxed);
+}
+
+inline void worker::dequeue(session* s) {
+  if (s->queue_prev) s->queue_prev->queue_next = s->queue_next;
+  else queue_head_ = s->queue_next;
+  if (s->queue_next) s->queue_next->queue_prev = s->queue_prev;
+  else queue_tail_ = s->queue_prev;
+  s->queue_next = s->queue_prev = nullptr;
+  --queue_length_;
+  owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
+}
+
+inline void worker::admit_waiting() {
+  while (queue_head_ && owner_.try_take_slot()) {
+    session* s = queue_head_;
+    dequeue(s);
+    s->leave_queue_for_attempt();
+  }
+}
+
+}  // namespace detail
+
+inline std::error_code server::impl::open() {
+  endpoint at;
+  if (auto e = parse_endpoint(options.listen, at)) return e;
+  if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
+      options.buffer_bytes < 16 || options.buffer_bytes > (1u << 30))
+    return make_error_code(errc::bad_option);
+  detail::address where;
+  if (auto e = detail::resolve(at, where, true)) return e;
+  std::vector<detail::socket_handle> listeners;
+  for (int i = 0; i < options.workers; ++i) {
+    detail::socket_handle s = detail::invalid_socket;
+    std::error_code e = detail::open_listener(where, options.workers > 1, s);
+    if (!e && i == 0) {
+      // With port 0 every further worker must join the port the first one got.
+      detail::address bound;
+      detail::local_address(s, bound);
+      where.set_port(bound.port());
+      bound_listen = bound.to_endpoint();
+    }
+    if (e) {
+      for (auto l : listeners) detail::close_socket(l);
+      return e;
+    }
+    listeners.push_back(s);
+  }
+  for (auto s : listeners) {
+    workers.push_back(std::make_unique<detail::worker>(*this, options, log));
+    if (auto e = workers.back()->open(s)) {
+      workers.clear();
+      return e;
+    }
+  }
+  log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  return {};
+}
+
+inline void server::impl::close_all() {
+  for (auto& w : workers) w->loop().stop();
+  for (auto& t : threads)
+    if (t.joinable()) t.join();
+  threads.clear();
+  workers.clear();
+  bound_listen = endpoint{};
+  bound_admin = endpoint{};
+  running = false;
+}
+
+HARMONY_DEF server::server(server_options options) : impl_(std::make_unique<impl>(std::move(options))) {}
+
+HARMONY_DEF server::~server() { stop(); }
+
+HARMONY_DEF std::error_code server::start() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (impl_->running) return make_error_code(errc::already_running);
+  if (auto e = impl_->open()) return e;
+  impl_->running = true;
+  impl_->caller_runs_loop = false;
+  for (auto& w : impl_->workers) {
+    detail::worker* target = w.get();
+    impl_->threads.emplace_back([target] { target->loop().run(); });
+  }
+  return {};
+}
+
+HARMONY_DEF std::error_code server::run() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);
+    if (impl_->running) return make_error_code(errc::already_running);
+    if (auto e = impl_->open()) return e;
+    impl_->running = true;
+    impl_->caller_runs_loop = true;
+    for (std::size_t i = 1; i < impl_->workers.size(); ++i) {
+      detail::worker* target = impl_->workers[i].get();
+      impl_->threads.emplace_back([target] { target->loop().run(); });
+    }
+  }
+  impl_->workers.front()->loop().run();
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  impl_->close_all();
+  return {};
+}
+
+HARMONY_DEF void server::stop() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (!impl_->running) return;
+  for (auto& w : impl_->workers) w->loop().stop();
+  if (impl_->caller_runs_loop) return;  // run() cleans up when its loop returns
+  for (auto& t : impl_->threads)
+    if (t.get_id() == std::this_thread::get_id()) return;  // from a callback: the destructor joins
+  impl_->close_all();
+}
+
+HARMONY_DEF endpoint server::listen_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_listen;
+}
+
+HARMONY_DEF endpoint server::admin_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_admin;
+}
+
+HARMONY_DEF std::error_code server::add_backend(std::string_view address, int weight, std::string* id_out) {
+  endpoint at;
+  if (auto e = parse_endpoint(address, at)) return e;
+  if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
+  detail::address to;
+  if (auto e = detail::resolve(at, to, false)) return e;
+  return impl_->backends.add(at, &to, weight, false, id_out, detail::now_ms());
+}
+
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+
+HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
+  return impl_->backends.set_weight(id, weight);
+}
+
+HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
+  return impl_->backends.drain(id, on, detail::now_ms());
+}
+
+HARMONY_DEF std::error_code server::set_concurrency(int limit) {
+  if (limit < -1) return make_error_code(errc::bad_option);
+  impl_->concurrency.store(limit, std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (impl_->running) impl_->wake_queues();
+  return {};
+}
+
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+
+HARMONY_DEF server_stats server::stats() const {
+  server_stats s;
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  for (auto& w : impl_->workers) {
+    s.accepted += w->stats.accepted.load(std::memory_order_relaxed);
+    s.active += w->stats.active.load(std::memory_order_relaxed);
+    s.unavailable += w->stats.unavailable.load(std::memory_order_relaxed);
+    s.connect_failures += w->stats.connect_failures.load(std::memory_order_relaxed);
+    s.bytes_in += w->stats.bytes_in.load(std::memory_order_relaxed);
+    s.bytes_out += w->stats.bytes_out.load(std::memory_order_relaxed);
+  }
+  s.queued = static_cast<std::uint64_t>(impl_->waiting.load(std::memory_order_relaxed));
+  return s;
+}
+
+}  // namespace harmony
+#endif  // HARMONY_IMPLEMENTATION_INCLUDED
+#endif
+
+#endif  // HARMONY_HPP
+
+// >>licence
+// MIT License
+//
+// Copyright (c) 2026 the Harmony authors
+//
+// Permission is hereby granted, free of charge, to any person obtaining a copy of this
+// software and associated documentation files (the "Software"), to deal in the Software
+// without restriction, including without limitation the rights to use, copy, modify,
+// merge, publish, distribute, sublicense, and/or sell copies of the Software, and to
+// permit persons to whom the Software is furnished to do so, subject to the following
+// conditions:
+//
+// The above copyright notice and this permission notice shall be included in all copies
+// or substantial portions of the Software.
+//
+// THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED,
+// INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A
+// PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT
+// HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF
+// CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE SOFTWARE
+// OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
