@@ -671,18 +671,22 @@ namespace detail {
 // Every slot carries a virtual "pass" that advances by 1/weight each time it is
 // picked (stride scheduling): picking the smallest pass spreads picks smoothly in
 // proportion to weight, as smooth weighted round-robin does, but from a heap.
+// A pass is kept exactly, as ticks/weight, so equal passes tie exactly.
 // leastconn orders first by active/weight, so concurrent load goes to the least
 // loaded backend and equally loaded ones (e.g. all idle) split by weight.
 class selector {
  public:
   static constexpr std::uint32_t npos = 0xffffffffu;
+  // Weights above this are clamped, so that every product below fits 63 bits.
+  static constexpr int max_weight = 1 << 20;
   enum class verdict { take, skip, evict };
 
   explicit selector(algorithm a = algorithm::leastconn) : algorithm_(a) {}
 
   void set_algorithm(algorithm a) {
     algorithm_ = a;
-    for (std::size_t i = heap_.size(); i-- > 0;) sift_down(i);
+    for (std::size_t i = heap_.size() / 2 + 1; i-- > 0;)
+      if (i < heap_.size()) sift_down(i);
   }
   algorithm get_algorithm() const noexcept { return algorithm_; }
   std::size_t size() const noexcept { return heap_.size(); }
@@ -693,10 +697,12 @@ class selector {
   void insert(std::uint32_t slot, int weight, int active) {
     if (slot >= items_.size()) items_.resize(slot + 1);
     item& it = items_[slot];
-    it.weight = weight > 0 ? weight : 1;
+    set_weight_only(it, weight);
     it.active = active;
     if (it.pos != npos) return fix(it.pos);
-    it.pass = std::max(it.pass, virtual_time_);
+    // ticks/weight >= now_ticks/now_weight, rounded up.
+    std::uint64_t floor_ticks = (now_ticks_ * static_cast<std::uint64_t>(it.weight) + now_weight_ - 1) / now_weight_;
+    it.ticks = std::max(it.ticks, floor_ticks);
     it.pos = static_cast<std::uint32_t>(heap_.size());
     heap_.push_back(slot);
     sift_up(it.pos);
@@ -713,14 +719,14 @@ class selector {
       fix(pos);
     }
   }
-  // Forget a slot entirely (it may be reused by another backend).
+  // Forgets a slot entirely (it may be reused by another backend).
   void reset(std::uint32_t slot) {
     erase(slot);
     if (slot < items_.size()) items_[slot] = item{};
   }
   void set_weight(std::uint32_t slot, int weight) {
     if (slot >= items_.size()) return;
-    items_[slot].weight = weight > 0 ? weight : 1;
+    set_weight_only(items_[slot], weight);
     if (contains(slot)) fix(items_[slot].pos);
   }
   void set_active(std::uint32_t slot, int active) {
@@ -758,12 +764,18 @@ class selector {
 
  private:
   struct item {
-    int weight = 1;
+    std::uint64_t weight = 1;
+    std::uint64_t ticks = 0;  // pass = ticks / weight
     int active = 0;
-    double pass = 0;
     std::uint32_t pos = npos;
   };
 
+  static void set_weight_only(item& it, int weight) {
+    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, 1), max_weight));
+    if (w == it.weight) return;
+    it.ticks = it.ticks * w / it.weight;  // keep the pass where it was
+    it.weight = w;
+  }
   void reinsert(std::uint32_t slot) {
     item& it = items_[slot];
     it.pos = static_cast<std::uint32_t>(heap_.size());
@@ -772,19 +784,23 @@ class selector {
   }
   void charge(std::uint32_t slot) {
     item& it = items_[slot];
-    virtual_time_ = std::max(virtual_time_, it.pass);
-    it.pass += 1.0 / it.weight;
+    if (it.ticks * now_weight_ > now_ticks_ * it.weight) {
+      now_ticks_ = it.ticks;
+      now_weight_ = it.weight;
+    }
+    ++it.ticks;
     fix(it.pos);
   }
   bool before(std::uint32_t a, std::uint32_t b) const noexcept {
     const item& x = items_[a];
     const item& y = items_[b];
     if (algorithm_ == algorithm::leastconn) {
-      std::int64_t lx = static_cast<std::int64_t>(x.active) * y.weight;
-      std::int64_t ly = static_cast<std::int64_t>(y.active) * x.weight;
+      std::uint64_t lx = static_cast<std::uint64_t>(x.active) * y.weight;
+      std::uint64_t ly = static_cast<std::uint64_t>(y.active) * x.weight;
       if (lx != ly) return lx < ly;
     }
-    if (x.pass != y.pass) return x.pass < y.pass;
+    std::uint64_t px = x.ticks * y.weight, py = y.ticks * x.weight;
+    if (px != py) return px < py;
     return a < b;
   }
   void fix(std::uint32_t pos) {
@@ -822,7 +838,8 @@ class selector {
   algorithm algorithm_;
   std::vector<item> items_;
   std::vector<std::uint32_t> heap_;
-  double virtual_time_ = 0;
+  std::uint64_t now_ticks_ = 0;  // the virtual time: the largest pass picked so far
+  std::uint64_t now_weight_ = 1;
 };
 
 }  // namespace detail
@@ -1044,6 +1061,10 @@ class registry {
   std::size_t size() {
     std::lock_guard<std::mutex> lock(mutex_);
     return by_id_.size();
+  }
+  std::size_t affinity_size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return affinities_.size();
   }
 
  private:

@@ -1,0 +1,369 @@
+// The proxy core over real loopback sockets: bytes, half-close, backpressure,
+// distribution, and failing backends.
+#include "support.hpp"
+
+#include <fcntl.h>
+
+using namespace test;
+
+TEST_CASE("many concurrent connections relay 1 MiB each way byte for byte") {
+  backend b1(echo), b2(echo);
+  auto o = quiet_options();
+  o.persistent = false;
+  running_server s(o);
+  s.add(b1);
+  s.add(b2);
+  constexpr int clients = 16;
+  constexpr std::size_t size = 1 << 20;
+  std::atomic<int> exact{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      std::string data = random_bytes(size, static_cast<unsigned>(i + 1));
+      sock c = connect_to(s.address());
+      if (!c) return;
+      c.set_timeout(20s);
+      std::thread writer([&] {
+        c.send_all(data);
+        c.shutdown_send();
+      });
+      std::string back;
+      bool eof = c.read_to_eof(back);
+      writer.join();
+      if (eof && back == data) ++exact;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(exact == clients);
+  CHECK(b1.accepted() > 0);
+  CHECK(b2.accepted() > 0);
+  CHECK(eventually([&] { return s.srv.stats().active == 0; }));
+  auto st = s.srv.stats();
+  CHECK(st.bytes_in == clients * size);
+  CHECK(st.bytes_out == clients * size);
+}
+
+TEST_CASE("a client that half-closes still receives the whole answer") {
+  const std::string answer = random_bytes(300000, 7);
+  backend b([&](const sock& c) {
+    std::string request;
+    if (!c.read_to_eof(request)) return;  // waits for the client's FIN, passed on by the balancer
+    c.send_all(request + answer);
+  });
+  running_server s(quiet_options());
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  c.send_all("question");
+  c.shutdown_send();
+  std::string reply;
+  CHECK(c.read_to_eof(reply));
+  CHECK(reply == "question" + answer);
+}
+
+TEST_CASE("a backend that half-closes first still receives what the client sends") {
+  std::atomic<bool> got{false};
+  backend b([&](const sock& c) {
+    c.send_all("banner");
+    c.shutdown_send();
+    std::string rest;
+    if (c.read_to_eof(rest) && rest == "late data") got = true;
+  });
+  running_server s(quiet_options());
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  CHECK(c.read_n(6) == "banner");
+  std::string tail;
+  // The backend's FIN arrives while the client's direction stays open.
+  CHECK(c.read_to_eof(tail));
+  CHECK(tail.empty());
+  CHECK(c.send_all("late data"));
+  c.shutdown_send();
+  CHECK(eventually([&] { return got.load(); }));
+}
+
+TEST_CASE("a client that sends and never reads is held back, and loses nothing") {
+  backend b(echo);
+  running_server s(quiet_options());
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  int flags = ::fcntl(c.fd(), F_GETFL, 0);
+  ::fcntl(c.fd(), F_SETFL, flags | O_NONBLOCK);
+  // Push for up to 3 s; with backpressure the pipe fills and send stops accepting.
+  const std::size_t cap = 256u << 20;
+  std::string chunk = random_bytes(65536, 3);
+  std::size_t sent = 0;
+  auto stalled_since = std::chrono::steady_clock::now();
+  auto end = stalled_since + 3s;
+  bool stalled = false;
+  while (sent < cap && std::chrono::steady_clock::now() < end) {
+    std::size_t at = sent % chunk.size();
+    ssize_t k = ::send(c.fd(), chunk.data() + at, chunk.size() - at, MSG_NOSIGNAL);
+    if (k > 0) {
+      sent += static_cast<std::size_t>(k);
+      stalled_since = std::chrono::steady_clock::now();
+      continue;
+    }
+    if (std::chrono::steady_clock::now() - stalled_since > 300ms) {
+      stalled = true;
+      break;
+    }
+    std::this_thread::sleep_for(1ms);
+  }
+  CHECK(stalled);
+  // Kernel buffers on four sockets plus two relay buffers: tens of MiB at most.
+  CHECK(sent < 64u << 20);
+  MESSAGE("bytes accepted before backpressure: " << sent);
+  // Now read everything: every byte comes back in order.
+  ::fcntl(c.fd(), F_SETFL, flags);
+  c.set_timeout(10s);
+  std::string back = c.read_n(sent);
+  REQUIRE(back.size() == sent);
+  std::size_t first_difference = sent;
+  for (std::size_t i = 0; i < sent; ++i)
+    if (back[i] != chunk[i % chunk.size()]) {
+      first_difference = i;
+      break;
+    }
+  CHECK(first_difference == sent);
+}
+
+TEST_CASE("a backend that never reads holds the client back") {
+  std::atomic<bool> release{false};
+  backend b([&](const sock& c) {
+    for (int i = 0; i < 1000 && !release; ++i) std::this_thread::sleep_for(10ms);
+    std::string all;
+    c.read_to_eof(all);
+    c.send_all(std::to_string(all.size()));
+  });
+  running_server s(quiet_options());
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  c.set_timeout(500ms);
+  std::string chunk(65536, 'x');
+  std::size_t sent = 0;
+  for (int i = 0; i < 4096; ++i) {  // at most 256 MiB
+    ssize_t k = ::send(c.fd(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (k <= 0) break;  // the send timeout: the path is full
+    sent += static_cast<std::size_t>(k);
+  }
+  CHECK(sent < 64u << 20);
+  release = true;
+  c.set_timeout(10s);
+  c.shutdown_send();
+  CHECK(c.read_all() == std::to_string(sent));
+}
+
+TEST_CASE("weights 1000:500 split sequential short connections 2:1") {
+  backend heavy(named("heavy")), light(named("light"));
+  auto o = quiet_options();
+  o.persistent = false;
+  running_server s(o);
+  s.add(heavy, 1000);
+  s.add(light, 500);
+  std::map<std::string, int> count;
+  for (int i = 0; i < 300; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  CHECK(count["heavy"] + count["light"] == 300);
+  CHECK(count["heavy"] >= 190);
+  CHECK(count["heavy"] <= 210);
+}
+
+TEST_CASE("round-robin also honours weights") {
+  backend heavy(named("heavy")), light(named("light"));
+  auto o = quiet_options();
+  o.persistent = false;
+  o.balance = harmony::algorithm::roundrobin;
+  running_server s(o);
+  s.add(heavy, 1500);
+  s.add(light, 500);
+  std::map<std::string, int> count;
+  for (int i = 0; i < 200; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  CHECK(count["heavy"] == 150);
+  CHECK(count["light"] == 50);
+}
+
+TEST_CASE("leastconn sends new connections to the backend with fewer open ones") {
+  std::atomic<bool> release{false};
+  auto holder = [&](const std::string& name) {
+    return [&release, name](const sock& c) {
+      c.send_all(name);
+      for (int i = 0; i < 1000 && !release; ++i) std::this_thread::sleep_for(10ms);
+    };
+  };
+  backend a(holder("a")), b(holder("b"));
+  auto o = quiet_options();
+  o.persistent = false;
+  running_server s(o);
+  s.add(a, 500);
+  s.add(b, 500);
+  // Equal weights: open connections alternate, so each backend holds the same number.
+  std::vector<sock> open;
+  std::map<std::string, int> count;
+  for (int i = 0; i < 10; ++i) {
+    open.push_back(connect_to(s.address()));
+    ++count[open.back().read_n(1)];
+  }
+  CHECK(count["a"] == 5);
+  CHECK(count["b"] == 5);
+  release = true;
+}
+
+TEST_CASE("a backend removed at run time gets no new connections; re-weighting takes effect") {
+  backend one(named("one")), two(named("two"));
+  auto o = quiet_options();
+  o.persistent = false;
+  running_server s(o);
+  std::string id1 = s.add(one, 500);
+  std::string id2 = s.add(two, 500);
+  std::map<std::string, int> count;
+  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  CHECK(count["one"] == 10);
+  CHECK(count["two"] == 10);
+  REQUIRE_FALSE(s.srv.set_weight(id2, 1500));
+  count.clear();
+  for (int i = 0; i < 40; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  CHECK(count["one"] == 10);
+  CHECK(count["two"] == 30);
+  REQUIRE_FALSE(s.srv.remove_backend(id1));
+  int before = one.accepted();
+  count.clear();
+  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  CHECK(count["two"] == 20);
+  CHECK(one.accepted() == before);
+  CHECK(s.srv.remove_backend(id1) == harmony::errc::unknown_backend);
+  CHECK(s.srv.backends().size() == 1);
+}
+
+TEST_CASE("a refused backend connect is reported and the next backend serves") {
+  backend good(named("good"));
+  std::mutex m;
+  std::vector<std::error_code> errors;
+  auto o = quiet_options();
+  o.persistent = false;
+  o.requeue = 1;
+  o.on_backend_error = [&](const std::string&, std::error_code e) {
+    std::lock_guard<std::mutex> lock(m);
+    errors.push_back(e);
+  };
+  running_server s(o);
+  std::string dead;
+  REQUIRE_FALSE(s.srv.add_backend("127.0.0.1:" + std::to_string(dead_port()), 1000, &dead));
+  s.add(good, 10);
+  // The dead backend has the larger weight, so it is tried first each time.
+  for (int i = 0; i < 3; ++i) CHECK(name_of(exchange(s.address(), "x")) == "good");
+  std::lock_guard<std::mutex> lock(m);
+  REQUIRE(errors.size() >= 1);
+  CHECK(errors.front() == std::errc::connection_refused);
+  CHECK(s.srv.stats().connect_failures == errors.size());
+}
+
+TEST_CASE("without a working backend the client gets the unavailable text, not a hang") {
+  auto o = quiet_options();
+  o.requeue = 0;
+  o.unavailable = "HTTP/1.0 503 Service Unavailable\r\n\r\nno backend\n";
+  std::atomic<int> refused{0};
+  o.on_backend_error = [&](const std::string&, std::error_code e) {
+    if (e == std::errc::connection_refused) ++refused;
+  };
+  running_server s(o);
+  REQUIRE_FALSE(s.srv.add_backend("127.0.0.1:" + std::to_string(dead_port()), 500));
+  CHECK(exchange(s.address(), "GET / HTTP/1.0\r\n\r\n") == o.unavailable);
+  CHECK(refused == 1);
+  CHECK(s.srv.stats().unavailable == 1);
+}
+
+TEST_CASE("a backend connect that hangs times out through the error path") {
+  // A listener whose accept queue is full drops further SYNs: connects hang.
+  harmony::endpoint at;
+  sock full = listen_on("127.0.0.1", at, 0);
+  REQUIRE(full);
+  std::vector<sock> fillers;
+  for (int i = 0; i < 4; ++i) {
+    sock f(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+    socklen_t len = 0;
+    sockaddr_storage ss = make_address(at, len);
+    ::connect(f.fd(), reinterpret_cast<sockaddr*>(&ss), len);
+    fillers.push_back(std::move(f));
+  }
+  std::this_thread::sleep_for(50ms);
+  auto o = quiet_options();
+  o.requeue = 0;
+  o.connect_timeout = std::chrono::milliseconds(300);
+  o.unavailable = "busy";
+  std::atomic<int> timeouts{0};
+  o.on_backend_error = [&](const std::string&, std::error_code e) {
+    if (e == harmony::errc::connect_timeout) ++timeouts;
+  };
+  running_server s(o);
+  REQUIRE_FALSE(s.srv.add_backend(at.to_string(), 500));
+  auto start = std::chrono::steady_clock::now();
+  CHECK(exchange(s.address(), "x") == "busy");
+  auto took = std::chrono::steady_clock::now() - start;
+  CHECK(timeouts == 1);
+  CHECK(took >= 250ms);
+  CHECK(took < 3s);
+}
+
+TEST_CASE("IPv6 clients and backends work") {
+  backend b(echo, "::1");
+  auto o = quiet_options();
+  o.listen = "[::1]:0";
+  running_server s(o);
+  s.add(b);
+  CHECK(s.address().rfind("[::1]:", 0) == 0);
+  CHECK(exchange(s.address(), "over six") == "over six");
+}
+
+TEST_CASE("a reset from the backend reaches the client as a reset") {
+  backend b([](const sock& c) {
+    c.send_all("partial");
+    std::this_thread::sleep_for(50ms);
+    ::linger l{1, 0};
+    ::setsockopt(c.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+  });
+  running_server s(quiet_options());
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  CHECK(c.read_n(7) == "partial");
+  char buf[16];
+  ssize_t k = ::recv(c.fd(), buf, sizeof buf, 0);
+  int e = errno;
+  CHECK(k < 0);
+  CHECK(e == ECONNRESET);
+}
+
+TEST_CASE("several balancers live in one process and stop cleanly") {
+  backend b(named("b"));
+  for (int round = 0; round < 3; ++round) {
+    running_server s1(quiet_options()), s2(quiet_options());
+    s1.add(b);
+    s2.add(b);
+    std::string first = s1.address();
+    CHECK(name_of(exchange(first, "1")) == "b");
+    CHECK(name_of(exchange(s2.address(), "2")) == "b");
+    s1.srv.stop();
+    s1.srv.stop();
+    CHECK(s1.srv.listen_endpoint().port == 0);
+    CHECK(name_of(exchange(s2.address(), "3")) == "b");
+    CHECK_FALSE(connect_to(first));
+  }
+}
+
+TEST_CASE("bad options are refused with a clear error") {
+  auto o = quiet_options();
+  o.listen = "nowhere";
+  harmony::server s(o);
+  CHECK(s.start() == harmony::errc::bad_address);
+  o.listen = "127.0.0.1:0";
+  o.workers = 0;
+  harmony::server t(o);
+  CHECK(t.start() == harmony::errc::bad_option);
+  running_server r(quiet_options());
+  CHECK(r.srv.start() == harmony::errc::already_running);
+  CHECK(r.srv.add_backend("127.0.0.1", 500) == harmony::errc::bad_address);
+  CHECK(r.srv.add_backend("127.0.0.1:80", 0) == harmony::errc::bad_option);
+  CHECK(r.srv.set_weight("0123", 10) == harmony::errc::unknown_backend);
+}

@@ -1,0 +1,232 @@
+// Sans-IO unit tests. This unit also compiles the library implementation for the
+// test binary (the reactor backend comes from the command line).
+#define HARMONY_IMPLEMENTATION
+#include "../harmony.hpp"
+
+#include <ostream>
+#include <doctest/doctest.h>
+
+#include <map>
+#include <set>
+
+using namespace harmony;
+
+TEST_CASE("endpoints parse HOST:PORT and [IPv6]:PORT, and reject the rest") {
+  endpoint ep;
+  CHECK_FALSE(parse_endpoint("127.0.0.1:3000", ep));
+  CHECK(ep.host == "127.0.0.1");
+  CHECK(ep.port == 3000);
+  CHECK_FALSE(parse_endpoint("[::1]:8080", ep));
+  CHECK(ep.host == "::1");
+  CHECK(ep.port == 8080);
+  CHECK(ep.to_string() == "[::1]:8080");
+  CHECK_FALSE(parse_endpoint("localhost:0", ep));
+  CHECK(ep.port == 0);
+  for (const char* bad : {"", "3000", "host", "host:", ":80", "::1:80", "[::1]80", "[::1]", "h:65536", "h:-1",
+                          "h:12a", "a b:1", "[::1:80"})
+    CHECK_MESSAGE(parse_endpoint(bad, ep) == errc::bad_address, bad);
+}
+
+TEST_CASE("durations parse with units") {
+  duration d{};
+  CHECK_FALSE(parse_duration("500ms", d));
+  CHECK(d.count() == 500);
+  CHECK_FALSE(parse_duration("30s", d));
+  CHECK(d.count() == 30000);
+  CHECK_FALSE(parse_duration("1m", d));
+  CHECK(d.count() == 60000);
+  CHECK_FALSE(parse_duration("2h", d));
+  CHECK(d.count() == 7200000);
+  CHECK_FALSE(parse_duration("250", d));
+  CHECK(d.count() == 250);
+  for (const char* bad : {"", "s", "1x", "-1s", "1.5s", "99999999999999999999s", "1 s"})
+    CHECK_MESSAGE(parse_duration(bad, d) == errc::bad_duration, bad);
+}
+
+TEST_CASE("error codes carry harmony messages") {
+  std::error_code e = errc::queue_timeout;
+  CHECK(e.category().name() == std::string("harmony"));
+  CHECK(e.message() == "timed out in the wait queue");
+  CHECK(e == errc::queue_timeout);
+  CHECK(e != errc::queue_full);
+}
+
+namespace {
+std::map<std::uint32_t, int> picks(detail::selector& s, int n) {
+  std::map<std::uint32_t, int> counts;
+  for (int i = 0; i < n; ++i) {
+    auto slot = s.pick([](std::uint32_t) { return detail::selector::verdict::take; });
+    REQUIRE(slot != detail::selector::npos);
+    ++counts[slot];
+  }
+  return counts;
+}
+}  // namespace
+
+TEST_CASE("round-robin splits exactly by weight and smoothly") {
+  detail::selector s(algorithm::roundrobin);
+  s.insert(0, 500, 0);
+  s.insert(1, 500, 0);
+  s.insert(2, 1000, 0);
+  auto counts = picks(s, 400);
+  CHECK(counts[0] == 100);
+  CHECK(counts[1] == 100);
+  CHECK(counts[2] == 200);
+  // Smooth: the heavy backend never gets more than two in a row.
+  detail::selector t(algorithm::roundrobin);
+  t.insert(0, 1000, 0);
+  t.insert(1, 500, 0);
+  int run = 0, longest = 0;
+  for (int i = 0; i < 300; ++i) {
+    auto slot = t.pick([](std::uint32_t) { return detail::selector::verdict::take; });
+    run = slot == 0 ? run + 1 : 0;
+    longest = std::max(longest, run);
+  }
+  CHECK(longest == 2);
+}
+
+TEST_CASE("leastconn: idle backends split by weight, busy ones are avoided") {
+  detail::selector s(algorithm::leastconn);
+  s.insert(0, 1000, 0);
+  s.insert(1, 500, 0);
+  auto counts = picks(s, 300);
+  CHECK(counts[0] == 200);
+  CHECK(counts[1] == 100);
+  // With load: slot 0 has 4 open at weight 1000 (0.004), slot 1 has 1 at 500 (0.002).
+  s.set_active(0, 4);
+  s.set_active(1, 1);
+  auto slot = s.pick([](std::uint32_t) { return detail::selector::verdict::take; });
+  CHECK(slot == 1);
+  s.set_active(1, 3);  // 0.006 now
+  slot = s.pick([](std::uint32_t) { return detail::selector::verdict::take; });
+  CHECK(slot == 0);
+}
+
+TEST_CASE("selector skips, evicts, re-weights and removes") {
+  detail::selector s(algorithm::roundrobin);
+  for (std::uint32_t i = 0; i < 4; ++i) s.insert(i, 100, 0);
+  auto slot = s.pick([](std::uint32_t x) {
+    return x == 0 ? detail::selector::verdict::skip
+                  : x == 1 ? detail::selector::verdict::evict : detail::selector::verdict::take;
+  });
+  CHECK((slot == 2 || slot == 3));
+  CHECK(s.contains(0));
+  CHECK_FALSE(s.contains(1));
+  CHECK(s.size() == 3);
+  s.erase(0);
+  s.set_weight(2, 300);
+  auto counts = picks(s, 400);
+  // 3:1 from here on; the passes they had before the change may shift one pick.
+  CHECK(counts[2] >= 299);
+  CHECK(counts[2] <= 301);
+  CHECK(counts[2] + counts[3] == 400);
+  CHECK(counts.count(0) == 0);
+  // Nothing left to take.
+  slot = s.pick([](std::uint32_t) { return detail::selector::verdict::skip; });
+  CHECK(slot == detail::selector::npos);
+  CHECK(s.size() == 2);
+}
+
+TEST_CASE("a newcomer starts at the current virtual time instead of catching up") {
+  detail::selector s(algorithm::roundrobin);
+  s.insert(0, 100, 0);
+  picks(s, 1000);
+  s.insert(1, 100, 0);
+  auto counts = picks(s, 100);
+  CHECK(counts[0] >= 49);
+  CHECK(counts[1] >= 49);
+}
+
+TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
+  detail::registry r(algorithm::roundrobin, duration(1000), false);
+  detail::address a;
+  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  std::string static_id, agent_id;
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &static_id, 0));
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, true, &agent_id, 0));
+  CHECK(static_id.size() == 32);
+  CHECK(static_id.find_first_not_of("0123456789ABCDEF") == std::string::npos);
+  CHECK(static_id != agent_id);
+  std::set<std::string> seen;
+  auto pick_ids = [&](std::int64_t now, int n) {
+    seen.clear();
+    for (int i = 0; i < n; ++i) {
+      detail::pick_result p;
+      if (!r.pick(now, "", {}, p)) return false;
+      seen.insert(r.id_of(p.chosen));
+      r.release(p.chosen, false);
+    }
+    return true;
+  };
+  REQUIRE(pick_ids(500, 4));
+  CHECK(seen.size() == 2);
+  // The agent's ack is 2000 ms old at 2000: only the static backend is eligible.
+  REQUIRE(pick_ids(2000, 4));
+  CHECK(seen == std::set<std::string>{static_id});
+  CHECK_FALSE(r.ack(agent_id, 2000));
+  REQUIRE(pick_ids(2100, 4));
+  CHECK(seen.size() == 2);
+  CHECK_FALSE(r.drain(static_id, true, 2100));
+  REQUIRE(pick_ids(2100, 4));
+  CHECK(seen == std::set<std::string>{agent_id});
+  CHECK_FALSE(r.remove(agent_id));
+  detail::pick_result p;
+  CHECK_FALSE(r.pick(2100, "", {}, p));
+  CHECK(r.remove(agent_id) == errc::unknown_backend);
+  CHECK(r.set_weight("nope", 5) == errc::unknown_backend);
+  CHECK(r.set_weight(static_id, 0) == errc::bad_option);
+}
+
+TEST_CASE("registry: persistence keeps a client on its backend until it leaves") {
+  detail::registry r(algorithm::roundrobin, duration(60000), true);
+  detail::address a;
+  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  std::string ids[3];
+  for (auto& id : ids) REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &id, 0));
+  std::map<std::string, std::string> first;
+  for (int client = 0; client < 6; ++client) {
+    std::string key(1, static_cast<char>(client));
+    for (int round = 0; round < 5; ++round) {
+      detail::pick_result p;
+      REQUIRE(r.pick(0, key, {}, p));
+      std::string id = r.id_of(p.chosen);
+      r.release(p.chosen, false);
+      if (round == 0) first[key] = id;
+      CHECK(first[key] == id);
+    }
+  }
+  // Clients spread over all three backends.
+  std::set<std::string> used;
+  for (auto& e : first) used.insert(e.second);
+  CHECK(used.size() == 3);
+  // The backend of client 0 leaves: it is placed elsewhere, then stays there.
+  std::string gone = first[std::string(1, '\0')];
+  REQUIRE_FALSE(r.remove(gone));
+  detail::pick_result p;
+  REQUIRE(r.pick(0, std::string(1, '\0'), {}, p));
+  std::string moved = r.id_of(p.chosen);
+  CHECK(moved != gone);
+  REQUIRE(r.pick(0, std::string(1, '\0'), {}, p));
+  CHECK(r.id_of(p.chosen) == moved);
+  // A tried (failed) sticky backend is not chosen again for that connection.
+  std::vector<detail::lease> tried{p.chosen};
+  detail::pick_result q;
+  REQUIRE(r.pick(0, std::string(1, '\0'), tried, q));
+  CHECK(r.id_of(q.chosen) != moved);
+}
+
+TEST_CASE("registry: the affinity table stays bounded") {
+  detail::registry_limits limits;
+  limits.affinity_entries = 100;
+  limits.affinity_ttl_ms = 1000;
+  detail::registry r(algorithm::roundrobin, duration(60000), true, limits);
+  detail::address a;
+  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, nullptr, 0));
+  for (int i = 0; i < 1000; ++i) {
+    detail::pick_result p;
+    REQUIRE(r.pick(i, std::to_string(i), {}, p));
+    r.release(p.chosen, false);
+  }
+  CHECK(r.affinity_size() <= 100);
+}
