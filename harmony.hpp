@@ -20,6 +20,7 @@
 //   >>selector      sans-IO backend selection (weighted least-connections, round-robin)
 //   >>registry      the shared backend table
 //   >>reactor       timers, posting, the poller contract; epoll and poll pollers
+//   >>stream        a buffered byte stream for admin connections and the agent
 //   >>pump          the proxy core: two sockets, both directions, backpressure, half-close
 //   >>worker        one event loop: accept, pick, connect, relay, farewell
 //   >>server-impl   harmony::server
@@ -1461,6 +1462,158 @@ struct rejected_access {
 namespace detail {
 
 class worker;
+
+// >>stream
+// A buffered byte stream on one loop, for the admin port and the agent: read
+// callbacks, queued writes, graceful or immediate close. Closing retires the
+// handler; the owner is released after the loop turn, so a callback may close
+// (and so release) its own stream.
+class stream final : public io_handler {
+ public:
+  std::function<void(std::string_view)> on_data;
+  std::function<void(std::error_code)> on_connect;  // outgoing streams: once, error or success
+  std::function<void(std::error_code)> on_close;    // once: empty code on a clean EOF
+
+  explicit stream(reactor& loop) : loop_(loop) {}
+  stream(const stream&) = delete;
+  stream& operator=(const stream&) = delete;
+  ~stream() { drop(); }
+
+  bool is_open() const noexcept { return fd_ != invalid_socket; }
+  bool connecting() const noexcept { return connecting_; }
+  std::size_t pending() const noexcept { return out_.size() - out_sent_; }
+
+  void attach(socket_handle fd) {
+    reset_state();
+    fd_ = fd;
+    loop_.add(fd_, this, io_read);
+  }
+
+  std::error_code connect(const address& to) {
+    reset_state();
+    bool done = false;
+    socket_handle s = invalid_socket;
+    if (auto e = begin_connect(to, s, done)) return e;
+    fd_ = s;
+    connecting_ = !done;
+    loop_.add(fd_, this, io_read | io_write);
+    if (done && on_connect) on_connect({});
+    return {};
+  }
+
+  void write(std::string_view bytes) {
+    if (fd_ == invalid_socket || closing_) return;
+    if (out_sent_ == out_.size()) {
+      out_.clear();
+      out_sent_ = 0;
+    }
+    out_.append(bytes.data(), bytes.size());
+    if (!connecting_) flush();
+  }
+
+  // Sends what is queued, then closes.
+  void finish() {
+    if (fd_ == invalid_socket) return;
+    closing_ = true;
+    if (!connecting_) flush();
+  }
+
+  // Closes now, with a reset when `reset`. No callback follows.
+  void close(bool reset = false) {
+    if (fd_ == invalid_socket) return;
+    loop_.remove(fd_);
+    if (reset) abort_socket(fd_);
+    else close_socket(fd_);
+    fd_ = invalid_socket;
+    connecting_ = false;
+  }
+
+  void on_io(unsigned events) override {
+    if (connecting_) {
+      if (!(events & (io_write | io_error))) return;
+      connecting_ = false;
+      std::error_code e = pending_socket_error(fd_);
+      if (e) {
+        close();
+        if (on_connect) on_connect(e);
+        return;
+      }
+      if (on_connect) on_connect({});
+      if (fd_ == invalid_socket) return;
+      flush();
+      if (fd_ == invalid_socket) return;
+    }
+    if ((events & io_write) && pending()) {
+      flush();
+      if (fd_ == invalid_socket) return;
+    }
+    if (events & io_read) read_all();
+  }
+
+ private:
+  void reset_state() {
+    close();
+    out_.clear();
+    out_sent_ = 0;
+    closing_ = false;
+    retired = false;
+  }
+  void drop() { close(); }
+
+  void read_all() {
+    char buffer[4096];
+    for (;;) {
+      auto n = recv_some(fd_, buffer, sizeof buffer);
+      if (n > 0) {
+        if (on_data) on_data(std::string_view(buffer, static_cast<std::size_t>(n)));
+        if (fd_ == invalid_socket || retired) return;
+        continue;
+      }
+      if (n < 0) {
+        int e = last_socket_error();
+        if (would_block(e)) return;
+        if (e == EINTR) continue;
+        return hang_up(system_error_code(e));
+      }
+      return hang_up({});
+    }
+  }
+
+  void hang_up(std::error_code e) {
+    close(static_cast<bool>(e));
+    if (on_close) on_close(e);
+  }
+
+  void flush() {
+    while (out_sent_ < out_.size()) {
+      auto n = send_some(fd_, out_.data() + out_sent_, out_.size() - out_sent_);
+      if (n < 0) {
+        int e = last_socket_error();
+        if (would_block(e)) {
+          if (reactor::tracks_interest) loop_.interest(fd_, this, io_read | io_write);
+          return;
+        }
+        if (e == EINTR) continue;
+        return hang_up(system_error_code(e));
+      }
+      out_sent_ += static_cast<std::size_t>(n);
+    }
+    out_.clear();
+    out_sent_ = 0;
+    if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
+    if (closing_) {
+      ::shutdown(fd_, SHUT_WR);
+      close();
+    }
+  }
+
+  reactor& loop_;
+  socket_handle fd_ = invalid_socket;
+  bool connecting_ = false;
+  bool closing_ = false;
+  std::string out_;
+  std::size_t out_sent_ = 0;
+};
 
 // >>pump
 // A proxied connection: the client socket, the backend socket and one buffer per
