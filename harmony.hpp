@@ -274,7 +274,41 @@ class server {
 #include <unordered_map>
 
 #if defined(_WIN32)
-#error "harmony: the IOCP backend is not written yet"
+// Only this implementation unit sees <windows.h>; the macros it needs are set here
+// when absent and undone afterwards, so nothing changes for code included later.
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#define HARMONY_UNDEF_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#define HARMONY_UNDEF_NOMINMAX
+#endif
+// A program may have included <windows.h>, and with it the old <winsock.h>,
+// first. MinGW-w64's headers cope with that order but say so with a #warning
+// (which no pragma silences) keyed on the old header's guard, and that would
+// break -Werror builds of such programs; <winsock2.h> sets the guard again.
+#if defined(__MINGW32__) && defined(_WINSOCKAPI_) && !defined(_WINSOCK2API_)
+#undef _WINSOCKAPI_
+#endif
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <mswsock.h>
+#include <windows.h>
+#include <ntsecapi.h>
+#ifdef HARMONY_UNDEF_LEAN_AND_MEAN
+#undef WIN32_LEAN_AND_MEAN
+#undef HARMONY_UNDEF_LEAN_AND_MEAN
+#endif
+#ifdef HARMONY_UNDEF_NOMINMAX
+#undef NOMINMAX
+#undef HARMONY_UNDEF_NOMINMAX
+#endif
+#if defined(_MSC_VER)
+#pragma comment(lib, "ws2_32")
+#pragma comment(lib, "mswsock")
+#pragma comment(lib, "advapi32")
+#endif
 #else
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -302,6 +336,107 @@ inline std::int64_t now_ms() noexcept {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock::now().time_since_epoch()).count();
 }
 
+#if defined(_WIN32)
+using socket_handle = SOCKET;
+constexpr socket_handle invalid_socket = INVALID_SOCKET;
+#if defined(_MSC_VER)
+using ssize_t = std::ptrdiff_t;
+#endif
+// The POSIX name, so that the shared code says shutdown(fd, SHUT_WR) on both systems.
+constexpr int SHUT_WR = SD_SEND;
+
+// Winsock wants WSAStartup once per process before any other call. It is never
+// undone: WSACleanup at exit could pull sockets from under objects that other
+// static destructors are still closing, and the end of the process frees it all.
+inline bool winsock_ready() noexcept {
+  static const bool ready = [] {
+    WSADATA data;
+    return ::WSAStartup(MAKEWORD(2, 2), &data) == 0;
+  }();
+  return ready;
+}
+
+// Winsock and completion codes as the portable conditions they mean, so that a
+// caller compares them with std::errc on every system.
+inline int portable_errno(int code) noexcept {
+  switch (code) {
+    case WSAEWOULDBLOCK: return EWOULDBLOCK;
+    case WSAEINPROGRESS: return EINPROGRESS;
+    case WSAEINTR: return EINTR;
+    case WSAEACCES: return EACCES;
+    case WSAEINVAL: return EINVAL;
+    case WSAEMFILE: return EMFILE;
+    case WSAENOBUFS: return ENOBUFS;
+    case WSAENOTSOCK: return ENOTSOCK;
+    case WSAEAFNOSUPPORT: return EAFNOSUPPORT;
+    case WSAEADDRINUSE: return EADDRINUSE;
+    case WSAEADDRNOTAVAIL: return EADDRNOTAVAIL;
+    case WSAENETDOWN: return ENETDOWN;
+    case WSAENETUNREACH: case ERROR_NETWORK_UNREACHABLE: return ENETUNREACH;
+    case WSAEHOSTUNREACH: case ERROR_HOST_UNREACHABLE: return EHOSTUNREACH;
+    case WSAENETRESET: return ENETRESET;
+    case WSAECONNABORTED: case ERROR_CONNECTION_ABORTED: return ECONNABORTED;
+    // A reset seen by an overlapped operation may come back as "network name deleted".
+    case WSAECONNRESET: case ERROR_NETNAME_DELETED: return ECONNRESET;
+    case WSAECONNREFUSED: case ERROR_CONNECTION_REFUSED: case ERROR_PORT_UNREACHABLE: return ECONNREFUSED;
+    case WSAETIMEDOUT: case ERROR_SEM_TIMEOUT: return ETIMEDOUT;
+    case WSAENOTCONN: return ENOTCONN;
+    case WSAESHUTDOWN: return EPIPE;
+    case WSAEISCONN: return EISCONN;
+    case WSAEMSGSIZE: return EMSGSIZE;
+    case WSA_OPERATION_ABORTED: return ECANCELED;
+    default: return 0;
+  }
+}
+
+class winsock_category_impl final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "winsock"; }
+  std::string message(int value) const override {
+    std::string text = std::system_category().message(value);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == '.')) text.pop_back();
+    return text;
+  }
+  std::error_condition default_error_condition(int value) const noexcept override {
+    int e = portable_errno(value);
+    return e ? std::error_condition(e, std::generic_category()) : std::error_condition(value, *this);
+  }
+};
+inline const std::error_category& winsock_category() noexcept {
+  static const winsock_category_impl category;
+  return category;
+}
+
+inline int last_socket_error() noexcept { return ::WSAGetLastError(); }
+inline bool would_block(int e) noexcept { return e == WSAEWOULDBLOCK; }
+inline std::error_code system_error_code(int e) noexcept { return {e, winsock_category()}; }
+inline void close_socket(socket_handle s) noexcept { ::closesocket(s); }
+// Closing with a zero linger sends a reset instead of a FIN: how a reset is passed on.
+inline void abort_socket(socket_handle s) noexcept {
+  ::linger l{};
+  l.l_onoff = 1;
+  l.l_linger = 0;
+  ::setsockopt(s, SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l), sizeof l);
+  ::closesocket(s);
+}
+inline void set_nodelay(socket_handle s) noexcept {
+  BOOL one = TRUE;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&one), sizeof one);
+}
+// Overlapped operations ignore this mode; it makes the plain send/recv calls
+// that the engine also uses return WSAEWOULDBLOCK instead of waiting.
+inline bool set_nonblocking(socket_handle s) noexcept {
+  u_long one = 1;
+  return ::ioctlsocket(s, FIONBIO, &one) == 0;
+}
+inline int clamp_length(std::size_t n) noexcept { return n > INT_MAX ? INT_MAX : static_cast<int>(n); }
+inline ssize_t send_some(socket_handle s, const char* data, std::size_t n) noexcept {
+  return ::send(s, data, clamp_length(n), 0);
+}
+inline ssize_t recv_some(socket_handle s, char* data, std::size_t n) noexcept {
+  return ::recv(s, data, clamp_length(n), 0);
+}
+#else
 using socket_handle = int;
 constexpr socket_handle invalid_socket = -1;
 inline int last_socket_error() noexcept { return errno; }
@@ -332,6 +467,7 @@ inline ssize_t send_some(socket_handle s, const char* data, std::size_t n) noexc
 #endif
 }
 inline ssize_t recv_some(socket_handle s, char* data, std::size_t n) noexcept { return ::recv(s, data, n, 0); }
+#endif
 
 struct address {
   sockaddr_storage storage{};
@@ -372,6 +508,9 @@ struct address {
 };
 
 inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+#if defined(_WIN32)
+  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
+#endif
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -386,6 +525,37 @@ inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   return {};
 }
 
+#if defined(_WIN32)
+inline socket_handle open_stream_socket(int family) noexcept {
+  if (!winsock_ready()) return invalid_socket;
+  socket_handle s =
+      ::WSASocketW(family, SOCK_STREAM, IPPROTO_TCP, nullptr, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+  if (s != invalid_socket && !set_nonblocking(s)) {
+    close_socket(s);
+    return invalid_socket;
+  }
+  return s;
+}
+
+// Windows has no SO_REUSEPORT and its SO_REUSEADDR lets another process take a
+// bound port over, so the listener asks for the port exclusively instead; the
+// workers of a server share one listener (see worker).
+inline std::error_code open_listener(const address& at, bool, socket_handle& out) {
+  socket_handle s = open_stream_socket(at.family());
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  BOOL one = TRUE;
+  ::setsockopt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, reinterpret_cast<const char*>(&one), sizeof one);
+  if (at.family() == AF_INET6)
+    ::setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, reinterpret_cast<const char*>(&one), sizeof one);
+  if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
+    int e = last_socket_error();
+    close_socket(s);
+    return system_error_code(e);
+  }
+  out = s;
+  return {};
+}
+#else
 inline socket_handle open_stream_socket(int family) noexcept {
 #if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
   return ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -421,12 +591,41 @@ inline std::error_code open_listener(const address& at, bool reuse_port, socket_
   return {};
 }
 
+#endif
+
 inline std::error_code local_address(socket_handle s, address& out) {
   out.length = sizeof out.storage;
   if (::getsockname(s, out.get(), &out.length) != 0) return system_error_code(last_socket_error());
   return {};
 }
 
+#if defined(_WIN32)
+// ConnectEx wants a bound socket; the reactor starts the connect itself once the
+// socket belongs to its completion port (reactor::connect), so `done` stays false.
+inline std::error_code begin_connect(const address& to, socket_handle& out, bool& done) {
+  socket_handle s = open_stream_socket(to.family());
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  set_nodelay(s);
+  done = false;
+  address any;
+  any.storage.ss_family = static_cast<ADDRESS_FAMILY>(to.family());
+  any.length = to.family() == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (::bind(s, any.get(), any.length) != 0) {
+    int e = last_socket_error();
+    close_socket(s);
+    return system_error_code(e);
+  }
+  out = s;
+  return {};
+}
+
+inline std::error_code pending_socket_error(socket_handle s) noexcept {
+  int e = 0;
+  int len = sizeof e;
+  if (::getsockopt(s, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&e), &len) != 0) e = last_socket_error();
+  return e ? system_error_code(e) : std::error_code{};
+}
+#else
 // Starts a non-blocking connect; `done` tells whether it completed at once.
 inline std::error_code begin_connect(const address& to, socket_handle& out, bool& done) {
   socket_handle s = open_stream_socket(to.family());
@@ -469,10 +668,21 @@ inline socket_handle accept_one(socket_handle listener, address& peer) noexcept 
 #endif
 }
 
+#endif
+
 // Backend ids must be unguessable: they come from the OS CSPRNG.
 inline bool random_bytes(void* out, std::size_t n) noexcept {
   auto* p = static_cast<unsigned char*>(out);
-#if defined(__linux__)
+#if defined(_WIN32)
+  // RtlGenRandom lives in advapi32, which every Windows toolchain links by default.
+  while (n > 0) {
+    ULONG chunk = n > 0x10000000 ? 0x10000000 : static_cast<ULONG>(n);
+    if (!::RtlGenRandom(p, chunk)) return false;
+    p += chunk;
+    n -= chunk;
+  }
+  return true;
+#elif defined(__linux__)
   while (n > 0) {
     ssize_t got = ::getrandom(p, n, 0);
     if (got < 0) {
@@ -1133,9 +1343,34 @@ class registry {
 // >>reactor
 enum : unsigned { io_read = 1, io_write = 2, io_error = 4, io_peer_closed = 8 };
 
+#if defined(HARMONY_USE_IOCP)
+struct io_op;
+#endif
+
 struct io_handler {
   virtual void on_io(unsigned events) = 0;
   bool retired = false;  // closed during this loop turn: its pending events are stale
+#if defined(HARMONY_USE_IOCP)
+  // What the completion engine keeps per socket. The kernel writes into an
+  // operation until its completion is dequeued, so a handler is released only
+  // when every operation it started has come back; `group` is the handler that
+  // counts them (the two sockets of a session count on one) and holds the release.
+  struct iocp_state {
+    io_handler* group = nullptr;  // null: this handler
+    std::uint32_t outstanding = 0;
+    unsigned interest = 0;
+    socket_handle socket = invalid_socket;  // while registered
+    io_op* reading = nullptr;               // the zero-byte receive in flight
+    io_op* writing = nullptr;               // the send or connect in flight
+    int error = 0;                          // of the completion being delivered
+    std::uint32_t sent = 0;                 // bytes the completed send wrote
+    std::function<void()> release;
+  } iocp;
+  io_handler* counting() noexcept { return iocp.group ? iocp.group : this; }
+  // Turns a completion into the readiness events on_io() understands; a handler
+  // that needs the operation itself (the listener) overrides it.
+  virtual void on_complete(io_op& op, int error, std::uint32_t bytes);
+#endif
 
  protected:
   ~io_handler() = default;
@@ -1251,6 +1486,246 @@ class poller {
   std::vector<int> slot_of_;
   std::vector<std::pair<io_handler*, unsigned>> ready_;
 };
+#elif defined(HARMONY_USE_IOCP)
+// Windows: an I/O completion port. Readiness is emulated the libuv way: a socket
+// that wants to read keeps one zero-byte overlapped WSARecv in flight, which
+// completes when data (or a FIN, or a reset) arrives and costs no buffer while the
+// connection is idle; the handler then reads with plain non-blocking recv, as on
+// POSIX. Interest is level-triggered, like poll: after each delivery the probe is
+// posted again while the handler still wants to read. A send that would block goes
+// out as an overlapped WSASend of the caller's bytes, which stay put until its
+// completion is delivered as io_write with `iocp.sent` set. Connects use ConnectEx
+// and the listener AcceptEx, both found through WSAIoctl.
+enum : unsigned { op_probe, op_send, op_connect, op_accept };
+
+struct io_op {
+  OVERLAPPED overlapped;  // first, so that a dequeued OVERLAPPED* is the operation
+  io_handler* owner;
+  socket_handle socket;
+  unsigned kind;
+  int failed;   // set when the call failed at once: a completion posted by hand carries it
+  bool stale;   // its socket was closed: count it back, deliver nothing
+  bool pooled;  // belongs to the engine's pool (the listener owns its accept operations)
+  io_op* next;  // the pool's free list
+};
+
+// An AcceptEx in flight: the socket it fills and the room for both addresses.
+struct accept_op : io_op {
+  static constexpr DWORD address_room = sizeof(sockaddr_storage) + 16;
+  socket_handle accepted = invalid_socket;
+  char addresses[2 * address_room];
+};
+
+inline void io_handler::on_complete(io_op& op, int error, std::uint32_t bytes) {
+  iocp.error = error;
+  unsigned failed = error ? static_cast<unsigned>(io_error) : 0u;
+  switch (op.kind) {
+    case op_probe: return on_io(io_read | failed);
+    case op_send: iocp.sent = bytes; return on_io(io_write | failed);
+    default: return on_io(io_write | failed);
+  }
+}
+
+class poller {
+ public:
+  static constexpr bool tracks_interest = true;
+  poller() = default;
+  poller(const poller&) = delete;
+  poller& operator=(const poller&) = delete;
+  ~poller() {
+    if (port_) ::CloseHandle(port_);
+    // An operation still in flight here (settle() gave up) may yet be written by
+    // the kernel: its memory is left alone rather than freed under it.
+    if (in_flight_ == 0)
+      while (free_) {
+        io_op* op = free_;
+        free_ = op->next;
+        delete op;
+      }
+  }
+  std::error_code open() {
+    if (!winsock_ready()) return system_error_code(WSANOTINITIALISED);
+    port_ = ::CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, 1);
+    return port_ ? std::error_code{} : system_error_code(static_cast<int>(::GetLastError()));
+  }
+  std::error_code add(socket_handle s, io_handler* h, unsigned interest) {
+    if (!::CreateIoCompletionPort(reinterpret_cast<HANDLE>(s), port_, 0, 0))
+      return system_error_code(static_cast<int>(::GetLastError()));
+    sockets_[s] = h;
+    h->iocp.socket = s;
+    h->iocp.interest = 0;
+    this->interest(s, h, interest);
+    return {};
+  }
+  void interest(socket_handle, io_handler* h, unsigned interest) {
+    h->iocp.interest = interest;
+    if ((interest & io_read) && !h->iocp.reading && h->iocp.socket != invalid_socket) probe(h);
+  }
+  // Cancels what the socket has in flight; the caller closes it next. (Wine
+  // completes a receive cut short by closesocket with an odd status; after
+  // CancelIoEx it reports the usual ERROR_OPERATION_ABORTED.)
+  void remove(socket_handle s) noexcept {
+    auto it = sockets_.find(s);
+    if (it == sockets_.end()) return;
+    io_handler* h = it->second;
+    sockets_.erase(it);
+    ::CancelIoEx(reinterpret_cast<HANDLE>(s), nullptr);
+    for (io_op** op : {&h->iocp.reading, &h->iocp.writing})
+      if (*op) {
+        (*op)->stale = true;
+        *op = nullptr;
+      }
+    h->iocp.socket = invalid_socket;
+  }
+
+  void send(socket_handle s, io_handler* h, const char* data, std::size_t n) {
+    io_op* op = take(h, s, op_send);
+    h->iocp.writing = op;
+    WSABUF buffer;
+    buffer.len = static_cast<ULONG>(std::min<std::size_t>(n, 1u << 30));
+    buffer.buf = const_cast<char*>(data);
+    if (::WSASend(s, &buffer, 1, nullptr, 0, &op->overlapped, nullptr) != 0) started(op, ::WSAGetLastError());
+  }
+  void connect(socket_handle s, io_handler* h, const address& to) {
+    io_op* op = take(h, s, op_connect);
+    h->iocp.writing = op;
+    LPFN_CONNECTEX connect_ex = nullptr;
+    GUID id = WSAID_CONNECTEX;
+    DWORD size = 0;
+    if (::WSAIoctl(s, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &connect_ex, sizeof connect_ex, &size,
+                   nullptr, nullptr) != 0)
+      return started(op, ::WSAGetLastError());
+    if (!connect_ex(s, to.get(), to.length, nullptr, 0, nullptr, &op->overlapped)) started(op, ::WSAGetLastError());
+  }
+  // Starts an AcceptEx on `listener` into a fresh socket; the listener owns `op`.
+  std::error_code accept(socket_handle listener, io_handler* h, accept_op& op, int family) {
+    op.accepted = open_stream_socket(family);
+    if (op.accepted == invalid_socket) return system_error_code(last_socket_error());
+    LPFN_ACCEPTEX accept_ex = nullptr;
+    GUID id = WSAID_ACCEPTEX;
+    DWORD size = 0;
+    int e = 0;
+    if (::WSAIoctl(listener, SIO_GET_EXTENSION_FUNCTION_POINTER, &id, sizeof id, &accept_ex, sizeof accept_ex, &size,
+                   nullptr, nullptr) != 0)
+      e = ::WSAGetLastError();
+    if (!e) {
+      prepare(op, h, listener, op_accept);
+      op.pooled = false;
+      ++h->counting()->iocp.outstanding;
+      ++in_flight_;
+      DWORD received = 0;
+      if (accept_ex(listener, op.accepted, op.addresses, 0, accept_op::address_room, accept_op::address_room,
+                    &received, &op.overlapped) ||
+          ::WSAGetLastError() == ERROR_IO_PENDING)
+        return {};
+      e = ::WSAGetLastError();
+      --h->counting()->iocp.outstanding;
+      --in_flight_;
+    }
+    close_socket(op.accepted);
+    op.accepted = invalid_socket;
+    return system_error_code(e);
+  }
+
+  void wake() { ::PostQueuedCompletionStatus(port_, 0, wake_key, nullptr); }
+  std::size_t in_flight() const noexcept { return in_flight_; }
+
+  // Dequeues completions for up to `timeout_ms` and hands each live one to
+  // `dispatch(handler, op, error, bytes)`; `on_wake` runs for a wake-up. Every
+  // completion is counted back, and a retired group whose count reaches zero has
+  // its release moved to `released`.
+  template <class Dispatch, class Wake>
+  void wait(int timeout_ms, Dispatch&& dispatch, Wake&& on_wake, std::vector<std::function<void()>>& released) {
+    ULONG n = 0;
+    if (!::GetQueuedCompletionStatusEx(port_, entries_, max_events, &n, static_cast<DWORD>(timeout_ms), FALSE)) return;
+    for (ULONG i = 0; i < n; ++i) {
+      if (!entries_[i].lpOverlapped) {
+        on_wake();
+        continue;
+      }
+      io_op* op = reinterpret_cast<io_op*>(entries_[i].lpOverlapped);
+      io_handler* h = op->owner;
+      io_handler* group = h->counting();
+      if (h->iocp.reading == op) h->iocp.reading = nullptr;
+      if (h->iocp.writing == op) h->iocp.writing = nullptr;
+      --group->iocp.outstanding;
+      --in_flight_;
+      bool live = !op->stale && !h->retired;
+      if (live) {
+        std::uint32_t bytes = entries_[i].dwNumberOfBytesTransferred;
+        int error = op->failed;
+        if (!error && op->overlapped.Internal != 0) {
+          DWORD transferred = 0, flags = 0;
+          if (!::WSAGetOverlappedResult(op->socket, &op->overlapped, &transferred, FALSE, &flags))
+            error = ::WSAGetLastError();
+        }
+        if (!error && op->kind == op_connect &&
+            ::setsockopt(op->socket, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, nullptr, 0) != 0)
+          error = ::WSAGetLastError();
+        dispatch(h, *op, error, bytes);
+      }
+      if (op->pooled) give(op);
+      if (live && !h->retired && (h->iocp.interest & io_read) && !h->iocp.reading &&
+          h->iocp.socket != invalid_socket)
+        probe(h);
+      if (group->retired && group->iocp.outstanding == 0 && group->iocp.release) {
+        released.push_back(std::move(group->iocp.release));
+        group->iocp.release = nullptr;
+      }
+    }
+  }
+
+ private:
+  static constexpr ULONG max_events = 256;
+  static constexpr ULONG_PTR wake_key = 1;
+
+  void prepare(io_op& op, io_handler* h, socket_handle s, unsigned kind) noexcept {
+    std::memset(&op.overlapped, 0, sizeof op.overlapped);
+    op.owner = h;
+    op.socket = s;
+    op.kind = kind;
+    op.failed = 0;
+    op.stale = false;
+  }
+  io_op* take(io_handler* h, socket_handle s, unsigned kind) {
+    io_op* op = free_;
+    if (op) free_ = op->next;
+    else op = new io_op;
+    prepare(*op, h, s, kind);
+    op->pooled = true;
+    ++h->counting()->iocp.outstanding;
+    ++in_flight_;
+    return op;
+  }
+  void give(io_op* op) noexcept {
+    op->next = free_;
+    free_ = op;
+  }
+  // After an overlapped call returned non-zero: pending is the normal case; a call
+  // that failed at once queues nothing, so its failure is posted by hand and comes
+  // back through the port like any other completion.
+  void started(io_op* op, int error) {
+    if (error == WSA_IO_PENDING || error == ERROR_IO_PENDING) return;
+    op->failed = error ? error : WSAEINVAL;
+    ::PostQueuedCompletionStatus(port_, 0, 0, &op->overlapped);
+  }
+  void probe(io_handler* h) {
+    io_op* op = take(h, h->iocp.socket, op_probe);
+    h->iocp.reading = op;
+    WSABUF buffer;
+    buffer.len = 0;
+    buffer.buf = nullptr;
+    DWORD flags = 0;
+    if (::WSARecv(h->iocp.socket, &buffer, 1, nullptr, &flags, &op->overlapped, nullptr) != 0)
+      started(op, ::WSAGetLastError());
+  }
+
+  HANDLE port_ = nullptr;
+  std::unordered_map<socket_handle, io_handler*> sockets_;
+  io_op* free_ = nullptr;
+  std::size_t in_flight_ = 0;
+  OVERLAPPED_ENTRY entries_[max_events];
+};
 #endif
 
 // One event loop: a poller, timers, a cross-thread task queue and a wake-up.
@@ -1260,13 +1735,19 @@ class reactor {
   reactor(const reactor&) = delete;
   reactor& operator=(const reactor&) = delete;
   ~reactor() {
+#if !defined(HARMONY_USE_IOCP)
     if (wake_read_ >= 0) ::close(wake_read_);
     if (wake_write_ >= 0 && wake_write_ != wake_read_) ::close(wake_write_);
+#endif
   }
 
   std::error_code open() {
     if (auto e = poller_.open()) return e;
-#if defined(HARMONY_USE_EPOLL)
+#if defined(HARMONY_USE_IOCP)
+    // The port itself carries wake-ups: no descriptor to watch.
+    now_ = now_ms();
+    return {};
+#elif defined(HARMONY_USE_EPOLL)
     wake_read_ = wake_write_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_read_ < 0) return system_error_code(errno);
 #else
@@ -1276,14 +1757,32 @@ class reactor {
     wake_write_ = p[1];
     if (!set_nonblocking(wake_read_) || !set_nonblocking(wake_write_)) return system_error_code(errno);
 #endif
+#if !defined(HARMONY_USE_IOCP)
     now_ = now_ms();
     return poller_.add(wake_read_, &waker_, io_read);
+#endif
   }
 
   std::error_code add(socket_handle s, io_handler* h, unsigned interest) { return poller_.add(s, h, interest); }
   void interest(socket_handle s, io_handler* h, unsigned interest) { poller_.interest(s, h, interest); }
   void remove(socket_handle s) { poller_.remove(s); }
   static constexpr bool tracks_interest = poller::tracks_interest;
+#if defined(HARMONY_USE_IOCP)
+  // The completion-only operations (see the IOCP poller).
+  void send(socket_handle s, io_handler* h, const char* data, std::size_t n) { poller_.send(s, h, data, n); }
+  void connect(socket_handle s, io_handler* h, const address& to) { poller_.connect(s, h, to); }
+  std::error_code accept(socket_handle listener, io_handler* h, accept_op& op, int family) {
+    return poller_.accept(listener, h, op, family);
+  }
+  // Waits (up to a few seconds) until every operation in flight has come back,
+  // delivering none: for tearing a loop down after everything on it was closed.
+  void settle() {
+    std::int64_t end = now_ms() + 5000;
+    while (poller_.in_flight() > 0 && now_ms() < end)
+      poller_.wait(100, [](io_handler*, io_op&, int, std::uint32_t) {}, [] {}, graveyard_);
+    run_graveyard();
+  }
+#endif
 
   // Cached at each loop turn, so hot paths never read the clock.
   std::int64_t now() const noexcept { return now_; }
@@ -1326,6 +1825,13 @@ class reactor {
   // Handlers closed during a turn are released after it, when no stale event can reach them.
   void retire(io_handler* h, std::function<void()> release) {
     h->retired = true;
+#if defined(HARMONY_USE_IOCP)
+    // ... and, with completions, once the last operation they started is back.
+    if (h->iocp.outstanding > 0) {
+      h->iocp.release = std::move(release);
+      return;
+    }
+#endif
     graveyard_.push_back(std::move(release));
   }
 
@@ -1339,9 +1845,15 @@ class reactor {
       std::int64_t wait = timers_.front()->deadline - now_ms();
       timeout = wait <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>(wait, INT_MAX));
     }
+#if defined(HARMONY_USE_IOCP)
+    poller_.wait(
+        timeout, [](io_handler* h, io_op& op, int error, std::uint32_t bytes) { h->on_complete(op, error, bytes); },
+        [this] { wake_posted_.store(false, std::memory_order_release); }, graveyard_);
+#else
     poller_.wait(timeout, [](io_handler* h, unsigned ev) {
       if (!h->retired) h->on_io(ev);
     });
+#endif
     now_ = now_ms();
     while (!timers_.empty() && timers_.front()->deadline <= now_) {
       timer* t = timers_.front();
@@ -1349,8 +1861,7 @@ class reactor {
       t->fire();
     }
     run_tasks();
-    for (std::size_t i = 0; i < graveyard_.size(); ++i) graveyard_[i]();
-    graveyard_.clear();
+    run_graveyard();
   }
 
  private:
@@ -1359,6 +1870,19 @@ class reactor {
     void on_io(unsigned) override { owner->drain_wake(); }
   };
 
+  void run_graveyard() {
+    for (std::size_t i = 0; i < graveyard_.size(); ++i) graveyard_[i]();
+    graveyard_.clear();
+  }
+#if defined(HARMONY_USE_IOCP)
+  // One wake-up packet in the port at a time is enough: the loop runs every task
+  // queued before it dequeues the packet's successor.
+  void wake() {
+    if (!wake_posted_.exchange(true, std::memory_order_acq_rel)) poller_.wake();
+  }
+  void drain_wake() {}
+  std::atomic<bool> wake_posted_{false};
+#else
   void wake() {
     if (wake_write_ < 0) return;
 #if defined(HARMONY_USE_EPOLL)
@@ -1375,6 +1899,7 @@ class reactor {
     while (::read(wake_read_, sink, sizeof sink) > 0) {
     }
   }
+#endif
   void run_tasks() {
     std::vector<std::function<void()>> batch;
     {
@@ -1481,7 +2006,11 @@ class stream final : public io_handler {
 
   bool is_open() const noexcept { return fd_ != invalid_socket; }
   bool connecting() const noexcept { return connecting_; }
+#if defined(HARMONY_USE_IOCP)
+  std::size_t pending() const noexcept { return out_.size() - out_sent_ + flight_.size(); }
+#else
   std::size_t pending() const noexcept { return out_.size() - out_sent_; }
+#endif
 
   void attach(socket_handle fd) {
     reset_state();
@@ -1496,7 +2025,13 @@ class stream final : public io_handler {
     if (auto e = begin_connect(to, s, done)) return e;
     fd_ = s;
     connecting_ = !done;
+#if defined(HARMONY_USE_IOCP)
+    // Nothing to read before ConnectEx completes; its completion comes as io_write.
+    loop_.add(fd_, this, 0);
+    loop_.connect(fd_, this, to);
+#else
     loop_.add(fd_, this, io_read | io_write);
+#endif
     if (done && on_connect) on_connect({});
     return {};
   }
@@ -1529,10 +2064,31 @@ class stream final : public io_handler {
   }
 
   void on_io(unsigned events) override {
+#if defined(HARMONY_USE_IOCP)
+    if (!connecting_) {
+      if (events & io_error) return hang_up(system_error_code(iocp.error));
+      if (events & io_write) {
+        // The overlapped send is done: what is left, and a pending finish(), go on.
+        flight_.erase(0, iocp.sent);
+        iocp.sent = 0;
+        if (!flight_.empty()) {
+          out_.insert(out_sent_, flight_);
+          flight_.clear();
+        }
+        flush();
+        if (fd_ == invalid_socket) return;
+      }
+    }
+#endif
     if (connecting_) {
       if (!(events & (io_write | io_error))) return;
       connecting_ = false;
+#if defined(HARMONY_USE_IOCP)
+      std::error_code e = iocp.error ? system_error_code(iocp.error) : std::error_code{};
+      if (!e) loop_.interest(fd_, this, io_read);
+#else
       std::error_code e = pending_socket_error(fd_);
+#endif
       if (e) {
         close();
         if (on_connect) on_connect(e);
@@ -1585,11 +2141,22 @@ class stream final : public io_handler {
   }
 
   void flush() {
+#if defined(HARMONY_USE_IOCP)
+    if (iocp.writing) return;  // bytes must not overtake the send in flight: its completion flushes
+#endif
     while (out_sent_ < out_.size()) {
       auto n = send_some(fd_, out_.data() + out_sent_, out_.size() - out_sent_);
       if (n < 0) {
         int e = last_socket_error();
         if (would_block(e)) {
+#if defined(HARMONY_USE_IOCP)
+          // The rest goes out overlapped from a string of its own, since write() may
+          // grow out_ (and move its bytes) before the send completes.
+          flight_.assign(out_, out_sent_, std::string::npos);
+          out_.clear();
+          out_sent_ = 0;
+          loop_.send(fd_, this, flight_.data(), flight_.size());
+#endif
           if (reactor::tracks_interest) loop_.interest(fd_, this, io_read | io_write);
           return;
         }
@@ -1613,6 +2180,9 @@ class stream final : public io_handler {
   bool closing_ = false;
   std::string out_;
   std::size_t out_sent_ = 0;
+#if defined(HARMONY_USE_IOCP)
+  std::string flight_;  // bytes of the overlapped send in flight
+#endif
 };
 
 // >>pump
@@ -1638,6 +2208,11 @@ class session {
       fd = invalid_socket;
       readable = writable = peer_closed = registered = false;
       retired = false;
+#if defined(HARMONY_USE_IOCP)
+      iocp.interest = 0;
+      iocp.error = 0;
+      iocp.sent = 0;
+#endif
     }
   };
   struct direction {
@@ -1651,6 +2226,9 @@ class session {
   explicit session(worker& w) : worker_(w) {
     client_.owner = this;
     backend_.owner = this;
+#if defined(HARMONY_USE_IOCP)
+    backend_.iocp.group = &client_;  // the session is released when both sockets' operations are back
+#endif
     clock_.fire = [this] { on_clock(); };
   }
   session(const session&) = delete;
@@ -1708,7 +2286,11 @@ class worker {
   worker(server::impl& owner, const server_options& options, const logger& log)
       : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes ? options.buffer_bytes : 16384) {
     listener_.owner = this;
+#if defined(HARMONY_USE_IOCP)
+    accept_retry_.fire = [this] { start_accepts(); };
+#else
     accept_retry_.fire = [this] { accept_all(); };
+#endif
   }
   ~worker();
   worker(const worker&) = delete;
@@ -1717,7 +2299,18 @@ class worker {
   std::error_code open(socket_handle listener) {
     if (auto e = loop_.open()) return e;
     listener_.fd = listener;
+#if defined(HARMONY_USE_IOCP)
+    if (listener == invalid_socket) return {};  // a further worker: the first one accepts for it
+    address bound;
+    if (auto e = local_address(listener, bound)) return e;
+    listener_family_ = bound.family();
+    if (auto e = loop_.add(listener, &listener_, 0)) return e;
+    // Issued from the loop's own thread, which outlives them.
+    loop_.post([this] { start_accepts(); });
+    return {};
+#else
     return loop_.add(listener, &listener_, io_read);
+#endif
   }
 
   reactor& loop() noexcept { return loop_; }
@@ -1739,12 +2332,31 @@ class worker {
   } stats;
 
  private:
+#if defined(HARMONY_USE_IOCP)
+  struct listener_handler final : io_handler {
+    worker* owner = nullptr;
+    socket_handle fd = invalid_socket;
+    void on_io(unsigned) override {}
+    void on_complete(io_op& op, int error, std::uint32_t) override {
+      owner->accepted(static_cast<accept_op&>(op), error);
+    }
+  };
+  void start_accepts();
+  void accepted(accept_op& op, int error);
+  void adopt(socket_handle fd, const address& peer);
+  // Several accepts wait at once so that a burst of connections is taken in one turn.
+  static constexpr int accepts_in_flight = 8;
+  accept_op accepts_[accepts_in_flight];
+  int listener_family_ = AF_INET;
+  std::size_t next_worker_ = 0;
+#else
   struct listener_handler final : io_handler {
     worker* owner = nullptr;
     socket_handle fd = invalid_socket;
     void on_io(unsigned) override { owner->accept_all(); }
   };
   void accept_all();
+#endif
   session* make_session();
 
   server::impl& owner_;
@@ -1862,6 +2474,9 @@ inline void session::start_attempt() {
   backend_.reset();
   backend_.fd = s;
   register_side(backend_, io_write);
+#if defined(HARMONY_USE_IOCP)
+  loop.connect(s, &backend_, pick.to);  // a failure, even an immediate one, comes back as a completion
+#endif
   if (done) return connected();
   loop.schedule(clock_, loop.now() + worker_.options().connect_timeout.count());
 }
@@ -1876,6 +2491,9 @@ inline void session::connected() {
   reactor& loop = worker_.loop();
   phase_ = phase::relaying;
   backend_.writable = true;
+#if defined(HARMONY_USE_IOCP)
+  client_.writable = true;  // no readiness event will say so: writable means "no send in flight"
+#endif
   register_side(client_, io_read);
   last_activity_ = loop.now();
   loop.schedule(clock_, last_activity_ + worker_.options().idle_timeout.count());
@@ -1935,10 +2553,32 @@ inline void session::on_side_io(side& s, unsigned events) {
   if (events & io_read) s.readable = true;
   if (events & io_write) s.writable = true;
   if (events & io_peer_closed) s.peer_closed = true;
+#if defined(HARMONY_USE_IOCP)
+  // A completed overlapped send wrote its bytes. A failed operation carries the
+  // socket's error, which the plain calls might never report again.
+  if (s.iocp.sent) {
+    std::uint32_t n = s.iocp.sent;
+    s.iocp.sent = 0;
+    if (phase_ == phase::farewell) {
+      farewell_sent_ += n;
+    } else {
+      direction& d = &s == &backend_ ? up_ : down_;
+      d.begin += n;
+      if (&s == &backend_) sent_to_backend_ += n;
+      last_activity_ = worker_.loop().now();
+    }
+  }
+  if ((events & io_error) && phase_ == phase::relaying) return fail(s, s.iocp.error);
+  if ((events & io_error) && phase_ == phase::farewell) return close(true);
+#endif
   switch (phase_) {
     case phase::connecting:
       if (&s == &backend_ && (events & (io_write | io_error))) {
+#if defined(HARMONY_USE_IOCP)
+        std::error_code e = s.iocp.error ? system_error_code(s.iocp.error) : std::error_code{};
+#else
         std::error_code e = pending_socket_error(backend_.fd);
+#endif
         if (e) return attempt_failed(e);
         worker_.loop().cancel(clock_);
         return connected();
@@ -1980,6 +2620,9 @@ inline bool session::flow(direction& d, side& src, side& dst) {
         int e = last_socket_error();
         if (would_block(e)) {
           dst.writable = false;
+#if defined(HARMONY_USE_IOCP)
+          worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
+#endif
           return true;
         }
         if (e == EINTR) continue;
@@ -1991,6 +2634,9 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       last_activity_ = worker_.loop().now();
       if (d.begin < d.end) {
         dst.writable = false;
+#if defined(HARMONY_USE_IOCP)
+        worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
+#endif
         return true;
       }
       continue;
@@ -2043,8 +2689,10 @@ inline void session::fail(side& where, int error) {
   // the client has lost nothing, so another backend may serve it.
   if (&where == &backend_ && sent_to_backend_ == 0 && received_from_backend_ == 0 && down_.begin == down_.end &&
       !down_.eof)
-    return attempt_failed(error == ECONNRESET || error == EPIPE ? make_error_code(errc::backend_reset)
-                                                                 : system_error_code(error));
+    return attempt_failed(system_error_code(error) == std::errc::connection_reset ||
+                                  system_error_code(error) == std::errc::broken_pipe
+                              ? make_error_code(errc::backend_reset)
+                              : system_error_code(error));
   worker_.owner().log(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
                       peer_.to_endpoint().to_string().c_str(), system_error_code(error).message().c_str());
   close(true);
@@ -2085,6 +2733,9 @@ inline void session::farewell_pump() {
       int e = last_socket_error();
       if (would_block(e)) {
         client_.writable = false;
+#if defined(HARMONY_USE_IOCP)
+        worker_.loop().send(client_.fd, &client_, farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_);
+#endif
         if (reactor::tracks_interest) worker_.loop().interest(client_.fd, &client_, io_read | io_write);
         return;
       }
@@ -2128,7 +2779,9 @@ inline void session::close(bool reset) {
     else close_socket(s->fd);
     s->fd = invalid_socket;
   }
+#if !defined(HARMONY_USE_IOCP)
   release_buffers();
+#endif
   if (current_.valid()) srv.backends.release(current_, false);
   current_ = lease{};
   worker_.stats.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
@@ -2138,14 +2791,33 @@ inline void session::close(bool reset) {
   bool had_slot = holds_slot_;
   holds_slot_ = false;
   backend_.retired = true;
+#if defined(HARMONY_USE_IOCP)
+  // A cancelled send may read its buffer until its completion is back.
+  loop.retire(&client_, [this] {
+    release_buffers();
+    worker_.recycle(this);
+  });
+#else
   loop.retire(&client_, [this] { worker_.recycle(this); });
+#endif
   if (had_slot) srv.give_slot(worker_);
 }
 
 inline worker::~worker() {
   for (auto& s : sessions_)
     if (s->current_phase() != session::phase::idle) s->close(true);
+#if defined(HARMONY_USE_IOCP)
+  if (listener_.fd != invalid_socket) {
+    loop_.remove(listener_.fd);
+    close_socket(listener_.fd);
+  }
+  // The sessions and the accept operations are memory the kernel may still write.
+  loop_.settle();
+  for (accept_op& op : accepts_)
+    if (op.accepted != invalid_socket) close_socket(op.accepted);
+#else
   if (listener_.fd != invalid_socket) close_socket(listener_.fd);
+#endif
 }
 
 inline session* worker::make_session() {
@@ -2160,6 +2832,51 @@ inline session* worker::make_session() {
 
 inline void worker::recycle(session* s) { free_sessions_.push_back(s); }
 
+#if defined(HARMONY_USE_IOCP)
+inline void worker::start_accepts() {
+  for (accept_op& op : accepts_) {
+    if (op.accepted != invalid_socket) continue;  // in flight
+    if (std::error_code e = loop_.accept(listener_.fd, &listener_, op, listener_family_)) {
+      // Out of sockets or memory: try again in a moment instead of spinning.
+      log_(log_level::error, "accept failed: %s", e.message().c_str());
+      loop_.schedule(accept_retry_, loop_.now() + 100);
+      return;
+    }
+  }
+}
+
+inline void worker::accepted(accept_op& op, int error) {
+  socket_handle fd = op.accepted;
+  op.accepted = invalid_socket;
+  address peer;
+  peer.length = sizeof peer.storage;
+  if (!error && ::setsockopt(fd, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&listener_.fd),
+                             sizeof listener_.fd) != 0)
+    error = last_socket_error();
+  if (!error && ::getpeername(fd, peer.get(), &peer.length) != 0) error = last_socket_error();
+  if (error) {
+    // A client that reset before it was taken in is no reason to stop accepting.
+    close_socket(fd);
+    log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
+  } else {
+    set_nodelay(fd);
+    // One listener serves every worker of the server; connections are dealt in turn.
+    auto& all = owner_.workers;
+    worker* target = all.size() > 1 ? all[next_worker_++ % all.size()].get() : this;
+    if (target == this) adopt(fd, peer);
+    else target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
+  }
+  start_accepts();
+}
+
+inline void worker::adopt(socket_handle fd, const address& peer) {
+  stats.accepted.fetch_add(1, std::memory_order_relaxed);
+  stats.active.fetch_add(1, std::memory_order_relaxed);
+  session* s = make_session();
+  s->open(fd, peer);
+  s->admit();
+}
+#else
 inline void worker::accept_all() {
   for (;;) {
     address peer;
@@ -2185,6 +2902,7 @@ inline void worker::accept_all() {
     s->admit();
   }
 }
+#endif
 
 inline void worker::enqueue(session* s) {
   s->queue_next = nullptr;
@@ -2227,6 +2945,12 @@ inline std::error_code server::impl::open() {
   std::vector<detail::socket_handle> listeners;
   for (int i = 0; i < options.workers; ++i) {
     detail::socket_handle s = detail::invalid_socket;
+#if defined(HARMONY_USE_IOCP)
+    if (i > 0) {  // one listener for all: the first worker deals out what it accepts
+      listeners.push_back(s);
+      continue;
+    }
+#endif
     std::error_code e = detail::open_listener(where, options.workers > 1, s);
     if (!e && i == 0) {
       // With port 0 every further worker must join the port the first one got.
@@ -2236,7 +2960,8 @@ inline std::error_code server::impl::open() {
       bound_listen = bound.to_endpoint();
     }
     if (e) {
-      for (auto l : listeners) detail::close_socket(l);
+      for (auto l : listeners)
+        if (l != detail::invalid_socket) detail::close_socket(l);
       return e;
     }
     listeners.push_back(s);
