@@ -2,8 +2,6 @@
 // distribution, and failing backends.
 #include "support.hpp"
 
-#include <fcntl.h>
-
 using namespace test;
 
 TEST_CASE("many concurrent connections relay 1 MiB each way byte for byte") {
@@ -88,8 +86,7 @@ TEST_CASE("a client that sends and never reads is held back, and loses nothing")
   s.add(b);
   sock c = connect_to(s.address());
   REQUIRE(c);
-  int flags = ::fcntl(c.fd(), F_GETFL, 0);
-  ::fcntl(c.fd(), F_SETFL, flags | O_NONBLOCK);
+  set_nonblocking(c.fd(), true);
   // Push for up to 3 s; with backpressure the pipe fills and send stops accepting.
   const std::size_t cap = 256u << 20;
   std::string chunk = random_bytes(65536, 3);
@@ -99,7 +96,7 @@ TEST_CASE("a client that sends and never reads is held back, and loses nothing")
   bool stalled = false;
   while (sent < cap && std::chrono::steady_clock::now() < end) {
     std::size_t at = sent % chunk.size();
-    ssize_t k = ::send(c.fd(), chunk.data() + at, chunk.size() - at, MSG_NOSIGNAL);
+    io_result k = send_some(c.fd(), chunk.data() + at, chunk.size() - at);
     if (k > 0) {
       sent += static_cast<std::size_t>(k);
       stalled_since = std::chrono::steady_clock::now();
@@ -116,7 +113,7 @@ TEST_CASE("a client that sends and never reads is held back, and loses nothing")
   CHECK(sent < 64u << 20);
   MESSAGE("bytes accepted before backpressure: " << sent);
   // Now read everything: every byte comes back in order.
-  ::fcntl(c.fd(), F_SETFL, flags);
+  set_nonblocking(c.fd(), false);
   c.set_timeout(10s);
   std::string back = c.read_n(sent);
   REQUIRE(back.size() == sent);
@@ -145,7 +142,7 @@ TEST_CASE("a backend that never reads holds the client back") {
   std::string chunk(65536, 'x');
   std::size_t sent = 0;
   for (int i = 0; i < 4096; ++i) {  // at most 256 MiB
-    ssize_t k = ::send(c.fd(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    io_result k = send_some(c.fd(), chunk.data(), chunk.size());
     if (k <= 0) break;  // the send timeout: the path is full
     sent += static_cast<std::size_t>(k);
   }
@@ -281,7 +278,8 @@ TEST_CASE("a backend connect that hangs times out through the error path") {
   REQUIRE(full);
   std::vector<sock> fillers;
   for (int i = 0; i < 4; ++i) {
-    sock f(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+    sock f(::socket(AF_INET, SOCK_STREAM, 0));
+    set_nonblocking(f.fd(), true);
     socklen_t len = 0;
     sockaddr_storage ss = make_address(at, len);
     ::connect(f.fd(), reinterpret_cast<sockaddr*>(&ss), len);
@@ -320,8 +318,7 @@ TEST_CASE("a reset from the backend reaches the client as a reset") {
   backend b([](const sock& c) {
     c.send_all("partial");
     std::this_thread::sleep_for(50ms);
-    ::linger l{1, 0};
-    ::setsockopt(c.fd(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    set_linger_zero(c.fd());
   });
   running_server s(quiet_options());
   s.add(b);
@@ -329,10 +326,10 @@ TEST_CASE("a reset from the backend reaches the client as a reset") {
   REQUIRE(c);
   CHECK(c.read_n(7) == "partial");
   char buf[16];
-  ssize_t k = ::recv(c.fd(), buf, sizeof buf, 0);
-  int e = errno;
+  io_result k = recv_some(c.fd(), buf, sizeof buf);
+  std::error_code e = last_error();
   CHECK(k < 0);
-  CHECK(e == ECONNRESET);
+  CHECK(e == std::errc::connection_reset);
 }
 
 TEST_CASE("several balancers live in one process and stop cleanly") {

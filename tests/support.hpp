@@ -6,13 +6,27 @@
 #include <ostream>
 #include <doctest/doctest.h>
 
+#if defined(_WIN32)
+// The same tests on Windows: a thin shim below gives the few calls that differ
+// (closesocket, ioctlsocket, timeouts in milliseconds, WSA error codes) one name.
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#ifndef NOMINMAX
+#define NOMINMAX
+#endif
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#else
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -29,40 +43,110 @@ namespace test {
 
 using namespace std::chrono_literals;
 
+#if defined(_WIN32)
+using socket_t = SOCKET;
+constexpr socket_t no_socket = INVALID_SOCKET;
+constexpr int shut_send = SD_SEND;
+using io_result = int;
+inline const bool winsock_started = [] {
+  WSADATA data;
+  return ::WSAStartup(MAKEWORD(2, 2), &data) == 0;
+}();
+inline bool interrupted() { return ::WSAGetLastError() == WSAEINTR; }
+inline void close_native(socket_t s) { ::closesocket(s); }
+// The last socket error as the portable condition it stands for.
+inline std::error_code last_error() {
+  switch (::WSAGetLastError()) {
+    case WSAECONNRESET: return std::make_error_code(std::errc::connection_reset);
+    case WSAECONNREFUSED: return std::make_error_code(std::errc::connection_refused);
+    case WSAECONNABORTED: return std::make_error_code(std::errc::connection_aborted);
+    case WSAEWOULDBLOCK: return std::make_error_code(std::errc::operation_would_block);
+    case WSAETIMEDOUT: return std::make_error_code(std::errc::timed_out);
+    default: return {::WSAGetLastError(), std::system_category()};
+  }
+}
+#else
+using socket_t = int;
+constexpr socket_t no_socket = -1;
+constexpr int shut_send = SHUT_WR;
+using io_result = ssize_t;
+inline bool interrupted() { return errno == EINTR; }
+inline void close_native(socket_t s) { ::close(s); }
+inline std::error_code last_error() { return {errno, std::generic_category()}; }
+#endif
+
+// Plain send and recv; a send to a closed peer is an error, never a signal.
+inline io_result send_some(socket_t s, const char* data, std::size_t n) {
+#if defined(_WIN32)
+  return ::send(s, data, static_cast<int>(n), 0);
+#else
+  return ::send(s, data, n, MSG_NOSIGNAL);
+#endif
+}
+inline io_result recv_some(socket_t s, char* data, std::size_t n) {
+#if defined(_WIN32)
+  return ::recv(s, data, static_cast<int>(n), 0);
+#else
+  return ::recv(s, data, n, 0);
+#endif
+}
+inline void set_nonblocking(socket_t s, bool on) {
+#if defined(_WIN32)
+  u_long mode = on ? 1 : 0;
+  ::ioctlsocket(s, FIONBIO, &mode);
+#else
+  int flags = ::fcntl(s, F_GETFL, 0);
+  ::fcntl(s, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
+#endif
+}
+// Makes the next close send a reset instead of a FIN.
+inline void set_linger_zero(socket_t s) {
+  ::linger l{};
+  l.l_onoff = 1;
+  l.l_linger = 0;
+  ::setsockopt(s, SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l), sizeof l);
+}
+
 // A socket that closes itself.
 class sock {
  public:
   sock() = default;
-  explicit sock(int fd) : fd_(fd) {}
-  sock(sock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  explicit sock(socket_t fd) : fd_(fd) {}
+  sock(sock&& o) noexcept : fd_(o.fd_) { o.fd_ = no_socket; }
   sock& operator=(sock&& o) noexcept {
     if (this != &o) {
       reset();
       fd_ = o.fd_;
-      o.fd_ = -1;
+      o.fd_ = no_socket;
     }
     return *this;
   }
   ~sock() { reset(); }
-  int fd() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
+  socket_t fd() const { return fd_; }
+  explicit operator bool() const { return fd_ != no_socket; }
   void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
+    if (fd_ != no_socket) close_native(fd_);
+    fd_ = no_socket;
   }
   void set_timeout(std::chrono::milliseconds t) const {
+#if defined(_WIN32)
+    DWORD ms = static_cast<DWORD>(t.count());
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, reinterpret_cast<const char*>(&ms), sizeof ms);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, reinterpret_cast<const char*>(&ms), sizeof ms);
+#else
     timeval tv{};
     tv.tv_sec = static_cast<time_t>(t.count() / 1000);
     tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
     ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+#endif
   }
   bool send_all(const void* data, std::size_t n) const {
     auto* p = static_cast<const char*>(data);
     while (n > 0) {
-      ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);
+      io_result k = send_some(fd_, p, n);
       if (k <= 0) {
-        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && interrupted()) continue;
         return false;
       }
       p += k;
@@ -71,15 +155,15 @@ class sock {
     return true;
   }
   bool send_all(const std::string& s) const { return send_all(s.data(), s.size()); }
-  void shutdown_send() const { ::shutdown(fd_, SHUT_WR); }
+  void shutdown_send() const { ::shutdown(fd_, shut_send); }
   // Reads until EOF (true), or an error or timeout (false).
   bool read_to_eof(std::string& out) const {
     char buf[65536];
     for (;;) {
-      ssize_t k = ::recv(fd_, buf, sizeof buf, 0);
+      io_result k = recv_some(fd_, buf, sizeof buf);
       if (k == 0) return true;
       if (k < 0) {
-        if (errno == EINTR) continue;
+        if (interrupted()) continue;
         return false;
       }
       out.append(buf, static_cast<std::size_t>(k));
@@ -95,9 +179,9 @@ class sock {
     std::string s;
     char buf[65536];
     while (s.size() < n) {
-      ssize_t k = ::recv(fd_, buf, std::min(sizeof buf, n - s.size()), 0);
+      io_result k = recv_some(fd_, buf, std::min(sizeof buf, n - s.size()));
       if (k <= 0) {
-        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && interrupted()) continue;
         break;
       }
       s.append(buf, static_cast<std::size_t>(k));
@@ -106,7 +190,7 @@ class sock {
   }
 
  private:
-  int fd_ = -1;
+  socket_t fd_ = no_socket;
 };
 
 inline sockaddr_storage make_address(const harmony::endpoint& ep, socklen_t& len) {
@@ -154,8 +238,11 @@ inline sock listen_on(const char* host, harmony::endpoint& bound, int backlog = 
   socklen_t len = 0;
   sockaddr_storage ss = make_address(harmony::endpoint{host, 0}, len);
   sock s(::socket(ss.ss_family, SOCK_STREAM, 0));
+#if !defined(_WIN32)
+  // (On Windows this would let a second socket share the port.)
   int one = 1;
   ::setsockopt(s.fd(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+#endif
   if (::bind(s.fd(), reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(s.fd(), backlog) != 0) return sock{};
   socklen_t blen = sizeof ss;
   ::getsockname(s.fd(), reinterpret_cast<sockaddr*>(&ss), &blen);
@@ -194,7 +281,12 @@ class backend {
   ~backend() { stop(); }
   void stop() {
     if (stopped_.exchange(true)) return;
+#if defined(_WIN32)
+    // shutdown() does not wake a blocked accept() there: a connection does.
+    connect_to(at_);
+#else
     ::shutdown(listener_.fd(), SHUT_RDWR);
+#endif
     if (thread_.joinable()) thread_.join();
     std::vector<std::thread> workers;
     {
@@ -211,10 +303,14 @@ class backend {
  private:
   void accept_loop() {
     for (;;) {
-      int fd = ::accept(listener_.fd(), nullptr, nullptr);
-      if (fd < 0) {
+      socket_t fd = ::accept(listener_.fd(), nullptr, nullptr);
+      if (fd == no_socket) {
         if (stopped_) return;
-        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (interrupted() || last_error() == std::errc::connection_aborted) continue;
+        return;
+      }
+      if (stopped_) {
+        close_native(fd);
         return;
       }
       ++accepted_;
@@ -240,7 +336,7 @@ class backend {
 inline void echo(const sock& s) {
   char buf[65536];
   for (;;) {
-    ssize_t k = ::recv(s.fd(), buf, sizeof buf, 0);
+    io_result k = recv_some(s.fd(), buf, sizeof buf);
     if (k <= 0) break;
     if (!s.send_all(buf, static_cast<std::size_t>(k))) return;
   }
