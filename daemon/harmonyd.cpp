@@ -15,7 +15,13 @@
 #include <string_view>
 #include <vector>
 
-#if !defined(_WIN32)
+#if defined(_WIN32)
+#include <condition_variable>
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#else
 #include <pthread.h>
 #include <signal.h>
 #endif
@@ -45,7 +51,12 @@ const char usage_text[] =
     "  --workers N               event-loop threads (default 1)\n"
     "  --log-level LEVEL         trace, debug, info (default), warn, error, off\n"
     "\n"
+    #if defined(_WIN32)
+    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; Ctrl-C, Ctrl-Break or closing\n"
+    "the console stops.\n";
+#else
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops.\n";
+#endif
 
 std::mutex log_mutex;
 
@@ -69,6 +80,44 @@ void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::fprintf(stderr, "harmonyd: %s\nTry 'harmonyd --help'.\n", message.c_str());
   std::exit(2);
 }
+
+#if defined(_WIN32)
+// Windows has no signals to wait for: Ctrl-C, Ctrl-Break, closing the console,
+// logoff and shutdown arrive as console control events on a thread of their own.
+// The main thread waits for one; for a close, logoff or shutdown the system ends
+// the process once the handler returns, so the handler waits until the balancer
+// has stopped (Windows grants it about five seconds).
+struct console_stop {
+  std::mutex mutex;
+  std::condition_variable changed;
+  DWORD event = 0;
+  bool requested = false;
+  bool finished = false;
+} stop_state;
+
+BOOL WINAPI on_console_event(DWORD event) {
+  std::unique_lock<std::mutex> lock(stop_state.mutex);
+  if (!stop_state.requested) {
+    stop_state.requested = true;
+    stop_state.event = event;
+  }
+  stop_state.changed.notify_all();
+  if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
+    stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
+  return TRUE;
+}
+
+const char* console_event_name(DWORD event) {
+  switch (event) {
+    case CTRL_C_EVENT: return "Ctrl-C";
+    case CTRL_BREAK_EVENT: return "Ctrl-Break";
+    case CTRL_CLOSE_EVENT: return "console close";
+    case CTRL_LOGOFF_EVENT: return "logoff";
+    case CTRL_SHUTDOWN_EVENT: return "shutdown";
+    default: return "console event";
+  }
+}
+#endif
 
 struct static_backend {
   std::string address;
@@ -218,6 +267,8 @@ int run_balancer(int argc, char** argv) {
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+#else
+  ::SetConsoleCtrlHandler(on_console_event, TRUE);
 #endif
   if (auto e = balancer.start()) {
     std::fprintf(stderr, "harmonyd: cannot start on %s: %s\n", options.listen.c_str(), e.message().c_str());
@@ -227,8 +278,23 @@ int run_balancer(int argc, char** argv) {
   int received = 0;
   sigwait(&stop_signals, &received);
   log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+#else
+  DWORD event = 0;
+  {
+    std::unique_lock<std::mutex> lock(stop_state.mutex);
+    stop_state.changed.wait(lock, [] { return stop_state.requested; });
+    event = stop_state.event;
+  }
+  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
 #endif
   balancer.stop();
+#if defined(_WIN32)
+  {
+    std::lock_guard<std::mutex> lock(stop_state.mutex);
+    stop_state.finished = true;
+  }
+  stop_state.changed.notify_all();
+#endif
   return 0;
 }
 
