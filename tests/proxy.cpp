@@ -304,6 +304,71 @@ TEST_CASE("a backend connect that hangs times out through the error path") {
   CHECK(took < 3s);
 }
 
+TEST_CASE("several workers share the listen port and relay byte for byte") {
+  backend b(echo);
+  auto o = quiet_options();
+  o.workers = 4;
+  o.persistent = false;
+  running_server s(o);
+  s.add(b);
+  constexpr int clients = 24;
+  std::atomic<int> exact{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      std::string data = random_bytes(100000 + 1000 * static_cast<std::size_t>(i), static_cast<unsigned>(i + 100));
+      if (exchange(s.address(), data) == data) ++exact;
+    });
+  for (auto& t : threads) t.join();
+  CHECK(exact == clients);
+  CHECK(eventually([&] { return s.srv.stats().active == 0; }));
+  auto st = s.srv.stats();
+  CHECK(st.accepted == static_cast<std::uint64_t>(clients));
+}
+
+TEST_CASE("an idle proxied connection is closed after the idle timeout") {
+  backend b(echo);
+  auto o = quiet_options();
+  o.idle_timeout = std::chrono::milliseconds(300);
+  running_server s(o);
+  s.add(b);
+  sock c = connect_to(s.address());
+  REQUIRE(c);
+  CHECK(c.send_all("ping"));
+  CHECK(c.read_n(4) == "ping");
+  auto start = std::chrono::steady_clock::now();
+  std::string rest;
+  c.read_to_eof(rest);  // EOF (or a reset) once the balancer gives up on the connection
+  auto took = std::chrono::steady_clock::now() - start;
+  CHECK(rest.empty());
+  CHECK(took >= 200ms);
+  CHECK(took < 5s);
+  CHECK(eventually([&] { return s.srv.stats().active == 0; }));
+}
+
+TEST_CASE("stopping a balancer with connections open closes them and returns") {
+  backend b(echo);
+  std::vector<sock> open;
+  {
+    running_server s(quiet_options());
+    s.add(b);
+    for (int i = 0; i < 8; ++i) {
+      open.push_back(connect_to(s.address()));
+      REQUIRE(open.back());
+      CHECK(open.back().send_all("hello"));
+      CHECK(open.back().read_n(5) == "hello");
+    }
+    auto start = std::chrono::steady_clock::now();
+    s.srv.stop();
+    CHECK(std::chrono::steady_clock::now() - start < 3s);
+  }
+  for (auto& c : open) {
+    std::string rest;
+    c.read_to_eof(rest);
+    CHECK(rest.empty());
+  }
+}
+
 TEST_CASE("IPv6 clients and backends work") {
   backend b(echo, "::1");
   auto o = quiet_options();
