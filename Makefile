@@ -20,7 +20,7 @@ BACKENDS := epoll poll
 
 .SECONDARY:
 .PHONY: all test test-build doctest demo sanitize warnings compile-checks bench clean \
-	windows-tools windows test-windows compile-checks-windows
+	windows-tools windows test-windows compile-checks-windows test-daemon
 
 all: harmonyd $(EXAMPLES) test-build
 
@@ -123,11 +123,20 @@ $(WIN_BUILD)/harmony-tests-iocp.exe: $(WIN_BUILD)/tests/unit-iocp.o $(WIN_TEST_O
 
 windows: harmonyd.exe $(WIN_EXAMPLES) $(WIN_BUILD)/harmony-tests-iocp.exe
 
-# The whole suite on the IOCP engine under Wine (tests/wine-run keeps its prefix
-# in ~/.cache/harmony-wine), then the Windows compile checks.
-test-windows: windows
-	@tests/run $(WIN_BUILD)/harmony-tests-iocp.exe
-	@$(MAKE) --no-print-directory compile-checks-windows
+# harmonyd end to end, driven from this machine: the daemon named by $HARMONYD
+# between clients and backends of the test process (tests/daemon/harmonyd.cpp).
+$(BUILD)/daemon-tests: $(BUILD)/tests/daemon/harmonyd.o $(BUILD)/tests/main.o
+	$(CXX) $(CXXFLAGS_ALL) $^ -o $@ $(LDLIBS)
+
+test-daemon: harmonyd $(BUILD)/daemon-tests
+	@HARMONYD=./harmonyd tests/run $(BUILD)/daemon-tests
+
+# The Windows compile checks, then the whole suite on the IOCP engine under Wine
+# (tests/wine-run keeps its prefix in ~/.cache/harmony-wine) and harmonyd.exe
+# under Wine between Linux-side clients and backends. The last line of output
+# is tests/run's "N passed, N failed".
+test-windows: windows $(BUILD)/daemon-tests compile-checks-windows
+	@HARMONYD="tests/wine-run harmonyd.exe" tests/run $(WIN_BUILD)/harmony-tests-iocp.exe $(BUILD)/daemon-tests
 
 # The header after <windows.h>, in two translation units, and with nothing of
 # <windows.h> reaching code that includes only the public half.
