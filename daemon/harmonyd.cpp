@@ -24,6 +24,7 @@ namespace {
 
 const char usage_text[] =
     "usage: harmonyd [options]            run the balancer\n"
+    "       harmonyd agent [agent options]  register a backend with a balancer\n"
     "       harmonyd --help | --version\n"
     "\n"
     "Balancer options (durations: 500ms, 30s, 1m, 2h):\n"
@@ -45,7 +46,17 @@ const char usage_text[] =
     "  --workers N               event-loop threads (default 1)\n"
     "  --log-level LEVEL         trace, debug, info (default), warn, error, off\n"
     "\n"
-    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops.\n";
+    "\n"
+    "Agent options (harmonyd agent):\n"
+    "  --balancer HOST:PORT      the balancer's admin address (default localhost:1666)\n"
+    "  --port N                  the port this backend serves on (required)\n"
+    "  --weight N                relative weight (default 500)\n"
+    "  --ack DUR                 heartbeat interval, at most half the host timeout (default 20s)\n"
+    "  --host H                  address the balancer should connect to (default: as seen)\n"
+    "  --log-level LEVEL\n"
+    "\n"
+    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
+    "(an agent deregisters first).\n";
 
 std::mutex log_mutex;
 
@@ -141,6 +152,29 @@ static_backend parse_backend(const std::string& text) {
   return b;
 }
 
+#if !defined(_WIN32)
+sigset_t stop_signals;
+#endif
+
+// Signals are taken synchronously by the main thread; the loops never see them.
+void block_stop_signals() {
+#if !defined(_WIN32)
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+#endif
+}
+
+void wait_for_stop_signal() {
+#if !defined(_WIN32)
+  int received = 0;
+  sigwait(&stop_signals, &received);
+  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+#endif
+}
+
 void check_address(const std::string& flag, const std::string& text) {
   harmony::endpoint ep;
   if (harmony::parse_endpoint(text, ep)) usage_error("option " + flag + ": '" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
@@ -210,28 +244,64 @@ int run_balancer(int argc, char** argv) {
     log_to_stderr(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
   }
 
-#if !defined(_WIN32)
-  // Signals are taken synchronously by this thread; the loops never see them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
-#endif
+  block_stop_signals();
   if (auto e = balancer.start()) {
-    std::fprintf(stderr, "harmonyd: cannot start on %s: %s\n", options.listen.c_str(), e.message().c_str());
+    std::fprintf(stderr, "harmonyd: cannot start: %s\n", e.message().c_str());
     return 1;
   }
-#if !defined(_WIN32)
-  int received = 0;
-  sigwait(&stop_signals, &received);
-  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
-#endif
+  wait_for_stop_signal();
   balancer.stop();
+  return 0;
+}
+
+int run_agent(int argc, char** argv) {
+  harmony::client_options options;
+  options.log = log_to_stderr;
+  bool have_port = false;
+  arguments args{argc, argv};
+  args.i = 2;
+  while (args.next()) {
+    const std::string& f = args.flag;
+    if (f == "--help" || f == "-h") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    } else if (f == "--balancer") {
+      options.balancer = args.value();
+      check_address(f, options.balancer);
+    } else if (f == "--port") {
+      options.port = static_cast<std::uint16_t>(parse_int(f, args.value(), 1, 65535));
+      have_port = true;
+    } else if (f == "--weight") {
+      options.weight = parse_int(f, args.value(), 1, 1048576);
+    } else if (f == "--ack") {
+      options.ack = parse_dur(f, args.value());
+      if (options.ack.count() <= 0) usage_error("--ack must be positive");
+    } else if (f == "--host") {
+      options.host = args.value();
+      if (options.host.empty() || options.host.find_first_of(" \t") != std::string::npos)
+        usage_error("--host: '" + options.host + "' is not a host name or address");
+    } else if (f == "--log-level") {
+      std::string v = args.value();
+      if (harmony::parse_log_level(v, options.level)) usage_error("--log-level: unknown level '" + v + "'");
+    } else {
+      usage_error("unknown agent option '" + f + "'");
+    }
+  }
+  if (!have_port) usage_error("agent: --port N is required (the port this backend serves on)");
+  harmony::client agent(options);
+  block_stop_signals();
+  if (auto e = agent.start()) {
+    std::fprintf(stderr, "harmonyd agent: cannot start: %s\n", e.message().c_str());
+    return 1;
+  }
+  wait_for_stop_signal();
+  agent.close();
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return run_balancer(argc, argv); }
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "agent") return run_agent(argc, argv);
+  return run_balancer(argc, argv);
+}
