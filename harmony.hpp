@@ -1402,9 +1402,10 @@ class poller {
   void interest(socket_handle, io_handler*, unsigned) noexcept {}
   // Closing a socket removes it from the epoll set by itself.
   void remove(socket_handle) noexcept {}
-  template <class Dispatch>
-  void wait(int timeout_ms, Dispatch&& dispatch) {
+  template <class Woke, class Dispatch>
+  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
     int n = ::epoll_wait(fd_, events_, max_events, timeout_ms);
+    woke();
     for (int i = 0; i < n; ++i) {
       unsigned ev = 0, e = events_[i].events;
       if (e & EPOLLIN) ev |= io_read;
@@ -1453,9 +1454,10 @@ class poller {
     handlers_.pop_back();
     slot_of_[static_cast<std::size_t>(s)] = -1;
   }
-  template <class Dispatch>
-  void wait(int timeout_ms, Dispatch&& dispatch) {
+  template <class Woke, class Dispatch>
+  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
     int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout_ms);
+    woke();
     if (n <= 0) return;
     ready_.clear();
     for (std::size_t i = 0; i < fds_.size() && ready_.size() < static_cast<std::size_t>(n); ++i) {
@@ -1571,10 +1573,12 @@ class reactor {
       std::int64_t wait = timers_.front()->deadline - now_ms();
       timeout = wait <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>(wait, INT_MAX));
     }
-    poller_.wait(timeout, [](io_handler* h, unsigned ev) {
-      if (!h->retired) h->on_io(ev);
-    });
-    now_ = now_ms();
+    // The clock is read once per turn, as soon as the wait ends.
+    poller_.wait(
+        timeout, [this] { now_ = now_ms(); },
+        [](io_handler* h, unsigned ev) {
+          if (!h->retired) h->on_io(ev);
+        });
     while (!timers_.empty() && timers_.front()->deadline <= now_) {
       timer* t = timers_.front();
       cancel(*t);
@@ -1743,13 +1747,14 @@ class stream final : public io_handler {
     if (!connecting_) flush();
   }
 
-  // Sends what is queued, then closes.
-  // on_close follows once that completes later, not when it completes at once.
+  // Sends what is queued and a FIN, then waits for the peer's FIN and closes.
+  // on_close follows when that completes later, not when it completes at once.
   void finish() {
-    if (fd_ == invalid_socket) return;
+    if (fd_ == invalid_socket || closing_) return;
     closing_ = true;
     finishing_ = true;
     if (!connecting_) flush();
+    if (draining_) read_all();
     finishing_ = false;
   }
 
@@ -1790,7 +1795,7 @@ class stream final : public io_handler {
     close();
     out_.clear();
     out_sent_ = 0;
-    closing_ = false;
+    closing_ = draining_ = false;
     retired = false;
   }
   void drop() { close(); }
@@ -1800,6 +1805,7 @@ class stream final : public io_handler {
     for (;;) {
       auto n = recv_some(fd_, buffer, sizeof buffer);
       if (n > 0) {
+        if (draining_) continue;
         if (on_data) on_data(std::string_view(buffer, static_cast<std::size_t>(n)));
         if (fd_ == invalid_socket || retired) return;
         continue;
@@ -1816,7 +1822,7 @@ class stream final : public io_handler {
 
   void hang_up(std::error_code e) {
     close(static_cast<bool>(e));
-    if (on_close) on_close(e);
+    if (on_close && !finishing_) on_close(e);
   }
 
   void flush() {
@@ -1836,10 +1842,12 @@ class stream final : public io_handler {
     out_.clear();
     out_sent_ = 0;
     if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
-    if (closing_) {
+    if (closing_ && !draining_) {
+      // FIN first, then read until the peer's FIN: closing with unread input
+      // would send a reset that can destroy the replies still in flight.
       ::shutdown(fd_, SHUT_WR);
-      close();
-      if (!finishing_ && on_close) on_close({});
+      draining_ = true;
+      if (!finishing_) read_all();
     }
   }
 
@@ -1848,6 +1856,7 @@ class stream final : public io_handler {
   bool connecting_ = false;
   bool closing_ = false;
   bool finishing_ = false;
+  bool draining_ = false;
   std::string out_;
   std::size_t out_sent_ = 0;
 };
@@ -2513,6 +2522,7 @@ class admin_connection {
   legacy_parser legacy_;
   line_splitter lines_{4096};
   std::string bound_id_;       // the backend this connection speaks for
+  std::string closed_id_;      // deregistered on this connection (legacy CLOSE)
   bool agent_ = false;         // a native agent: its connection is its liveness
   std::int64_t heartbeat_ms_ = 0;
   std::int64_t last_heard_ = 0;
@@ -2726,6 +2736,9 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
   }
   if (command == "ID") {
     std::string id(argument);
+    // harmony.js's close() sends CLOSE then ID for the same id on one connection
+    // and expects both echoed.
+    if (id == closed_id_) return reply(echo);
     if (!srv.backends.known(id)) return reply("BID:" + id + ":");
     bound_id_ = id;
     return reply(echo);
@@ -2751,7 +2764,11 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
     return reply(echo);
   }
   if (command == "CLOSE") {
-    if (!srv.backends.remove(argument)) srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+    if (!srv.backends.remove(argument)) {
+      srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+      closed_id_.assign(argument.data(), argument.size());
+      if (bound_id_ == closed_id_) bound_id_.clear();
+    }
     return reply(echo);
   }
 }
