@@ -1943,6 +1943,7 @@ class session {
   std::int64_t last_activity_ = 0;
   std::uint64_t sent_to_backend_ = 0;
   std::uint64_t received_from_backend_ = 0;
+  bool replayable_ = true;  // everything sent to the backend is still in up_
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
@@ -2087,6 +2088,7 @@ inline void session::open(socket_handle fd, const address& peer) {
   holds_slot_ = false;
   peer_ = peer;
   sent_to_backend_ = received_from_backend_ = 0;
+  replayable_ = true;
   farewell_.clear();
   farewell_sent_ = 0;
   last_activity_ = worker_.loop().now();
@@ -2163,10 +2165,11 @@ inline void session::attempt_failed(std::error_code why) {
     close_socket(backend_.fd);
     backend_.reset();
   }
-  // Whatever reached the failed backend is lost: the next one starts afresh.
+  // The next backend gets everything the failed one was sent, from the start.
   up_.begin = 0;
   up_.shut = false;
   sent_to_backend_ = 0;
+  replayable_ = true;
   ++attempts_;
   if (attempts_ > srv.options.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
   phase_ = phase::retrying;
@@ -2215,7 +2218,15 @@ inline void session::on_side_io(side& s, unsigned events) {
 
 inline void session::pump() {
   if (!flow(up_, client_, backend_)) return;
+  bool was_replayable = replayable_;
   if (!flow(down_, backend_, client_)) return;
+  // The backend's first answer ends the replay window: drop the kept request now,
+  // so an idle connection holds no buffer.
+  if (was_replayable && !replayable_ && up_.data && up_.begin == up_.end) {
+    worker_.pool().give(up_.data);
+    up_.data = nullptr;
+    up_.begin = up_.end = 0;
+  }
   if (up_.shut && down_.shut) return close(false);
   if (reactor::tracks_interest) update_interest();
 }
@@ -2259,9 +2270,15 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       continue;
     }
     if (d.data) {
-      pool.give(d.data);
-      d.data = nullptr;
-      d.begin = d.end = 0;
+      // Until the backend answers, what it was sent stays in the buffer, so a
+      // backend that fails now can be replaced and the bytes sent again.
+      bool keep = &d == &up_ && replayable_ && d.end < pool.size();
+      if (!keep) {
+        if (&d == &up_) replayable_ = false;
+        pool.give(d.data);
+        d.data = nullptr;
+        d.begin = d.end = 0;
+      }
     }
     if (d.eof) {
       if (!d.shut) {
@@ -2271,20 +2288,27 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       return true;
     }
     if (!src.readable) return true;
-    char* buffer = pool.take();
-    auto n = recv_some(src.fd, buffer, pool.size());
+    char* buffer = d.data ? d.data : pool.take();
+    std::size_t room = pool.size() - d.end;
+    auto n = recv_some(src.fd, buffer + d.end, room);
     if (n > 0) {
       d.data = buffer;
-      d.begin = 0;
-      d.end = static_cast<std::uint32_t>(n);
-      if (&src == &backend_) received_from_backend_ += static_cast<std::uint64_t>(n);
+      d.end += static_cast<std::uint32_t>(n);
+      if (&src == &backend_) {
+        received_from_backend_ += static_cast<std::uint64_t>(n);
+        replayable_ = false;
+      }
       last_activity_ = worker_.loop().now();
       // With edge-triggered readiness a short read means "drained", unless the
       // peer's FIN is already queued behind the data: then read on to see it.
-      if (static_cast<std::size_t>(n) < pool.size() && !src.peer_closed) src.readable = false;
+      if (static_cast<std::size_t>(n) < room && !src.peer_closed) src.readable = false;
       continue;
     }
-    pool.give(buffer);
+    if (!d.data || d.end == 0) {
+      pool.give(buffer);
+      d.data = nullptr;
+      d.begin = d.end = 0;
+    }
     if (n == 0) {
       d.eof = true;
       src.readable = false;
@@ -2302,10 +2326,9 @@ inline bool session::flow(direction& d, side& src, side& dst) {
 }
 
 inline void session::fail(side& where, int error) {
-  // A backend that breaks before any byte went either way is a failed attempt:
-  // the client has lost nothing, so another backend may serve it.
-  if (&where == &backend_ && sent_to_backend_ == 0 && received_from_backend_ == 0 && down_.begin == down_.end &&
-      !down_.eof)
+  // A backend that breaks before its first byte is a failed attempt: the client
+  // has lost nothing (what it sent is still buffered), so another backend may serve it.
+  if (&where == &backend_ && replayable_ && received_from_backend_ == 0 && !down_.eof)
     return attempt_failed(error == ECONNRESET || error == EPIPE ? make_error_code(errc::backend_reset)
                                                                  : system_error_code(error));
   worker_.owner().log(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
