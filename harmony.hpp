@@ -18,12 +18,15 @@
 //   >>platform      OS headers, socket helpers, randomness
 //   >>util          parsing, formatting, logging
 //   >>selector      sans-IO backend selection (weighted least-connections, round-robin)
+//   >>codec         sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>registry      the shared backend table
 //   >>reactor       timers, posting, the poller contract; epoll and poll pollers
 //   >>stream        a buffered byte stream for admin connections and the agent
 //   >>pump          the proxy core: two sockets, both directions, backpressure, half-close
 //   >>worker        one event loop: accept, pick, connect, relay, farewell
+//   >>admin         the admin port: legacy (harmony.js) and native dialects
 //   >>server-impl   harmony::server
+//   >>client-impl   harmony::client
 //   >>licence
 //
 // >>config
@@ -157,6 +160,9 @@ struct backend_info {
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
+  // "up" (eligible), "draining", "expired" (no ack within the host timeout),
+  // "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  std::string state;
 };
 
 struct server_stats {
@@ -189,6 +195,11 @@ struct server_options {
   std::size_t queue_limit = 10000;  // longest concurrency queue
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;
   int workers = 1;                  // event-loop threads sharing the listen port
+  std::size_t max_backends = 10000;          // registrations beyond this are refused
+  std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
+  duration admin_timeout{30000};             // an admin connection silent this long is closed
+  std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
+  bool allow_legacy = true;                  // harmony.js agents, which cannot authenticate
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };
@@ -220,6 +231,48 @@ class server {
   std::error_code set_concurrency(int limit);
   std::vector<backend_info> backends() const;
   server_stats stats() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+// >>client
+// The agent a backend runs: it registers with the balancer's admin port (native
+// dialect), keeps one connection open with heartbeats both ways, reconnects
+// with backoff when the balancer restarts or the network drops, and registers
+// again under the same id where the balancer still knows it.
+struct client_options {
+  std::string balancer = "localhost:1666";  // the balancer's admin address
+  std::uint16_t port = 80;                  // the service port this backend serves on
+  std::string host;                         // empty: the balancer uses this connection's peer address
+  int weight = 500;
+  // How often the agent reports alive; keep it at most half the balancer's host timeout.
+  duration ack{20000};
+  duration reconnect_min{100};  // backoff after a failed connection, doubling up to max
+  duration reconnect_max{5000};
+  std::function<void(const std::string& id)> on_registered;  // on the agent's thread
+  log_function log;
+  log_level level = log_level::info;
+};
+
+class client {
+ public:
+  explicit client(client_options options = {});
+  ~client();  // close()
+  client(const client&) = delete;
+  client& operator=(const client&) = delete;
+
+  // Runs the agent on a thread of its own; it connects and keeps registering.
+  std::error_code start();
+  // Deregisters now (the balancer sends no new connections; open ones finish) and stops.
+  // Waits up to about two seconds for the balancer to confirm.
+  std::error_code close();
+  // Changes the weight, now and for later registrations.
+  std::error_code set_weight(int weight);
+  std::string id() const;     // empty before the first registration
+  bool registered() const;    // registered on a live connection now
 
   struct impl;
 
@@ -738,7 +791,10 @@ struct logger {
   log_function fn;
   log_level level = log_level::off;
   bool enabled(log_level l) const noexcept { return fn && l >= level && level != log_level::off; }
-#if defined(__GNUC__)
+#if defined(__MINGW32__)
+  // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
+  __attribute__((format(gnu_printf, 3, 4)))
+#elif defined(__GNUC__)
   __attribute__((format(printf, 3, 4)))
 #endif
   void
@@ -1058,6 +1114,154 @@ class selector {
 namespace harmony {
 namespace detail {
 
+// >>codec
+// The admin protocol as pure functions and resumable parsers over caller bytes:
+// no sockets, no allocation beyond the partial token or line they keep.
+
+enum class dialect { undecided, legacy, native };
+
+// harmony.js agents speak first with one of these tokens; anything else is native.
+inline bool is_legacy_command(std::string_view t) noexcept {
+  return t == "NID" || t == "ID" || t == "BAL" || t == "SPORT" || t == "ACK" || t == "CLOSE" || t == "BYE";
+}
+
+// Decides the dialect from the first bytes of a connection.
+inline dialect detect_dialect(std::string_view first) noexcept {
+  if (first.empty()) return dialect::undecided;
+  if (first.front() == ':') return dialect::legacy;  // an empty token, which legacy agents skip
+  std::size_t upper = 0;
+  while (upper < first.size() && first[upper] >= 'A' && first[upper] <= 'Z') ++upper;
+  if (upper == first.size()) {
+    // Still a prefix of a legacy command? Then wait for more bytes.
+    for (std::string_view c : {"NID", "ID", "BAL", "SPORT", "ACK", "CLOSE", "BYE"})
+      if (c.substr(0, upper) == first.substr(0, upper)) return dialect::undecided;
+    return dialect::native;
+  }
+  return first[upper] == ':' && is_legacy_command(first.substr(0, upper)) ? dialect::legacy : dialect::native;
+}
+
+// The legacy token stream: tokens end with ':'; a message is a command token and
+// one argument token, except BYE. Tokens may split anywhere across reads.
+class legacy_parser {
+ public:
+  static constexpr std::size_t max_token = 256;
+
+  // Calls on_message(command, argument) per complete message. Returns false on
+  // a malformed stream (unknown command, oversized token); the connection should close.
+  template <class OnMessage>
+  bool feed(std::string_view bytes, OnMessage&& on_message) {
+    while (!bytes.empty()) {
+      std::size_t colon = bytes.find(':');
+      std::string_view piece = bytes.substr(0, colon);
+      if (token_.size() + piece.size() > max_token) return false;
+      token_.append(piece.data(), piece.size());
+      if (colon == std::string_view::npos) return true;
+      bytes.remove_prefix(colon + 1);
+      if (!token(on_message)) return false;
+      token_.clear();
+    }
+    return true;
+  }
+
+ private:
+  template <class OnMessage>
+  bool token(OnMessage& on_message) {
+    if (want_argument_) {
+      want_argument_ = false;
+      on_message(std::string_view(command_), std::string_view(token_));
+      return true;
+    }
+    if (token_.empty()) return true;
+    if (token_ == "BYE") {
+      on_message(std::string_view(token_), std::string_view());
+      return true;
+    }
+    if (!is_legacy_command(token_)) return false;
+    command_ = token_;
+    want_argument_ = true;
+    return true;
+  }
+
+  std::string token_;
+  std::string command_;
+  bool want_argument_ = false;
+};
+
+// Splits a byte stream into lines (LF or CRLF), with a length limit.
+class line_splitter {
+ public:
+  explicit line_splitter(std::size_t max_line = 4096) : max_line_(max_line) {}
+
+  // Calls on_line(line) per complete line; returns false once a line is too long.
+  template <class OnLine>
+  bool feed(std::string_view bytes, OnLine&& on_line) {
+    while (!bytes.empty()) {
+      std::size_t end = bytes.find('\n');
+      std::string_view piece = bytes.substr(0, end);
+      if (partial_.size() + piece.size() > max_line_) return false;
+      if (end == std::string_view::npos) {
+        partial_.append(piece.data(), piece.size());
+        return true;
+      }
+      bytes.remove_prefix(end + 1);
+      std::string_view line = piece;
+      if (!partial_.empty()) {
+        partial_.append(piece.data(), piece.size());
+        line = partial_;
+      }
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      on_line(line);
+      partial_.clear();
+    }
+    return true;
+  }
+
+ private:
+  std::size_t max_line_;
+  std::string partial_;
+};
+
+// A native command line: words separated by blanks; words of the form key=value
+// are options, the others positional arguments.
+struct command_line {
+  std::string_view verb;
+  std::vector<std::string_view> args;
+  std::vector<std::pair<std::string_view, std::string_view>> options;
+
+  bool option(std::string_view key, std::string_view& value) const {
+    for (auto& o : options)
+      if (o.first == key) {
+        value = o.second;
+        return true;
+      }
+    return false;
+  }
+};
+
+inline command_line parse_command(std::string_view line) {
+  command_line c;
+  std::size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    std::size_t start = i;
+    while (i < line.size() && line[i] != ' ' && line[i] != '\t') ++i;
+    if (start == i) break;
+    std::string_view word = line.substr(start, i - start);
+    std::size_t eq = word.find('=');
+    if (c.verb.empty()) c.verb = word;
+    else if (eq != std::string_view::npos && eq > 0) c.options.emplace_back(word.substr(0, eq), word.substr(eq + 1));
+    else c.args.push_back(word);
+  }
+  return c;
+}
+
+// harmony.js's BAL: a positive number is the weight, anything else means 500.
+inline int legacy_weight(std::string_view text) noexcept {
+  std::uint64_t w = 0;
+  if (!parse_uint(text, 1000000, w) || w == 0) return 500;
+  return static_cast<int>(w);
+}
+
 // >>registry
 // The backend table every event loop shares. One mutex guards it: a pick, a
 // release and an admin change each take it once, briefly.
@@ -1175,6 +1379,27 @@ class registry {
     return {};
   }
 
+  // An agent's live connection keeps its backend online; when it drops, the
+  // backend gets no new connections until the agent registers again.
+  std::error_code set_online(std::string_view id, bool online, std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    records_[slot].online = online;
+    if (online) records_[slot].last_ack = now;
+    refresh(slot, now);
+    return {};
+  }
+
+  // The address a backend registered from, to derive where it serves.
+  bool address_of(std::string_view id, endpoint& at) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return false;
+    at = records_[slot].at;
+    return true;
+  }
+
   bool known(std::string_view id) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
@@ -1264,6 +1489,7 @@ class registry {
       b.failures = r.failures;
       b.eligible = eligible(slot, now);
       b.draining = r.draining;
+      b.state = state_of(slot, now);
       out.push_back(std::move(b));
     }
     return out;
@@ -1287,6 +1513,7 @@ class registry {
     bool routable = false;
     bool draining = false;
     bool expires = false;
+    bool online = true;
     int weight = 500;
     int active = 0;
     std::uint64_t total = 0;
@@ -1307,7 +1534,15 @@ class registry {
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
-    return r.used && r.routable && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+    return r.used && r.routable && r.online && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+  }
+  const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
+    const record& r = records_[slot];
+    if (!r.routable) return "no-port";
+    if (!r.online) return "offline";
+    if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
+    if (r.draining) return "draining";
+    return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
     const record& r = records_[slot];
@@ -1405,9 +1640,10 @@ class poller {
   void interest(socket_handle, io_handler*, unsigned) noexcept {}
   // Closing a socket removes it from the epoll set by itself.
   void remove(socket_handle) noexcept {}
-  template <class Dispatch>
-  void wait(int timeout_ms, Dispatch&& dispatch) {
+  template <class Woke, class Dispatch>
+  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
     int n = ::epoll_wait(fd_, events_, max_events, timeout_ms);
+    woke();
     for (int i = 0; i < n; ++i) {
       unsigned ev = 0, e = events_[i].events;
       if (e & EPOLLIN) ev |= io_read;
@@ -1456,9 +1692,10 @@ class poller {
     handlers_.pop_back();
     slot_of_[static_cast<std::size_t>(s)] = -1;
   }
-  template <class Dispatch>
-  void wait(int timeout_ms, Dispatch&& dispatch) {
+  template <class Woke, class Dispatch>
+  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
     int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout_ms);
+    woke();
     if (n <= 0) return;
     ready_.clear();
     for (std::size_t i = 0; i < fds_.size() && ready_.size() < static_cast<std::size_t>(n); ++i) {
@@ -1629,15 +1866,32 @@ class poller {
 
   void wake() { ::PostQueuedCompletionStatus(port_, 0, wake_key, nullptr); }
   std::size_t in_flight() const noexcept { return in_flight_; }
+  // For tearing the loop down: cancels every operation on the port and posts no
+  // new ones from then on.
+  void cancel_all() noexcept {
+    settling_ = true;
+    for (auto& entry : sockets_) {
+      ::CancelIoEx(reinterpret_cast<HANDLE>(entry.first), nullptr);
+      for (io_op** op : {&entry.second->iocp.reading, &entry.second->iocp.writing})
+        if (*op) {
+          (*op)->stale = true;
+          *op = nullptr;
+        }
+    }
+  }
 
-  // Dequeues completions for up to `timeout_ms` and hands each live one to
-  // `dispatch(handler, op, error, bytes)`; `on_wake` runs for a wake-up. Every
+  // Dequeues completions for up to `timeout_ms`, calls `woke()` when the wait
+  // ends, and hands each live one to `dispatch(handler, op, error, bytes)`;
+  // `on_wake` runs for a wake-up. Every
   // completion is counted back, and a retired group whose count reaches zero has
   // its release moved to `released`.
-  template <class Dispatch, class Wake>
-  void wait(int timeout_ms, Dispatch&& dispatch, Wake&& on_wake, std::vector<std::function<void()>>& released) {
+  template <class Woke, class Dispatch, class Wake>
+  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch, Wake&& on_wake,
+            std::vector<std::function<void()>>& released) {
     ULONG n = 0;
-    if (!::GetQueuedCompletionStatusEx(port_, entries_, max_events, &n, static_cast<DWORD>(timeout_ms), FALSE)) return;
+    BOOL got = ::GetQueuedCompletionStatusEx(port_, entries_, max_events, &n, static_cast<DWORD>(timeout_ms), FALSE);
+    woke();
+    if (!got) return;
     for (ULONG i = 0; i < n; ++i) {
       if (!entries_[i].lpOverlapped) {
         on_wake();
@@ -1665,7 +1919,7 @@ class poller {
         dispatch(h, *op, error, bytes);
       }
       if (op->pooled) give(op);
-      if (live && !h->retired && (h->iocp.interest & io_read) && !h->iocp.reading &&
+      if (live && !settling_ && !h->retired && (h->iocp.interest & io_read) && !h->iocp.reading &&
           h->iocp.socket != invalid_socket)
         probe(h);
       if (group->retired && group->iocp.outstanding == 0 && group->iocp.release) {
@@ -1724,6 +1978,7 @@ class poller {
   std::unordered_map<socket_handle, io_handler*> sockets_;
   io_op* free_ = nullptr;
   std::size_t in_flight_ = 0;
+  bool settling_ = false;
   OVERLAPPED_ENTRY entries_[max_events];
 };
 #endif
@@ -1774,12 +2029,14 @@ class reactor {
   std::error_code accept(socket_handle listener, io_handler* h, accept_op& op, int family) {
     return poller_.accept(listener, h, op, family);
   }
-  // Waits (up to a few seconds) until every operation in flight has come back,
-  // delivering none: for tearing a loop down after everything on it was closed.
+  // Cancels every operation in flight and waits (a few seconds at most) until all
+  // have come back, delivering none: for tearing a stopped loop down, before the
+  // objects the kernel may still write into are freed.
   void settle() {
+    poller_.cancel_all();
     std::int64_t end = now_ms() + 5000;
     while (poller_.in_flight() > 0 && now_ms() < end)
-      poller_.wait(100, [](io_handler*, io_op&, int, std::uint32_t) {}, [] {}, graveyard_);
+      poller_.wait(100, [] {}, [](io_handler*, io_op&, int, std::uint32_t) {}, [] {}, graveyard_);
     run_graveyard();
   }
 #endif
@@ -1845,16 +2102,19 @@ class reactor {
       std::int64_t wait = timers_.front()->deadline - now_ms();
       timeout = wait <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>(wait, INT_MAX));
     }
+    // The clock is read once per turn, as soon as the wait ends.
 #if defined(HARMONY_USE_IOCP)
     poller_.wait(
-        timeout, [](io_handler* h, io_op& op, int error, std::uint32_t bytes) { h->on_complete(op, error, bytes); },
+        timeout, [this] { now_ = now_ms(); },
+        [](io_handler* h, io_op& op, int error, std::uint32_t bytes) { h->on_complete(op, error, bytes); },
         [this] { wake_posted_.store(false, std::memory_order_release); }, graveyard_);
 #else
-    poller_.wait(timeout, [](io_handler* h, unsigned ev) {
-      if (!h->retired) h->on_io(ev);
-    });
+    poller_.wait(
+        timeout, [this] { now_ = now_ms(); },
+        [](io_handler* h, unsigned ev) {
+          if (!h->retired) h->on_io(ev);
+        });
 #endif
-    now_ = now_ms();
     while (!timers_.empty() && timers_.front()->deadline <= now_) {
       timer* t = timers_.front();
       cancel(*t);
@@ -1947,6 +2207,97 @@ class reactor {
   std::vector<std::function<void()>> graveyard_;
   std::atomic<bool> stopping_{false};
 };
+
+#if defined(HARMONY_USE_IOCP)
+// A listening socket on the completion engine. A few AcceptEx wait at once, so
+// that a burst of connections is taken in one turn; each accepted socket is
+// handed to `on_accept` ready for use (accept context set, non-blocking, no
+// Nagle). Its operations are heap memory that is left alone, not freed, if the
+// acceptor goes while some are still in flight: the owner settles the loop first.
+class acceptor final : public io_handler {
+ public:
+  std::function<void(socket_handle, const address&)> on_accept;
+
+  acceptor(reactor& loop, const logger& log) : loop_(loop), log_(log), ops_(new accept_op[in_flight]) {
+    retry_.fire = [this] { start(); };
+  }
+  acceptor(const acceptor&) = delete;
+  acceptor& operator=(const acceptor&) = delete;
+  ~acceptor() {
+    close();
+    if (iocp.outstanding > 0) {
+      ops_.release();
+      return;
+    }
+    for (int i = 0; i < in_flight; ++i)
+      if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
+  }
+
+  // Takes the listener over; the accepts are issued from the loop's own thread.
+  std::error_code open(socket_handle listener) {
+    address bound;
+    if (auto e = local_address(listener, bound)) return e;
+    family_ = bound.family();
+    if (auto e = loop_.add(listener, this, 0)) return e;
+    fd_ = listener;
+    loop_.post([this] { start(); });
+    return {};
+  }
+  // Cancels the accepts in flight and closes the listener.
+  void close() {
+    if (fd_ == invalid_socket) return;
+    loop_.cancel(retry_);
+    loop_.remove(fd_);
+    close_socket(fd_);
+    fd_ = invalid_socket;
+  }
+
+ private:
+  static constexpr int in_flight = 8;
+
+  void on_io(unsigned) override {}
+  void on_complete(io_op& done, int error, std::uint32_t) override {
+    accept_op& op = static_cast<accept_op&>(done);
+    socket_handle s = op.accepted;
+    op.accepted = invalid_socket;
+    address peer;
+    peer.length = sizeof peer.storage;
+    if (!error && ::setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&fd_),
+                               sizeof fd_) != 0)
+      error = last_socket_error();
+    if (!error && ::getpeername(s, peer.get(), &peer.length) != 0) error = last_socket_error();
+    if (error) {
+      // A client that reset before it was taken in is no reason to stop accepting.
+      close_socket(s);
+      log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
+    } else {
+      set_nodelay(s);
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+    start();
+  }
+  void start() {
+    for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
+      accept_op& op = ops_[i];
+      if (op.accepted != invalid_socket) continue;  // in flight
+      if (std::error_code e = loop_.accept(fd_, this, op, family_)) {
+        // Out of sockets or memory: try again in a moment instead of spinning.
+        log_(log_level::error, "accept failed: %s", e.message().c_str());
+        loop_.schedule(retry_, loop_.now() + 100);
+        return;
+      }
+    }
+  }
+
+  reactor& loop_;
+  const logger& log_;
+  std::unique_ptr<accept_op[]> ops_;
+  socket_handle fd_ = invalid_socket;
+  int family_ = AF_INET;
+  timer retry_;
+};
+#endif
 
 // Fixed-size relay buffers, taken only while data is in flight.
 class buffer_pool {
@@ -2046,11 +2397,15 @@ class stream final : public io_handler {
     if (!connecting_) flush();
   }
 
-  // Sends what is queued, then closes.
+  // Sends what is queued and a FIN, then waits for the peer's FIN and closes.
+  // on_close follows when that completes later, not when it completes at once.
   void finish() {
-    if (fd_ == invalid_socket) return;
+    if (fd_ == invalid_socket || closing_) return;
     closing_ = true;
+    finishing_ = true;
     if (!connecting_) flush();
+    if (draining_) read_all();
+    finishing_ = false;
   }
 
   // Closes now, with a reset when `reset`. No callback follows.
@@ -2111,7 +2466,7 @@ class stream final : public io_handler {
     close();
     out_.clear();
     out_sent_ = 0;
-    closing_ = false;
+    closing_ = draining_ = false;
     retired = false;
   }
   void drop() { close(); }
@@ -2121,6 +2476,7 @@ class stream final : public io_handler {
     for (;;) {
       auto n = recv_some(fd_, buffer, sizeof buffer);
       if (n > 0) {
+        if (draining_) continue;
         if (on_data) on_data(std::string_view(buffer, static_cast<std::size_t>(n)));
         if (fd_ == invalid_socket || retired) return;
         continue;
@@ -2137,7 +2493,7 @@ class stream final : public io_handler {
 
   void hang_up(std::error_code e) {
     close(static_cast<bool>(e));
-    if (on_close) on_close(e);
+    if (on_close && !finishing_) on_close(e);
   }
 
   void flush() {
@@ -2168,9 +2524,12 @@ class stream final : public io_handler {
     out_.clear();
     out_sent_ = 0;
     if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
-    if (closing_) {
+    if (closing_ && !draining_) {
+      // FIN first, then read until the peer's FIN: closing with unread input
+      // would send a reset that can destroy the replies still in flight.
       ::shutdown(fd_, SHUT_WR);
-      close();
+      draining_ = true;
+      if (!finishing_) read_all();
     }
   }
 
@@ -2178,6 +2537,8 @@ class stream final : public io_handler {
   socket_handle fd_ = invalid_socket;
   bool connecting_ = false;
   bool closing_ = false;
+  bool finishing_ = false;
+  bool draining_ = false;
   std::string out_;
   std::size_t out_sent_ = 0;
 #if defined(HARMONY_USE_IOCP)
@@ -2275,6 +2636,7 @@ class session {
   std::int64_t last_activity_ = 0;
   std::uint64_t sent_to_backend_ = 0;
   std::uint64_t received_from_backend_ = 0;
+  bool replayable_ = true;  // everything sent to the backend is still in up_
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
@@ -2285,10 +2647,10 @@ class worker {
  public:
   worker(server::impl& owner, const server_options& options, const logger& log)
       : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes ? options.buffer_bytes : 16384) {
-    listener_.owner = this;
 #if defined(HARMONY_USE_IOCP)
-    accept_retry_.fire = [this] { start_accepts(); };
+    listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
 #else
+    listener_.owner = this;
     accept_retry_.fire = [this] { accept_all(); };
 #endif
   }
@@ -2298,17 +2660,11 @@ class worker {
 
   std::error_code open(socket_handle listener) {
     if (auto e = loop_.open()) return e;
-    listener_.fd = listener;
 #if defined(HARMONY_USE_IOCP)
     if (listener == invalid_socket) return {};  // a further worker: the first one accepts for it
-    address bound;
-    if (auto e = local_address(listener, bound)) return e;
-    listener_family_ = bound.family();
-    if (auto e = loop_.add(listener, &listener_, 0)) return e;
-    // Issued from the loop's own thread, which outlives them.
-    loop_.post([this] { start_accepts(); });
-    return {};
+    return listener_.open(listener);
 #else
+    listener_.fd = listener;
     return loop_.add(listener, &listener_, io_read);
 #endif
   }
@@ -2333,21 +2689,9 @@ class worker {
 
  private:
 #if defined(HARMONY_USE_IOCP)
-  struct listener_handler final : io_handler {
-    worker* owner = nullptr;
-    socket_handle fd = invalid_socket;
-    void on_io(unsigned) override {}
-    void on_complete(io_op& op, int error, std::uint32_t) override {
-      owner->accepted(static_cast<accept_op&>(op), error);
-    }
-  };
-  void start_accepts();
-  void accepted(accept_op& op, int error);
+  // Windows has no SO_REUSEPORT: the first worker accepts for all of them.
+  void deal(socket_handle fd, const address& peer);
   void adopt(socket_handle fd, const address& peer);
-  // Several accepts wait at once so that a burst of connections is taken in one turn.
-  static constexpr int accepts_in_flight = 8;
-  accept_op accepts_[accepts_in_flight];
-  int listener_family_ = AF_INET;
   std::size_t next_worker_ = 0;
 #else
   struct listener_handler final : io_handler {
@@ -2364,7 +2708,11 @@ class worker {
   const logger& log_;
   reactor loop_;
   buffer_pool pool_;
+#if defined(HARMONY_USE_IOCP)
+  acceptor listener_{loop_, log_};
+#else
   listener_handler listener_;
+#endif
   timer accept_retry_;
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
@@ -2375,13 +2723,23 @@ class worker {
 
 }  // namespace detail
 
+namespace detail {
+class admin_server;
+}
+
 // >>server-impl
 struct server::impl {
   explicit impl(server_options o)
       : options(std::move(o)),
         log{options.log, options.level},
-        backends(options.balance, options.host_timeout, options.persistent),
+        backends(options.balance, options.host_timeout, options.persistent, limits_of(options)),
         concurrency(options.concurrency) {}
+
+  static detail::registry_limits limits_of(const server_options& o) {
+    detail::registry_limits l;
+    l.backends = o.max_backends;
+    return l;
+  }
 
   // A slot is one proxied connection under the concurrency limit.
   bool try_take_slot() {
@@ -2406,6 +2764,12 @@ struct server::impl {
 
   std::error_code open();
   void close_all();
+  server_stats collect_stats() const;
+  void apply_concurrency(int limit) {
+    concurrency.store(limit, std::memory_order_relaxed);
+    wake_queues();
+  }
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out);
 
   server_options options;
   detail::logger log;
@@ -2414,6 +2778,7 @@ struct server::impl {
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
   std::vector<std::unique_ptr<detail::worker>> workers;
+  std::unique_ptr<detail::admin_server> admin;
   std::vector<std::thread> threads;
   std::mutex lifecycle;
   bool running = false;
@@ -2436,6 +2801,7 @@ inline void session::open(socket_handle fd, const address& peer) {
   holds_slot_ = false;
   peer_ = peer;
   sent_to_backend_ = received_from_backend_ = 0;
+  replayable_ = true;
   farewell_.clear();
   farewell_sent_ = 0;
   last_activity_ = worker_.loop().now();
@@ -2518,10 +2884,11 @@ inline void session::attempt_failed(std::error_code why) {
     close_socket(backend_.fd);
     backend_.reset();
   }
-  // Whatever reached the failed backend is lost: the next one starts afresh.
+  // The next backend gets everything the failed one was sent, from the start.
   up_.begin = 0;
   up_.shut = false;
   sent_to_backend_ = 0;
+  replayable_ = true;
   ++attempts_;
   if (attempts_ > srv.options.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
   phase_ = phase::retrying;
@@ -2592,7 +2959,15 @@ inline void session::on_side_io(side& s, unsigned events) {
 
 inline void session::pump() {
   if (!flow(up_, client_, backend_)) return;
+  bool was_replayable = replayable_;
   if (!flow(down_, backend_, client_)) return;
+  // The backend's first answer ends the replay window: drop the kept request now,
+  // so an idle connection holds no buffer.
+  if (was_replayable && !replayable_ && up_.data && up_.begin == up_.end) {
+    worker_.pool().give(up_.data);
+    up_.data = nullptr;
+    up_.begin = up_.end = 0;
+  }
   if (up_.shut && down_.shut) return close(false);
   if (reactor::tracks_interest) update_interest();
 }
@@ -2642,9 +3017,15 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       continue;
     }
     if (d.data) {
-      pool.give(d.data);
-      d.data = nullptr;
-      d.begin = d.end = 0;
+      // Until the backend answers, what it was sent stays in the buffer, so a
+      // backend that fails now can be replaced and the bytes sent again.
+      bool keep = &d == &up_ && replayable_ && d.end < pool.size();
+      if (!keep) {
+        if (&d == &up_) replayable_ = false;
+        pool.give(d.data);
+        d.data = nullptr;
+        d.begin = d.end = 0;
+      }
     }
     if (d.eof) {
       if (!d.shut) {
@@ -2654,20 +3035,27 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       return true;
     }
     if (!src.readable) return true;
-    char* buffer = pool.take();
-    auto n = recv_some(src.fd, buffer, pool.size());
+    char* buffer = d.data ? d.data : pool.take();
+    std::size_t room = pool.size() - d.end;
+    auto n = recv_some(src.fd, buffer + d.end, room);
     if (n > 0) {
       d.data = buffer;
-      d.begin = 0;
-      d.end = static_cast<std::uint32_t>(n);
-      if (&src == &backend_) received_from_backend_ += static_cast<std::uint64_t>(n);
+      d.end += static_cast<std::uint32_t>(n);
+      if (&src == &backend_) {
+        received_from_backend_ += static_cast<std::uint64_t>(n);
+        replayable_ = false;
+      }
       last_activity_ = worker_.loop().now();
       // With edge-triggered readiness a short read means "drained", unless the
       // peer's FIN is already queued behind the data: then read on to see it.
-      if (static_cast<std::size_t>(n) < pool.size() && !src.peer_closed) src.readable = false;
+      if (static_cast<std::size_t>(n) < room && !src.peer_closed) src.readable = false;
       continue;
     }
-    pool.give(buffer);
+    if (!d.data || d.end == 0) {
+      pool.give(buffer);
+      d.data = nullptr;
+      d.begin = d.end = 0;
+    }
     if (n == 0) {
       d.eof = true;
       src.readable = false;
@@ -2685,10 +3073,9 @@ inline bool session::flow(direction& d, side& src, side& dst) {
 }
 
 inline void session::fail(side& where, int error) {
-  // A backend that breaks before any byte went either way is a failed attempt:
-  // the client has lost nothing, so another backend may serve it.
-  if (&where == &backend_ && sent_to_backend_ == 0 && received_from_backend_ == 0 && down_.begin == down_.end &&
-      !down_.eof)
+  // A backend that breaks before its first byte is a failed attempt: the client
+  // has lost nothing (what it sent is still buffered), so another backend may serve it.
+  if (&where == &backend_ && replayable_ && received_from_backend_ == 0 && !down_.eof)
     return attempt_failed(system_error_code(error) == std::errc::connection_reset ||
                                   system_error_code(error) == std::errc::broken_pipe
                               ? make_error_code(errc::backend_reset)
@@ -2807,14 +3194,9 @@ inline worker::~worker() {
   for (auto& s : sessions_)
     if (s->current_phase() != session::phase::idle) s->close(true);
 #if defined(HARMONY_USE_IOCP)
-  if (listener_.fd != invalid_socket) {
-    loop_.remove(listener_.fd);
-    close_socket(listener_.fd);
-  }
+  listener_.close();
   // The sessions and the accept operations are memory the kernel may still write.
   loop_.settle();
-  for (accept_op& op : accepts_)
-    if (op.accepted != invalid_socket) close_socket(op.accepted);
 #else
   if (listener_.fd != invalid_socket) close_socket(listener_.fd);
 #endif
@@ -2833,40 +3215,12 @@ inline session* worker::make_session() {
 inline void worker::recycle(session* s) { free_sessions_.push_back(s); }
 
 #if defined(HARMONY_USE_IOCP)
-inline void worker::start_accepts() {
-  for (accept_op& op : accepts_) {
-    if (op.accepted != invalid_socket) continue;  // in flight
-    if (std::error_code e = loop_.accept(listener_.fd, &listener_, op, listener_family_)) {
-      // Out of sockets or memory: try again in a moment instead of spinning.
-      log_(log_level::error, "accept failed: %s", e.message().c_str());
-      loop_.schedule(accept_retry_, loop_.now() + 100);
-      return;
-    }
-  }
-}
-
-inline void worker::accepted(accept_op& op, int error) {
-  socket_handle fd = op.accepted;
-  op.accepted = invalid_socket;
-  address peer;
-  peer.length = sizeof peer.storage;
-  if (!error && ::setsockopt(fd, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&listener_.fd),
-                             sizeof listener_.fd) != 0)
-    error = last_socket_error();
-  if (!error && ::getpeername(fd, peer.get(), &peer.length) != 0) error = last_socket_error();
-  if (error) {
-    // A client that reset before it was taken in is no reason to stop accepting.
-    close_socket(fd);
-    log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
-  } else {
-    set_nodelay(fd);
-    // One listener serves every worker of the server; connections are dealt in turn.
-    auto& all = owner_.workers;
-    worker* target = all.size() > 1 ? all[next_worker_++ % all.size()].get() : this;
-    if (target == this) adopt(fd, peer);
-    else target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
-  }
-  start_accepts();
+// One listener serves every worker of the server; connections are dealt in turn.
+inline void worker::deal(socket_handle fd, const address& peer) {
+  auto& all = owner_.workers;
+  worker* target = all.size() > 1 ? all[next_worker_++ % all.size()].get() : this;
+  if (target == this) return adopt(fd, peer);
+  target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
 }
 
 inline void worker::adopt(socket_handle fd, const address& peer) {
@@ -2934,6 +3288,534 @@ inline void worker::admit_waiting() {
 
 }  // namespace detail
 
+namespace detail {
+
+// >>admin
+// The admin port. Each connection first shows its dialect: harmony.js agents
+// speak the legacy token protocol; everything else is the native line protocol
+// (agents, and operators typing with nc). It runs on the first worker's loop.
+class admin_server;
+
+class admin_connection {
+ public:
+  admin_connection(admin_server& owner, reactor& loop) : io(loop), owner_(owner), loop_(loop) {
+    clock_.fire = [this] { on_clock(); };
+  }
+  ~admin_connection() { loop_.cancel(clock_); }
+  admin_connection(const admin_connection&) = delete;
+  admin_connection& operator=(const admin_connection&) = delete;
+  void start(socket_handle fd, const address& peer);
+  // Ends the connection; `why` is logged. `graceful` sends the queued replies
+  // first. Safe to call from inside its own callbacks.
+  void end(const char* why, bool graceful = false);
+
+  stream io;
+
+ private:
+  void on_data(std::string_view bytes);
+  void on_clock();
+  void legacy_message(std::string_view command, std::string_view argument);
+  void native_line(std::string_view line);
+  void reply(std::string_view text) { io.write(text); }
+  void reply_error(std::string_view code, std::string_view message);
+  void command_register(const command_line& c);
+  void bind_agent(const std::string& id);
+  std::int64_t idle_limit() const;
+
+  admin_server& owner_;
+  reactor& loop_;
+  timer clock_;
+  address peer_;
+  dialect dialect_ = dialect::undecided;
+  std::string first_bytes_;
+  legacy_parser legacy_;
+  line_splitter lines_{4096};
+  std::string bound_id_;       // the backend this connection speaks for
+  std::string closed_id_;      // deregistered on this connection (legacy CLOSE)
+  bool agent_ = false;         // a native agent: its connection is its liveness
+  std::int64_t heartbeat_ms_ = 0;
+  std::int64_t last_heard_ = 0;
+  bool ended_ = false;
+};
+
+class admin_server {
+ public:
+#if defined(HARMONY_USE_IOCP)
+  admin_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
+    listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
+    sweep_.fire = [this] { sweep(); };
+  }
+  ~admin_server() {
+    for (auto& c : connections_) c.second->io.close();
+    listener_.close();
+    loop_.cancel(sweep_);
+    // The connections' streams and the accepts are memory the kernel may still write.
+    loop_.settle();
+  }
+#else
+  admin_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop) {
+    listener_.owner = this;
+    sweep_.fire = [this] { sweep(); };
+  }
+  ~admin_server() {
+    for (auto& c : connections_) c.second->io.close();
+    if (listener_.fd != invalid_socket) {
+      loop_.remove(listener_.fd);
+      close_socket(listener_.fd);
+    }
+    loop_.cancel(sweep_);
+  }
+#endif
+  admin_server(const admin_server&) = delete;
+  admin_server& operator=(const admin_server&) = delete;
+
+  std::error_code open(const address& at, endpoint& bound) {
+    socket_handle s = invalid_socket;
+    if (auto e = open_listener(at, false, s)) return e;
+    address local;
+    local_address(s, local);
+    bound = local.to_endpoint();
+    loop_.schedule(sweep_, loop_.now() + 1000);
+#if defined(HARMONY_USE_IOCP)
+    return listener_.open(s);
+#else
+    listener_.fd = s;
+    return loop_.add(s, &listener_, io_read);
+#endif
+  }
+
+  server::impl& srv() noexcept { return srv_; }
+  reactor& loop() noexcept { return loop_; }
+
+  // The live native connection of each agent's backend.
+  std::unordered_map<std::string, admin_connection*> agents;
+  // Backends whose agent dropped: forgotten when they stay away a host timeout.
+  std::unordered_map<std::string, std::int64_t> offline_since;
+
+  void release(admin_connection* c) {
+    loop_.retire(&c->io, [this, c] { connections_.erase(c); });
+  }
+
+ private:
+#if defined(HARMONY_USE_IOCP)
+  void adopt(socket_handle fd, const address& peer);
+#else
+  struct listener_handler final : io_handler {
+    admin_server* owner = nullptr;
+    socket_handle fd = invalid_socket;
+    void on_io(unsigned) override { owner->accept_all(); }
+  };
+  void accept_all();
+#endif
+  void sweep();
+
+  server::impl& srv_;
+  reactor& loop_;
+#if defined(HARMONY_USE_IOCP)
+  acceptor listener_;
+#else
+  listener_handler listener_;
+#endif
+  timer sweep_;
+  std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
+};
+
+}  // namespace detail
+namespace detail {
+
+#if defined(HARMONY_USE_IOCP)
+inline void admin_server::adopt(socket_handle fd, const address& peer) {
+  if (connections_.size() >= srv_.options.max_admin_connections) {
+    srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
+             peer.to_endpoint().to_string().c_str(), connections_.size());
+    close_socket(fd);
+    return;
+  }
+  auto c = std::make_unique<admin_connection>(*this, loop_);
+  admin_connection* raw = c.get();
+  connections_.emplace(raw, std::move(c));
+  raw->start(fd, peer);
+}
+#else
+inline void admin_server::accept_all() {
+  for (;;) {
+    address peer;
+    socket_handle fd = accept_one(listener_.fd, peer);
+    if (fd == invalid_socket) {
+      int e = last_socket_error();
+      if (e == EINTR || e == ECONNABORTED) continue;
+      if (!would_block(e)) srv_.log(log_level::error, "admin accept failed: %s", system_error_code(e).message().c_str());
+      return;
+    }
+    if (connections_.size() >= srv_.options.max_admin_connections) {
+      srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
+               peer.to_endpoint().to_string().c_str(), connections_.size());
+      close_socket(fd);
+      continue;
+    }
+    auto c = std::make_unique<admin_connection>(*this, loop_);
+    admin_connection* raw = c.get();
+    connections_.emplace(raw, std::move(c));
+    raw->start(fd, peer);
+  }
+}
+#endif
+
+inline void admin_server::sweep() {
+  std::int64_t now = loop_.now();
+  std::int64_t keep = srv_.options.host_timeout.count();
+  for (auto it = offline_since.begin(); it != offline_since.end();) {
+    if (now - it->second > keep) {
+      srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
+      srv_.backends.remove(it->first);
+      it = offline_since.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  loop_.schedule(sweep_, now + 1000);
+}
+
+inline void admin_connection::start(socket_handle fd, const address& peer) {
+  peer_ = peer;
+  last_heard_ = loop_.now();
+  io.on_data = [this](std::string_view bytes) { on_data(bytes); };
+  io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };
+  io.attach(fd);
+  loop_.schedule(clock_, last_heard_ + idle_limit());
+}
+
+inline std::int64_t admin_connection::idle_limit() const {
+  // A registered agent must be heard every heartbeat; three missed is death.
+  if (agent_ && heartbeat_ms_ > 0) return std::max<std::int64_t>(3 * heartbeat_ms_, 1000);
+  return owner_.srv().options.admin_timeout.count();
+}
+
+inline void admin_connection::on_clock() {
+  if (ended_) {
+    io.close();
+    return owner_.release(this);
+  }
+  std::int64_t deadline = last_heard_ + idle_limit();
+  if (loop_.now() >= deadline) return end(agent_ ? "agent heartbeat lost" : "idle");
+  loop_.schedule(clock_, deadline);
+}
+
+inline void admin_connection::end(const char* why, bool graceful) {
+  if (ended_) return;
+  ended_ = true;
+  server::impl& srv = owner_.srv();
+  srv.log(log_level::debug, "admin connection from %s ends: %s", peer_.to_endpoint().to_string().c_str(), why);
+  if (agent_) {
+    auto it = owner_.agents.find(bound_id_);
+    if (it != owner_.agents.end() && it->second == this) {
+      owner_.agents.erase(it);
+      if (!srv.backends.set_online(bound_id_, false, loop_.now())) {
+        owner_.offline_since[bound_id_] = loop_.now();
+        srv.log(log_level::warn, "backend %s offline: %s", bound_id_.c_str(), why);
+      }
+    }
+  }
+  if (graceful && io.is_open()) {
+    io.on_close = [this](std::error_code) { owner_.release(this); };
+    io.finish();
+    if (io.is_open()) return loop_.schedule(clock_, loop_.now() + 5000);  // bounded wait
+  }
+  loop_.cancel(clock_);
+  io.close();
+  owner_.release(this);
+}
+
+inline void admin_connection::on_data(std::string_view bytes) {
+  if (ended_) return;
+  last_heard_ = loop_.now();
+  std::string held;
+  if (dialect_ == dialect::undecided) {
+    first_bytes_.append(bytes.data(), bytes.size());
+    dialect_ = detect_dialect(first_bytes_);
+    if (dialect_ == dialect::undecided) {
+      if (first_bytes_.size() < 16) return;
+      dialect_ = dialect::native;
+    }
+    held.swap(first_bytes_);
+    bytes = held;
+    if (dialect_ == dialect::legacy && !owner_.srv().options.admin_secret.empty() &&
+        !owner_.srv().options.allow_legacy) {
+      owner_.srv().log(log_level::warn, "legacy agent from %s refused: a secret is set",
+                       peer_.to_endpoint().to_string().c_str());
+      return end("legacy dialect refused");
+    }
+  }
+  if (dialect_ == dialect::legacy) {
+    bool ok = legacy_.feed(bytes, [this](std::string_view command, std::string_view argument) {
+      if (!ended_) legacy_message(command, argument);
+    });
+    if (!ok && !ended_) {
+      owner_.srv().log(log_level::warn, "malformed legacy message from %s", peer_.to_endpoint().to_string().c_str());
+      end("malformed legacy message");
+    }
+    return;
+  }
+  bool ok = lines_.feed(bytes, [this](std::string_view line) {
+    if (!ended_) native_line(line);
+  });
+  if (!ok && !ended_) {
+    reply_error("line-too-long", "lines are limited to 4096 bytes");
+    end("line too long", true);
+  }
+}
+
+inline void admin_connection::legacy_message(std::string_view command, std::string_view argument) {
+  server::impl& srv = owner_.srv();
+  std::int64_t now = loop_.now();
+  std::string echo;
+  echo.reserve(command.size() + argument.size() + 2);
+  echo.append(command.data(), command.size()).append(":").append(argument.data(), argument.size()).append(":");
+  if (command == "BYE") return end("BYE", true);
+  if (command == "NID") {
+    // The backend lives at this connection's peer address; SPORT gives its port.
+    endpoint at{peer_.host_text(), 0};
+    std::string id;
+    if (auto e = srv.backends.add(at, &peer_, 500, true, &id, now)) {
+      srv.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
+      return end("registration refused");
+    }
+    bound_id_ = id;
+    srv.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+    return reply("NID:" + id + ":");
+  }
+  if (command == "ID") {
+    std::string id(argument);
+    // harmony.js's close() sends CLOSE then ID for the same id on one connection
+    // and expects both echoed.
+    if (id == closed_id_) return reply(echo);
+    if (!srv.backends.known(id)) return reply("BID:" + id + ":");
+    bound_id_ = id;
+    return reply(echo);
+  }
+  if (command == "BAL") {
+    if (!bound_id_.empty()) srv.backends.set_weight(bound_id_, legacy_weight(argument));
+    return reply(echo);
+  }
+  if (command == "SPORT") {
+    std::uint64_t port = 0;
+    endpoint at;
+    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.address_of(bound_id_, at)) {
+      at.port = static_cast<std::uint16_t>(port);
+      address to = peer_;
+      to.set_port(at.port);
+      srv.backends.set_address(bound_id_, at, to, now);
+      srv.backends.ack(bound_id_, now);
+    }
+    return reply(echo);
+  }
+  if (command == "ACK") {
+    srv.backends.ack(argument, now);  // an unknown id is answered all the same
+    return reply(echo);
+  }
+  if (command == "CLOSE") {
+    if (!srv.backends.remove(argument)) {
+      srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+      closed_id_.assign(argument.data(), argument.size());
+      if (bound_id_ == closed_id_) bound_id_.clear();
+    }
+    return reply(echo);
+  }
+}
+
+inline void admin_connection::reply_error(std::string_view code, std::string_view message) {
+  std::string line = "err ";
+  line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
+  reply(line);
+}
+
+namespace native_help {
+constexpr const char* text =
+    "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
+    "# hello [harmony/1]                      protocol version\n"
+    "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
+    "# ping                                   agent heartbeat (answer: pong)\n"
+    "# weight W                               agent: change its own weight\n"
+    "# close                                  agent: deregister now\n"
+    "# list                                   backends with state, weight, connections\n"
+    "# stats                                  balancer counters\n"
+    "# add HOST:PORT [weight=W]               add a static backend\n"
+    "# remove ID | set-weight ID W | drain ID | undrain ID\n"
+    "# concurrency [N]                        show or set the concurrency limit\n"
+    "# quit\n";
+}
+
+inline void admin_connection::native_line(std::string_view line) {
+  server::impl& srv = owner_.srv();
+  std::int64_t now = loop_.now();
+  command_line c = parse_command(line);
+  if (c.verb.empty() || c.verb.front() == '#') return;
+  auto need_args = [&](std::size_t n, const char* usage) {
+    if (c.args.size() == n) return true;
+    reply_error("usage", usage);
+    return false;
+  };
+  auto answer = [&](std::error_code e, const std::string& ok_text) {
+    if (!e) return reply(ok_text.empty() ? "ok\n" : "ok " + ok_text + "\n");
+    const char* code = e == errc::unknown_backend ? "unknown-backend" : e == errc::bad_option ? "bad-argument" : "failed";
+    reply_error(code, e.message());
+  };
+  auto parse_weight = [&](std::string_view text, int& w) {
+    std::uint64_t v = 0;
+    if (parse_uint(text, selector::max_weight, v) && v > 0) {
+      w = static_cast<int>(v);
+      return true;
+    }
+    reply_error("bad-argument", "weight must be a number from 1 to 1048576");
+    return false;
+  };
+
+  if (c.verb == "hello") {
+    return reply("ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                 std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
+  }
+  if (c.verb == "ping") {
+    if (agent_) srv.backends.ack(bound_id_, now);
+    return reply("pong\n");
+  }
+  if (c.verb == "register") return command_register(c);
+  if (c.verb == "weight") {
+    int w = 0;
+    if (!need_args(1, "weight W") || !parse_weight(c.args[0], w)) return;
+    if (bound_id_.empty()) return reply_error("not-registered", "register first");
+    return answer(srv.backends.set_weight(bound_id_, w), "weight=" + std::to_string(w));
+  }
+  if (c.verb == "close") {
+    if (bound_id_.empty()) return reply_error("not-registered", "register first");
+    std::string id = bound_id_;
+    owner_.agents.erase(id);
+    agent_ = false;
+    bound_id_.clear();
+    srv.log(log_level::info, "backend %s deregistered", id.c_str());
+    return answer(srv.backends.remove(id), "closed id=" + id);
+  }
+  if (c.verb == "list") {
+    auto list = srv.backends.list(now);
+    std::string out;
+    for (const auto& b : list)
+      out += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
+             " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
+             " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
+    out += "ok backends=" + std::to_string(list.size()) + "\n";
+    return reply(out);
+  }
+  if (c.verb == "stats") {
+    server_stats s = srv.collect_stats();
+    return reply("ok accepted=" + std::to_string(s.accepted) + " active=" + std::to_string(s.active) +
+                 " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
+                 " connect_failures=" + std::to_string(s.connect_failures) + " bytes_in=" +
+                 std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
+                 " backends=" + std::to_string(srv.backends.size()) +
+                 " concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
+  }
+  if (c.verb == "add") {
+    if (!need_args(1, "add HOST:PORT [weight=W]")) return;
+    int w = 500;
+    std::string_view wtext;
+    if (c.option("weight", wtext) && !parse_weight(wtext, w)) return;
+    std::string id;
+    std::error_code e = srv.add_static(c.args[0], w, &id);
+    if (e == errc::bad_address || e == errc::resolve_failed) return reply_error("bad-argument", e.message());
+    return answer(e, "id=" + id);
+  }
+  if (c.verb == "remove") {
+    if (!need_args(1, "remove ID")) return;
+    return answer(srv.backends.remove(c.args[0]), "");
+  }
+  if (c.verb == "set-weight") {
+    int w = 0;
+    if (!need_args(2, "set-weight ID W") || !parse_weight(c.args[1], w)) return;
+    return answer(srv.backends.set_weight(c.args[0], w), "weight=" + std::to_string(w));
+  }
+  if (c.verb == "drain" || c.verb == "undrain") {
+    if (!need_args(1, "drain ID | undrain ID")) return;
+    return answer(srv.backends.drain(c.args[0], c.verb == "drain", now), "");
+  }
+  if (c.verb == "concurrency") {
+    if (c.args.empty()) return reply("ok concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
+    std::uint64_t v = 0;
+    int limit = -1;
+    if (c.args[0] != "-1") {
+      if (!parse_uint(c.args[0], 1000000000, v)) return reply_error("bad-argument", "concurrency is -1, 0 or N");
+      limit = static_cast<int>(v);
+    }
+    srv.apply_concurrency(limit);
+    return reply("ok concurrency=" + std::to_string(limit) + "\n");
+  }
+  if (c.verb == "help") return reply(std::string(native_help::text) + "ok\n");
+  if (c.verb == "quit" || c.verb == "bye") {
+    reply("ok bye\n");
+    return end("quit", true);
+  }
+  std::string verb(c.verb.substr(0, 64));
+  reply_error("unknown-command", "'" + verb + "' (try 'help')");
+}
+
+inline void admin_connection::command_register(const command_line& c) {
+  server::impl& srv = owner_.srv();
+  std::int64_t now = loop_.now();
+  std::string_view text;
+  std::uint64_t port = 0;
+  if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
+    return reply_error("bad-argument", "register needs port=1..65535");
+  int weight = 500;
+  if (c.option("weight", text)) {
+    std::uint64_t w = 0;
+    if (!parse_uint(text, selector::max_weight, w) || w == 0)
+      return reply_error("bad-argument", "weight must be a number from 1 to 1048576");
+    weight = static_cast<int>(w);
+  }
+  std::int64_t heartbeat = 0;
+  if (c.option("heartbeat", text)) {
+    duration d{};
+    if (parse_duration(text, d) || d.count() <= 0) return reply_error("bad-argument", "heartbeat is a duration, e.g. 20s");
+    heartbeat = d.count();
+  }
+  endpoint at{peer_.host_text(), static_cast<std::uint16_t>(port)};
+  address to = peer_;
+  to.set_port(at.port);
+  if (c.option("host", text)) {
+    at.host.assign(text.data(), text.size());
+    if (at.host.empty() || resolve(at, to, false)) return reply_error("bad-argument", "cannot resolve host");
+  }
+  std::string id;
+  if (c.option("id", text)) id.assign(text.data(), text.size());
+  if (!id.empty() && srv.backends.known(id)) {
+    srv.backends.set_address(id, at, to, now);
+    srv.backends.set_weight(id, weight);
+    srv.backends.set_online(id, true, now);
+    srv.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+  } else {
+    if (auto e = srv.backends.add(at, &to, weight, true, &id, now)) {
+      reply_error("refused", e.message());
+      return;
+    }
+    srv.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+  }
+  heartbeat_ms_ = heartbeat;
+  bind_agent(id);
+  reply("ok id=" + id + "\n");
+}
+
+inline void admin_connection::bind_agent(const std::string& id) {
+  if (agent_ && bound_id_ != id) {
+    auto it = owner_.agents.find(bound_id_);
+    if (it != owner_.agents.end() && it->second == this) owner_.agents.erase(it);
+  }
+  bound_id_ = id;
+  agent_ = true;
+  owner_.agents[id] = this;  // a newer connection takes over from a stale one
+  owner_.offline_since.erase(id);
+  loop_.schedule(clock_, last_heard_ + idle_limit());
+}
+
+}  // namespace detail
+
 inline std::error_code server::impl::open() {
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
@@ -2973,6 +3855,22 @@ inline std::error_code server::impl::open() {
       return e;
     }
   }
+  if (!options.admin.empty()) {
+    endpoint admin_at;
+    detail::address admin_where;
+    std::error_code e = parse_endpoint(options.admin, admin_at);
+    if (!e) e = detail::resolve(admin_at, admin_where, true);
+    if (!e) {
+      admin = std::make_unique<detail::admin_server>(*this, workers.front()->loop());
+      e = admin->open(admin_where, bound_admin);
+    }
+    if (e) {
+      admin.reset();
+      workers.clear();
+      return e;
+    }
+    log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
+  }
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
   return {};
@@ -2983,6 +3881,7 @@ inline void server::impl::close_all() {
   for (auto& t : threads)
     if (t.joinable()) t.join();
   threads.clear();
+  admin.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};
@@ -3045,12 +3944,16 @@ HARMONY_DEF endpoint server::admin_endpoint() const {
 }
 
 HARMONY_DEF std::error_code server::add_backend(std::string_view address, int weight, std::string* id_out) {
+  return impl_->add_static(address, weight, id_out);
+}
+
+inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
   if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
   detail::address to;
   if (auto e = detail::resolve(at, to, false)) return e;
-  return impl_->backends.add(at, &to, weight, false, id_out, detail::now_ms());
+  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
 }
 
 HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
@@ -3065,18 +3968,22 @@ HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
   if (limit < -1) return make_error_code(errc::bad_option);
-  impl_->concurrency.store(limit, std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  if (impl_->running) impl_->wake_queues();
+  if (impl_->running) impl_->apply_concurrency(limit);
+  else impl_->concurrency.store(limit, std::memory_order_relaxed);
   return {};
 }
 
 HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
-  server_stats s;
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  for (auto& w : impl_->workers) {
+  return impl_->collect_stats();
+}
+
+inline server_stats server::impl::collect_stats() const {
+  server_stats s;
+  for (auto& w : workers) {
     s.accepted += w->stats.accepted.load(std::memory_order_relaxed);
     s.active += w->stats.active.load(std::memory_order_relaxed);
     s.unavailable += w->stats.unavailable.load(std::memory_order_relaxed);
@@ -3084,8 +3991,219 @@ HARMONY_DEF server_stats server::stats() const {
     s.bytes_in += w->stats.bytes_in.load(std::memory_order_relaxed);
     s.bytes_out += w->stats.bytes_out.load(std::memory_order_relaxed);
   }
-  s.queued = static_cast<std::uint64_t>(impl_->waiting.load(std::memory_order_relaxed));
+  s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
   return s;
+}
+
+// >>client-impl
+struct client::impl {
+  explicit impl(client_options o) : options(std::move(o)), log{options.log, options.level} {
+    beat.fire = [this] { on_beat(); };
+    retry.fire = [this] { connect_now(); };
+    give_up.fire = [this] { loop.stop(); };
+  }
+
+  enum class state { idle, connecting, registering, registered, closing };
+
+  void connect_now() {
+    endpoint at;
+    detail::address to;
+    std::error_code e = parse_endpoint(options.balancer, at);
+    if (!e) e = detail::resolve(at, to, false);
+    if (!e) {
+      phase = state::connecting;
+      lines = detail::line_splitter{4096};
+      e = io.connect(to);
+    }
+    if (e) {
+      log(log_level::warn, "agent: cannot reach %s: %s", options.balancer.c_str(), e.message().c_str());
+      schedule_retry();
+    }
+  }
+
+  void on_connect(std::error_code e) {
+    if (e) {
+      log(log_level::debug, "agent: connect to %s failed: %s", options.balancer.c_str(), e.message().c_str());
+      return schedule_retry();
+    }
+    phase = state::registering;
+    last_heard = loop.now();
+    std::string hello = "hello harmony/1\nregister port=" + std::to_string(options.port) +
+                        " weight=" + std::to_string(options.weight) +
+                        " heartbeat=" + std::to_string(options.ack.count()) + "ms";
+    std::string known = id();
+    if (!known.empty()) hello += " id=" + known;
+    if (!options.host.empty()) hello += " host=" + options.host;
+    io.write(hello + "\n");
+    loop.schedule(beat, loop.now() + options.ack.count());
+  }
+
+  void on_line(std::string_view line) {
+    last_heard = loop.now();
+    detail::command_line c = detail::parse_command(line);
+    if (c.verb == "err") {
+      log(log_level::warn, "agent: balancer says: %.*s", static_cast<int>(line.size()), line.data());
+      if (phase == state::registering) {
+        io.close();
+        schedule_retry();
+      }
+      return;
+    }
+    std::string_view value;
+    if (c.verb == "ok" && phase == state::registering && c.option("id", value)) {
+      std::string new_id(value);
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        my_id = new_id;
+        is_registered = true;
+      }
+      phase = state::registered;
+      backoff = options.reconnect_min.count();
+      log(log_level::info, "agent: registered as %s with %s", new_id.c_str(), options.balancer.c_str());
+      if (options.on_registered) options.on_registered(new_id);
+      return;
+    }
+    if (c.verb == "ok" && phase == state::closing && !c.args.empty() && c.args[0] == "closed") {
+      io.close();
+      loop.stop();
+    }
+  }
+
+  void on_closed(std::error_code e) {
+    set_registered(false);
+    if (phase == state::closing) return loop.stop();
+    log(log_level::warn, "agent: lost the balancer %s%s%s", options.balancer.c_str(), e ? ": " : "",
+        e ? e.message().c_str() : "");
+    schedule_retry();
+  }
+
+  // Every ack interval: a ping, and a check that the balancer answered the last ones.
+  void on_beat() {
+    if (phase != state::registering && phase != state::registered) return;
+    std::int64_t now = loop.now();
+    if (now - last_heard > 2 * options.ack.count() + 1000) {
+      log(log_level::warn, "agent: no answer from %s, reconnecting", options.balancer.c_str());
+      io.close(true);
+      set_registered(false);
+      return schedule_retry();
+    }
+    io.write("ping\n");
+    loop.schedule(beat, now + options.ack.count());
+  }
+
+  void schedule_retry() {
+    phase = state::idle;
+    loop.cancel(beat);
+    loop.schedule(retry, loop.now() + backoff);
+    backoff = std::min<std::int64_t>(backoff * 2, options.reconnect_max.count());
+  }
+
+  void begin_close() {
+    loop.cancel(retry);
+    loop.cancel(beat);
+    if (phase == state::registered && io.is_open()) {
+      phase = state::closing;
+      io.write("close\n");
+      loop.schedule(give_up, loop.now() + 2000);
+      return;
+    }
+    io.close();
+    loop.stop();
+  }
+
+  void set_registered(bool on) {
+    std::lock_guard<std::mutex> lock(mutex);
+    is_registered = on;
+  }
+  std::string id() const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return my_id;
+  }
+
+  client_options options;
+  detail::logger log;
+  detail::reactor loop;
+  detail::stream io{loop};
+  detail::line_splitter lines{4096};
+  detail::timer beat, retry, give_up;
+  std::thread thread;
+  state phase = state::idle;
+  std::int64_t backoff = 100;
+  std::int64_t last_heard = 0;
+  mutable std::mutex mutex;
+  std::string my_id;
+  bool is_registered = false;
+  bool running = false;
+  std::mutex lifecycle;
+};
+
+HARMONY_DEF client::client(client_options options) : impl_(std::make_unique<impl>(std::move(options))) {}
+
+HARMONY_DEF client::~client() { close(); }
+
+HARMONY_DEF std::error_code client::start() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (impl_->running) return make_error_code(errc::already_running);
+  if (impl_->loop.stopping()) return make_error_code(errc::shutting_down);  // closed agents stay closed
+  const client_options& o = impl_->options;
+  endpoint at;
+  if (auto e = parse_endpoint(o.balancer, at)) return e;
+  if (o.port == 0 || o.weight <= 0 || o.ack.count() <= 0 || o.reconnect_min.count() <= 0 ||
+      o.reconnect_max < o.reconnect_min)
+    return make_error_code(errc::bad_option);
+  if (auto e = impl_->loop.open()) return e;
+  impl* p = impl_.get();
+  p->backoff = o.reconnect_min.count();
+  p->io.on_connect = [p](std::error_code e) { p->on_connect(e); };
+  p->io.on_close = [p](std::error_code e) { p->on_closed(e); };
+  p->io.on_data = [p](std::string_view bytes) {
+    if (!p->lines.feed(bytes, [p](std::string_view line) { p->on_line(line); })) {
+      p->io.close(true);
+      p->on_closed(make_error_code(errc::protocol));
+    }
+  };
+  p->loop.post([p] { p->connect_now(); });
+  p->running = true;
+  p->thread = std::thread([p] { p->loop.run(); });
+  return {};
+}
+
+HARMONY_DEF std::error_code client::close() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (!impl_->running) return make_error_code(errc::not_running);
+  impl* p = impl_.get();
+  p->loop.post([p] { p->begin_close(); });
+  if (p->thread.get_id() == std::this_thread::get_id()) return {};  // from a callback: cannot wait for itself
+  p->thread.join();
+  p->io.close();
+#if defined(HARMONY_USE_IOCP)
+  p->loop.settle();
+#endif
+  p->running = false;
+  p->set_registered(false);
+  return {};
+}
+
+HARMONY_DEF std::error_code client::set_weight(int weight) {
+  if (weight <= 0 || weight > detail::selector::max_weight) return make_error_code(errc::bad_option);
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  impl* p = impl_.get();
+  if (!p->running) {
+    p->options.weight = weight;
+    return {};
+  }
+  p->loop.post([p, weight] {
+    p->options.weight = weight;
+    if (p->phase == impl::state::registered) p->io.write("weight " + std::to_string(weight) + "\n");
+  });
+  return {};
+}
+
+HARMONY_DEF std::string client::id() const { return impl_->id(); }
+
+HARMONY_DEF bool client::registered() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->is_registered;
 }
 
 }  // namespace harmony

@@ -30,6 +30,7 @@ namespace {
 
 const char usage_text[] =
     "usage: harmonyd [options]            run the balancer\n"
+    "       harmonyd agent [agent options]  register a backend with a balancer\n"
     "       harmonyd --help | --version\n"
     "\n"
     "Balancer options (durations: 500ms, 30s, 1m, 2h):\n"
@@ -51,11 +52,21 @@ const char usage_text[] =
     "  --workers N               event-loop threads (default 1)\n"
     "  --log-level LEVEL         trace, debug, info (default), warn, error, off\n"
     "\n"
-    #if defined(_WIN32)
+    "\n"
+    "Agent options (harmonyd agent):\n"
+    "  --balancer HOST:PORT      the balancer's admin address (default localhost:1666)\n"
+    "  --port N                  the port this backend serves on (required)\n"
+    "  --weight N                relative weight (default 500)\n"
+    "  --ack DUR                 heartbeat interval, at most half the host timeout (default 20s)\n"
+    "  --host H                  address the balancer should connect to (default: as seen)\n"
+    "  --log-level LEVEL\n"
+    "\n"
+#if defined(_WIN32)
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; Ctrl-C, Ctrl-Break or closing\n"
-    "the console stops.\n";
+    "the console stops (an agent deregisters first).\n";
 #else
-    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops.\n";
+    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
+    "(an agent deregisters first).\n";
 #endif
 
 std::mutex log_mutex;
@@ -80,44 +91,6 @@ void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::fprintf(stderr, "harmonyd: %s\nTry 'harmonyd --help'.\n", message.c_str());
   std::exit(2);
 }
-
-#if defined(_WIN32)
-// Windows has no signals to wait for: Ctrl-C, Ctrl-Break, closing the console,
-// logoff and shutdown arrive as console control events on a thread of their own.
-// The main thread waits for one; for a close, logoff or shutdown the system ends
-// the process once the handler returns, so the handler waits until the balancer
-// has stopped (Windows grants it about five seconds).
-struct console_stop {
-  std::mutex mutex;
-  std::condition_variable changed;
-  DWORD event = 0;
-  bool requested = false;
-  bool finished = false;
-} stop_state;
-
-BOOL WINAPI on_console_event(DWORD event) {
-  std::unique_lock<std::mutex> lock(stop_state.mutex);
-  if (!stop_state.requested) {
-    stop_state.requested = true;
-    stop_state.event = event;
-  }
-  stop_state.changed.notify_all();
-  if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
-    stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
-  return TRUE;
-}
-
-const char* console_event_name(DWORD event) {
-  switch (event) {
-    case CTRL_C_EVENT: return "Ctrl-C";
-    case CTRL_BREAK_EVENT: return "Ctrl-Break";
-    case CTRL_CLOSE_EVENT: return "console close";
-    case CTRL_LOGOFF_EVENT: return "logoff";
-    case CTRL_SHUTDOWN_EVENT: return "shutdown";
-    default: return "console event";
-  }
-}
-#endif
 
 struct static_backend {
   std::string address;
@@ -190,6 +163,86 @@ static_backend parse_backend(const std::string& text) {
   return b;
 }
 
+#if defined(_WIN32)
+// Windows has no signals to wait for: Ctrl-C, Ctrl-Break, closing the console,
+// logoff and shutdown arrive as console control events on a thread of their own.
+// The main thread waits for one; for a close, logoff or shutdown the system ends
+// the process once the handler returns, so the handler waits until the daemon
+// has stopped (Windows grants it about five seconds).
+struct console_stop {
+  std::mutex mutex;
+  std::condition_variable changed;
+  DWORD event = 0;
+  bool requested = false;
+  bool finished = false;
+} stop_state;
+
+BOOL WINAPI on_console_event(DWORD event) {
+  std::unique_lock<std::mutex> lock(stop_state.mutex);
+  if (!stop_state.requested) {
+    stop_state.requested = true;
+    stop_state.event = event;
+  }
+  stop_state.changed.notify_all();
+  if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
+    stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
+  return TRUE;
+}
+
+const char* console_event_name(DWORD event) {
+  switch (event) {
+    case CTRL_C_EVENT: return "Ctrl-C";
+    case CTRL_BREAK_EVENT: return "Ctrl-Break";
+    case CTRL_CLOSE_EVENT: return "console close";
+    case CTRL_LOGOFF_EVENT: return "logoff";
+    case CTRL_SHUTDOWN_EVENT: return "shutdown";
+    default: return "console event";
+  }
+}
+#else
+sigset_t stop_signals;
+#endif
+
+// Signals are taken synchronously by the main thread; the loops never see them.
+void block_stop_signals() {
+#if !defined(_WIN32)
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+#else
+  ::SetConsoleCtrlHandler(on_console_event, TRUE);
+#endif
+}
+
+void wait_for_stop_signal() {
+#if !defined(_WIN32)
+  int received = 0;
+  sigwait(&stop_signals, &received);
+  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+#else
+  DWORD event = 0;
+  {
+    std::unique_lock<std::mutex> lock(stop_state.mutex);
+    stop_state.changed.wait(lock, [] { return stop_state.requested; });
+    event = stop_state.event;
+  }
+  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
+#endif
+}
+
+// Lets a console handler that holds the process open (close, logoff) return.
+void stopped() {
+#if defined(_WIN32)
+  {
+    std::lock_guard<std::mutex> lock(stop_state.mutex);
+    stop_state.finished = true;
+  }
+  stop_state.changed.notify_all();
+#endif
+}
+
 void check_address(const std::string& flag, const std::string& text) {
   harmony::endpoint ep;
   if (harmony::parse_endpoint(text, ep)) usage_error("option " + flag + ": '" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
@@ -259,45 +312,66 @@ int run_balancer(int argc, char** argv) {
     log_to_stderr(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
   }
 
-#if !defined(_WIN32)
-  // Signals are taken synchronously by this thread; the loops never see them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
-#else
-  ::SetConsoleCtrlHandler(on_console_event, TRUE);
-#endif
+  block_stop_signals();
   if (auto e = balancer.start()) {
-    std::fprintf(stderr, "harmonyd: cannot start on %s: %s\n", options.listen.c_str(), e.message().c_str());
+    std::fprintf(stderr, "harmonyd: cannot start: %s\n", e.message().c_str());
     return 1;
   }
-#if !defined(_WIN32)
-  int received = 0;
-  sigwait(&stop_signals, &received);
-  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
-#else
-  DWORD event = 0;
-  {
-    std::unique_lock<std::mutex> lock(stop_state.mutex);
-    stop_state.changed.wait(lock, [] { return stop_state.requested; });
-    event = stop_state.event;
-  }
-  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
-#endif
+  wait_for_stop_signal();
   balancer.stop();
-#if defined(_WIN32)
-  {
-    std::lock_guard<std::mutex> lock(stop_state.mutex);
-    stop_state.finished = true;
+  stopped();
+  return 0;
+}
+
+int run_agent(int argc, char** argv) {
+  harmony::client_options options;
+  options.log = log_to_stderr;
+  bool have_port = false;
+  arguments args{argc, argv};
+  args.i = 2;
+  while (args.next()) {
+    const std::string& f = args.flag;
+    if (f == "--help" || f == "-h") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    } else if (f == "--balancer") {
+      options.balancer = args.value();
+      check_address(f, options.balancer);
+    } else if (f == "--port") {
+      options.port = static_cast<std::uint16_t>(parse_int(f, args.value(), 1, 65535));
+      have_port = true;
+    } else if (f == "--weight") {
+      options.weight = parse_int(f, args.value(), 1, 1048576);
+    } else if (f == "--ack") {
+      options.ack = parse_dur(f, args.value());
+      if (options.ack.count() <= 0) usage_error("--ack must be positive");
+    } else if (f == "--host") {
+      options.host = args.value();
+      if (options.host.empty() || options.host.find_first_of(" \t") != std::string::npos)
+        usage_error("--host: '" + options.host + "' is not a host name or address");
+    } else if (f == "--log-level") {
+      std::string v = args.value();
+      if (harmony::parse_log_level(v, options.level)) usage_error("--log-level: unknown level '" + v + "'");
+    } else {
+      usage_error("unknown agent option '" + f + "'");
+    }
   }
-  stop_state.changed.notify_all();
-#endif
+  if (!have_port) usage_error("agent: --port N is required (the port this backend serves on)");
+  harmony::client agent(options);
+  block_stop_signals();
+  if (auto e = agent.start()) {
+    std::fprintf(stderr, "harmonyd agent: cannot start: %s\n", e.message().c_str());
+    return 1;
+  }
+  wait_for_stop_signal();
+  agent.close();
+  stopped();
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return run_balancer(argc, argv); }
+int main(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "agent") return run_agent(argc, argv);
+  return run_balancer(argc, argv);
+}

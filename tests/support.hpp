@@ -33,6 +33,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <set>
 #include <mutex>
 #include <random>
 #include <string>
@@ -98,6 +99,22 @@ inline void set_nonblocking(socket_t s, bool on) {
   int flags = ::fcntl(s, F_GETFL, 0);
   ::fcntl(s, F_SETFL, on ? flags | O_NONBLOCK : flags & ~O_NONBLOCK);
 #endif
+}
+// Waits up to `ms` for the socket to be readable (data, EOF or an error).
+inline bool wait_readable(socket_t s, int ms) {
+#if defined(_WIN32)
+  WSAPOLLFD p{};
+  p.fd = s;
+  p.events = POLLRDNORM;
+  return ::WSAPoll(&p, 1, ms) > 0;
+#else
+  pollfd p{s, POLLIN, 0};
+  return ::poll(&p, 1, ms) > 0;
+#endif
+}
+inline void set_nodelay(socket_t s) {
+  int one = 1;
+  ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&one), sizeof one);
 }
 // Makes the next close send a reset instead of a FIN.
 inline void set_linger_zero(socket_t s) {
@@ -397,6 +414,113 @@ struct running_server {
     return id;
   }
   harmony::server srv;
+};
+
+}  // namespace test
+
+namespace test {
+
+// Opens an admin connection, writes each piece separately, and reads until the
+// reply has `expect` bytes, EOF or the timeout.
+inline std::string admin_exchange(const std::string& admin, const std::vector<std::string>& pieces,
+                                  std::size_t expect, bool* closed = nullptr) {
+  sock s = connect_to(admin);
+  if (!s) return "<connect failed>";
+  set_nodelay(s.fd());
+  for (const auto& p : pieces) {
+    s.send_all(p);
+    if (pieces.size() > 1) std::this_thread::sleep_for(2ms);
+  }
+  s.set_timeout(2s);
+  std::string reply = s.read_n(expect);
+  if (closed) {
+    s.set_timeout(1s);
+    std::string rest;
+    *closed = s.read_to_eof(rest);
+  }
+  return reply;
+}
+
+// What a harmony.js agent does to register: NID, BAL, SPORT, then BYE.
+// Returns the id the balancer gave.
+inline std::string legacy_register(const std::string& admin, int weight, std::uint16_t port) {
+  std::string request = "NID::BAL:" + std::to_string(weight) + ":SPORT:" + std::to_string(port) + ":";
+  sock s = connect_to(admin);
+  if (!s) return {};
+  s.send_all(request);
+  std::string expect_tail = "BAL:" + std::to_string(weight) + ":SPORT:" + std::to_string(port) + ":";
+  std::string reply = s.read_n(4 + 32 + 1 + expect_tail.size());
+  s.send_all("BYE:");
+  if (reply.compare(0, 4, "NID:") != 0) return {};
+  return reply.substr(4, 32);
+}
+
+inline void legacy_ack(const std::string& admin, const std::string& id) {
+  sock s = connect_to(admin);
+  if (!s) return;
+  s.send_all("ACK:" + id + ":ID:" + id + ":");
+  s.read_n(2 * (id.size() + 5) - 1);
+  s.send_all("BYE:");
+  s.read_all();
+}
+
+// A native admin session: one line out, the reply lines up to a final ok/err line.
+class admin_session {
+ public:
+  explicit admin_session(const std::string& admin) : s_(connect_to(admin)) { s_.set_timeout(3s); }
+  explicit operator bool() const { return static_cast<bool>(s_); }
+  std::string call(const std::string& line) {
+    s_.send_all(line + "\n");
+    return read_reply();
+  }
+  std::string read_reply() {
+    std::string out;
+    for (;;) {
+      std::size_t nl = buffer_.find('\n');
+      if (nl == std::string::npos) {
+        char b[4096];
+        io_result k = recv_some(s_.fd(), b, sizeof b);
+        if (k <= 0) return out + buffer_ + "<eof>";
+        buffer_.append(b, static_cast<std::size_t>(k));
+        continue;
+      }
+      std::string line = buffer_.substr(0, nl + 1);
+      buffer_.erase(0, nl + 1);
+      out += line;
+      if (line.rfind("ok", 0) == 0 || line.rfind("err", 0) == 0 || line == "pong\n") return out;
+    }
+  }
+  const sock& socket() const { return s_; }
+
+ private:
+  sock s_;
+  std::string buffer_;
+};
+
+// A backend that writes its name at once and holds the connection until released.
+class holding_backend {
+ public:
+  explicit holding_backend(std::string name)
+      : b_([this, name](const sock& c) {
+          ++open_;
+          c.send_all(name);
+          for (int i = 0; i < 2000 && !released_; ++i) {
+            if (wait_readable(c.fd(), 5)) {
+              char x[256];
+              if (recv_some(c.fd(), x, sizeof x) <= 0) break;
+            }
+          }
+          --open_;
+        }) {}
+  ~holding_backend() { release(); }
+  void release() { released_ = true; }
+  int open() const { return open_; }
+  backend& server() { return b_; }
+
+ private:
+  std::atomic<bool> released_{false};
+  std::atomic<int> open_{0};
+  backend b_;
 };
 
 }  // namespace test
