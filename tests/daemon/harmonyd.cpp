@@ -169,6 +169,26 @@ TEST_CASE("harmonyd stops on an interrupt and says why") {
   CHECK_FALSE(connect_to(address));
 }
 
+TEST_CASE("harmonyd agent registers a backend with a balancer and leaves on an interrupt") {
+  backend b(named("served"));
+  auto o = quiet_options();
+  running_server s(o);
+  std::string admin = s.srv.admin_endpoint().to_string();
+  daemon_process d({"agent", "--balancer", admin, "--port", std::to_string(b.at().port), "--weight", "700",
+                    "--host", "127.0.0.1", "--ack", "1s"});
+  auto eligible = [&] {
+    auto list = s.srv.backends();
+    return list.size() == 1 && list.front().eligible && list.front().weight == 700;
+  };
+  REQUIRE_MESSAGE(eventually(eligible, 30000ms), "agent output:\n" << d.output());
+  CHECK(name_of(exchange(s.address(), "via the agent")) == "served");
+  CHECK(d.interrupt_and_wait() == 0);
+  CHECK(eventually([&] {
+    auto list = s.srv.backends();
+    return list.empty() || !list.front().eligible;
+  }));
+}
+
 TEST_CASE("harmonyd has the same command line: --version, --help, bad options") {
   {
     daemon_process d({"--version"});
@@ -188,5 +208,10 @@ TEST_CASE("harmonyd has the same command line: --version, --help, bad options") 
   {
     daemon_process d({"--backend", "nowhere"});
     CHECK(d.wait_exit() == 2);
+  }
+  {
+    daemon_process d({"agent", "--balancer", "127.0.0.1:1"});  // no --port
+    CHECK(d.wait_exit() == 2);
+    CHECK(d.output().find("--port") != std::string::npos);
   }
 }
