@@ -20,10 +20,16 @@ BACKENDS := epoll poll
 .SECONDARY:
 .PHONY: all test test-build doctest demo sanitize warnings compile-checks bench clean
 
-all: harmonyd $(EXAMPLES) test-build
+all: harmonyd $(BUILD)/bin/harmonyd $(EXAMPLES) test-build
+
+# Each build variant has its own daemon; ./harmonyd is the default build's.
+$(BUILD)/bin/harmonyd: daemon/harmonyd.cpp $(HEADER)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) $< -o $@ $(LDLIBS)
 
 harmonyd: daemon/harmonyd.cpp $(HEADER)
-	$(CXX) $(CXXFLAGS_ALL) $< -o $@ $(LDLIBS)
+	@$(MAKE) --no-print-directory build/bin/harmonyd BUILD=build
+	cp build/bin/harmonyd $@
 
 $(BUILD)/examples/%: examples/%.cpp $(HEADER)
 	@mkdir -p $(dir $@)
@@ -57,8 +63,9 @@ $(BUILD)/harmony-tests-%: $(BUILD)/tests/unit-%.o $(TEST_OBJ)
 
 test-build: $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
 
-test: test-build harmonyd
-	@tests/run $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
+# The daemon tests run this variant's harmonyd.
+test: test-build $(BUILD)/bin/harmonyd
+	@HARMONYD=$(BUILD)/bin/harmonyd tests/run $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
 
 # The suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize:
@@ -74,8 +81,9 @@ warnings:
 compile-checks: | doctest
 	@tests/compile/run $(CXX)
 
-demo: harmonyd $(BUILD)/examples/embedded
-	$(BUILD)/examples/embedded
+demo: harmonyd $(BUILD)/examples/harmonyjs
+	$(BUILD)/examples/harmonyjs
+	examples/multi-host.sh
 
 bench: harmonyd
 	bench/run

@@ -199,7 +199,7 @@ struct server_options {
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
   std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
-  bool allow_legacy = true;                  // harmony.js agents, which cannot authenticate
+  bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };
