@@ -20,12 +20,18 @@ BACKENDS := epoll poll
 
 .SECONDARY:
 .PHONY: all test test-build doctest demo sanitize warnings compile-checks bench clean \
-	windows-tools windows test-windows compile-checks-windows test-daemon
+	windows-tools windows test-windows compile-checks-windows
 
-all: harmonyd $(EXAMPLES) test-build
+all: harmonyd $(BUILD)/bin/harmonyd $(EXAMPLES) test-build
+
+# Each build variant has its own daemon; ./harmonyd is the default build's.
+$(BUILD)/bin/harmonyd: daemon/harmonyd.cpp $(HEADER)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) $< -o $@ $(LDLIBS)
 
 harmonyd: daemon/harmonyd.cpp $(HEADER)
-	$(CXX) $(CXXFLAGS_ALL) $< -o $@ $(LDLIBS)
+	@$(MAKE) --no-print-directory build/bin/harmonyd BUILD=build
+	cp build/bin/harmonyd $@
 
 $(BUILD)/examples/%: examples/%.cpp $(HEADER)
 	@mkdir -p $(dir $@)
@@ -59,8 +65,9 @@ $(BUILD)/harmony-tests-%: $(BUILD)/tests/unit-%.o $(TEST_OBJ)
 
 test-build: $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
 
-test: test-build harmonyd
-	@tests/run $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
+# The daemon tests run this variant's harmonyd.
+test: test-build $(BUILD)/bin/harmonyd
+	@HARMONYD=$(BUILD)/bin/harmonyd tests/run $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
 
 # The suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
 sanitize:
@@ -84,7 +91,10 @@ WIN_BUILD    := $(BUILD)/windows
 WIN_FLAGS    := -std=c++17 $(WARN) $(OPT) $(EXTRA) -I$(WIN_BUILD)/include
 WIN_LIBS     := -static -lws2_32 -lmswsock
 WIN_PACKAGES := g++-mingw-w64-x86-64-posix wine wine64
-WIN_TEST_OBJ := $(patsubst tests/%.cpp,$(WIN_BUILD)/tests/%.o,$(TEST_SRC))
+# tests/daemon.cpp drives harmonyd as a POSIX process (posix_spawn, signals): for
+# Windows it is built natively and drives harmonyd.exe under Wine instead.
+WIN_TEST_SRC := $(filter-out tests/daemon.cpp,$(TEST_SRC))
+WIN_TEST_OBJ := $(patsubst tests/%.cpp,$(WIN_BUILD)/tests/%.o,$(WIN_TEST_SRC))
 WIN_EXAMPLES := $(patsubst examples/%.cpp,$(WIN_BUILD)/examples/%.exe,$(wildcard examples/*.cpp))
 
 # Installs the cross compiler and Wine when missing and we are root; doctest is
@@ -123,32 +133,46 @@ $(WIN_BUILD)/harmony-tests-iocp.exe: $(WIN_BUILD)/tests/unit-iocp.o $(WIN_TEST_O
 
 windows: harmonyd.exe $(WIN_EXAMPLES) $(WIN_BUILD)/harmony-tests-iocp.exe
 
-# harmonyd end to end, driven from this machine: the daemon named by $HARMONYD
-# between clients and backends of the test process (tests/daemon/harmonyd.cpp).
-$(BUILD)/daemon-tests: $(BUILD)/tests/daemon/harmonyd.o $(BUILD)/tests/main.o
-	$(CXX) $(CXXFLAGS_ALL) $^ -o $@ $(LDLIBS)
+# The daemon tests as a native program (it compiles the library itself) that
+# drives harmonyd.exe under Wine: Linux-side clients and backends, the Windows
+# daemon in between. The wrapper execs into Wine, so the PID the tests signal
+# is the Windows process; Windows has no SIGTERM (Wine ends a program outright
+# on it), so the polite stop there is SIGINT, which arrives as Ctrl-C.
+$(WIN_BUILD)/daemon-tests: tests/daemon.cpp tests/main.cpp $(HEADER) $(TEST_HDR) | doctest
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS_ALL) -DHARMONY_IMPLEMENTATION tests/daemon.cpp tests/main.cpp -o $@ $(LDLIBS)
 
-test-daemon: harmonyd $(BUILD)/daemon-tests
-	@HARMONYD=./harmonyd tests/run $(BUILD)/daemon-tests
+$(WIN_BUILD)/harmonyd-wine: tests/wine-run | windows-tools
+	@printf '#!/bin/sh\n# harmonyd.exe under Wine as one process (made by make test-windows)\nWINE_RUN_EXEC=1 exec "%s/tests/wine-run" "%s/harmonyd.exe" "$$@"\n' "$(CURDIR)" "$(CURDIR)" >$@
+	@chmod +x $@
 
 # The Windows compile checks, then the whole suite on the IOCP engine under Wine
-# (tests/wine-run keeps its prefix in ~/.cache/harmony-wine) and harmonyd.exe
-# under Wine between Linux-side clients and backends. The last line of output
-# is tests/run's "N passed, N failed".
-test-windows: windows $(BUILD)/daemon-tests compile-checks-windows
-	@HARMONYD="tests/wine-run harmonyd.exe" tests/run $(WIN_BUILD)/harmony-tests-iocp.exe $(BUILD)/daemon-tests
+# (tests/wine-run keeps its prefix in ~/.cache/harmony-wine) and the daemon
+# tests against harmonyd.exe under Wine. The last line of output is tests/run's
+# "N passed, N failed".
+test-windows: windows $(WIN_BUILD)/daemon-tests $(WIN_BUILD)/harmonyd-wine compile-checks-windows
+	@HARMONYD=$(WIN_BUILD)/harmonyd-wine HARMONYD_STOP_SIGNAL=INT \
+	  tests/run $(WIN_BUILD)/harmony-tests-iocp.exe $(WIN_BUILD)/daemon-tests
 
-# The header after <windows.h>, in two translation units, and with nothing of
-# <windows.h> reaching code that includes only the public half.
+# The compile checks for the MinGW build: the implementation after a plain
+# <windows.h>; the implementation in one unit and the public half in another,
+# linked; header-only in two units; the declarations-only half (no OS header
+# leaks); -fno-exceptions -fno-rtti. The linked programs also run under Wine.
+WIN_CHECK = $(WIN_CXX) $(WIN_FLAGS) -Werror
 compile-checks-windows: | windows-tools
 	@mkdir -p $(WIN_BUILD)/compile
-	$(WIN_CXX) $(WIN_FLAGS) -Werror -c tests/compile/windows-first.cpp -o $(WIN_BUILD)/compile/windows-first.o
-	$(WIN_CXX) $(WIN_FLAGS) -Werror tests/compile/unit-a.cpp tests/compile/unit-b.cpp -o $(WIN_BUILD)/compile/two-units.exe $(WIN_LIBS)
-	$(WIN_CXX) $(WIN_FLAGS) -Werror -DHARMONY_HEADER_ONLY tests/compile/unit-a.cpp tests/compile/unit-b.cpp -o $(WIN_BUILD)/compile/two-units-header-only.exe $(WIN_LIBS)
+	$(WIN_CHECK) -c tests/compile/windows_first.cpp -o $(WIN_BUILD)/compile/windows_first.o
+	$(WIN_CHECK) tests/compile/two_units_a.cpp tests/compile/two_units_b.cpp -o $(WIN_BUILD)/compile/two-units.exe $(WIN_LIBS)
+	$(WIN_CHECK) -DHARMONY_HEADER_ONLY tests/compile/header_only_a.cpp tests/compile/header_only_b.cpp -o $(WIN_BUILD)/compile/header-only.exe $(WIN_LIBS)
+	$(WIN_CHECK) -c tests/compile/declarations_only.cpp -o $(WIN_BUILD)/compile/declarations_only.o
+	$(WIN_CHECK) -fno-exceptions -fno-rtti tests/compile/implementation.cpp -o $(WIN_BUILD)/compile/no-exceptions.exe $(WIN_LIBS)
+	tests/wine-run $(WIN_BUILD)/compile/two-units.exe
+	tests/wine-run $(WIN_BUILD)/compile/header-only.exe
 	@echo "windows compile checks passed"
 
-demo: harmonyd $(BUILD)/examples/embedded
-	$(BUILD)/examples/embedded
+demo: harmonyd $(BUILD)/examples/harmonyjs
+	$(BUILD)/examples/harmonyjs
+	examples/multi-host.sh
 
 bench: harmonyd
 	bench/run

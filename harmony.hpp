@@ -20,7 +20,9 @@
 //   >>selector      sans-IO backend selection (weighted least-connections, round-robin)
 //   >>codec         sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>registry      the shared backend table
-//   >>reactor       timers, posting, the poller contract; epoll and poll pollers
+//   >>reactor       timers, posting, the poller contract; epoll and poll pollers; the
+//                   IOCP engine (zero-byte WSARecv probes, overlapped WSASend, ConnectEx,
+//                   AcceptEx) and its acceptor
 //   >>stream        a buffered byte stream for admin connections and the agent
 //   >>pump          the proxy core: two sockets, both directions, backpressure, half-close
 //   >>worker        one event loop: accept, pick, connect, relay, farewell
@@ -40,6 +42,10 @@
 //                           default is epoll on Linux, IOCP on Windows, poll elsewhere;
 //                           HARMONY_USE_POLL on Linux selects the portable poll(2) backend.
 //   HARMONY_DEFAULT_BUFFER_BYTES  size of a pooled relay buffer (default 16384).
+//
+// Windows: link ws2_32 and mswsock (MSVC takes them from this header), and with MinGW
+// link -static or ship libwinpthread-1.dll. Only the implementation unit includes
+// <windows.h>, before or after the program's own.
 //
 // Thread-safety: every public member function of harmony::server and harmony::client
 // may be called from any thread. Callbacks run on the object's own event-loop thread.
@@ -199,7 +205,7 @@ struct server_options {
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
   std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
-  bool allow_legacy = true;                  // harmony.js agents, which cannot authenticate
+  bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };

@@ -70,6 +70,7 @@ const char usage_text[] =
 #endif
 
 std::mutex log_mutex;
+harmony::log_level daemon_level = harmony::log_level::info;
 
 void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::time_t t = std::time(nullptr);
@@ -216,11 +217,16 @@ void block_stop_signals() {
 #endif
 }
 
+// The daemon's own messages, filtered like the library's.
+void note(harmony::log_level level, const std::string& message) {
+  if (level >= daemon_level && daemon_level != harmony::log_level::off) log_to_stderr(level, message);
+}
+
 void wait_for_stop_signal() {
 #if !defined(_WIN32)
   int received = 0;
   sigwait(&stop_signals, &received);
-  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+  note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
 #else
   DWORD event = 0;
   {
@@ -228,7 +234,7 @@ void wait_for_stop_signal() {
     stop_state.changed.wait(lock, [] { return stop_state.requested; });
     event = stop_state.event;
   }
-  log_to_stderr(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
+  note(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
 #endif
 }
 
@@ -302,6 +308,7 @@ int run_balancer(int argc, char** argv) {
     }
   }
 
+  daemon_level = options.level;
   harmony::server balancer(options);
   for (const auto& b : backends) {
     std::string id;
@@ -309,7 +316,7 @@ int run_balancer(int argc, char** argv) {
       std::fprintf(stderr, "harmonyd: backend %s: %s\n", b.address.c_str(), e.message().c_str());
       return 2;
     }
-    log_to_stderr(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
+    note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
   }
 
   block_stop_signals();
@@ -357,6 +364,7 @@ int run_agent(int argc, char** argv) {
     }
   }
   if (!have_port) usage_error("agent: --port N is required (the port this backend serves on)");
+  daemon_level = options.level;
   harmony::client agent(options);
   block_stop_signals();
   if (auto e = agent.start()) {

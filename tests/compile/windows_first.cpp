@@ -1,4 +1,4 @@
-// Compile check: the implementation after a plain <windows.h> (no
+// The implementation after a plain <windows.h> (no
 // WIN32_LEAN_AND_MEAN), the order many Windows programs use.
 #if defined(_WIN32)
 #include <windows.h>
