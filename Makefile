@@ -81,7 +81,7 @@ warnings:
 compile-checks: | doctest
 	@tests/compile/run $(CXX)
 
-demo: harmonyd $(BUILD)/examples/harmonyjs
+demo: harmonyd $(BUILD)/examples/harmonyjs $(BUILD)/examples/backend
 	$(BUILD)/examples/harmonyjs
 	examples/multi-host.sh
 
