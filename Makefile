@@ -31,7 +31,7 @@ harmonyd: daemon/harmonyd.cpp $(HEADER)
 	@$(MAKE) --no-print-directory build/bin/harmonyd BUILD=build
 	cp build/bin/harmonyd $@
 
-$(BUILD)/examples/%: examples/%.cpp $(HEADER)
+$(BUILD)/examples/%: examples/%.cpp examples/tiny_http.hpp $(HEADER)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_ALL) $< -o $@ $(LDLIBS)
 

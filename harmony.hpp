@@ -855,6 +855,8 @@ class selector {
     }
     std::uint64_t px = x.ticks * y.weight, py = y.ticks * x.weight;
     if (px != py) return px < py;
+    // Equal passes: the heavier goes first, as in smooth weighted round-robin.
+    if (x.weight != y.weight) return x.weight > y.weight;
     return a < b;
   }
   void fix(std::uint32_t pos) {
