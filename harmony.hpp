@@ -41,7 +41,8 @@
 //                           force one reactor backend (implementation unit only). The
 //                           default is epoll on Linux, IOCP on Windows, poll elsewhere;
 //                           HARMONY_USE_POLL on Linux selects the portable poll(2) backend.
-//   HARMONY_DEFAULT_BUFFER_BYTES  size of a pooled relay buffer (default 16384).
+//   HARMONY_DEFAULT_BUFFER_BYTES       relay buffer per direction (default 16384).
+//   HARMONY_DEFAULT_BULK_BUFFER_BYTES  relay buffer of a streaming direction (default 262144).
 //
 // Windows: link ws2_32 and mswsock (MSVC takes them from this header), and with MinGW
 // link -static or ship libwinpthread-1.dll. Only the implementation unit includes
@@ -73,6 +74,9 @@
 
 #ifndef HARMONY_DEFAULT_BUFFER_BYTES
 #define HARMONY_DEFAULT_BUFFER_BYTES 16384
+#endif
+#ifndef HARMONY_DEFAULT_BULK_BUFFER_BYTES
+#define HARMONY_DEFAULT_BULK_BUFFER_BYTES 262144
 #endif
 
 namespace harmony {
@@ -199,7 +203,8 @@ struct server_options {
   duration idle_timeout{600000};    // a proxied connection without traffic is closed
   duration queue_timeout{30000};    // longest wait in the concurrency queue
   std::size_t queue_limit = 10000;  // longest concurrency queue
-  std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;
+  std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
+  std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
   int workers = 1;                  // event-loop threads sharing the listen port
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
@@ -1074,6 +1079,8 @@ class selector {
     }
     std::uint64_t px = x.ticks * y.weight, py = y.ticks * x.weight;
     if (px != py) return px < py;
+    // Equal passes: the heavier goes first, as in smooth weighted round-robin.
+    if (x.weight != y.weight) return x.weight > y.weight;
     return a < b;
   }
   void fix(std::uint32_t pos) {
@@ -1654,8 +1661,9 @@ class poller {
       unsigned ev = 0, e = events_[i].events;
       if (e & EPOLLIN) ev |= io_read;
       if (e & EPOLLOUT) ev |= io_write;
-      if (e & (EPOLLERR | EPOLLHUP)) ev |= io_error | io_read | io_write;
+      if (e & EPOLLERR) ev |= io_error | io_read | io_write;
       if (e & (EPOLLRDHUP | EPOLLHUP)) ev |= io_peer_closed | io_read;
+      if (e & EPOLLHUP) ev |= io_write;
       dispatch(static_cast<io_handler*>(events_[i].data.ptr), ev);
     }
   }
@@ -2305,31 +2313,45 @@ class acceptor final : public io_handler {
 };
 #endif
 
-// Fixed-size relay buffers, taken only while data is in flight.
+// Relay buffers in two sizes, taken only while data is in flight. A direction
+// starts with a small one and moves to a large one while its source keeps
+// filling whole buffers: bulk transfers then cost few system calls, and short
+// exchanges little memory. Each size keeps a bounded number of spares.
 class buffer_pool {
  public:
-  explicit buffer_pool(std::size_t size, std::size_t keep = 256) : size_(size), keep_(keep) {}
+  buffer_pool(std::size_t small, std::size_t large) {
+    classes_[0].size = small;
+    classes_[1].size = std::max(small, large);
+    for (auto& c : classes_) c.keep = std::max<std::size_t>(4, spare_bytes / c.size);
+  }
   ~buffer_pool() {
-    for (char* b : free_) delete[] b;
+    for (auto& c : classes_)
+      for (char* b : c.free) delete[] b;
   }
   buffer_pool(const buffer_pool&) = delete;
   buffer_pool& operator=(const buffer_pool&) = delete;
-  char* take() {
-    if (free_.empty()) return new char[size_];
-    char* b = free_.back();
-    free_.pop_back();
+  char* take(bool large) {
+    size_class& c = classes_[large];
+    if (c.free.empty()) return new char[c.size];
+    char* b = c.free.back();
+    c.free.pop_back();
     return b;
   }
-  void give(char* b) {
-    if (free_.size() < keep_) free_.push_back(b);
+  void give(char* b, bool large) {
+    size_class& c = classes_[large];
+    if (c.free.size() < c.keep) c.free.push_back(b);
     else delete[] b;
   }
-  std::size_t size() const noexcept { return size_; }
+  std::size_t size(bool large) const noexcept { return classes_[large].size; }
 
  private:
-  std::size_t size_;
-  std::size_t keep_;
-  std::vector<char*> free_;
+  static constexpr std::size_t spare_bytes = 4u << 20;  // per size, per loop
+  struct size_class {
+    std::size_t size = 0;
+    std::size_t keep = 0;
+    std::vector<char*> free;
+  };
+  size_class classes_[2];
 };
 
 }  // namespace detail
@@ -2568,12 +2590,13 @@ class session {
     socket_handle fd = invalid_socket;
     bool readable = false;
     bool writable = false;
-    bool peer_closed = false;
+    bool peer_closed = false;  // the peer's FIN has arrived: no byte will follow what is queued
+    bool failed = false;       // an error is pending on the socket
     bool registered = false;
     void on_io(unsigned events) override { owner->on_side_io(*this, events); }
     void reset() noexcept {
       fd = invalid_socket;
-      readable = writable = peer_closed = registered = false;
+      readable = writable = peer_closed = failed = registered = false;
       retired = false;
 #if defined(HARMONY_USE_IOCP)
       iocp.interest = 0;
@@ -2586,6 +2609,8 @@ class session {
     char* data = nullptr;
     std::uint32_t begin = 0;
     std::uint32_t end = 0;
+    bool large = false;  // data is a large buffer
+    bool bulk = false;   // the next buffer taken is large
     bool eof = false;   // the source sent its FIN
     bool shut = false;  // the FIN went on to the destination
   };
@@ -2652,7 +2677,7 @@ class session {
 class worker {
  public:
   worker(server::impl& owner, const server_options& options, const logger& log)
-      : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes ? options.buffer_bytes : 16384) {
+      : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
 #if defined(HARMONY_USE_IOCP)
     listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
 #else
@@ -2926,6 +2951,7 @@ inline void session::on_side_io(side& s, unsigned events) {
   if (events & io_read) s.readable = true;
   if (events & io_write) s.writable = true;
   if (events & io_peer_closed) s.peer_closed = true;
+  if (events & io_error) s.failed = true;
 #if defined(HARMONY_USE_IOCP)
   // A completed overlapped send wrote its bytes. A failed operation carries the
   // socket's error, which the plain calls might never report again.
@@ -2948,9 +2974,12 @@ inline void session::on_side_io(side& s, unsigned events) {
     case phase::connecting:
       if (&s == &backend_ && (events & (io_write | io_error))) {
 #if defined(HARMONY_USE_IOCP)
+        // ConnectEx's completion carries the outcome.
         std::error_code e = s.iocp.error ? system_error_code(s.iocp.error) : std::error_code{};
 #else
-        std::error_code e = pending_socket_error(backend_.fd);
+        // Writable without an error means connected; only an error needs asking for.
+        std::error_code e;
+        if (s.failed) e = pending_socket_error(backend_.fd);
 #endif
         if (e) return attempt_failed(e);
         worker_.loop().cancel(clock_);
@@ -2970,7 +2999,7 @@ inline void session::pump() {
   // The backend's first answer ends the replay window: drop the kept request now,
   // so an idle connection holds no buffer.
   if (was_replayable && !replayable_ && up_.data && up_.begin == up_.end) {
-    worker_.pool().give(up_.data);
+    worker_.pool().give(up_.data, up_.large);
     up_.data = nullptr;
     up_.begin = up_.end = 0;
   }
@@ -3025,40 +3054,49 @@ inline bool session::flow(direction& d, side& src, side& dst) {
     if (d.data) {
       // Until the backend answers, what it was sent stays in the buffer, so a
       // backend that fails now can be replaced and the bytes sent again.
-      bool keep = &d == &up_ && replayable_ && d.end < pool.size();
+      bool keep = &d == &up_ && replayable_ && d.end < pool.size(d.large);
       if (!keep) {
         if (&d == &up_) replayable_ = false;
-        pool.give(d.data);
+        pool.give(d.data, d.large);
         d.data = nullptr;
         d.begin = d.end = 0;
       }
     }
     if (d.eof) {
       if (!d.shut) {
-        ::shutdown(dst.fd, SHUT_WR);
+        // When the other way is finished too the connection is about to close,
+        // and closing sends this FIN anyway.
+        const direction& other = &d == &up_ ? down_ : up_;
+        if (!other.shut) ::shutdown(dst.fd, SHUT_WR);
         d.shut = true;
       }
       return true;
     }
     if (!src.readable) return true;
-    char* buffer = d.data ? d.data : pool.take();
-    std::size_t room = pool.size() - d.end;
+    if (!d.data) d.large = d.bulk;
+    char* buffer = d.data ? d.data : pool.take(d.large);
+    std::size_t room = pool.size(d.large) - d.end;
     auto n = recv_some(src.fd, buffer + d.end, room);
     if (n > 0) {
       d.data = buffer;
       d.end += static_cast<std::uint32_t>(n);
+      if (static_cast<std::size_t>(n) == room) d.bulk = true;
+      else if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
       if (&src == &backend_) {
         received_from_backend_ += static_cast<std::uint64_t>(n);
         replayable_ = false;
       }
       last_activity_ = worker_.loop().now();
-      // With edge-triggered readiness a short read means "drained", unless the
-      // peer's FIN is already queued behind the data: then read on to see it.
-      if (static_cast<std::size_t>(n) < room && !src.peer_closed) src.readable = false;
+      // With edge-triggered readiness a short read means "drained". If the peer's
+      // FIN had already arrived, nothing can follow: that was the end of the stream.
+      if (static_cast<std::size_t>(n) < room) {
+        src.readable = false;
+        if (src.peer_closed && !src.failed) d.eof = true;
+      }
       continue;
     }
     if (!d.data || d.end == 0) {
-      pool.give(buffer);
+      pool.give(buffer, d.large);
       d.data = nullptr;
       d.begin = d.end = 0;
     }
@@ -3155,7 +3193,7 @@ inline void session::farewell_pump() {
 inline void session::release_buffers() {
   for (direction* d : {&up_, &down_})
     if (d->data) {
-      worker_.pool().give(d->data);
+      worker_.pool().give(d->data, d->large);
       d->data = nullptr;
     }
 }
@@ -3826,7 +3864,7 @@ inline std::error_code server::impl::open() {
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
-      options.buffer_bytes < 16 || options.buffer_bytes > (1u << 30))
+      options.buffer_bytes < 16 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
     return make_error_code(errc::bad_option);
   detail::address where;
   if (auto e = detail::resolve(at, where, true)) return e;

@@ -24,6 +24,7 @@
 #else
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #endif
 
 namespace {
@@ -205,8 +206,14 @@ sigset_t stop_signals;
 #endif
 
 // Signals are taken synchronously by the main thread; the loops never see them.
+// A balancer holds two descriptors per connection: take all the system allows.
 void block_stop_signals() {
 #if !defined(_WIN32)
+  rlimit files{};
+  if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
+  }
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);

@@ -50,12 +50,17 @@ int main() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   std::printf("agents registered: %s (1000), %s (500)\n", agent1->id().c_str(), agent2.id().c_str());
 
-  for (int i = 1; i <= 6; ++i)
-    std::printf("request %d -> %s", i, tiny_http_get(balancer.listen_endpoint().port).c_str());
+  bool as_expected = true;
+  for (int i = 1; i <= 6; ++i) {
+    std::string body = tiny_http_get(balancer.listen_endpoint().port);
+    std::printf("request %d -> %s", i, body.c_str());
+    as_expected = as_expected && body.find(i == 1 ? "backend 1" : "backend 2") != std::string::npos;
+  }
   for (const auto& b : balancer.backends())
     std::printf("backend %s at %s: weight %d, %llu connections, %s\n", b.id.c_str(), b.address.to_string().c_str(),
                 b.weight, static_cast<unsigned long long>(b.total), b.state.c_str());
   agent2.close();
   balancer.stop();
-  return 0;
+  // As in harmony.js: the first request reaches backend 1, every later one backend 2.
+  return as_expected ? 0 : 1;
 }

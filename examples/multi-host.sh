@@ -42,8 +42,13 @@ done
 echo "== backends as the balancer sees them"
 admin list | grep '^backend'
 echo "== 9 requests through the balancer (expect 6 : 3)"
-for _ in $(seq 9); do get; done | sort | uniq -c
+split=$(for _ in $(seq 9); do get; done | sort | uniq -c)
+echo "$split"
 echo "== agent 1 stops (it deregisters first)"
 kill "$agent1"
 wait "$agent1" 2>/dev/null || true
-for _ in $(seq 3); do get; done | sort | uniq -c
+after=$(for _ in $(seq 3); do get; done | sort | uniq -c)
+echo "$after"
+# The demo doubles as a smoke test: say so when the traffic did not go as expected.
+[ "$(echo $split)" = "6 backend 1 3 backend 2" ] && [ "$(echo $after)" = "3 backend 2" ] \
+  || { echo "unexpected distribution" >&2; exit 1; }

@@ -38,6 +38,8 @@ class tiny_http_server {
   tiny_http_server(std::string body, std::function<void()> on_request = {}, std::uint16_t port = 0)
       : body_(std::move(body)), on_request_(std::move(on_request)) {
     listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;  // a restarted demo must not wait for old connections' TIME_WAIT
+    ::setsockopt(listener_, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&one), sizeof one);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
