@@ -163,8 +163,7 @@ TEST_CASE("weights 1000:500 split sequential short connections 2:1") {
   running_server s(o);
   s.add(heavy, 1000);
   s.add(light, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 300; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  auto count = tally(s.address(), 300);
   CHECK(count["heavy"] + count["light"] == 300);
   CHECK(count["heavy"] >= 190);
   CHECK(count["heavy"] <= 210);
@@ -178,8 +177,7 @@ TEST_CASE("round-robin also honours weights") {
   running_server s(o);
   s.add(heavy, 1500);
   s.add(light, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 200; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  auto count = tally(s.address(), 200);
   CHECK(count["heavy"] == 150);
   CHECK(count["light"] == 50);
 }
@@ -217,19 +215,16 @@ TEST_CASE("a backend removed at run time gets no new connections; re-weighting t
   running_server s(o);
   std::string id1 = s.add(one, 500);
   std::string id2 = s.add(two, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  auto count = tally(s.address(), 20);
   CHECK(count["one"] == 10);
   CHECK(count["two"] == 10);
   REQUIRE_FALSE(s.srv.set_weight(id2, 1500));
-  count.clear();
-  for (int i = 0; i < 40; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 40);
   CHECK(count["one"] == 10);
   CHECK(count["two"] == 30);
   REQUIRE_FALSE(s.srv.remove_backend(id1));
   int before = one.accepted();
-  count.clear();
-  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 20);
   CHECK(count["two"] == 20);
   CHECK(one.accepted() == before);
   CHECK(s.srv.remove_backend(id1) == harmony::errc::unknown_backend);
