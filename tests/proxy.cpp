@@ -362,3 +362,26 @@ TEST_CASE("bad options are refused with a clear error") {
   CHECK(r.srv.add_backend("127.0.0.1:80", 0) == harmony::errc::bad_option);
   CHECK(r.srv.set_weight("0123", 10) == harmony::errc::unknown_backend);
 }
+
+TEST_CASE("several workers share the listen port and one backend table") {
+  backend b1(echo), b2(echo);
+  auto o = quiet_options();
+  o.persistent = false;
+  o.workers = 2;
+  running_server s(o);
+  s.add(b1);
+  s.add(b2);
+  std::atomic<int> exact{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t)
+    clients.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        std::string data = random_bytes(5000 + static_cast<std::size_t>(i), static_cast<unsigned>(t * 100 + i));
+        if (exchange(s.address(), data) == data) ++exact;
+      }
+    });
+  for (auto& c : clients) c.join();
+  CHECK(exact == 100);
+  CHECK(b1.accepted() + b2.accepted() == 100);
+  CHECK(s.srv.stats().accepted == 100);
+}
