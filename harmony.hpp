@@ -1353,55 +1353,36 @@ class registry {
 
   std::error_code set_weight(std::string_view id, int weight) {
     if (weight <= 0) return make_error_code(errc::bad_option);
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::uint32_t slot;
-    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
-    records_[slot].weight = weight;
-    selector_.set_weight(slot, weight);
-    return {};
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      r.weight = weight;
+      selector_.set_weight(slot, weight);
+    });
   }
 
   std::error_code drain(std::string_view id, bool on, std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::uint32_t slot;
-    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
-    records_[slot].draining = on;
-    refresh(slot, now);
-    return {};
+    return update(id, now, [&](record& r, std::uint32_t) { r.draining = on; });
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
   std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::uint32_t slot;
-    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
-    record& r = records_[slot];
-    r.at = at;
-    r.to = resolved;
-    r.routable = at.port != 0;
-    refresh(slot, now);
-    return {};
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.at = at;
+      r.to = resolved;
+      r.routable = at.port != 0;
+    });
   }
 
   std::error_code ack(std::string_view id, std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::uint32_t slot;
-    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
-    records_[slot].last_ack = now;
-    refresh(slot, now);
-    return {};
+    return update(id, now, [&](record& r, std::uint32_t) { r.last_ack = now; });
   }
 
   // An agent's live connection keeps its backend online; when it drops, the
   // backend gets no new connections until the agent registers again.
   std::error_code set_online(std::string_view id, bool online, std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    std::uint32_t slot;
-    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
-    records_[slot].online = online;
-    if (online) records_[slot].last_ack = now;
-    refresh(slot, now);
-    return {};
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.online = online;
+      if (online) r.last_ack = now;
+    });
   }
 
   // The address a backend registered from, to derive where it serves.
@@ -1538,6 +1519,18 @@ class registry {
     lease backend;
     std::int64_t last_used = 0;
   };
+
+  // Changes one backend under the lock, then re-judges its eligibility at `now`
+  // (a negative `now` leaves eligibility alone).
+  template <class Change>
+  std::error_code update(std::string_view id, std::int64_t now, Change&& change) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    change(records_[slot], slot);
+    if (now >= 0) refresh(slot, now);
+    return {};
+  }
 
   bool find(std::string_view id, std::uint32_t& slot) const {
     auto it = by_id_.find(std::string(id));

@@ -76,8 +76,7 @@ TEST_CASE("legacy close deregisters at once and echoes CLOSE and ID") {
   std::string id2 = legacy_register(admin_of(s), 500, two.at().port);
   REQUIRE(is_id(id1));
   REQUIRE(is_id(id2));
-  std::map<std::string, int> count;
-  for (int i = 0; i < 30; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  auto count = tally(s.address(), 30);
   CHECK(count["one"] == 20);
   CHECK(count["two"] == 10);
   // harmony.js close(): the agent never sends BYE and leaves the connection open.
@@ -85,8 +84,7 @@ TEST_CASE("legacy close deregisters at once and echoes CLOSE and ID") {
   std::string close = "CLOSE:" + id1 + ":ID:" + id1 + ":";
   agent.send_all(close);
   CHECK(agent.read_n(close.size()) == close);
-  count.clear();
-  for (int i = 0; i < 10; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 10);
   CHECK(count["two"] == 10);
   CHECK(s.srv.backends().size() == 1);
 }
@@ -201,13 +199,11 @@ TEST_CASE("operator commands: list, stats, set-weight, drain, add, remove, concu
   CHECK(list.find("state=up") != std::string::npos);
   CHECK(list.find("ok backends=2") != std::string::npos);
   CHECK(op.call("set-weight " + id2 + " 1500") == "ok weight=1500\n");
-  std::map<std::string, int> count;
-  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  auto count = tally(s.address(), 20);
   CHECK(count["two"] == 15);
   CHECK(op.call("drain " + id2) == "ok\n");
   CHECK(op.call("list").find("state=draining") != std::string::npos);
-  count.clear();
-  for (int i = 0; i < 10; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 10);
   CHECK(count["one"] == 10);
   CHECK(op.call("undrain " + id2) == "ok\n");
   CHECK(op.call("stats").find("accepted=30 active=0") != std::string::npos);

@@ -221,8 +221,7 @@ TEST_CASE("agent: registers, serves by weight, changes weight, and close() dereg
   REQUIRE_FALSE(agent_light.start());
   REQUIRE(eventually([&] { return agent_heavy.registered() && agent_light.registered(); }));
   CHECK(agent_heavy.id().size() == 32);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 30; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  auto count = tally(s.address(), 30);
   CHECK(count["heavy"] == 20);
   CHECK(count["light"] == 10);
   REQUIRE_FALSE(agent_light.set_weight(1000));
@@ -233,8 +232,7 @@ TEST_CASE("agent: registers, serves by weight, changes weight, and close() dereg
   }));
   REQUIRE_FALSE(agent_heavy.close());
   CHECK(s.srv.backends().size() == 1);
-  count.clear();
-  for (int i = 0; i < 10; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 10);
   CHECK(count["light"] == 10);
   CHECK(agent_heavy.close() == harmony::errc::not_running);
   CHECK(agent_heavy.start() == harmony::errc::shutting_down);

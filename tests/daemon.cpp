@@ -166,16 +166,14 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
   std::string id1 = legacy_register(admin, 1000, one.at().port);
   std::string id2 = legacy_register(admin, 500, two.at().port);
   REQUIRE(id1.size() == 32);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 30; ++i) ++count[name_of(exchange(listen, "x"))];
+  auto count = tally(listen, 30);
   CHECK(count["one"] == 20);
   CHECK(count["two"] == 10);
   sock closer = connect_to(admin);
   std::string close = "CLOSE:" + id1 + ":ID:" + id1 + ":";
   closer.send_all(close);
   CHECK(closer.read_n(close.size()) == close);
-  count.clear();
-  for (int i = 0; i < 6; ++i) ++count[name_of(exchange(listen, "x"))];
+  count = tally(listen, 6);
   CHECK(count["two"] == 6);
   // No more acks: after the host timeout nobody is eligible.
   std::this_thread::sleep_for(1300ms);

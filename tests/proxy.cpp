@@ -160,8 +160,7 @@ TEST_CASE("weights 1000:500 split sequential short connections 2:1") {
   running_server s(o);
   s.add(heavy, 1000);
   s.add(light, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 300; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  auto count = tally(s.address(), 300);
   CHECK(count["heavy"] + count["light"] == 300);
   CHECK(count["heavy"] >= 190);
   CHECK(count["heavy"] <= 210);
@@ -175,8 +174,7 @@ TEST_CASE("round-robin also honours weights") {
   running_server s(o);
   s.add(heavy, 1500);
   s.add(light, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 200; ++i) ++count[name_of(exchange(s.address(), "hi"))];
+  auto count = tally(s.address(), 200);
   CHECK(count["heavy"] == 150);
   CHECK(count["light"] == 50);
 }
@@ -214,19 +212,16 @@ TEST_CASE("a backend removed at run time gets no new connections; re-weighting t
   running_server s(o);
   std::string id1 = s.add(one, 500);
   std::string id2 = s.add(two, 500);
-  std::map<std::string, int> count;
-  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  auto count = tally(s.address(), 20);
   CHECK(count["one"] == 10);
   CHECK(count["two"] == 10);
   REQUIRE_FALSE(s.srv.set_weight(id2, 1500));
-  count.clear();
-  for (int i = 0; i < 40; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 40);
   CHECK(count["one"] == 10);
   CHECK(count["two"] == 30);
   REQUIRE_FALSE(s.srv.remove_backend(id1));
   int before = one.accepted();
-  count.clear();
-  for (int i = 0; i < 20; ++i) ++count[name_of(exchange(s.address(), "x"))];
+  count = tally(s.address(), 20);
   CHECK(count["two"] == 20);
   CHECK(one.accepted() == before);
   CHECK(s.srv.remove_backend(id1) == harmony::errc::unknown_backend);
@@ -428,4 +423,27 @@ TEST_CASE("bad options are refused with a clear error") {
   CHECK(r.srv.add_backend("127.0.0.1", 500) == harmony::errc::bad_address);
   CHECK(r.srv.add_backend("127.0.0.1:80", 0) == harmony::errc::bad_option);
   CHECK(r.srv.set_weight("0123", 10) == harmony::errc::unknown_backend);
+}
+
+TEST_CASE("several workers share the listen port and one backend table") {
+  backend b1(echo), b2(echo);
+  auto o = quiet_options();
+  o.persistent = false;
+  o.workers = 2;
+  running_server s(o);
+  s.add(b1);
+  s.add(b2);
+  std::atomic<int> exact{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < 4; ++t)
+    clients.emplace_back([&, t] {
+      for (int i = 0; i < 25; ++i) {
+        std::string data = random_bytes(5000 + static_cast<std::size_t>(i), static_cast<unsigned>(t * 100 + i));
+        if (exchange(s.address(), data) == data) ++exact;
+      }
+    });
+  for (auto& c : clients) c.join();
+  CHECK(exact == 100);
+  CHECK(b1.accepted() + b2.accepted() == 100);
+  CHECK(s.srv.stats().accepted == 100);
 }

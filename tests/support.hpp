@@ -380,6 +380,13 @@ inline std::string exchange(const std::string& address, const std::string& reque
 
 inline std::string name_of(const std::string& reply) { return reply.substr(0, reply.find(':')); }
 
+// Sends n sequential short requests through `address`: how many each backend answered.
+inline std::map<std::string, int> tally(const std::string& address, int n) {
+  std::map<std::string, int> count;
+  for (int i = 0; i < n; ++i) ++count[name_of(exchange(address, "x"))];
+  return count;
+}
+
 // Polls `condition` until it holds or `limit` passes.
 template <class F>
 bool eventually(F condition, std::chrono::milliseconds limit = 5000ms) {

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <map>
+#include <random>
 #include <set>
 
 using namespace harmony;
@@ -229,4 +230,126 @@ TEST_CASE("registry: the affinity table stays bounded") {
     r.release(p.chosen, false);
   }
   CHECK(r.affinity_size() <= 100);
+}
+
+TEST_CASE("dialect detection from the first bytes") {
+  using detail::dialect;
+  using detail::detect_dialect;
+  CHECK(detect_dialect("") == dialect::undecided);
+  CHECK(detect_dialect("N") == dialect::undecided);
+  CHECK(detect_dialect("NI") == dialect::undecided);
+  CHECK(detect_dialect("NID:") == dialect::legacy);
+  CHECK(detect_dialect("ACK:X:") == dialect::legacy);
+  CHECK(detect_dialect("CLOSE:") == dialect::legacy);
+  CHECK(detect_dialect(":") == dialect::legacy);
+  CHECK(detect_dialect("BYE:") == dialect::legacy);
+  CHECK(detect_dialect("list\n") == dialect::native);
+  CHECK(detect_dialect("hello harmony/1") == dialect::native);
+  CHECK(detect_dialect("LIST") == dialect::native);
+  CHECK(detect_dialect("NIX:") == dialect::native);
+  CHECK(detect_dialect("ID ") == dialect::native);
+}
+
+namespace {
+std::vector<std::pair<std::string, std::string>> parse_legacy(const std::string& stream,
+                                                              const std::vector<std::size_t>& cuts, bool* ok) {
+  detail::legacy_parser p;
+  std::vector<std::pair<std::string, std::string>> out;
+  std::size_t at = 0;
+  *ok = true;
+  auto feed = [&](std::string_view piece) {
+    *ok = *ok && p.feed(piece, [&](std::string_view c, std::string_view a) { out.emplace_back(c, a); });
+  };
+  for (std::size_t cut : cuts) {
+    feed(std::string_view(stream).substr(at, cut - at));
+    at = cut;
+  }
+  feed(std::string_view(stream).substr(at));
+  return out;
+}
+}  // namespace
+
+TEST_CASE("legacy parser: the same messages however the stream is split") {
+  const std::string stream = "NID::BAL:1000:SPORT:11081:::ACK:5F38AB:ID:5F38AB:BYE:CLOSE:5F38AB:";
+  const std::vector<std::pair<std::string, std::string>> expected{
+      {"NID", ""}, {"BAL", "1000"}, {"SPORT", "11081"}, {"ACK", "5F38AB"}, {"ID", "5F38AB"}, {"BYE", ""},
+      {"CLOSE", "5F38AB"}};
+  bool ok = false;
+  CHECK(parse_legacy(stream, {}, &ok) == expected);
+  CHECK(ok);
+  std::vector<std::size_t> every;
+  for (std::size_t i = 1; i < stream.size(); ++i) every.push_back(i);
+  CHECK(parse_legacy(stream, every, &ok) == expected);
+  CHECK(ok);
+  std::mt19937 gen(11);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<std::size_t> cuts;
+    for (std::size_t i = 1; i < stream.size(); ++i)
+      if (gen() % 4 == 0) cuts.push_back(i);
+    REQUIRE(parse_legacy(stream, cuts, &ok) == expected);
+    REQUIRE(ok);
+  }
+}
+
+TEST_CASE("legacy parser: unknown commands and oversized tokens are errors") {
+  bool ok = true;
+  parse_legacy("NID::HELLO:x:", {}, &ok);
+  CHECK_FALSE(ok);
+  parse_legacy("ACK:" + std::string(300, 'A') + ":", {}, &ok);
+  CHECK_FALSE(ok);
+  parse_legacy(std::string(300, 'A'), {100, 200}, &ok);  // no ':' at all, still bounded
+  CHECK_FALSE(ok);
+}
+
+TEST_CASE("admin codec survives random input") {
+  std::mt19937 gen(7);
+  for (int round = 0; round < 300; ++round) {
+    std::string noise(static_cast<std::size_t>(gen() % 2000), '\0');
+    for (auto& c : noise) c = static_cast<char>(gen() % 4 == 0 ? ':' : gen() % 256);
+    detail::legacy_parser legacy;
+    detail::line_splitter lines(512);
+    std::size_t messages = 0;
+    for (std::size_t at = 0; at < noise.size();) {
+      std::size_t n = std::min<std::size_t>(noise.size() - at, gen() % 64 + 1);
+      std::string_view piece(noise.data() + at, n);
+      if (!legacy.feed(piece, [&](std::string_view, std::string_view a) {
+            CHECK(a.size() <= detail::legacy_parser::max_token);
+            ++messages;
+          }))
+        break;
+      lines.feed(piece, [&](std::string_view line) {
+        CHECK(line.size() <= 512);
+        auto c = detail::parse_command(line);
+        for (auto a : c.args) CHECK(a.find(' ') == std::string_view::npos);
+      });
+      at += n;
+    }
+    CHECK(messages <= noise.size());
+  }
+}
+
+TEST_CASE("line splitter and command parser") {
+  detail::line_splitter lines(16);
+  std::vector<std::string> got;
+  auto keep = [&](std::string_view l) { got.emplace_back(l); };
+  CHECK(lines.feed("li", keep));
+  CHECK(lines.feed("st\r\nstats\n\nping", keep));
+  CHECK(got == std::vector<std::string>{"list", "stats", ""});
+  CHECK(lines.feed("\n", keep));
+  CHECK(got.back() == "ping");
+  CHECK_FALSE(lines.feed(std::string(17, 'x'), keep));
+  auto c = detail::parse_command("  register  port=80 weight=5\tid=AB extra  ");
+  CHECK(c.verb == "register");
+  CHECK(c.args == std::vector<std::string_view>{"extra"});
+  std::string_view v;
+  CHECK(c.option("port", v));
+  CHECK(v == "80");
+  CHECK(c.option("id", v));
+  CHECK(v == "AB");
+  CHECK_FALSE(c.option("host", v));
+  CHECK(detail::legacy_weight("1000") == 1000);
+  CHECK(detail::legacy_weight("heavy") == 500);
+  CHECK(detail::legacy_weight("0") == 500);
+  CHECK(detail::legacy_weight("") == 500);
+  CHECK(detail::legacy_weight("99999999999") == 500);
 }
