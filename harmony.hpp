@@ -2487,6 +2487,9 @@ class stream final : public io_handler {
     close();
     out_.clear();
     out_sent_ = 0;
+#if defined(HARMONY_USE_IOCP)
+    flight_.clear();  // the old socket's send was cancelled; the buffer itself stays allocated
+#endif
     closing_ = draining_ = false;
     retired = false;
   }

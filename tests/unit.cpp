@@ -52,6 +52,27 @@ TEST_CASE("error codes carry harmony messages") {
   CHECK(e != errc::queue_full);
 }
 
+TEST_CASE("socket errors compare equal to the portable std::errc conditions") {
+#if defined(_WIN32)
+  // Winsock codes, and the completion-port codes overlapped operations report.
+  CHECK(detail::system_error_code(WSAECONNREFUSED) == std::errc::connection_refused);
+  CHECK(detail::system_error_code(ERROR_CONNECTION_REFUSED) == std::errc::connection_refused);
+  CHECK(detail::system_error_code(WSAECONNRESET) == std::errc::connection_reset);
+  CHECK(detail::system_error_code(ERROR_NETNAME_DELETED) == std::errc::connection_reset);
+  CHECK(detail::system_error_code(WSAETIMEDOUT) == std::errc::timed_out);
+  CHECK(detail::system_error_code(WSAEADDRINUSE) == std::errc::address_in_use);
+  CHECK(detail::system_error_code(WSAEWOULDBLOCK) == std::errc::operation_would_block);
+  CHECK(detail::would_block(WSAEWOULDBLOCK));
+  CHECK(detail::system_error_code(WSAECONNREFUSED).message().find("refused") != std::string::npos);
+  // An unmapped code stays itself.
+  CHECK(detail::system_error_code(WSAEPROVIDERFAILEDINIT) != std::errc::connection_refused);
+#else
+  CHECK(detail::system_error_code(ECONNREFUSED) == std::errc::connection_refused);
+  CHECK(detail::system_error_code(ECONNRESET) == std::errc::connection_reset);
+  CHECK(detail::would_block(EAGAIN));
+#endif
+}
+
 namespace {
 std::map<std::uint32_t, int> picks(detail::selector& s, int n) {
   std::map<std::uint32_t, int> counts;
