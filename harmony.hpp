@@ -406,8 +406,11 @@ constexpr socket_handle invalid_socket = INVALID_SOCKET;
 #if defined(_MSC_VER)
 using ssize_t = std::ptrdiff_t;
 #endif
-// The POSIX name, so that the shared code says shutdown(fd, SHUT_WR) on both systems.
+// The POSIX name, so that the shared code says shutdown(fd, SHUT_WR) on both systems
+// (unless a compatibility header of the program already made it a macro).
+#ifndef SHUT_WR
 constexpr int SHUT_WR = SD_SEND;
+#endif
 
 // Winsock wants WSAStartup once per process before any other call. It is never
 // undone: WSACleanup at exit could pull sockets from under objects that other
@@ -601,14 +604,15 @@ inline socket_handle open_stream_socket(int family) noexcept {
   return s;
 }
 
-// Windows has no SO_REUSEPORT and its SO_REUSEADDR lets another process take a
-// bound port over, so the listener asks for the port exclusively instead; the
-// workers of a server share one listener (see worker).
+// Windows has no SO_REUSEPORT, so the workers of a server share one listener
+// (see worker). Neither SO_REUSEADDR (there it lets another socket take a bound
+// port over) nor SO_EXCLUSIVEADDRUSE (which can refuse a restarted daemon its
+// port while old connections linger) is set: the default already protects a
+// bound port and allows a quick restart.
 inline std::error_code open_listener(const address& at, bool, socket_handle& out) {
   socket_handle s = open_stream_socket(at.family());
   if (s == invalid_socket) return system_error_code(last_socket_error());
   BOOL one = TRUE;
-  ::setsockopt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, reinterpret_cast<const char*>(&one), sizeof one);
   if (at.family() == AF_INET6)
     ::setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, reinterpret_cast<const char*>(&one), sizeof one);
   if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
