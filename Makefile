@@ -160,8 +160,11 @@ test-windows: windows $(WIN_BUILD)/daemon-tests $(WIN_BUILD)/harmonyd-wine compi
 # The compile checks for the MinGW build: the implementation after a plain
 # <windows.h>; the implementation in one unit and the public half in another,
 # linked; header-only in two units; the declarations-only half (no OS header
-# leaks); -fno-exceptions -fno-rtti. The linked programs also run under Wine.
+# leaks); -fno-exceptions -fno-rtti; every symbol the IOCP implementation
+# defines is in namespace harmony (as tests/compile/run checks on Linux). The
+# linked programs also run under Wine.
 WIN_CHECK = $(WIN_CXX) $(WIN_FLAGS) -Werror
+WIN_NM   ?= x86_64-w64-mingw32-nm
 compile-checks-windows: | windows-tools
 	@mkdir -p $(WIN_BUILD)/compile
 	$(WIN_CHECK) -c tests/compile/windows_first.cpp -o $(WIN_BUILD)/compile/windows_first.o
@@ -169,6 +172,10 @@ compile-checks-windows: | windows-tools
 	$(WIN_CHECK) -DHARMONY_HEADER_ONLY tests/compile/header_only_a.cpp tests/compile/header_only_b.cpp -o $(WIN_BUILD)/compile/header-only.exe $(WIN_LIBS)
 	$(WIN_CHECK) -c tests/compile/declarations_only.cpp -o $(WIN_BUILD)/compile/declarations_only.o
 	$(WIN_CHECK) -fno-exceptions -fno-rtti tests/compile/implementation.cpp -o $(WIN_BUILD)/compile/no-exceptions.exe $(WIN_LIBS)
+	$(WIN_CHECK) -c -DHARMONY_IMPLEMENTATION -x c++ $(HEADER) -o $(WIN_BUILD)/compile/symbols.o
+	@$(WIN_NM) --defined-only -g $(WIN_BUILD)/compile/symbols.o | awk '{print $$3}' | grep -v 7harmony \
+	  | grep -vE '^(_Z+(nw|na|dl|da|N?K?S|N?K?9__gnu_cxx|T[VIS]|GV)|DW\.ref\.__gxx_personality)' \
+	  | (! grep .) || { echo "symbols outside namespace harmony (above)"; exit 1; }
 	tests/wine-run $(WIN_BUILD)/compile/two-units.exe
 	tests/wine-run $(WIN_BUILD)/compile/header-only.exe
 	@echo "windows compile checks passed"
