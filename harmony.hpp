@@ -338,8 +338,8 @@ class client {
 #include <unordered_map>
 
 #if defined(_WIN32)
-// Only this implementation unit sees <windows.h>; the macros it needs are set here
-// when absent and undone afterwards, so nothing changes for code included later.
+// Only the implementation unit (every unit, in header-only mode) sees <windows.h>;
+// the macros it needs are set here when absent and undone afterwards.
 #ifndef WIN32_LEAN_AND_MEAN
 #define WIN32_LEAN_AND_MEAN
 #define HARMONY_UNDEF_LEAN_AND_MEAN
