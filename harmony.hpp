@@ -330,6 +330,7 @@ class client {
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #if defined(_WIN32)
 #error "harmony: the IOCP backend is not written yet"
@@ -345,6 +346,9 @@ class client {
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
+#endif
+#if defined(__GLIBC__)
+#include <malloc.h>
 #endif
 #if defined(HARMONY_USE_EPOLL)
 #include <sys/epoll.h>
@@ -1686,9 +1690,16 @@ class buffer_pool {
   }
   void give(char* b, bool large) {
     size_class& c = classes_[large];
-    if (c.free.size() < c.keep) c.free.push_back(b);
-    else delete[] b;
+    if (c.free.size() < c.keep) return c.free.push_back(b);
+    delete[] b;
+    released_ += c.size;
+    if (released_ >= trim_after && on_surplus) on_surplus();
   }
+  // Bytes of buffers freed beyond the spares since the last call. After a burst
+  // they sit in the allocator's heap as holes it may not return by itself.
+  std::size_t take_released() noexcept { return std::exchange(released_, 0); }
+  static constexpr std::size_t trim_after = 1u << 20;
+  std::function<void()> on_surplus;  // called once a burst freed trim_after bytes
   std::size_t size(bool large) const noexcept { return classes_[large].size; }
 
  private:
@@ -1699,6 +1710,7 @@ class buffer_pool {
     std::vector<char*> free;
   };
   size_class classes_[2];
+  std::size_t released_ = 0;
 };
 
 }  // namespace detail
@@ -1974,6 +1986,17 @@ class worker {
       : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
     listener_.owner = this;
     accept_retry_.fire = [this] { accept_all(); };
+    // Give the memory of a finished burst back to the system, a moment later
+    // and at most four times a second, so that a quiet balancer shrinks again.
+    trim_.fire = [this] {
+      pool_.take_released();
+#if defined(__GLIBC__)
+      ::malloc_trim(0);
+#endif
+    };
+    pool_.on_surplus = [this] {
+      if (!trim_.armed()) loop_.schedule(trim_, loop_.now() + 250);
+    };
   }
   ~worker();
   worker(const worker&) = delete;
@@ -2019,6 +2042,7 @@ class worker {
   buffer_pool pool_;
   listener_handler listener_;
   timer accept_retry_;
+  timer trim_;
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
   session* queue_head_ = nullptr;
