@@ -27,30 +27,28 @@
 //
 // Build: g++ -O2 -std=c++17 -o heldconn heldconn.cpp
 
-#include <arpa/inet.h>
 #include <dirent.h>
-#include <netinet/in.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
-namespace {
+#include "loadgen.hpp"
 
-using Clock = std::chrono::steady_clock;
+using namespace loadgen;
+
+namespace {
 
 enum class State { unstarted, connecting, held, awaiting, served, closed };
 
@@ -59,37 +57,6 @@ struct Conn {
   State state = State::unstarted;
   std::string in;  // response bytes so far
 };
-
-const char kRequest[] = "GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
-
-std::vector<int> parse_list(const char* text) {
-  std::vector<int> out;
-  std::stringstream ss(text);
-  std::string tok;
-  while (std::getline(ss, tok, ',')) {
-    int v = std::atoi(tok.c_str());
-    if (v > 0) out.push_back(v);
-  }
-  return out;
-}
-
-long rss_kb(int pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.compare(0, 6, "VmRSS:") == 0) return std::strtol(line.c_str() + 6, nullptr, 10);
-  return -1;
-}
-
-long rss_sum(const std::vector<int>& pids) {
-  long sum = 0;
-  for (int pid : pids) {
-    long r = rss_kb(pid);
-    if (r < 0) return -1;
-    sum += r;
-  }
-  return pids.empty() ? -1 : sum;
-}
 
 // Open descriptors of the processes (entries of /proc/PID/fd), -1 if unreadable.
 long fd_count(const std::vector<int>& pids) {
@@ -145,47 +112,33 @@ bool complete_response(const std::string& in) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 6) {
-    std::fprintf(stderr, "usage: %s HOST PORT COUNT PIDS BACKEND_PORTS [WINDOW] [RATE] [DEADLINE_S]\n", argv[0]);
-    return 2;
-  }
-  const char* host = argv[1];
-  const int port = std::atoi(argv[2]);
-  const int count = std::atoi(argv[3]);
-  const std::vector<int> pids = parse_list(argv[4]);
+  Target target;
+  if (!target_args(argc, argv, 6, "BACKEND_PORTS [WINDOW] [RATE] [DEADLINE_S]", target)) return 2;
+  const int count = target.count;
   const std::vector<int> backend_list = parse_list(argv[5]);
   const std::set<int> backend_ports(backend_list.begin(), backend_list.end());
-  const int window = argc > 6 ? std::atoi(argv[6]) : 64;
-  const int rate = argc > 7 ? std::atoi(argv[7]) : 4000;
-  const int deadline_s = argc > 8 ? std::atoi(argv[8]) : 120;
-  if (count <= 0 || count > 1000000 || window <= 0 || rate <= 0 || port <= 0 || deadline_s <= 0) {
+  const int window = int_arg(argc, argv, 6, 64);
+  const int rate = int_arg(argc, argv, 7, 4000);
+  const int deadline_s = int_arg(argc, argv, 8, 120);
+  if (count <= 0 || count > 1000000 || window <= 0 || rate <= 0 || target.port <= 0 || deadline_s <= 0) {
     std::fprintf(stderr, "bad arguments\n");
     return 2;
   }
 
-  rlimit rl{};
-  getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
-  getrlimit(RLIMIT_NOFILE, &rl);
-  if (rl.rlim_cur < static_cast<rlim_t>(count) + 16) {
-    std::fprintf(stderr, "heldconn: descriptor limit %llu too low for %d connections\n",
-                 static_cast<unsigned long long>(rl.rlim_cur), count);
-    std::printf("attempted=%d opened=0 error=nofile_%llu\n", count, static_cast<unsigned long long>(rl.rlim_cur));
+  const rlim_t nofile = raise_nofile();
+  if (!nofile_enough(nofile, count, "heldconn: ")) {
+    std::printf("attempted=%d opened=0 error=nofile_%llu\n", count, static_cast<unsigned long long>(nofile));
     return 2;
   }
 
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-    std::fprintf(stderr, "bad host %s\n", host);
-    return 2;
-  }
+  sockaddr_in addr;
+  if (!ipv4_address(target.host, target.port, addr)) return 2;
 
+  // -1, not 0, without a proxy: "not measured", as for proxy_fds.
+  auto rss = [&target] { return target.pids.empty() ? -1L : rss_sum(target.pids); };
   const auto start = Clock::now();
   const auto deadline = start + std::chrono::seconds(deadline_s);
-  const long rss_idle = rss_sum(pids);
+  const long rss_idle = rss();
 
   int ep = epoll_create1(EPOLL_CLOEXEC);
   std::vector<Conn> conns(static_cast<size_t>(count));
@@ -196,32 +149,20 @@ int main(int argc, char** argv) {
   int held = 0;  // connections currently in State::held
 
   auto drop = [&](Conn& c) {
-    if (c.fd >= 0) {
-      epoll_ctl(ep, EPOLL_CTL_DEL, c.fd, nullptr);
-      close(c.fd);
-      c.fd = -1;
-    }
+    unwatch_close(ep, c.fd);
     c.state = State::closed;
   };
-  auto watch = [&](int index, uint32_t what) {
-    epoll_event ev{};
-    ev.events = what;
-    ev.data.u32 = static_cast<uint32_t>(index);
-    epoll_ctl(ep, EPOLL_CTL_MOD, conns[static_cast<size_t>(index)].fd, &ev);
-  };
+  auto rewatch = [&](uint32_t slot, uint32_t what) { watch(ep, EPOLL_CTL_MOD, conns[slot].fd, slot, what); };
   // Handles events for held connections (the far side closed one) and
   // connecting ones; returns after one epoll_wait.
   auto poll_open_phase = [&](int timeout_ms) {
     int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), timeout_ms);
     for (int i = 0; i < n; ++i) {
-      const int index = static_cast<int>(events[i].data.u32);
-      Conn& c = conns[static_cast<size_t>(index)];
+      const uint32_t slot = events[i].data.u32;
+      Conn& c = conns[slot];
       if (c.state == State::connecting) {
         --in_flight;
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0 || (events[i].events & (EPOLLERR | EPOLLHUP))) {
+        if (!connected(c.fd, events[i].events)) {
           drop(c);
           ++connect_failed;
           continue;
@@ -229,7 +170,7 @@ int main(int argc, char** argv) {
         c.state = State::held;
         ++opened;
         ++held;
-        watch(index, EPOLLRDHUP);  // only a close by the far side wakes us
+        rewatch(slot, EPOLLRDHUP);  // only a close by the far side wakes us
       } else if (c.state == State::held) {
         drop(c);
         --held;
@@ -239,31 +180,19 @@ int main(int argc, char** argv) {
   };
 
   // ---- 2. open, paced by a window and a token bucket.
-  double tokens = window;
-  auto refill_at = Clock::now();
+  Pacer pacer(window, rate);
   while (opened + connect_failed < count && Clock::now() < deadline) {
-    const auto now = Clock::now();
-    tokens = std::min<double>(window, tokens + std::chrono::duration<double>(now - refill_at).count() * rate);
-    refill_at = now;
-    while (started < count && in_flight < window && tokens >= 1) {
-      tokens -= 1;
-      Conn& c = conns[static_cast<size_t>(started)];
-      c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      int r = c.fd < 0 ? -1 : connect(c.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-      if (c.fd < 0 || (r < 0 && errno != EINPROGRESS)) {
-        drop(c);
+    pacer.start_connects(ep, addr, started, count, in_flight, [&](int slot, int fd) {
+      Conn& c = conns[static_cast<size_t>(slot)];
+      c.fd = fd;
+      if (fd < 0) {
+        c.state = State::closed;
         ++connect_failed;
-        ++started;
-        continue;
+        return;
       }
       c.state = State::connecting;
-      epoll_event ev{};
-      ev.events = EPOLLOUT;
-      ev.data.u32 = static_cast<uint32_t>(started);
-      epoll_ctl(ep, EPOLL_CTL_ADD, c.fd, &ev);
       ++in_flight;
-      ++started;
-    }
+    });
     poll_open_phase(1);
   }
   for (auto& c : conns)
@@ -271,7 +200,7 @@ int main(int argc, char** argv) {
       if (c.state == State::connecting) ++connect_failed;
       drop(c);
     }
-  const double open_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const double open_seconds = seconds_since(start);
 
   // ---- 3. hold: wait for the proxy's backend connections (15 s at most).
   long backend_conns = -1;
@@ -286,29 +215,29 @@ int main(int argc, char** argv) {
   // A short settle in any case, watching for closes.
   for (int i = 0; i < 10; ++i) poll_open_phase(50);
   const int held_before_requests = held;
-  const long rss_held = rss_sum(pids);
-  const long proxy_fds = fd_count(pids);
+  const long rss_held = rss();
+  const long proxy_fds = fd_count(target.pids);
 
   // ---- 4. serve: one request on every held connection, read every response.
   const auto serve_start = Clock::now();
   for (size_t i = 0; i < conns.size(); ++i) {
     Conn& c = conns[i];
     if (c.state != State::held) continue;
-    if (send(c.fd, kRequest, sizeof kRequest - 1, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof kRequest - 1)) {
+    if (!send_request(c.fd)) {
       drop(c);
       ++serve_failed;
       continue;
     }
     c.state = State::awaiting;
-    watch(static_cast<int>(i), EPOLLIN | EPOLLRDHUP);
+    rewatch(static_cast<uint32_t>(i), EPOLLIN | EPOLLRDHUP);
   }
   int awaiting = 0;
   for (auto& c : conns) awaiting += c.state == State::awaiting;
   while (awaiting > 0 && Clock::now() < deadline) {
     int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 100);
     for (int i = 0; i < n; ++i) {
-      const int index = static_cast<int>(events[i].data.u32);
-      Conn& c = conns[static_cast<size_t>(index)];
+      const uint32_t slot = events[i].data.u32;
+      Conn& c = conns[slot];
       if (c.state == State::awaiting) {
         ssize_t r = recv(c.fd, buf, sizeof buf, 0);
         if (r < 0 && (errno == EAGAIN || errno == EINTR)) continue;
@@ -319,7 +248,7 @@ int main(int argc, char** argv) {
           --awaiting;
           c.in.clear();
           c.in.shrink_to_fit();
-          watch(index, EPOLLRDHUP);
+          rewatch(slot, EPOLLRDHUP);
         } else if (r <= 0 || c.in.size() > 64 * 1024) {
           drop(c);
           ++serve_failed;
@@ -330,7 +259,7 @@ int main(int argc, char** argv) {
       }
     }
   }
-  const double serve_seconds = std::chrono::duration<double>(Clock::now() - serve_start).count();
+  const double serve_seconds = seconds_since(serve_start);
   for (auto& c : conns)
     if (c.state == State::awaiting) {
       drop(c);
@@ -338,17 +267,12 @@ int main(int argc, char** argv) {
     }
 
   // ---- 5. settle, count the survivors, RSS after serving.
-  const auto settle_end = Clock::now() + std::chrono::milliseconds(500);
-  while (Clock::now() < settle_end) {
-    int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 50);
-    for (int i = 0; i < n; ++i) {
-      Conn& c = conns[events[i].data.u32];
-      if (c.state == State::served) drop(c);
-    }
-  }
+  poll_for(ep, events, 500, [&](uint32_t slot) {
+    if (conns[slot].state == State::served) drop(conns[slot]);
+  });
   int open_after = 0;
   for (auto& c : conns) open_after += c.state == State::served;
-  const long rss_served = rss_sum(pids);
+  const long rss_served = rss();
 
   std::printf(
       "attempted=%d opened=%d connect_failed=%d closed_while_held=%d held=%d backend_conns=%ld served=%d "
@@ -356,7 +280,7 @@ int main(int argc, char** argv) {
       "open_seconds=%.2f serve_seconds=%.2f nofile=%llu\n",
       count, opened, connect_failed, closed_held, held_before_requests, backend_conns, served, serve_failed,
       open_after, rss_idle, rss_held, rss_served, proxy_fds, open_seconds, serve_seconds,
-      static_cast<unsigned long long>(rl.rlim_cur));
+      static_cast<unsigned long long>(nofile));
   std::fflush(stdout);
 
   for (auto& c : conns)
