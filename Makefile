@@ -136,14 +136,17 @@ $(WIN_BUILD)/harmony-tests-iocp.exe: $(WIN_BUILD)/tests/unit-iocp.o $(WIN_TEST_O
 
 windows: harmonyd.exe $(WIN_EXAMPLES) $(WIN_BUILD)/harmony-tests-iocp.exe
 
-# The daemon tests as a native program (it compiles the library itself) that
+# The daemon tests as a native program (with the library compiled on its own) that
 # drives harmonyd.exe under Wine: Linux-side clients and backends, the Windows
 # daemon in between. The wrapper execs into Wine, so the PID the tests signal
 # is the Windows process; Windows has no SIGTERM (Wine ends a program outright
 # on it), so the polite stop there is SIGINT, which arrives as Ctrl-C.
-$(WIN_BUILD)/daemon-tests: tests/daemon.cpp tests/main.cpp $(HEADER) $(TEST_HDR) | doctest
+$(WIN_BUILD)/native/harmony.o: $(HEADER)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS_ALL) -DHARMONY_IMPLEMENTATION tests/daemon.cpp tests/main.cpp -o $@ $(LDLIBS)
+	$(CXX) $(CXXFLAGS_ALL) -DHARMONY_IMPLEMENTATION -x c++ -c $< -o $@
+
+$(WIN_BUILD)/daemon-tests: $(WIN_BUILD)/native/harmony.o $(BUILD)/tests/daemon.o $(BUILD)/tests/main.o
+	$(CXX) $(CXXFLAGS_ALL) $^ -o $@ $(LDLIBS)
 
 $(WIN_BUILD)/harmonyd-wine: tests/wine-run | windows-tools
 	@printf '#!/bin/sh\n# harmonyd.exe under Wine as one process (made by make test-windows)\nWINE_RUN_EXEC=1 exec "%s/tests/wine-run" "%s/harmonyd.exe" "$$@"\n' "$(CURDIR)" "$(CURDIR)" >$@

@@ -336,6 +336,7 @@ class client {
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 
 #if defined(_WIN32)
 // Only the implementation unit (every unit, in header-only mode) sees <windows.h>;
@@ -385,6 +386,9 @@ class client {
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
+#endif
+#if defined(__GLIBC__)
+#include <malloc.h>
 #endif
 #if defined(HARMONY_USE_EPOLL)
 #include <sys/epoll.h>
@@ -2336,9 +2340,16 @@ class buffer_pool {
   }
   void give(char* b, bool large) {
     size_class& c = classes_[large];
-    if (c.free.size() < c.keep) c.free.push_back(b);
-    else delete[] b;
+    if (c.free.size() < c.keep) return c.free.push_back(b);
+    delete[] b;
+    released_ += c.size;
+    if (released_ >= trim_after && on_surplus) on_surplus();
   }
+  // Bytes of buffers freed beyond the spares since the last call. After a burst
+  // they sit in the allocator's heap as holes it may not return by itself.
+  std::size_t take_released() noexcept { return std::exchange(released_, 0); }
+  static constexpr std::size_t trim_after = 1u << 20;
+  std::function<void()> on_surplus;  // called once a burst freed trim_after bytes
   std::size_t size(bool large) const noexcept { return classes_[large].size; }
 
  private:
@@ -2349,6 +2360,7 @@ class buffer_pool {
     std::vector<char*> free;
   };
   size_class classes_[2];
+  std::size_t released_ = 0;
 };
 
 }  // namespace detail
@@ -2684,6 +2696,17 @@ class worker {
     listener_.owner = this;
     accept_retry_.fire = [this] { accept_all(); };
 #endif
+    // Give the memory of a finished burst back to the system, a moment later
+    // and at most four times a second, so that a quiet balancer shrinks again.
+    trim_.fire = [this] {
+      pool_.take_released();
+#if defined(__GLIBC__)
+      ::malloc_trim(0);
+#endif
+    };
+    pool_.on_surplus = [this] {
+      if (!trim_.armed()) loop_.schedule(trim_, loop_.now() + 250);
+    };
   }
   ~worker();
   worker(const worker&) = delete;
@@ -2745,6 +2768,7 @@ class worker {
   listener_handler listener_;
 #endif
   timer accept_retry_;
+  timer trim_;
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
   session* queue_head_ = nullptr;

@@ -13,13 +13,10 @@
 //
 // Build: g++ -O2 -std=c++17 -o httpd httpd.cpp
 
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,6 +26,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "loadgen.hpp"
 
 namespace {
 
@@ -176,13 +175,8 @@ int main(int argc, char** argv) {
   const int port = std::atoi(argv[1]);
   const char* host = argc > 2 ? argv[2] : "127.0.0.1";
 
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-  getrlimit(RLIMIT_NOFILE, &rl);
-  g_conns.resize(rl.rlim_cur > 1000000 ? 1000000 : rl.rlim_cur);
+  const rlim_t nofile = loadgen::raise_nofile();
+  g_conns.resize(nofile > 1000000 ? 1000000 : nofile);
 
   struct sigaction sa{};
   sa.sa_handler = on_stop;  // no SA_RESTART: epoll_wait returns EINTR
@@ -196,13 +190,8 @@ int main(int argc, char** argv) {
   if (lfd < 0) { std::perror("socket"); return 1; }
   int one = 1;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-    std::fprintf(stderr, "bad host %s\n", host);
-    return 2;
-  }
+  sockaddr_in addr;
+  if (!loadgen::ipv4_address(host, port, addr)) return 2;
   if (bind(lfd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) { std::perror("bind"); return 1; }
   if (listen(lfd, 4096) < 0) { std::perror("listen"); return 1; }
 

@@ -46,7 +46,8 @@ const char usage_text[] =
     "  --queue-timeout DUR       longest wait in the concurrency queue (default 30s)\n"
     "  --queue-limit N           longest concurrency queue (default 10000)\n"
     "  --requeue N               extra attempts after a backend fails (default 1)\n"
-    "  --unavailable TEXT        written to a client nobody can serve (default none)\n"
+    "  --unavailable TEXT        written to a client nobody can serve (default none;\n"
+    "                            \\r \\n \\t \\\\ are escapes)\n"
     "  --host-timeout DUR        a backend silent this long gets no traffic (default 1m)\n"
     "  --connect-timeout DUR     backend connect timeout (default 5s)\n"
     "  --idle-timeout DUR        close proxied connections idle this long (default 10m)\n"
@@ -256,6 +257,26 @@ void stopped() {
 #endif
 }
 
+// Lets a shell user write the unavailable text with \r, \n, \t and \\.
+std::string unescape(const std::string& text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '\\' || i + 1 == text.size()) {
+      out += text[i];
+      continue;
+    }
+    char c = text[++i];
+    switch (c) {
+      case 'r': out += '\r'; break;
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case '\\': out += '\\'; break;
+      default: out += '\\'; out += c;  // not an escape: kept as written
+    }
+  }
+  return out;
+}
+
 void check_address(const std::string& flag, const std::string& text) {
   harmony::endpoint ep;
   if (harmony::parse_endpoint(text, ep)) usage_error("option " + flag + ": '" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
@@ -298,7 +319,7 @@ int run_balancer(int argc, char** argv) {
     } else if (f == "--requeue") {
       options.requeue = parse_int(f, args.value(), 0, 1000);
     } else if (f == "--unavailable") {
-      options.unavailable = args.value();
+      options.unavailable = unescape(args.value());
     } else if (f == "--host-timeout") {
       options.host_timeout = parse_dur(f, args.value());
     } else if (f == "--connect-timeout") {

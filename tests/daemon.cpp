@@ -185,7 +185,7 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
 TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTERM") {
   backend b(named("b"));
   std::string listen = free_address(), admin = free_address();
-  process d({"--listen", listen, "--admin", admin, "--unavailable", "none\n", "--requeue", "0", "--concurrency",
+  process d({"--listen", listen, "--admin", admin, "--unavailable", "none\\n", "--requeue", "0", "--concurrency",
              "5", "--queue-timeout", "2s", "--connect-timeout", "1s", "--idle-timeout", "1m", "--algorithm",
              "roundrobin", "--persistent", "--log-level", "error"});
   REQUIRE(eventually([&] { return listening(admin); }));
