@@ -36,7 +36,7 @@ const char usage_text[] =
     "\n"
     "Balancer options (durations: 500ms, 30s, 1m, 2h):\n"
     "  --listen HOST:PORT        where clients connect (default 127.0.0.1:3000)\n"
-    "  --admin HOST:PORT         where backends register (default 127.0.0.1:1666)\n"
+    "  --admin HOST:PORT|none    where backends register (default 127.0.0.1:1666)\n"
     "  --backend HOST:PORT[,weight=N]\n"
     "                            a static backend (repeatable; weight default 500)\n"
     "  --algorithm NAME          leastconn (default) or roundrobin\n"
@@ -300,7 +300,8 @@ int run_balancer(int argc, char** argv) {
       check_address(f, options.listen);
     } else if (f == "--admin") {
       options.admin = args.value();
-      check_address(f, options.admin);
+      if (options.admin == "none") options.admin.clear();  // static backends only
+      else check_address(f, options.admin);
     } else if (f == "--backend") {
       backends.push_back(parse_backend(args.value()));
     } else if (f == "--algorithm") {

@@ -150,7 +150,7 @@ TEST_CASE("harmonyd: static backends split 2:1 byte for byte, IPv6 too, and SIGT
   backend six(echo, "::1");
   harmony::endpoint v6;
   { sock probe = listen_on("::1", v6); }
-  process d6({"--listen", v6.to_string(), "--admin", free_address(), "--backend", six.address()});
+  process d6({"--listen", v6.to_string(), "--admin", "none", "--backend", six.address()});
   REQUIRE(eventually([&] { return listening(v6.to_string()); }));
   CHECK(exchange(v6.to_string(), "six") == "six");
   d6.signal(SIGINT);
