@@ -156,9 +156,13 @@ $(WIN_BUILD)/harmonyd-wine: tests/wine-run | windows-tools
 # (tests/wine-run keeps its prefix in ~/.cache/harmony-wine) and the daemon
 # tests against harmonyd.exe under Wine. The last line of output is tests/run's
 # "N passed, N failed".
-test-windows: windows $(WIN_BUILD)/daemon-tests $(WIN_BUILD)/harmonyd-wine compile-checks-windows
-	@HARMONYD=$(WIN_BUILD)/harmonyd-wine HARMONYD_STOP_SIGNAL=INT \
-	  tests/run $(WIN_BUILD)/harmony-tests-iocp.exe $(WIN_BUILD)/daemon-tests
+# One wineserver serves the whole run and is ended with it (see tests/wine-run).
+test-windows: windows $(WIN_BUILD)/daemon-tests $(WIN_BUILD)/harmonyd-wine
+	@tests/wine-run --start; trap 'tests/wine-run --stop' EXIT; status=0; \
+	  $(MAKE) --no-print-directory compile-checks-windows || status=1; \
+	  HARMONYD=$(WIN_BUILD)/harmonyd-wine HARMONYD_STOP_SIGNAL=INT \
+	    tests/run $(WIN_BUILD)/harmony-tests-iocp.exe $(WIN_BUILD)/daemon-tests || status=1; \
+	  exit $$status
 
 # The compile checks for the MinGW build: the implementation after a plain
 # <windows.h>; the implementation in one unit and the public half in another,
