@@ -47,7 +47,7 @@ TEST_CASE("legacy registration is answered byte for byte, all at once and byte b
   CHECK(list[0].weight == 1000);
   CHECK(list[0].address.to_string() == b.address());
   CHECK(list[0].state == "up");
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
 }
 
 TEST_CASE("legacy ack cycle, unknown ids, BYE and empty tokens") {
@@ -97,13 +97,13 @@ TEST_CASE("a backend that stops acking expires after the host timeout and return
   running_server s(o);
   std::string id = legacy_register(admin_of(s), 500, b.at().port);
   REQUIRE(is_id(id));
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
   std::this_thread::sleep_for(600ms);
   CHECK(s.srv.backends().at(0).state == "expired");
-  CHECK(exchange(s.address(), "x") == "unavailable\n");
+  CHECK(round_trip(s.address(), "x") == "unavailable\n");
   legacy_ack(admin_of(s), id);
   CHECK(s.srv.backends().at(0).state == "up");
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
 }
 
 TEST_CASE("legacy registration without a port is not eligible") {
@@ -112,7 +112,7 @@ TEST_CASE("legacy registration without a port is not eligible") {
   running_server s(o);
   CHECK(admin_exchange(admin_of(s), {"NID::"}, 37).substr(0, 4) == "NID:");
   CHECK(s.srv.backends().at(0).state == "no-port");
-  CHECK(exchange(s.address(), "x") == "none\n");
+  CHECK(round_trip(s.address(), "x") == "none\n");
 }
 
 TEST_CASE("malformed admin input gets an error or a close, and the balancer carries on") {
@@ -136,7 +136,7 @@ TEST_CASE("malformed admin input gets an error or a close, and the balancer carr
   // Binary noise.
   admin_exchange(admin_of(s), {random_bytes(20000, 5)}, 1);
   // After all that the balancer still serves.
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
   admin_session op(admin_of(s));
   std::string list = op.call("list");
   // The NID before the unknown command registered a backend (without a port).
@@ -156,7 +156,7 @@ TEST_CASE("the native dialect registers an agent whose connection is its livenes
   std::string id = reply.substr(6, 32);
   CHECK(is_id(id));
   CHECK(agent.call("ping") == "pong\n");
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
   CHECK(s.srv.backends().at(0).weight == 700);
   CHECK(agent.call("weight 900") == "ok weight=900\n");
   CHECK(s.srv.backends().at(0).weight == 900);
@@ -167,12 +167,12 @@ TEST_CASE("the native dialect registers an agent whose connection is its livenes
     admin_session gone = std::move(agent);
   }
   CHECK(eventually([&] { return s.srv.backends().at(0).state == "offline"; }, 2000ms));
-  CHECK(exchange(s.address(), "x") == "none\n");
+  CHECK(round_trip(s.address(), "x") == "none\n");
   // It comes back under the same id.
   admin_session again(admin_of(s));
   CHECK(again.call("register id=" + id + " port=" + std::to_string(b.at().port)) == "ok id=" + id + "\n");
   CHECK(s.srv.backends().at(0).state == "up");
-  CHECK(name_of(exchange(s.address(), "x")) == "b");
+  CHECK(name_of(round_trip(s.address(), "x")) == "b");
   CHECK(again.call("close") == "ok closed id=" + id + "\n");
   CHECK(s.srv.backends().empty());
 }

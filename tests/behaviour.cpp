@@ -18,20 +18,20 @@ TEST_CASE("persistence keeps each client address on its backend, and re-places i
   std::map<int, std::string> home;
   std::set<std::string> used;
   for (int x = 2; x <= 10; ++x) {
-    home[x] = name_of(exchange(s.address(), "hi", from(x).c_str()));
+    home[x] = name_of(round_trip(s.address(), "hi", from(x).c_str()));
     used.insert(home[x]);
-    for (int i = 0; i < 4; ++i) CHECK(name_of(exchange(s.address(), "again", from(x).c_str())) == home[x]);
+    for (int i = 0; i < 4; ++i) CHECK(name_of(round_trip(s.address(), "again", from(x).c_str())) == home[x]);
   }
   CHECK(used.size() == 3);  // different clients still spread
   std::string leaving = home[2];
   REQUIRE_FALSE(s.srv.remove_backend(ids[leaving]));
-  std::string moved = name_of(exchange(s.address(), "hi", from(2).c_str()));
+  std::string moved = name_of(round_trip(s.address(), "hi", from(2).c_str()));
   CHECK(moved != leaving);
   CHECK((moved == "a" || moved == "b" || moved == "c"));
-  for (int i = 0; i < 3; ++i) CHECK(name_of(exchange(s.address(), "again", from(2).c_str())) == moved);
+  for (int i = 0; i < 3; ++i) CHECK(name_of(round_trip(s.address(), "again", from(2).c_str())) == moved);
   // A drained backend is not eligible either: its clients move too.
   REQUIRE_FALSE(s.srv.drain(ids[moved]));
-  std::string third = name_of(exchange(s.address(), "hi", from(2).c_str()));
+  std::string third = name_of(round_trip(s.address(), "hi", from(2).c_str()));
   CHECK(third != moved);
   CHECK(third != leaving);
 }
@@ -44,7 +44,7 @@ TEST_CASE("without persistence one client address spreads over the backends") {
   s.add(a);
   s.add(b);
   std::set<std::string> seen;
-  for (int i = 0; i < 4; ++i) seen.insert(name_of(exchange(s.address(), "x", from(2).c_str())));
+  for (int i = 0; i < 4; ++i) seen.insert(name_of(round_trip(s.address(), "x", from(2).c_str())));
   CHECK(seen.size() == 2);
 }
 
@@ -90,7 +90,7 @@ TEST_CASE("concurrency 0 pauses: connections are accepted and wait until resumed
   running_server s(o);
   s.add(b);
   std::string reply;
-  std::thread client([&] { reply = exchange(s.address(), "paused"); });
+  std::thread client([&] { reply = round_trip(s.address(), "paused"); });
   CHECK(eventually([&] { return s.srv.stats().queued == 1; }));
   std::this_thread::sleep_for(200ms);
   CHECK(b.accepted() == 0);
@@ -119,7 +119,7 @@ TEST_CASE("the wait queue has a timeout and a length limit, each reported as una
   sock queued = connect_to(s.address());
   REQUIRE(eventually([&] { return s.srv.stats().queued == 1; }));
   // The queue is full: the next client is refused at once.
-  CHECK(exchange(s.address(), "x") == "busy: wait queue is full\n");
+  CHECK(round_trip(s.address(), "x") == "busy: wait queue is full\n");
   auto start = std::chrono::steady_clock::now();
   CHECK(queued.read_all() == "busy: timed out in the wait queue\n");
   CHECK(std::chrono::steady_clock::now() - start >= 200ms);
@@ -141,10 +141,10 @@ TEST_CASE("unavailable: the callback learns why and speaks to the client") {
   };
   running_server s(o);
   // No backend at all.
-  CHECK(exchange(s.address(), "x", "127.0.0.3") == "sorry\n");
+  CHECK(round_trip(s.address(), "x", "127.0.0.3") == "sorry\n");
   // A backend that refuses, with no requeue left.
   REQUIRE_FALSE(s.srv.add_backend("127.0.0.1:" + std::to_string(dead_port()), 500));
-  CHECK(exchange(s.address(), "x") == "sorry\n");
+  CHECK(round_trip(s.address(), "x") == "sorry\n");
   std::lock_guard<std::mutex> lock(m);
   REQUIRE(seen.size() == 2);
   CHECK(seen[0].first == harmony::errc::no_backend);
@@ -179,12 +179,12 @@ TEST_CASE("requeue: failed attempts move on to other backends, up to N more") {
   REQUIRE_FALSE(s.srv.add_backend(resetter.address(), 1000, &dead2));
   std::string good_id = s.add(good, 1);
   // Heaviest first: both broken backends are tried before the good one.
-  CHECK(exchange(s.address(), "payload") == "good:7");
+  CHECK(round_trip(s.address(), "payload") == "good:7");
   CHECK(failures == 2);
   // With requeue 1 there is one attempt too few.
   REQUIRE_FALSE(s.srv.remove_backend(good_id));
   failures = 0;
-  CHECK(exchange(s.address(), "payload") == "none\n");
+  CHECK(round_trip(s.address(), "payload") == "none\n");
   CHECK(failures == 2);
 }
 
@@ -258,13 +258,13 @@ TEST_CASE("agent: reconnects and registers again after the balancer restarts") {
   {
     running_server s(o);
     REQUIRE(eventually([&] { return agent.registered(); }));
-    CHECK(name_of(exchange(s.address(), "x")) == "b");
+    CHECK(name_of(round_trip(s.address(), "x")) == "b");
   }
   CHECK(eventually([&] { return !agent.registered(); }));
   running_server again(o);
   REQUIRE(eventually([&] { return agent.registered(); }, 5000ms));
   CHECK(again.srv.backends().size() == 1);
-  CHECK(name_of(exchange(again.address(), "x")) == "b");
+  CHECK(name_of(round_trip(again.address(), "x")) == "b");
 }
 
 TEST_CASE("agent: keeps its id when its connection drops but the balancer remembers it") {

@@ -140,7 +140,7 @@ TEST_CASE("harmonyd: static backends split 2:1 byte for byte, IPv6 too, and SIGT
   // The admin port opens after the listen port; probing the listen port would be proxied.
   REQUIRE(eventually([&] { return listening(admin); }));
   std::string data = random_bytes(200000, 9);
-  for (int i = 0; i < 30; ++i) CHECK(exchange(listen, data) == data);
+  for (int i = 0; i < 30; ++i) CHECK(round_trip(listen, data) == data);
   CHECK(heavy.accepted() == 20);
   CHECK(light.accepted() == 10);
   d.signal(polite_stop());
@@ -152,7 +152,7 @@ TEST_CASE("harmonyd: static backends split 2:1 byte for byte, IPv6 too, and SIGT
   { sock probe = listen_on("::1", v6); }
   process d6({"--listen", v6.to_string(), "--admin", "none", "--backend", six.address()});
   REQUIRE(eventually([&] { return listening(v6.to_string()); }));
-  CHECK(exchange(v6.to_string(), "six") == "six");
+  CHECK(round_trip(v6.to_string(), "six") == "six");
   d6.signal(SIGINT);
   CHECK(d6.wait() == 0);
 }
@@ -177,9 +177,9 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
   CHECK(count["two"] == 6);
   // No more acks: after the host timeout nobody is eligible.
   std::this_thread::sleep_for(1300ms);
-  CHECK(exchange(listen, "x") == "no backend\n");
+  CHECK(round_trip(listen, "x") == "no backend\n");
   legacy_ack(admin, id2);
-  CHECK(name_of(exchange(listen, "x")) == "two");
+  CHECK(name_of(round_trip(listen, "x")) == "two");
 }
 
 TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTERM") {
@@ -191,7 +191,7 @@ TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTER
   REQUIRE(eventually([&] { return listening(admin); }));
   process agent({"agent", "--balancer", admin, "--port", std::to_string(b.at().port), "--weight", "700", "--ack",
                  "1s", "--log-level", "warn"});
-  REQUIRE(eventually([&] { return name_of(exchange(listen, "x")) == "b"; }));
+  REQUIRE(eventually([&] { return name_of(round_trip(listen, "x")) == "b"; }));
   admin_session op(admin);
   std::string list = op.call("list");
   CHECK(list.find("weight=700") != std::string::npos);
@@ -199,5 +199,5 @@ TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTER
   agent.signal(polite_stop());
   CHECK(agent.wait() == 0);
   CHECK(op.call("list").find("ok backends=0") != std::string::npos);
-  CHECK(exchange(listen, "x") == "none\n");
+  CHECK(round_trip(listen, "x") == "none\n");
 }

@@ -244,7 +244,7 @@ TEST_CASE("a refused backend connect is reported and the next backend serves") {
   REQUIRE_FALSE(s.srv.add_backend("127.0.0.1:" + std::to_string(dead_port()), 1000, &dead));
   s.add(good, 10);
   // The dead backend has the larger weight, so it is tried first each time.
-  for (int i = 0; i < 3; ++i) CHECK(name_of(exchange(s.address(), "x")) == "good");
+  for (int i = 0; i < 3; ++i) CHECK(name_of(round_trip(s.address(), "x")) == "good");
   std::lock_guard<std::mutex> lock(m);
   REQUIRE(errors.size() >= 1);
   CHECK(errors.front() == std::errc::connection_refused);
@@ -261,7 +261,7 @@ TEST_CASE("without a working backend the client gets the unavailable text, not a
   };
   running_server s(o);
   REQUIRE_FALSE(s.srv.add_backend("127.0.0.1:" + std::to_string(dead_port()), 500));
-  CHECK(exchange(s.address(), "GET / HTTP/1.0\r\n\r\n") == o.unavailable);
+  CHECK(round_trip(s.address(), "GET / HTTP/1.0\r\n\r\n") == o.unavailable);
   CHECK(refused == 1);
   CHECK(s.srv.stats().unavailable == 1);
 }
@@ -292,7 +292,7 @@ TEST_CASE("a backend connect that hangs times out through the error path") {
   running_server s(o);
   REQUIRE_FALSE(s.srv.add_backend(at.to_string(), 500));
   auto start = std::chrono::steady_clock::now();
-  CHECK(exchange(s.address(), "x") == "busy");
+  CHECK(round_trip(s.address(), "x") == "busy");
   auto took = std::chrono::steady_clock::now() - start;
   CHECK(timeouts == 1);
   CHECK(took >= 250ms);
@@ -312,7 +312,7 @@ TEST_CASE("several workers share the listen port and relay byte for byte") {
   for (int i = 0; i < clients; ++i)
     threads.emplace_back([&, i] {
       std::string data = random_bytes(100000 + 1000 * static_cast<std::size_t>(i), static_cast<unsigned>(i + 100));
-      if (exchange(s.address(), data) == data) ++exact;
+      if (round_trip(s.address(), data) == data) ++exact;
     });
   for (auto& t : threads) t.join();
   CHECK(exact == clients);
@@ -371,7 +371,7 @@ TEST_CASE("IPv6 clients and backends work") {
   running_server s(o);
   s.add(b);
   CHECK(s.address().rfind("[::1]:", 0) == 0);
-  CHECK(exchange(s.address(), "over six") == "over six");
+  CHECK(round_trip(s.address(), "over six") == "over six");
 }
 
 TEST_CASE("a reset from the backend reaches the client as a reset") {
@@ -399,12 +399,12 @@ TEST_CASE("several balancers live in one process and stop cleanly") {
     s1.add(b);
     s2.add(b);
     std::string first = s1.address();
-    CHECK(name_of(exchange(first, "1")) == "b");
-    CHECK(name_of(exchange(s2.address(), "2")) == "b");
+    CHECK(name_of(round_trip(first, "1")) == "b");
+    CHECK(name_of(round_trip(s2.address(), "2")) == "b");
     s1.srv.stop();
     s1.srv.stop();
     CHECK(s1.srv.listen_endpoint().port == 0);
-    CHECK(name_of(exchange(s2.address(), "3")) == "b");
+    CHECK(name_of(round_trip(s2.address(), "3")) == "b");
     CHECK_FALSE(connect_to(first));
   }
 }
@@ -439,7 +439,7 @@ TEST_CASE("several workers share the listen port and one backend table") {
     clients.emplace_back([&, t] {
       for (int i = 0; i < 25; ++i) {
         std::string data = random_bytes(5000 + static_cast<std::size_t>(i), static_cast<unsigned>(t * 100 + i));
-        if (exchange(s.address(), data) == data) ++exact;
+        if (round_trip(s.address(), data) == data) ++exact;
       }
     });
   for (auto& c : clients) c.join();

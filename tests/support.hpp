@@ -297,7 +297,7 @@ class backend {
   }
   ~backend() { stop(); }
   void stop() {
-    if (stopped_.exchange(true)) return;
+    if (stopped_.round_trip(true)) return;
 #if defined(_WIN32)
     // shutdown() does not wake a blocked accept() there: a connection does.
     connect_to(at_);
@@ -370,7 +370,7 @@ inline backend::handler named(std::string name) {
 }
 
 // Sends a request through the balancer and returns the reply (to EOF).
-inline std::string exchange(const std::string& address, const std::string& request, const char* source = nullptr) {
+inline std::string round_trip(const std::string& address, const std::string& request, const char* source = nullptr) {
   sock s = connect_to(address, source);
   if (!s) return "<connect failed>";
   s.send_all(request);
@@ -383,7 +383,7 @@ inline std::string name_of(const std::string& reply) { return reply.substr(0, re
 // Sends n sequential short requests through `address`: how many each backend answered.
 inline std::map<std::string, int> tally(const std::string& address, int n) {
   std::map<std::string, int> count;
-  for (int i = 0; i < n; ++i) ++count[name_of(exchange(address, "x"))];
+  for (int i = 0; i < n; ++i) ++count[name_of(round_trip(address, "x"))];
   return count;
 }
 
