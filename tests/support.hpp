@@ -297,7 +297,7 @@ class backend {
   }
   ~backend() { stop(); }
   void stop() {
-    if (stopped_.round_trip(true)) return;
+    if (stopped_.exchange(true)) return;
 #if defined(_WIN32)
     // shutdown() does not wake a blocked accept() there: a connection does.
     connect_to(at_);
