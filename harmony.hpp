@@ -2742,10 +2742,11 @@ class worker {
   } stats;
 
  private:
+  // Takes an accepted client connection into this loop.
+  void adopt(socket_handle fd, const address& peer);
 #if defined(HARMONY_USE_IOCP)
   // Windows has no SO_REUSEPORT: the first worker accepts for all of them.
   void deal(socket_handle fd, const address& peer);
-  void adopt(socket_handle fd, const address& peer);
   std::size_t next_worker_ = 0;
 #else
   struct listener_handler final : io_handler {
@@ -3291,13 +3292,6 @@ inline void worker::deal(socket_handle fd, const address& peer) {
   target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
 }
 
-inline void worker::adopt(socket_handle fd, const address& peer) {
-  stats.accepted.fetch_add(1, std::memory_order_relaxed);
-  stats.active.fetch_add(1, std::memory_order_relaxed);
-  session* s = make_session();
-  s->open(fd, peer);
-  s->admit();
-}
 #else
 inline void worker::accept_all() {
   for (;;) {
@@ -3317,14 +3311,18 @@ inline void worker::accept_all() {
       loop_.schedule(accept_retry_, loop_.now() + 100);
       return;
     }
-    stats.accepted.fetch_add(1, std::memory_order_relaxed);
-    stats.active.fetch_add(1, std::memory_order_relaxed);
-    session* s = make_session();
-    s->open(fd, peer);
-    s->admit();
+    adopt(fd, peer);
   }
 }
 #endif
+
+inline void worker::adopt(socket_handle fd, const address& peer) {
+  stats.accepted.fetch_add(1, std::memory_order_relaxed);
+  stats.active.fetch_add(1, std::memory_order_relaxed);
+  session* s = make_session();
+  s->open(fd, peer);
+  s->admit();
+}
 
 inline void worker::enqueue(session* s) {
   s->queue_next = nullptr;
@@ -3465,9 +3463,8 @@ class admin_server {
   }
 
  private:
-#if defined(HARMONY_USE_IOCP)
   void adopt(socket_handle fd, const address& peer);
-#else
+#if !defined(HARMONY_USE_IOCP)
   struct listener_handler final : io_handler {
     admin_server* owner = nullptr;
     socket_handle fd = invalid_socket;
@@ -3491,7 +3488,6 @@ class admin_server {
 }  // namespace detail
 namespace detail {
 
-#if defined(HARMONY_USE_IOCP)
 inline void admin_server::adopt(socket_handle fd, const address& peer) {
   if (connections_.size() >= srv_.options.max_admin_connections) {
     srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
@@ -3504,7 +3500,8 @@ inline void admin_server::adopt(socket_handle fd, const address& peer) {
   connections_.emplace(raw, std::move(c));
   raw->start(fd, peer);
 }
-#else
+
+#if !defined(HARMONY_USE_IOCP)
 inline void admin_server::accept_all() {
   for (;;) {
     address peer;
@@ -3515,16 +3512,7 @@ inline void admin_server::accept_all() {
       if (!would_block(e)) srv_.log(log_level::error, "admin accept failed: %s", system_error_code(e).message().c_str());
       return;
     }
-    if (connections_.size() >= srv_.options.max_admin_connections) {
-      srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
-               peer.to_endpoint().to_string().c_str(), connections_.size());
-      close_socket(fd);
-      continue;
-    }
-    auto c = std::make_unique<admin_connection>(*this, loop_);
-    admin_connection* raw = c.get();
-    connections_.emplace(raw, std::move(c));
-    raw->start(fd, peer);
+    adopt(fd, peer);
   }
 }
 #endif
