@@ -671,6 +671,14 @@ inline std::error_code local_address(socket_handle s, address& out) {
   return {};
 }
 
+// The outcome of a connect, once the socket reports ready.
+inline std::error_code pending_socket_error(socket_handle s) noexcept {
+  int e = 0;
+  socklen_t len = sizeof e;  // MinGW's ws2tcpip.h defines socklen_t too
+  if (::getsockopt(s, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&e), &len) != 0) e = last_socket_error();
+  return e ? system_error_code(e) : std::error_code{};
+}
+
 #if defined(_WIN32)
 // ConnectEx wants a bound socket; the reactor starts the connect itself once the
 // socket belongs to its completion port (reactor::connect), so `done` stays false.
@@ -690,13 +698,6 @@ inline std::error_code begin_connect(const address& to, socket_handle& out, bool
   out = s;
   return {};
 }
-
-inline std::error_code pending_socket_error(socket_handle s) noexcept {
-  int e = 0;
-  int len = sizeof e;
-  if (::getsockopt(s, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&e), &len) != 0) e = last_socket_error();
-  return e ? system_error_code(e) : std::error_code{};
-}
 #else
 // Starts a non-blocking connect; `done` tells whether it completed at once.
 inline std::error_code begin_connect(const address& to, socket_handle& out, bool& done) {
@@ -715,12 +716,6 @@ inline std::error_code begin_connect(const address& to, socket_handle& out, bool
   return {};
 }
 
-inline std::error_code pending_socket_error(socket_handle s) noexcept {
-  int e = 0;
-  socklen_t len = sizeof e;
-  if (::getsockopt(s, SOL_SOCKET, SO_ERROR, &e, &len) != 0) e = last_socket_error();
-  return e ? system_error_code(e) : std::error_code{};
-}
 
 inline socket_handle accept_one(socket_handle listener, address& peer) noexcept {
   peer.length = sizeof peer.storage;
