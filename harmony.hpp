@@ -800,6 +800,14 @@ inline std::string random_id() {
   return id;
 }
 
+// Backend ids are 32 uppercase hex digits, as random_id makes them.
+inline bool is_backend_id(std::string_view id) noexcept {
+  if (id.size() != 32) return false;
+  for (char c : id)
+    if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'F'))) return false;
+  return true;
+}
+
 // >>util
 struct logger {
   log_function fn;
@@ -1307,10 +1315,14 @@ class registry {
 
   // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
   // (registered agents); static backends added through the API never expire.
+  // `wanted_id`: an id the backend already had (an agent rejoining a balancer
+  // that restarted), kept when no other backend has it.
   std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
-                      std::int64_t now) {
+                      std::int64_t now, std::string_view wanted_id = {}) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
+    if (!wanted_id.empty() && (!is_backend_id(wanted_id) || by_id_.count(std::string(wanted_id))))
+      wanted_id = {};
     std::uint32_t slot;
     if (!free_slots_.empty()) {
       slot = free_slots_.back();
@@ -1324,8 +1336,9 @@ class registry {
     r = record{};
     r.generation = generation;
     r.used = true;
-    do r.id = random_id();
-    while (by_id_.count(r.id));
+    if (!wanted_id.empty()) r.id.assign(wanted_id.data(), wanted_id.size());
+    else do r.id = random_id();
+      while (by_id_.count(r.id));
     r.at = at;
     if (resolved) {
       r.to = *resolved;
@@ -3842,7 +3855,9 @@ inline void admin_connection::command_register(const command_line& c) {
     srv.backends.set_online(id, true, now);
     srv.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
   } else {
-    if (auto e = srv.backends.add(at, &to, weight, true, &id, now)) {
+    // A balancer that restarted does not know the agent: it rejoins under its old id.
+    std::string wanted = id;
+    if (auto e = srv.backends.add(at, &to, weight, true, &id, now, wanted)) {
       reply_error("refused", e.message());
       return;
     }

@@ -175,6 +175,12 @@ TEST_CASE("the native dialect registers an agent whose connection is its livenes
   CHECK(name_of(round_trip(s.address(), "x")) == "b");
   CHECK(again.call("close") == "ok closed id=" + id + "\n");
   CHECK(s.srv.backends().empty());
+  // An unknown but well-formed id is kept (a balancer that restarted); a malformed one is replaced.
+  admin_session third(admin_of(s));
+  CHECK(third.call("register id=" + id + " port=" + std::to_string(b.at().port)) == "ok id=" + id + "\n");
+  std::string other = third.call("register id=not-an-id port=" + std::to_string(b.at().port));
+  CHECK(other.rfind("ok id=", 0) == 0);
+  CHECK(other.find("not-an-id") == std::string::npos);
 }
 
 TEST_CASE("a native agent that goes silent is taken offline after three heartbeats") {

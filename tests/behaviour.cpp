@@ -254,16 +254,20 @@ TEST_CASE("agent: reconnects and registers again after the balancer restarts") {
   co.reconnect_max = std::chrono::milliseconds(200);
   harmony::client agent(co);
   REQUIRE_FALSE(agent.start());
-  std::string address;
+  std::string first_id;
   {
     running_server s(o);
     REQUIRE(eventually([&] { return agent.registered(); }));
     CHECK(name_of(round_trip(s.address(), "x")) == "b");
+    first_id = agent.id();
   }
   CHECK(eventually([&] { return !agent.registered(); }));
   running_server again(o);
   REQUIRE(eventually([&] { return agent.registered(); }, 5000ms));
-  CHECK(again.srv.backends().size() == 1);
+  REQUIRE(again.srv.backends().size() == 1);
+  // The new balancer knew nothing of it, yet the agent keeps its identity.
+  CHECK(agent.id() == first_id);
+  CHECK(again.srv.backends()[0].id == first_id);
   CHECK(name_of(round_trip(again.address(), "x")) == "b");
 }
 
