@@ -596,6 +596,17 @@ inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   return {};
 }
 
+// The last step of opening a listener on every platform; closes `s` on failure.
+inline std::error_code bind_and_listen(socket_handle s, const address& at, socket_handle& out) {
+  if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
+    int e = last_socket_error();
+    close_socket(s);
+    return system_error_code(e);
+  }
+  out = s;
+  return {};
+}
+
 #if defined(_WIN32)
 inline socket_handle open_stream_socket(int family) noexcept {
   if (!winsock_ready()) return invalid_socket;
@@ -619,13 +630,7 @@ inline std::error_code open_listener(const address& at, bool, socket_handle& out
   BOOL one = TRUE;
   if (at.family() == AF_INET6)
     ::setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, reinterpret_cast<const char*>(&one), sizeof one);
-  if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
-    int e = last_socket_error();
-    close_socket(s);
-    return system_error_code(e);
-  }
-  out = s;
-  return {};
+  return bind_and_listen(s, at, out);
 }
 #else
 inline socket_handle open_stream_socket(int family) noexcept {
@@ -654,13 +659,7 @@ inline std::error_code open_listener(const address& at, bool reuse_port, socket_
   if (at.family() == AF_INET6) ::setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
   // Linux passes TCP_NODELAY on to accepted sockets, saving a call per connection.
   set_nodelay(s);
-  if (::bind(s, at.get(), at.length) != 0 || ::listen(s, SOMAXCONN) != 0) {
-    int e = last_socket_error();
-    close_socket(s);
-    return system_error_code(e);
-  }
-  out = s;
-  return {};
+  return bind_and_listen(s, at, out);
 }
 
 #endif
