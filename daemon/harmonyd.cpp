@@ -52,6 +52,8 @@ const char usage_text[] =
     "  --connect-timeout DUR     backend connect timeout (default 5s)\n"
     "  --idle-timeout DUR        close proxied connections idle this long (default 10m)\n"
     "  --workers N               event-loop threads (default 1)\n"
+    "  --splice                  relay streaming connections inside the kernel (Linux\n"
+    "                            splice: less CPU per byte, see README; default off)\n"
     "  --log-level LEVEL         trace, debug, info (default), warn, error, off\n"
     "\n"
     "\n"
@@ -311,6 +313,8 @@ int run_balancer(int argc, char** argv) {
       options.persistent = true;
     } else if (f == "--no-persistent") {
       options.persistent = false;
+    } else if (f == "--splice") {
+      options.splice = true;
     } else if (f == "--concurrency") {
       options.concurrency = parse_int(f, args.value(), -1, 1000000000);
     } else if (f == "--queue-timeout") {
