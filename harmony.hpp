@@ -2774,6 +2774,8 @@ class session {
   void release_buffers();
   void took_in(const side& src, std::size_t n);
   void put_out(const side& dst, std::size_t n);
+  enum class next_step { wait, call_again, failed };
+  next_step after_call_error(side& s, bool& ready, int error);
 
   worker& worker_;
   side client_;
@@ -3190,6 +3192,18 @@ inline void session::put_out(const side& dst, std::size_t n) {
   last_activity_ = worker_.loop().now();
 }
 
+// A socket call in flow() failed: "would block" clears the readiness flag and
+// waits for the next event, EINTR calls again, anything else fails the connection.
+inline session::next_step session::after_call_error(side& s, bool& ready, int error) {
+  if (would_block(error)) {
+    ready = false;
+    return next_step::wait;
+  }
+  if (error == EINTR) return next_step::call_again;
+  fail(s, error);
+  return next_step::failed;
+}
+
 inline bool session::flow(direction& d, side& src, side& dst) {
   buffer_pool& pool = worker_.pool();
   for (;;) {
@@ -3198,14 +3212,11 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       if (!dst.writable) return true;
       ssize_t n = ::splice(d.pipe.read, nullptr, dst.fd, nullptr, d.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (n <= 0) {
-        int e = n == 0 ? EPIPE : errno;
-        if (would_block(e)) {
-          dst.writable = false;
-          return true;
+        switch (after_call_error(dst, dst.writable, n == 0 ? EPIPE : errno)) {
+          case next_step::wait: return true;
+          case next_step::call_again: continue;
+          case next_step::failed: return false;
         }
-        if (e == EINTR) continue;
-        fail(dst, e);
-        return false;
       }
       d.piped -= static_cast<std::uint32_t>(n);
       spliced_ += static_cast<std::uint64_t>(n);
@@ -3217,17 +3228,15 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       if (!dst.writable) return true;
       auto n = send_some(dst.fd, d.data + d.begin, d.end - d.begin);
       if (n < 0) {
-        int e = last_socket_error();
-        if (would_block(e)) {
-          dst.writable = false;
+        switch (after_call_error(dst, dst.writable, last_socket_error())) {
+          case next_step::wait:
 #if defined(HARMONY_USE_IOCP)
-          worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
+            worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
 #endif
-          return true;
+            return true;
+          case next_step::call_again: continue;
+          case next_step::failed: return false;
         }
-        if (e == EINTR) continue;
-        fail(dst, e);
-        return false;
       }
       d.begin += static_cast<std::uint32_t>(n);
       put_out(dst, static_cast<std::size_t>(n));
@@ -3283,13 +3292,11 @@ inline bool session::flow(direction& d, side& src, side& dst) {
         src.readable = false;
         continue;
       }
-      if (would_block(e)) {
-        src.readable = false;
-        return true;
+      switch (after_call_error(src, src.readable, e)) {
+        case next_step::wait: return true;
+        case next_step::call_again: continue;
+        case next_step::failed: return false;
       }
-      if (e == EINTR) continue;
-      fail(src, e);
-      return false;
     }
 #endif
     if (!d.data) d.large = d.bulk;
@@ -3320,14 +3327,11 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       src.readable = false;
       continue;
     }
-    int e = last_socket_error();
-    if (would_block(e)) {
-      src.readable = false;
-      return true;
+    switch (after_call_error(src, src.readable, last_socket_error())) {
+      case next_step::wait: return true;
+      case next_step::call_again: continue;
+      case next_step::failed: return false;
     }
-    if (e == EINTR) continue;
-    fail(src, e);
-    return false;
   }
 }
 
