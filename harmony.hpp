@@ -3311,9 +3311,11 @@ inline bool session::flow(direction& d, side& src, side& dst) {
       took_in(src, static_cast<std::size_t>(n));
       // With edge-triggered readiness a short read means "drained". If the peer's
       // FIN had already arrived, nothing can follow: that was the end of the stream.
-      if (static_cast<std::size_t>(n) < room) {
+      // A pending error (a reset behind the data) raises no further event, so the
+      // source stays readable until a read reports it.
+      if (static_cast<std::size_t>(n) < room && !src.failed) {
         src.readable = false;
-        if (src.peer_closed && !src.failed) d.eof = true;
+        if (src.peer_closed) d.eof = true;
       }
       continue;
     }

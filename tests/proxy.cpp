@@ -462,6 +462,23 @@ TEST_CASE("a client that resets in the middle of a stream is passed on, and the 
   check_splice_use(s.srv.stats(), o.splice);
 }
 
+TEST_CASE("clients that reset before they are served leave nothing behind") {
+  backend b(named("b"));
+  running_server s(quiet_options());
+  s.add(b);
+  for (int i = 0; i < 20; ++i) {
+    sock c = connect_to(s.address());
+    REQUIRE(c);
+    if (i % 2) c.send_all("a request that nobody will answer");  // data, then the reset
+    set_linger_zero(c.fd());
+  }
+  CHECK(eventually([&] { return s.srv.stats().accepted >= 20 && s.srv.stats().active == 0; }));
+  auto st = s.srv.stats();
+  INFO("accepted " << st.accepted << " active " << st.active);
+  CHECK(st.active == 0);
+  CHECK(name_of(round_trip(s.address(), "after")) == "b");
+}
+
 TEST_CASE("run() on a thread where SIGPIPE would end the process does not splice") {
   auto o = quiet_options();
   o.splice = true;
