@@ -2763,6 +2763,8 @@ class session {
 
  private:
   void connected();
+  bool read_ahead();
+  bool send_while_connecting();
   void attempt_failed(std::error_code why);
   void unavailable(std::error_code why);
   void pump();
@@ -3024,6 +3026,9 @@ inline void session::start_attempt() {
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
   current_ = pick.chosen;
   phase_ = phase::connecting;
+#if !defined(HARMONY_USE_IOCP)
+  if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
+#endif
   socket_handle s = invalid_socket;
   bool done = false;
   if (std::error_code e = begin_connect(pick.to, s, done)) return attempt_failed(e);
@@ -3032,9 +3037,54 @@ inline void session::start_attempt() {
   register_side(backend_, io_write);
 #if defined(HARMONY_USE_IOCP)
   loop.connect(s, &backend_, pick.to);  // a failure, even an immediate one, comes back as a completion
+#else
+  if (!done && up_.begin < up_.end && !send_while_connecting()) return;
 #endif
   if (done) return connected();
   loop.schedule(clock_, loop.now() + worker_.options().connect_timeout.count());
+}
+
+// A client has usually sent its first bytes by the time it is accepted, and a
+// connect over loopback or a LAN has often completed when connect() returns.
+// Reading before the connect and writing right after it saves the two loop
+// turns that would wait for those events; where a guess is wrong, the events
+// take over. False when the connection has ended.
+inline bool session::read_ahead() {
+  buffer_pool& pool = worker_.pool();
+  char* buffer = pool.take(false);
+  auto n = recv_some(client_.fd, buffer, pool.size(false));
+  if (n > 0) {
+    up_.data = buffer;
+    up_.end = static_cast<std::uint32_t>(n);
+    took_in(client_, static_cast<std::size_t>(n));
+    if (static_cast<std::size_t>(n) == pool.size(false)) up_.bulk = client_.readable = true;  // more may follow
+    return true;
+  }
+  pool.give(buffer, false);
+  if (n == 0) {
+    up_.eof = true;
+    return true;
+  }
+  int e = last_socket_error();
+  if (would_block(e) || e == EINTR) return true;
+  close(true);  // the client is gone already
+  return false;
+}
+
+// Only a connected socket takes bytes, so a send that succeeds ends the connect.
+// True while the connect is still pending.
+inline bool session::send_while_connecting() {
+  auto n = send_some(backend_.fd, up_.data + up_.begin, up_.end - up_.begin);
+  if (n > 0) {
+    up_.begin += static_cast<std::uint32_t>(n);
+    put_out(backend_, static_cast<std::size_t>(n));
+    connected();
+    return false;
+  }
+  int e = last_socket_error();
+  if (would_block(e) || e == EINTR) return true;  // still connecting: the writable event says when
+  attempt_failed(system_error_code(e));
+  return false;
 }
 
 inline void session::register_side(side& s, unsigned interest) {
