@@ -466,17 +466,24 @@ TEST_CASE("clients that reset before they are served leave nothing behind") {
   backend b(named("b"));
   running_server s(quiet_options());
   s.add(b);
-  for (int i = 0; i < 20; ++i) {
+  constexpr int resets = 40;
+  for (int i = 0; i < resets; ++i) {
     sock c = connect_to(s.address());
     REQUIRE(c);
     if (i % 2) c.send_all("a request that nobody will answer");  // data, then the reset
     set_linger_zero(c.fd());
   }
-  CHECK(eventually([&] { return s.srv.stats().accepted >= 20 && s.srv.stats().active == 0; }));
+  // Connections are accepted in order, so once this one is served the balancer
+  // has seen every reset one (Windows may never hand over those reset before
+  // AcceptEx completes: they are not counted as accepted at all).
+  CHECK(name_of(round_trip(s.address(), "after")) == "b");
+  CHECK(eventually([&] { return s.srv.stats().active == 0; }));
   auto st = s.srv.stats();
   INFO("accepted " << st.accepted << " active " << st.active);
   CHECK(st.active == 0);
-  CHECK(name_of(round_trip(s.address(), "after")) == "b");
+#if !defined(_WIN32)
+  CHECK(st.accepted == resets + 1);
+#endif
 }
 
 TEST_CASE("run() on a thread where SIGPIPE would end the process does not splice") {
