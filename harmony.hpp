@@ -2258,21 +2258,43 @@ class reactor {
   std::atomic<bool> stopping_{false};
 };
 
+// A listening socket on a loop, and what it hands over: each accepted socket,
+// ready for use, goes to `on_accept`. The two engines take connections their own way.
+class acceptor_base : public io_handler {
+ public:
+  std::function<void(socket_handle, const address&)> on_accept;
+  acceptor_base(const acceptor_base&) = delete;
+  acceptor_base& operator=(const acceptor_base&) = delete;
+  // Stops accepting and closes the listener (and cancels accepts in flight).
+  void close() {
+    if (fd_ == invalid_socket) return;
+    loop_.cancel(retry_);
+    loop_.remove(fd_);
+    close_socket(fd_);
+    fd_ = invalid_socket;
+  }
+
+ protected:
+  acceptor_base(reactor& loop, const logger& log) : loop_(loop), log_(log) {}
+  ~acceptor_base() = default;
+
+  reactor& loop_;
+  const logger& log_;
+  socket_handle fd_ = invalid_socket;
+  timer retry_;  // after running out of sockets or memory
+};
+
 #if defined(HARMONY_USE_IOCP)
 // A listening socket on the completion engine. A few AcceptEx wait at once, so
 // that a burst of connections is taken in one turn; each accepted socket is
 // handed to `on_accept` ready for use (accept context set, non-blocking, no
 // Nagle). Its operations are heap memory that is left alone, not freed, if the
 // acceptor goes while some are still in flight: the owner settles the loop first.
-class acceptor final : public io_handler {
+class acceptor final : public acceptor_base {
  public:
-  std::function<void(socket_handle, const address&)> on_accept;
-
-  acceptor(reactor& loop, const logger& log) : loop_(loop), log_(log), ops_(new accept_op[in_flight]) {
+  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log), ops_(new accept_op[in_flight]) {
     retry_.fire = [this] { start(); };
   }
-  acceptor(const acceptor&) = delete;
-  acceptor& operator=(const acceptor&) = delete;
   ~acceptor() {
     close();
     if (iocp.outstanding > 0) {
@@ -2292,14 +2314,6 @@ class acceptor final : public io_handler {
     fd_ = listener;
     loop_.post([this] { start(); });
     return {};
-  }
-  // Cancels the accepts in flight and closes the listener.
-  void close() {
-    if (fd_ == invalid_socket) return;
-    loop_.cancel(retry_);
-    loop_.remove(fd_);
-    close_socket(fd_);
-    fd_ = invalid_socket;
   }
 
  private:
@@ -2340,12 +2354,50 @@ class acceptor final : public io_handler {
     }
   }
 
-  reactor& loop_;
-  const logger& log_;
   std::unique_ptr<accept_op[]> ops_;
-  socket_handle fd_ = invalid_socket;
   int family_ = AF_INET;
-  timer retry_;
+};
+#else
+// A listening socket on a readiness loop: each readiness accepts every pending
+// connection and hands it to `on_accept` (non-blocking, no Nagle). Out of
+// descriptors or memory it pauses for 100 ms: a level-triggered poller would
+// otherwise spin on the connection it cannot take.
+class acceptor final : public acceptor_base {
+ public:
+  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log) {
+    retry_.fire = [this] {
+      if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
+      accept_all();
+    };
+  }
+  ~acceptor() { close(); }
+
+  // Takes the listener over.
+  std::error_code open(socket_handle listener) {
+    if (auto e = loop_.add(listener, this, io_read)) return e;
+    fd_ = listener;
+    return {};
+  }
+
+ private:
+  void on_io(unsigned) override { accept_all(); }
+  void accept_all() {
+    while (fd_ != invalid_socket) {
+      address peer;
+      socket_handle s = accept_one(fd_, peer);
+      if (s == invalid_socket) {
+        int e = last_socket_error();
+        if (would_block(e)) return;
+        if (e == EINTR || e == ECONNABORTED) continue;
+        log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
+        if (reactor::tracks_interest) loop_.interest(fd_, this, 0);
+        loop_.schedule(retry_, loop_.now() + 100);
+        return;
+      }
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+  }
 };
 #endif
 
@@ -2809,8 +2861,7 @@ class worker {
 #if defined(HARMONY_USE_IOCP)
     listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
 #else
-    listener_.owner = this;
-    accept_retry_.fire = [this] { accept_all(); };
+    listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
 #endif
     // Give the memory of a finished burst back to the system, a moment later
     // and at most four times a second, so that a quiet balancer shrinks again.
@@ -2832,11 +2883,8 @@ class worker {
     if (auto e = loop_.open()) return e;
 #if defined(HARMONY_USE_IOCP)
     if (listener == invalid_socket) return {};  // a further worker: the first one accepts for it
-    return listener_.open(listener);
-#else
-    listener_.fd = listener;
-    return loop_.add(listener, &listener_, io_read);
 #endif
+    return listener_.open(listener);
   }
 
   reactor& loop() noexcept { return loop_; }
@@ -2880,13 +2928,6 @@ class worker {
   // Windows has no SO_REUSEPORT: the first worker accepts for all of them.
   void deal(socket_handle fd, const address& peer);
   std::size_t next_worker_ = 0;
-#else
-  struct listener_handler final : io_handler {
-    worker* owner = nullptr;
-    socket_handle fd = invalid_socket;
-    void on_io(unsigned) override { owner->accept_all(); }
-  };
-  void accept_all();
 #endif
   session* make_session();
 
@@ -2899,12 +2940,7 @@ class worker {
   pipe_pool pipes_;
   int splice_allowed_ = -1;  // not yet asked
 #endif
-#if defined(HARMONY_USE_IOCP)
   acceptor listener_{loop_, log_};
-#else
-  listener_handler listener_;
-#endif
-  timer accept_retry_;
   timer trim_;
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
@@ -3514,12 +3550,10 @@ inline void session::close(bool reset) {
 inline worker::~worker() {
   for (auto& s : sessions_)
     if (s->current_phase() != session::phase::idle) s->close(true);
-#if defined(HARMONY_USE_IOCP)
   listener_.close();
+#if defined(HARMONY_USE_IOCP)
   // The sessions and the accept operations are memory the kernel may still write.
   loop_.settle();
-#else
-  if (listener_.fd != invalid_socket) close_socket(listener_.fd);
 #endif
 }
 
@@ -3542,29 +3576,6 @@ inline void worker::deal(socket_handle fd, const address& peer) {
   worker* target = all.size() > 1 ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
   target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
-}
-
-#else
-inline void worker::accept_all() {
-  for (;;) {
-    address peer;
-    socket_handle fd = accept_one(listener_.fd, peer);
-    if (fd == invalid_socket) {
-      int e = last_socket_error();
-      if (would_block(e)) return;
-      if (e == EINTR || e == ECONNABORTED) continue;
-      // Out of descriptors or memory: stop accepting for a moment instead of spinning.
-      log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
-      if (reactor::tracks_interest) loop_.interest(listener_.fd, &listener_, 0);
-      accept_retry_.fire = [this] {
-        if (reactor::tracks_interest) loop_.interest(listener_.fd, &listener_, io_read);
-        accept_all();
-      };
-      loop_.schedule(accept_retry_, loop_.now() + 100);
-      return;
-    }
-    adopt(fd, peer);
-  }
 }
 #endif
 
@@ -3658,7 +3669,6 @@ class admin_connection {
 
 class admin_server {
  public:
-#if defined(HARMONY_USE_IOCP)
   admin_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
     sweep_.fire = [this] { sweep(); };
@@ -3667,23 +3677,11 @@ class admin_server {
     for (auto& c : connections_) c.second->io.close();
     listener_.close();
     loop_.cancel(sweep_);
+#if defined(HARMONY_USE_IOCP)
     // The connections' streams and the accepts are memory the kernel may still write.
     loop_.settle();
-  }
-#else
-  admin_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop) {
-    listener_.owner = this;
-    sweep_.fire = [this] { sweep(); };
-  }
-  ~admin_server() {
-    for (auto& c : connections_) c.second->io.close();
-    if (listener_.fd != invalid_socket) {
-      loop_.remove(listener_.fd);
-      close_socket(listener_.fd);
-    }
-    loop_.cancel(sweep_);
-  }
 #endif
+  }
   admin_server(const admin_server&) = delete;
   admin_server& operator=(const admin_server&) = delete;
 
@@ -3694,12 +3692,7 @@ class admin_server {
     local_address(s, local);
     bound = local.to_endpoint();
     loop_.schedule(sweep_, loop_.now() + 1000);
-#if defined(HARMONY_USE_IOCP)
     return listener_.open(s);
-#else
-    listener_.fd = s;
-    return loop_.add(s, &listener_, io_read);
-#endif
   }
 
   server::impl& srv() noexcept { return srv_; }
@@ -3716,23 +3709,11 @@ class admin_server {
 
  private:
   void adopt(socket_handle fd, const address& peer);
-#if !defined(HARMONY_USE_IOCP)
-  struct listener_handler final : io_handler {
-    admin_server* owner = nullptr;
-    socket_handle fd = invalid_socket;
-    void on_io(unsigned) override { owner->accept_all(); }
-  };
-  void accept_all();
-#endif
   void sweep();
 
   server::impl& srv_;
   reactor& loop_;
-#if defined(HARMONY_USE_IOCP)
   acceptor listener_;
-#else
-  listener_handler listener_;
-#endif
   timer sweep_;
   std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
 };
@@ -3752,22 +3733,6 @@ inline void admin_server::adopt(socket_handle fd, const address& peer) {
   connections_.emplace(raw, std::move(c));
   raw->start(fd, peer);
 }
-
-#if !defined(HARMONY_USE_IOCP)
-inline void admin_server::accept_all() {
-  for (;;) {
-    address peer;
-    socket_handle fd = accept_one(listener_.fd, peer);
-    if (fd == invalid_socket) {
-      int e = last_socket_error();
-      if (e == EINTR || e == ECONNABORTED) continue;
-      if (!would_block(e)) srv_.log(log_level::error, "admin accept failed: %s", system_error_code(e).message().c_str());
-      return;
-    }
-    adopt(fd, peer);
-  }
-}
-#endif
 
 inline void admin_server::sweep() {
   std::int64_t now = loop_.now();
