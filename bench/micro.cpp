@@ -305,6 +305,15 @@ codec_result bench_codec(const std::vector<std::string_view>& chunks, std::size_
   return r;
 }
 
+// Prints one row of the codec table, once the parser saw every message of each pass.
+void codec_row(const char* parser, const char* row, std::uint32_t max_chunk, const codec_result& res,
+               std::uint64_t seen, std::uint64_t messages_per_pass, std::uint64_t check) {
+  if (seen == 0 || seen % messages_per_pass != 0) fail((std::string(parser) + ": wrong message count").c_str());
+  g_sink += check;
+  std::printf("| %s | 1–%u | %.0f | %.1f |\n", row, max_chunk, res.mbps.median, res.ns_per_message.median);
+  std::fflush(stdout);
+}
+
 void codec_table() {
   std::printf("### Admin codec (median of %d)\n\n", kRepeats);
   std::printf("| | chunk bytes | MB/s | ns per message |\n");
@@ -333,11 +342,7 @@ void codec_table() {
           if (!parser.feed(c, on_message)) fail("legacy_parser rejected the stream");
         },
         "legacy " + std::to_string(max_chunk));
-    if (seen == 0 || seen % legacy_messages != 0) fail("legacy_parser: wrong message count");
-    g_sink += check;
-    std::printf("| legacy_parser::feed, `ACK:<id>:ID:<id>:` | 1–%u | %.0f | %.1f |\n", max_chunk, res.mbps.median,
-                res.ns_per_message.median);
-    std::fflush(stdout);
+    codec_row("legacy_parser", "legacy_parser::feed, `ACK:<id>:ID:<id>:`", max_chunk, res, seen, legacy_messages, check);
   }
 
   // Native: register lines with varying values, about 1 MB per pass.
@@ -365,11 +370,8 @@ void codec_table() {
           if (!splitter.feed(c, on_line)) fail("line_splitter rejected the stream");
         },
         "native " + std::to_string(max_chunk));
-    if (seen == 0 || seen % native_messages != 0) fail("line_splitter: wrong line count");
-    g_sink += check;
-    std::printf("| line_splitter::feed + parse_command, `register port=… weight=… heartbeat=…s` | 1–%u | %.0f | %.1f |\n",
-                max_chunk, res.mbps.median, res.ns_per_message.median);
-    std::fflush(stdout);
+    codec_row("line_splitter", "line_splitter::feed + parse_command, `register port=… weight=… heartbeat=…s`", max_chunk,
+              res, seen, native_messages, check);
   }
   std::printf("\nA message is one command with its argument (legacy) or one line (native); each stream is\n"
               "about 1 MB, fed in chunks of uniformly random size, and fed again until the time is up.\n\n");

@@ -259,6 +259,21 @@ void stopped() {
 #endif
 }
 
+// The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
+// console event), wind down. Returns the exit code.
+template <class Start, class WindDown>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down) {
+  block_stop_signals();
+  if (std::error_code e = start()) {
+    std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
+    return 1;
+  }
+  wait_for_stop_signal();
+  wind_down();
+  stopped();
+  return 0;
+}
+
 // Lets a shell user write the unavailable text with \r, \n, \t and \\.
 std::string unescape(const std::string& text) {
   std::string out;
@@ -352,15 +367,7 @@ int run_balancer(int argc, char** argv) {
     note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
   }
 
-  block_stop_signals();
-  if (auto e = balancer.start()) {
-    std::fprintf(stderr, "harmonyd: cannot start: %s\n", e.message().c_str());
-    return 1;
-  }
-  wait_for_stop_signal();
-  balancer.stop();
-  stopped();
-  return 0;
+  return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
 }
 
 int run_agent(int argc, char** argv) {
@@ -399,15 +406,7 @@ int run_agent(int argc, char** argv) {
   if (!have_port) usage_error("agent: --port N is required (the port this backend serves on)");
   daemon_level = options.level;
   harmony::client agent(options);
-  block_stop_signals();
-  if (auto e = agent.start()) {
-    std::fprintf(stderr, "harmonyd agent: cannot start: %s\n", e.message().c_str());
-    return 1;
-  }
-  wait_for_stop_signal();
-  agent.close();
-  stopped();
-  return 0;
+  return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
 }
 
 }  // namespace

@@ -255,20 +255,17 @@ TEST_CASE("registry: the affinity table stays bounded") {
 
 TEST_CASE("dialect detection from the first bytes") {
   using detail::dialect;
-  using detail::detect_dialect;
-  CHECK(detect_dialect("") == dialect::undecided);
-  CHECK(detect_dialect("N") == dialect::undecided);
-  CHECK(detect_dialect("NI") == dialect::undecided);
-  CHECK(detect_dialect("NID:") == dialect::legacy);
-  CHECK(detect_dialect("ACK:X:") == dialect::legacy);
-  CHECK(detect_dialect("CLOSE:") == dialect::legacy);
-  CHECK(detect_dialect(":") == dialect::legacy);
-  CHECK(detect_dialect("BYE:") == dialect::legacy);
-  CHECK(detect_dialect("list\n") == dialect::native);
-  CHECK(detect_dialect("hello harmony/1") == dialect::native);
-  CHECK(detect_dialect("LIST") == dialect::native);
-  CHECK(detect_dialect("NIX:") == dialect::native);
-  CHECK(detect_dialect("ID ") == dialect::native);
+  const std::pair<const char*, dialect> cases[] = {
+      {"", dialect::undecided},          {"N", dialect::undecided},       {"NI", dialect::undecided},
+      {"NID:", dialect::legacy},         {"ACK:X:", dialect::legacy},     {"CLOSE:", dialect::legacy},
+      {":", dialect::legacy},            {"BYE:", dialect::legacy},       {"list\n", dialect::native},
+      {"hello harmony/1", dialect::native}, {"LIST", dialect::native},    {"NIX:", dialect::native},
+      {"ID ", dialect::native},
+  };
+  for (const auto& c : cases) {
+    INFO("first bytes: \"" << c.first << "\"");
+    CHECK(detail::detect_dialect(c.first) == c.second);
+  }
 }
 
 namespace {
