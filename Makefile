@@ -15,6 +15,9 @@ LDLIBS   := -pthread
 DAEMON_LDFLAGS ?= -static-libstdc++ -static-libgcc
 
 HEADER   := harmony.hpp
+# harmony.hpp is assembled from the parts in src/ (see tools/assemble); the build
+# and the tests use the assembled file, which is what users copy.
+PARTS    := $(shell find src -name '*.hpp' 2>/dev/null)
 TEST_SRC := $(filter-out tests/unit.cpp,$(wildcard tests/*.cpp))
 TEST_HDR := $(wildcard tests/*.hpp)
 TEST_OBJ := $(patsubst tests/%.cpp,$(BUILD)/tests/%.o,$(TEST_SRC))
@@ -22,10 +25,17 @@ EXAMPLES := $(patsubst examples/%.cpp,$(BUILD)/examples/%,$(wildcard examples/*.
 BACKENDS := epoll poll
 
 .SECONDARY:
-.PHONY: all test test-build doctest demo sanitize warnings compile-checks bench clean \
+.PHONY: check-assembly all test test-build doctest demo sanitize warnings compile-checks bench clean \
 	windows-tools windows test-windows compile-checks-windows
 
 all: harmonyd $(BUILD)/bin/harmonyd $(EXAMPLES) test-build
+
+$(HEADER): $(PARTS) tools/assemble
+	tools/assemble
+
+# Fails when the committed harmony.hpp is not what its parts assemble to.
+check-assembly:
+	@tools/assemble --check
 
 # Each build variant has its own daemon; ./harmonyd is the default build's.
 $(BUILD)/bin/harmonyd: daemon/harmonyd.cpp $(HEADER)

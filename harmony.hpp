@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // harmony.hpp - a smart TCP load balancer in one header.
 // Copyright (c) 2026 the Harmony authors. Licence text at the end of this file.
+// Assembled from the parts in src/ by tools/assemble: edit those, not this file.
 //
 // Backends register over an admin port and ack that they are alive; every client
 // connection is proxied to a backend chosen by weight and load, with persistence,
@@ -8,30 +9,33 @@
 // reply when nobody can serve. A native re-creation of harmony.js (2014).
 //
 // CONTENTS (grep for the anchor)
-//   >>config        configuration macros
-//   >>version       version numbers
-//   >>errors        harmony::errc, error category
-//   >>types         endpoint, durations, algorithm, logger
-//   >>server        harmony::server (the balancer) and its options
-//   >>client        harmony::client (a backend's agent) and its options
+//   >>config         configuration macros
+//   >>version        version numbers, size defaults
+//   >>errors         harmony::errc, error category
+//   >>types          endpoint, durations, algorithm, logger
+//   >>server         harmony::server (the balancer) and its options
+//   >>client         harmony::client (a backend's agent) and its options
 //   ---- implementation (only with HARMONY_IMPLEMENTATION or HARMONY_HEADER_ONLY)
-//   >>platform      OS headers, socket helpers, randomness
-//   >>util          parsing, formatting, logging
-//   >>selector      sans-IO backend selection (weighted least-connections, round-robin)
-//   >>codec         sans-IO admin protocol: dialect detection, legacy tokens, native lines
-//   >>registry      the shared backend table
-//   >>reactor       timers, posting, the poller contract; epoll and poll pollers; the
-//                   IOCP engine (zero-byte WSARecv probes, overlapped WSASend, ConnectEx,
-//                   AcceptEx) and its acceptor
-//   >>stream        a buffered byte stream for admin connections and the agent
-//   >>pump          the proxy core: two sockets, both directions, backpressure, half-close
-//   >>worker        one event loop: accept, pick, connect, relay, farewell
-//   >>admin         the admin port: legacy (harmony.js) and native dialects
-//   >>server-impl   harmony::server
-//   >>client-impl   harmony::client
-//   >>licence
+//   >>platform       OS headers, socket helpers, randomness
+//   >>util           logging, number parsing
+//   >>errors-impl    the error category and the parsers of the public types
+//   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
+//   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
+//   >>registry       the shared backend table
+//   >>reactor        timers, posting, the poller contract; epoll, poll and IOCP pollers
+//   >>acceptor       listening sockets on either engine family
+//   >>pools          relay buffers and splice pipes, taken only while bytes are in flight
+//   >>stream         a buffered byte stream for admin connections and the agent
+//   >>pump           the proxy core: two sockets, both directions, backpressure, half-close
+//   >>worker         one event loop: accept, pick, connect, relay, farewell
+//   >>server-state   the state a server shares between its loops
+//   >>sessions       the bodies of the pump and the worker (they need the server state)
+//   >>admin          the admin port: legacy (harmony.js) and native dialects
+//   >>server-impl    harmony::server
+//   >>client-impl    harmony::client
+//   >>licence        MIT
 //
-// >>config
+// >>config  configuration macros
 //   HARMONY_IMPLEMENTATION  define in exactly one translation unit before including this
 //                           header: that unit compiles the implementation (and includes
 //                           the OS socket headers); every other unit sees declarations only.
@@ -55,7 +59,7 @@
 #ifndef HARMONY_HPP
 #define HARMONY_HPP
 
-// >>version
+// >>version  version numbers, size defaults
 #define HARMONY_VERSION_MAJOR 0
 #define HARMONY_VERSION_MINOR 1
 #define HARMONY_VERSION_PATCH 0
@@ -81,7 +85,7 @@
 
 namespace harmony {
 
-// >>errors
+// >>errors  harmony::errc, error category
 // One list gives the enumerators and their messages.
 #define HARMONY_ERRORS(X)                                                                  \
   X(bad_address, "malformed address (expected HOST:PORT or [IPv6]:PORT)")                  \
@@ -119,7 +123,7 @@ struct std::is_error_code_enum<harmony::errc> : std::true_type {};
 
 namespace harmony {
 
-// >>types
+// >>types  endpoint, durations, algorithm, logger
 using duration = std::chrono::milliseconds;
 
 // A host (name, IPv4 or IPv6 literal) and a port. Text form: HOST:PORT or [IPv6]:PORT.
@@ -133,6 +137,14 @@ struct endpoint {
 std::error_code parse_endpoint(std::string_view text, endpoint& out);
 // Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
 std::error_code parse_duration(std::string_view text, duration& out);
+
+// Weights are relative shares of traffic: 500, 500 and 1000 take 25%, 25% and 50%.
+// The one definition of their range, checked wherever a weight comes in.
+inline constexpr int min_weight = 1;
+inline constexpr int max_weight = 1 << 20;  // keeps every product the selector forms within 63 bits
+inline constexpr int default_weight = 500;  // harmony.js's default
+// Parses a weight from min_weight to max_weight (errc::bad_option otherwise).
+std::error_code parse_weight(std::string_view text, int& out);
 
 enum class algorithm {
   leastconn,   // minimise active/weight; ties go by smooth weighted round-robin
@@ -160,7 +172,11 @@ class rejected_connection {
   std::string reply_;
 };
 
-// >>server
+}  // namespace harmony
+
+namespace harmony {
+
+// >>server  harmony::server (the balancer) and its options
 struct backend_info {
   std::string id;
   endpoint address;
@@ -256,7 +272,11 @@ class server {
   std::unique_ptr<impl> impl_;
 };
 
-// >>client
+}  // namespace harmony
+
+namespace harmony {
+
+// >>client  harmony::client (a backend's agent) and its options
 // The agent a backend runs: it registers with the balancer's admin port (native
 // dialect), keeps one connection open with heartbeats both ways, reconnects
 // with backoff when the balancer restarts or the network drops, and registers
@@ -331,7 +351,7 @@ class client {
 #error "harmony: IOCP is the Windows backend and the only one there"
 #endif
 
-// >>platform
+// >>platform  OS headers, socket helpers, randomness
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -835,7 +855,13 @@ inline bool is_backend_id(std::string_view id) noexcept {
   return true;
 }
 
-// >>util
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>util  logging, number parsing
 struct logger {
   log_function fn;
   log_level level = log_level::off;
@@ -872,8 +898,11 @@ inline bool parse_uint(std::string_view text, std::uint64_t limit, std::uint64_t
 }
 
 }  // namespace detail
+}  // namespace harmony
 
-// >>errors (implementation)
+namespace harmony {
+
+// >>errors-impl  the error category and the parsers of the public types
 namespace detail {
 class harmony_category final : public std::error_category {
  public:
@@ -943,6 +972,15 @@ HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out)
   return {};
 }
 
+HARMONY_DEF std::error_code parse_weight(std::string_view text, int& out) {
+  std::uint64_t number = 0;
+  if (!detail::parse_uint(text, static_cast<std::uint64_t>(max_weight), number) ||
+      number < static_cast<std::uint64_t>(min_weight))
+    return make_error_code(errc::bad_option);
+  out = static_cast<int>(number);
+  return {};
+}
+
 HARMONY_DEF std::error_code parse_algorithm(std::string_view text, algorithm& out) {
   if (text == "leastconn") out = algorithm::leastconn;
   else if (text == "roundrobin") out = algorithm::roundrobin;
@@ -980,9 +1018,12 @@ HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& ou
   return make_error_code(errc::bad_option);
 }
 
+}  // namespace harmony
+
+namespace harmony {
 namespace detail {
 
-// >>selector
+// >>selector  sans-IO backend selection (weighted least-connections, round-robin)
 // Sans-IO choice of a backend among eligible slots, O(log n) per operation.
 // Every slot carries a virtual "pass" that advances by 1/weight each time it is
 // picked (stride scheduling): picking the smallest pass spreads picks smoothly in
@@ -1162,10 +1203,11 @@ class selector {
 
 }  // namespace detail
 }  // namespace harmony
+
 namespace harmony {
 namespace detail {
 
-// >>codec
+// >>codec  sans-IO admin protocol: dialect detection, legacy tokens, native lines
 // The admin protocol as pure functions and resumable parsers over caller bytes:
 // no sockets, no allocation beyond the partial token or line they keep.
 
@@ -1313,7 +1355,13 @@ inline int legacy_weight(std::string_view text) noexcept {
   return static_cast<int>(w);
 }
 
-// >>registry
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>registry  the shared backend table
 // The backend table every event loop shares. One mutex guards it: a pick, a
 // release and an admin change each take it once, briefly.
 struct lease {
@@ -1624,7 +1672,13 @@ class registry {
   std::unordered_map<std::string, affinity> affinities_;
 };
 
-// >>reactor
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>reactor  timers, posting, the poller contract; epoll, poll and IOCP pollers
 enum : unsigned { io_read = 1, io_write = 2, io_error = 4, io_peer_closed = 8 };
 
 #if defined(HARMONY_USE_IOCP)
@@ -2258,6 +2312,13 @@ class reactor {
   std::atomic<bool> stopping_{false};
 };
 
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>acceptor  listening sockets on either engine family
 // A listening socket on a loop, and what it hands over: each accepted socket,
 // ready for use, goes to `on_accept`. The two engines take connections their own way.
 class acceptor_base : public io_handler {
@@ -2401,6 +2462,13 @@ class acceptor final : public acceptor_base {
 };
 #endif
 
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>pools  relay buffers and splice pipes, taken only while bytes are in flight
 // Relay buffers in two sizes, taken only while data is in flight. A direction
 // starts with a small one and moves to a large one while its source keeps
 // filling whole buffers: bulk transfers then cost few system calls, and short
@@ -2516,18 +2584,11 @@ class pipe_pool {
 
 }  // namespace detail
 }  // namespace harmony
+
 namespace harmony {
-
-struct rejected_access {
-  static void set_peer(rejected_connection& c, std::string peer) { c.peer_ = std::move(peer); }
-  static std::string& reply(rejected_connection& c) { return c.reply_; }
-};
-
 namespace detail {
 
-class worker;
-
-// >>stream
+// >>stream  a buffered byte stream for admin connections and the agent
 // A buffered byte stream on one loop, for the admin port and the agent: read
 // callbacks, queued writes, graceful or immediate close. Closing retires the
 // handler; the owner is released after the loop turn, so a callback may close
@@ -2737,7 +2798,21 @@ class stream final : public io_handler {
 #endif
 };
 
-// >>pump
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+
+struct rejected_access {
+  static void set_peer(rejected_connection& c, std::string peer) { c.peer_ = std::move(peer); }
+  static std::string& reply(rejected_connection& c) { return c.reply_; }
+};
+
+namespace detail {
+
+class worker;
+
+// >>pump  the proxy core: two sockets, both directions, backpressure, half-close
 // A proxied connection: the client socket, the backend socket and one buffer per
 // direction. A direction reads its source only when its buffer is empty, so a
 // slow reader holds back its writer (backpressure); it passes EOF on as a FIN only
@@ -2852,7 +2927,13 @@ class session {
   std::size_t farewell_sent_ = 0;
 };
 
-// >>worker
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>worker  one event loop: accept, pick, connect, relay, farewell
 // One event loop and everything on it: the listener, the sessions, the wait queue.
 class worker {
  public:
@@ -2950,12 +3031,15 @@ class worker {
 };
 
 }  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
 
 namespace detail {
 class admin_server;
 }
 
-// >>server-impl
+// >>server-state  the state a server shares between its loops
 struct server::impl {
   explicit impl(server_options o)
       : options(std::move(o)),
@@ -3015,8 +3099,12 @@ struct server::impl {
   endpoint bound_admin;
 };
 
+}  // namespace harmony
+
+namespace harmony {
 namespace detail {
 
+// >>sessions  the bodies of the pump and the worker (they need the server state)
 inline void session::open(socket_handle fd, const address& peer) {
   client_.reset();
   backend_.reset();
@@ -3616,10 +3704,12 @@ inline void worker::admit_waiting() {
 }
 
 }  // namespace detail
+}  // namespace harmony
 
+namespace harmony {
 namespace detail {
 
-// >>admin
+// >>admin  the admin port: legacy (harmony.js) and native dialects
 // The admin port. Each connection first shows its dialect: harmony.js agents
 // speak the legacy token protocol; everything else is the native line protocol
 // (agents, and operators typing with nc). It runs on the first worker's loop.
@@ -3718,8 +3808,7 @@ class admin_server {
   std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
 };
 
-}  // namespace detail
-namespace detail {
+
 
 inline void admin_server::adopt(socket_handle fd, const address& peer) {
   if (connections_.size() >= srv_.options.max_admin_connections) {
@@ -4090,12 +4179,16 @@ inline void admin_connection::bind_agent(const std::string& id) {
 }
 
 }  // namespace detail
+}  // namespace harmony
 
+namespace harmony {
+
+// >>server-impl  harmony::server
 inline std::error_code server::impl::open() {
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
-      options.buffer_bytes < 16 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
+      options.buffer_bytes < 1 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
     return make_error_code(errc::bad_option);
   detail::address where;
   if (auto e = detail::resolve(at, where, true)) return e;
@@ -4266,7 +4359,11 @@ inline server_stats server::impl::collect_stats() const {
   return s;
 }
 
-// >>client-impl
+}  // namespace harmony
+
+namespace harmony {
+
+// >>client-impl  harmony::client
 struct client::impl {
   explicit impl(client_options o) : options(std::move(o)), log{options.log, options.level} {
     beat.fire = [this] { on_beat(); };
@@ -4478,12 +4575,13 @@ HARMONY_DEF bool client::registered() const {
 }
 
 }  // namespace harmony
+
 #endif  // HARMONY_IMPLEMENTATION_INCLUDED
 #endif
 
 #endif  // HARMONY_HPP
 
-// >>licence
+// >>licence  MIT
 // MIT License
 //
 // Copyright (c) 2026 the Harmony authors

@@ -1,0 +1,99 @@
+namespace harmony {
+
+// >>server  harmony::server (the balancer) and its options
+struct backend_info {
+  std::string id;
+  endpoint address;
+  int weight = 0;
+  int active = 0;               // proxied connections open now
+  std::uint64_t total = 0;      // connections ever sent
+  std::uint64_t failures = 0;   // failed connect attempts
+  bool eligible = false;        // would receive a new connection now
+  bool draining = false;
+  // "up" (eligible), "draining", "expired" (no ack within the host timeout),
+  // "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  std::string state;
+};
+
+struct server_stats {
+  std::uint64_t accepted = 0;
+  std::uint64_t active = 0;
+  std::uint64_t queued = 0;
+  std::uint64_t unavailable = 0;
+  std::uint64_t connect_failures = 0;
+  std::uint64_t bytes_in = 0;   // client to backend
+  std::uint64_t bytes_out = 0;  // backend to client
+  std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
+};
+
+struct server_options {
+  std::string listen = "127.0.0.1:3000";  // where clients connect
+  std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
+  algorithm balance = algorithm::leastconn;
+  bool persistent = true;                 // a client address keeps its backend
+  int concurrency = -1;                   // -1 unlimited, 0 paused, N at most N proxied
+  int requeue = 1;                        // extra attempts on other backends after a failure
+  std::string unavailable;                // written to a client nobody can serve
+  // Called instead of writing `unavailable`; `why` is errc::no_backend, attempts_exhausted,
+  // queue_full or queue_timeout. Runs on the loop thread.
+  std::function<void(std::error_code why, rejected_connection& client)> on_unavailable;
+  // Called on the loop thread when a backend connect fails (refused, timed out, reset).
+  std::function<void(const std::string& backend_id, std::error_code error)> on_backend_error;
+  duration host_timeout{60000};     // backend ineligible when its last ack is older
+  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
+  duration idle_timeout{600000};    // a proxied connection without traffic is closed
+  duration queue_timeout{30000};    // longest wait in the concurrency queue
+  std::size_t queue_limit = 10000;  // longest concurrency queue
+  std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
+  std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
+  // Linux: a streaming direction moves socket to pipe to socket inside the kernel
+  // (splice(2), pooled pipes) instead of through a buffer: less CPU per byte, but
+  // over loopback the receiver gets smaller segments (see README, Performance).
+  // Used on the server's own threads (they block SIGPIPE) and on a thread calling
+  // run() where SIGPIPE is ignored or blocked. Ignored elsewhere.
+  bool splice = false;
+  int workers = 1;                  // event-loop threads sharing the listen port
+  std::size_t max_backends = 10000;          // registrations beyond this are refused
+  std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
+  duration admin_timeout{30000};             // an admin connection silent this long is closed
+  std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
+  bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
+  log_function log;                 // silent when empty
+  log_level level = log_level::info;
+};
+
+class server {
+ public:
+  explicit server(server_options options = {});
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  // Binds the ports and runs the event loops on threads of its own.
+  std::error_code start();
+  // Binds the ports and runs the first event loop on the calling thread until stop().
+  std::error_code run();
+  // Stops accepting, closes every connection and joins the threads. Idempotent.
+  void stop();
+
+  // Bound addresses (useful with port 0); empty before start().
+  endpoint listen_endpoint() const;
+  endpoint admin_endpoint() const;
+
+  // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
+  std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
+  std::error_code remove_backend(std::string_view id);
+  std::error_code set_weight(std::string_view id, int weight);
+  // Drained backends get no new connections; open ones finish.
+  std::error_code drain(std::string_view id, bool on = true);
+  std::error_code set_concurrency(int limit);
+  std::vector<backend_info> backends() const;
+  server_stats stats() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace harmony

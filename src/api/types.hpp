@@ -1,0 +1,52 @@
+namespace harmony {
+
+// >>types  endpoint, durations, algorithm, logger
+using duration = std::chrono::milliseconds;
+
+// A host (name, IPv4 or IPv6 literal) and a port. Text form: HOST:PORT or [IPv6]:PORT.
+struct endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;
+};
+
+// Parses HOST:PORT / [IPv6]:PORT; port 0 is allowed (an ephemeral port when listening).
+std::error_code parse_endpoint(std::string_view text, endpoint& out);
+// Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
+std::error_code parse_duration(std::string_view text, duration& out);
+
+// Weights are relative shares of traffic: 500, 500 and 1000 take 25%, 25% and 50%.
+// The one definition of their range, checked wherever a weight comes in.
+inline constexpr int min_weight = 1;
+inline constexpr int max_weight = 1 << 20;  // keeps every product the selector forms within 63 bits
+inline constexpr int default_weight = 500;  // harmony.js's default
+// Parses a weight from min_weight to max_weight (errc::bad_option otherwise).
+std::error_code parse_weight(std::string_view text, int& out);
+
+enum class algorithm {
+  leastconn,   // minimise active/weight; ties go by smooth weighted round-robin
+  roundrobin,  // smooth weighted round-robin
+};
+std::error_code parse_algorithm(std::string_view text, algorithm& out);
+const char* to_string(algorithm a) noexcept;
+
+enum class log_level { trace, debug, info, warn, error, off };
+using log_function = std::function<void(log_level, std::string_view message)>;
+const char* to_string(log_level l) noexcept;
+std::error_code parse_log_level(std::string_view text, log_level& out);
+
+// A client connection that could not be served, handed to the unavailable callback.
+class rejected_connection {
+ public:
+  // The client's address, e.g. "127.0.0.1:53211".
+  const std::string& peer() const noexcept { return peer_; }
+  // Queues bytes to send before the connection is closed.
+  void send(std::string_view bytes) { reply_.append(bytes.data(), bytes.size()); }
+
+ private:
+  friend struct rejected_access;
+  std::string peer_;
+  std::string reply_;
+};
+
+}  // namespace harmony

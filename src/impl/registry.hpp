@@ -1,0 +1,316 @@
+namespace harmony {
+namespace detail {
+
+// >>registry  the shared backend table
+// The backend table every event loop shares. One mutex guards it: a pick, a
+// release and an admin change each take it once, briefly.
+struct lease {
+  std::uint32_t slot = selector::npos;
+  std::uint32_t generation = 0;
+  bool valid() const noexcept { return slot != selector::npos; }
+  bool operator==(const lease& o) const noexcept { return slot == o.slot && generation == o.generation; }
+};
+
+struct pick_result {
+  lease chosen;
+  address to;
+};
+
+struct registry_limits {
+  std::size_t backends = 100000;
+  std::size_t affinity_entries = 100000;
+  std::int64_t affinity_ttl_ms = 3600000;
+};
+
+class registry {
+ public:
+  using limits = registry_limits;
+  registry(algorithm a, duration host_timeout, bool persistent, limits l = limits{})
+      : selector_(a), host_timeout_ms_(host_timeout.count()), persistent_(persistent), limits_(l) {}
+
+  // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
+  // (registered agents); static backends added through the API never expire.
+  // `wanted_id`: an id the backend already had (an agent rejoining a balancer
+  // that restarted), kept when no other backend has it.
+  std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
+                      std::int64_t now, std::string_view wanted_id = {}) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
+    if (!wanted_id.empty() && (!is_backend_id(wanted_id) || by_id_.count(std::string(wanted_id))))
+      wanted_id = {};
+    std::uint32_t slot;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      slot = static_cast<std::uint32_t>(records_.size());
+      records_.emplace_back();
+    }
+    record& r = records_[slot];
+    std::uint32_t generation = r.generation;
+    r = record{};
+    r.generation = generation;
+    r.used = true;
+    if (!wanted_id.empty()) r.id.assign(wanted_id.data(), wanted_id.size());
+    else do r.id = random_id();
+      while (by_id_.count(r.id));
+    r.at = at;
+    if (resolved) {
+      r.to = *resolved;
+      r.routable = at.port != 0;
+    }
+    r.weight = weight;
+    r.expires = expires;
+    r.last_ack = now;
+    by_id_.emplace(r.id, slot);
+    refresh(slot, now);
+    if (id_out) *id_out = r.id;
+    return {};
+  }
+
+  std::error_code remove(std::string_view id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    by_id_.erase(records_[slot].id);
+    selector_.reset(slot);
+    record& r = records_[slot];
+    r.used = false;
+    ++r.generation;  // open leases of the old backend no longer count against the slot
+    r.id.clear();
+    free_slots_.push_back(slot);
+    return {};
+  }
+
+  std::error_code set_weight(std::string_view id, int weight) {
+    if (weight <= 0) return make_error_code(errc::bad_option);
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      r.weight = weight;
+      selector_.set_weight(slot, weight);
+    });
+  }
+
+  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) { r.draining = on; });
+  }
+
+  // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
+  std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.at = at;
+      r.to = resolved;
+      r.routable = at.port != 0;
+    });
+  }
+
+  std::error_code ack(std::string_view id, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) { r.last_ack = now; });
+  }
+
+  // An agent's live connection keeps its backend online; when it drops, the
+  // backend gets no new connections until the agent registers again.
+  std::error_code set_online(std::string_view id, bool online, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.online = online;
+      if (online) r.last_ack = now;
+    });
+  }
+
+  // The address a backend registered from, to derive where it serves.
+  bool address_of(std::string_view id, endpoint& at) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return false;
+    at = records_[slot].at;
+    return true;
+  }
+
+  bool known(std::string_view id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    return find(id, slot);
+  }
+
+  void set_algorithm(algorithm a) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    selector_.set_algorithm(a);
+  }
+
+  // Chooses a backend for a client (by its host key) and counts the connection
+  // against it. `tried` lists earlier failed attempts of this connection.
+  bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t chosen = selector::npos;
+    auto was_tried = [&](std::uint32_t slot) {
+      for (const lease& l : tried)
+        if (l.slot == slot && l.generation == records_[slot].generation) return true;
+      return false;
+    };
+    affinity* sticky = nullptr;
+    if (persistent_ && !client_key.empty()) {
+      auto it = affinities_.find(std::string(client_key));
+      if (it != affinities_.end()) {
+        sticky = &it->second;
+        const lease& l = sticky->backend;
+        if (l.slot < records_.size() && records_[l.slot].generation == l.generation && eligible(l.slot, now) &&
+            !was_tried(l.slot))
+          chosen = l.slot;
+      }
+    }
+    if (chosen == selector::npos) {
+      chosen = selector_.pick([&](std::uint32_t slot) {
+        if (!eligible(slot, now)) return selector::verdict::evict;
+        return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
+      });
+      if (chosen == selector::npos) return false;
+    }
+    record& r = records_[chosen];
+    ++r.active;
+    ++r.total;
+    selector_.set_active(chosen, r.active);
+    out.chosen = lease{chosen, r.generation};
+    out.to = r.to;
+    if (persistent_ && !client_key.empty()) {
+      if (!sticky) {
+        if (affinities_.size() >= limits_.affinity_entries) prune_affinities(now);
+        sticky = &affinities_[std::string(client_key)];
+      }
+      sticky->backend = out.chosen;
+      sticky->last_used = now;
+    }
+    return true;
+  }
+
+  void release(const lease& l, bool failed) {
+    if (!l.valid()) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (l.slot >= records_.size()) return;
+    record& r = records_[l.slot];
+    if (r.generation != l.generation) return;
+    if (r.active > 0) --r.active;
+    if (failed) ++r.failures;
+    selector_.set_active(l.slot, r.active);
+  }
+
+  std::string id_of(const lease& l) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (l.slot < records_.size() && records_[l.slot].generation == l.generation) return records_[l.slot].id;
+    return {};
+  }
+
+  std::vector<backend_info> list(std::int64_t now) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::vector<backend_info> out;
+    out.reserve(by_id_.size());
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
+      const record& r = records_[slot];
+      if (!r.used) continue;
+      backend_info b;
+      b.id = r.id;
+      b.address = r.at;
+      b.weight = r.weight;
+      b.active = r.active;
+      b.total = r.total;
+      b.failures = r.failures;
+      b.eligible = eligible(slot, now);
+      b.draining = r.draining;
+      b.state = state_of(slot, now);
+      out.push_back(std::move(b));
+    }
+    return out;
+  }
+
+  std::size_t size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return by_id_.size();
+  }
+  std::size_t affinity_size() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return affinities_.size();
+  }
+
+ private:
+  struct record {
+    std::string id;
+    endpoint at;
+    address to;
+    bool used = false;
+    bool routable = false;
+    bool draining = false;
+    bool expires = false;
+    bool online = true;
+    int weight = 500;
+    int active = 0;
+    std::uint64_t total = 0;
+    std::uint64_t failures = 0;
+    std::int64_t last_ack = 0;
+    std::uint32_t generation = 0;
+  };
+  struct affinity {
+    lease backend;
+    std::int64_t last_used = 0;
+  };
+
+  // Changes one backend under the lock, then re-judges its eligibility at `now`
+  // (a negative `now` leaves eligibility alone).
+  template <class Change>
+  std::error_code update(std::string_view id, std::int64_t now, Change&& change) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint32_t slot;
+    if (!find(id, slot)) return make_error_code(errc::unknown_backend);
+    change(records_[slot], slot);
+    if (now >= 0) refresh(slot, now);
+    return {};
+  }
+
+  bool find(std::string_view id, std::uint32_t& slot) const {
+    auto it = by_id_.find(std::string(id));
+    if (it == by_id_.end()) return false;
+    slot = it->second;
+    return true;
+  }
+  bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
+    const record& r = records_[slot];
+    return r.used && r.routable && r.online && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+  }
+  const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
+    const record& r = records_[slot];
+    if (!r.routable) return "no-port";
+    if (!r.online) return "offline";
+    if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
+    if (r.draining) return "draining";
+    return "up";
+  }
+  void refresh(std::uint32_t slot, std::int64_t now) {
+    const record& r = records_[slot];
+    if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
+    else selector_.erase(slot);
+  }
+  // Drops idle entries; if none is idle, the oldest half goes.
+  void prune_affinities(std::int64_t now) {
+    for (auto it = affinities_.begin(); it != affinities_.end();)
+      it = now - it->second.last_used > limits_.affinity_ttl_ms ? affinities_.erase(it) : std::next(it);
+    if (affinities_.size() < limits_.affinity_entries) return;
+    std::vector<std::int64_t> ages;
+    ages.reserve(affinities_.size());
+    for (auto& e : affinities_) ages.push_back(e.second.last_used);
+    auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
+    std::nth_element(ages.begin(), middle, ages.end());
+    std::int64_t cut = *middle;
+    for (auto it = affinities_.begin(); it != affinities_.end();)
+      it = it->second.last_used <= cut ? affinities_.erase(it) : std::next(it);
+  }
+
+  std::mutex mutex_;
+  selector selector_;
+  std::int64_t host_timeout_ms_;
+  bool persistent_;
+  limits limits_;
+  std::vector<record> records_;
+  std::vector<std::uint32_t> free_slots_;
+  std::unordered_map<std::string, std::uint32_t> by_id_;
+  std::unordered_map<std::string, affinity> affinities_;
+};
+
+}  // namespace detail
+}  // namespace harmony

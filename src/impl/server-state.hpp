@@ -1,0 +1,67 @@
+namespace harmony {
+
+namespace detail {
+class admin_server;
+}
+
+// >>server-state  the state a server shares between its loops
+struct server::impl {
+  explicit impl(server_options o)
+      : options(std::move(o)),
+        log{options.log, options.level},
+        backends(options.balance, options.host_timeout, options.persistent, limits_of(options)),
+        concurrency(options.concurrency) {}
+
+  static detail::registry_limits limits_of(const server_options& o) {
+    detail::registry_limits l;
+    l.backends = o.max_backends;
+    return l;
+  }
+
+  // A slot is one proxied connection under the concurrency limit.
+  bool try_take_slot() {
+    int limit = concurrency.load(std::memory_order_relaxed);
+    std::int64_t used = proxied.load(std::memory_order_relaxed);
+    for (;;) {
+      if (limit >= 0 && used >= limit) return false;
+      if (proxied.compare_exchange_weak(used, used + 1, std::memory_order_relaxed)) return true;
+    }
+  }
+  void give_slot(detail::worker& from) {
+    proxied.fetch_sub(1, std::memory_order_relaxed);
+    if (from.waiting()) from.admit_waiting();
+    else if (waiting.load(std::memory_order_relaxed) > 0) wake_queues();
+  }
+  void wake_queues() {
+    for (auto& w : workers) {
+      detail::worker* target = w.get();
+      target->loop().post([target] { target->admit_waiting(); });
+    }
+  }
+
+  std::error_code open();
+  void close_all();
+  server_stats collect_stats() const;
+  void apply_concurrency(int limit) {
+    concurrency.store(limit, std::memory_order_relaxed);
+    wake_queues();
+  }
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out);
+
+  server_options options;
+  detail::logger log;
+  detail::registry backends;
+  std::atomic<int> concurrency;
+  std::atomic<std::int64_t> proxied{0};
+  std::atomic<std::int64_t> waiting{0};
+  std::vector<std::unique_ptr<detail::worker>> workers;
+  std::unique_ptr<detail::admin_server> admin;
+  std::vector<std::thread> threads;
+  std::mutex lifecycle;
+  bool running = false;
+  bool caller_runs_loop = false;
+  endpoint bound_listen;
+  endpoint bound_admin;
+};
+
+}  // namespace harmony

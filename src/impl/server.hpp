@@ -1,0 +1,179 @@
+namespace harmony {
+
+// >>server-impl  harmony::server
+inline std::error_code server::impl::open() {
+  endpoint at;
+  if (auto e = parse_endpoint(options.listen, at)) return e;
+  if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
+      options.buffer_bytes < 1 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
+    return make_error_code(errc::bad_option);
+  detail::address where;
+  if (auto e = detail::resolve(at, where, true)) return e;
+  std::vector<detail::socket_handle> listeners;
+  for (int i = 0; i < options.workers; ++i) {
+    detail::socket_handle s = detail::invalid_socket;
+#if defined(HARMONY_USE_IOCP)
+    if (i > 0) {  // one listener for all: the first worker deals out what it accepts
+      listeners.push_back(s);
+      continue;
+    }
+#endif
+    std::error_code e = detail::open_listener(where, options.workers > 1, s);
+    if (!e && i == 0) {
+      // With port 0 every further worker must join the port the first one got.
+      detail::address bound;
+      detail::local_address(s, bound);
+      where.set_port(bound.port());
+      bound_listen = bound.to_endpoint();
+    }
+    if (e) {
+      for (auto l : listeners)
+        if (l != detail::invalid_socket) detail::close_socket(l);
+      return e;
+    }
+    listeners.push_back(s);
+  }
+  for (auto s : listeners) {
+    workers.push_back(std::make_unique<detail::worker>(*this, options, log));
+    if (auto e = workers.back()->open(s)) {
+      workers.clear();
+      return e;
+    }
+  }
+  if (!options.admin.empty()) {
+    endpoint admin_at;
+    detail::address admin_where;
+    std::error_code e = parse_endpoint(options.admin, admin_at);
+    if (!e) e = detail::resolve(admin_at, admin_where, true);
+    if (!e) {
+      admin = std::make_unique<detail::admin_server>(*this, workers.front()->loop());
+      e = admin->open(admin_where, bound_admin);
+    }
+    if (e) {
+      admin.reset();
+      workers.clear();
+      return e;
+    }
+    log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
+  }
+  log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  return {};
+}
+
+inline void server::impl::close_all() {
+  for (auto& w : workers) w->loop().stop();
+  for (auto& t : threads)
+    if (t.joinable()) t.join();
+  threads.clear();
+  admin.reset();
+  workers.clear();
+  bound_listen = endpoint{};
+  bound_admin = endpoint{};
+  running = false;
+}
+
+HARMONY_DEF server::server(server_options options) : impl_(std::make_unique<impl>(std::move(options))) {}
+
+HARMONY_DEF server::~server() { stop(); }
+
+HARMONY_DEF std::error_code server::start() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (impl_->running) return make_error_code(errc::already_running);
+  if (auto e = impl_->open()) return e;
+  impl_->running = true;
+  impl_->caller_runs_loop = false;
+  for (auto& w : impl_->workers) impl_->threads.emplace_back(&detail::worker::run_own_thread, w.get());
+  return {};
+}
+
+HARMONY_DEF std::error_code server::run() {
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);
+    if (impl_->running) return make_error_code(errc::already_running);
+    if (auto e = impl_->open()) return e;
+    impl_->running = true;
+    impl_->caller_runs_loop = true;
+    for (std::size_t i = 1; i < impl_->workers.size(); ++i)
+      impl_->threads.emplace_back(&detail::worker::run_own_thread, impl_->workers[i].get());
+  }
+  impl_->workers.front()->loop().run();
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  impl_->close_all();
+  return {};
+}
+
+HARMONY_DEF void server::stop() {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (!impl_->running) return;
+  for (auto& w : impl_->workers) w->loop().stop();
+  if (impl_->caller_runs_loop) return;  // run() cleans up when its loop returns
+  for (auto& t : impl_->threads)
+    if (t.get_id() == std::this_thread::get_id()) return;  // from a callback: the destructor joins
+  impl_->close_all();
+}
+
+HARMONY_DEF endpoint server::listen_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_listen;
+}
+
+HARMONY_DEF endpoint server::admin_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_admin;
+}
+
+HARMONY_DEF std::error_code server::add_backend(std::string_view address, int weight, std::string* id_out) {
+  return impl_->add_static(address, weight, id_out);
+}
+
+inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
+  endpoint at;
+  if (auto e = parse_endpoint(address, at)) return e;
+  if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
+  detail::address to;
+  if (auto e = detail::resolve(at, to, false)) return e;
+  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
+}
+
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+
+HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
+  return impl_->backends.set_weight(id, weight);
+}
+
+HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
+  return impl_->backends.drain(id, on, detail::now_ms());
+}
+
+HARMONY_DEF std::error_code server::set_concurrency(int limit) {
+  if (limit < -1) return make_error_code(errc::bad_option);
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (impl_->running) impl_->apply_concurrency(limit);
+  else impl_->concurrency.store(limit, std::memory_order_relaxed);
+  return {};
+}
+
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+
+HARMONY_DEF server_stats server::stats() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->collect_stats();
+}
+
+inline server_stats server::impl::collect_stats() const {
+  server_stats s;
+  for (auto& w : workers) {
+    s.accepted += w->stats.accepted.load(std::memory_order_relaxed);
+    s.active += w->stats.active.load(std::memory_order_relaxed);
+    s.unavailable += w->stats.unavailable.load(std::memory_order_relaxed);
+    s.connect_failures += w->stats.connect_failures.load(std::memory_order_relaxed);
+    s.bytes_in += w->stats.bytes_in.load(std::memory_order_relaxed);
+    s.bytes_out += w->stats.bytes_out.load(std::memory_order_relaxed);
+    s.bytes_spliced += w->stats.bytes_spliced.load(std::memory_order_relaxed);
+  }
+  s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
+  return s;
+}
+
+}  // namespace harmony

@@ -1,0 +1,41 @@
+namespace harmony {
+namespace detail {
+
+// >>util  logging, number parsing
+struct logger {
+  log_function fn;
+  log_level level = log_level::off;
+  bool enabled(log_level l) const noexcept { return fn && l >= level && level != log_level::off; }
+#if defined(__MINGW32__)
+  // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
+  __attribute__((format(gnu_printf, 3, 4)))
+#elif defined(__GNUC__)
+  __attribute__((format(printf, 3, 4)))
+#endif
+  void
+  operator()(log_level l, const char* format, ...) const {
+    if (!enabled(l)) return;
+    char text[512];
+    va_list args;
+    va_start(args, format);
+    std::vsnprintf(text, sizeof text, format, args);
+    va_end(args);
+    fn(l, text);
+  }
+};
+
+inline bool parse_uint(std::string_view text, std::uint64_t limit, std::uint64_t& out) noexcept {
+  if (text.empty() || text.size() > 20) return false;
+  std::uint64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+    if (v > (limit - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+
+}  // namespace detail
+}  // namespace harmony
