@@ -22,14 +22,18 @@
 //   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>registry       the shared backend table
-//   >>reactor        timers, posting, the poller contract; epoll, poll and IOCP pollers
-//   >>acceptor       listening sockets on either engine family
+//   >>engine         the contract every engine implements: poller, connection, acceptor
+//   >>pollers        the readiness pollers: epoll (edge-triggered) and poll (level-triggered)
+//   >>iocp-poller    the completion engine's poller: an I/O completion port
+//   >>reactor        one event loop: the engine's poller, timers, posted tasks, releases
 //   >>pools          relay buffers and splice pipes, taken only while bytes are in flight
-//   >>stream         a buffered byte stream for admin connections and the agent
-//   >>pump           the proxy core: two sockets, both directions, backpressure, half-close
-//   >>worker         one event loop: accept, pick, connect, relay, farewell
+//   >>acceptor       what the engines' acceptors share
+//   >>readiness      the connection and the acceptor of the readiness engines (epoll, poll)
+//   >>iocp           the connection and the acceptor of the completion engine (Windows)
+//   >>stream         a buffered byte stream on a connection, for the admin port and the agent
+//   >>pump           the proxy core: two connections, both directions, backpressure, half-close
 //   >>server-state   the state a server shares between its loops
-//   >>sessions       the bodies of the pump and the worker (they need the server state)
+//   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
 //   >>server-impl    harmony::server
 //   >>client-impl    harmony::client
@@ -536,6 +540,8 @@ inline ssize_t send_some(socket_handle s, const char* data, std::size_t n) noexc
 inline ssize_t recv_some(socket_handle s, char* data, std::size_t n) noexcept {
   return ::recv(s, data, clamp_length(n), 0);
 }
+// Windows has no SIGPIPE: a send to a closed peer fails with an error.
+inline void block_sigpipe_on_this_thread() noexcept {}
 #else
 using socket_handle = int;
 constexpr socket_handle invalid_socket = -1;
@@ -654,6 +660,15 @@ inline std::error_code bind_and_listen(socket_handle s, const address& at, socke
   out = s;
   return {};
 }
+
+// Whether each event loop can have a listener of its own on one port
+// (SO_REUSEPORT, the kernel spreading connections); where not (Windows), the
+// first loop accepts for all and deals the connections out.
+#if defined(SO_REUSEPORT) && !defined(_WIN32)
+inline constexpr bool listeners_share_port = true;
+#else
+inline constexpr bool listeners_share_port = false;
+#endif
 
 #if defined(_WIN32)
 inline socket_handle open_stream_socket(int family) noexcept {
@@ -1678,41 +1693,28 @@ class registry {
 namespace harmony {
 namespace detail {
 
-// >>reactor  timers, posting, the poller contract; epoll, poll and IOCP pollers
+// >>engine  the contract every engine implements: poller, connection, acceptor
+// An engine is chosen at compile time (>>config) and provides, in its own parts:
+//
+//   io_handler   what the poller delivers to: on_io(events) on readiness engines,
+//                on_complete(operation) on the completion engine; `retired` once
+//                closed, so that events already dequeued for it are dropped.
+//   poller       open(); add(socket, handler, interest); interest(...); remove(socket);
+//                wait(timeout_ms, woke, released) dispatching to handlers; wake() from
+//                any thread; settle() before the memory of handlers is freed;
+//                defer_release(handler, release): true when the release must wait for
+//                operations still in flight.
+//   connection   one socket on one loop, the only thing that reads and writes a
+//                socket: adopt / connect, read when readable, write with completion,
+//                shutdown_send once writes drained, close; it reports to a
+//                connection_owner. Every socket user (the admin port, the agent, the
+//                proxy pump) is built on it.
+//   acceptor     a listening socket handing over accepted sockets.
+//
+// The readiness engines (epoll, poll) share one connection and one acceptor
+// (>>readiness); IOCP has its own (>>iocp). Nothing outside the engine parts
+// knows which engine it runs on.
 enum : unsigned { io_read = 1, io_write = 2, io_error = 4, io_peer_closed = 8 };
-
-#if defined(HARMONY_USE_IOCP)
-struct io_op;
-#endif
-
-struct io_handler {
-  virtual void on_io(unsigned events) = 0;
-  bool retired = false;  // closed during this loop turn: its pending events are stale
-#if defined(HARMONY_USE_IOCP)
-  // What the completion engine keeps per socket. The kernel writes into an
-  // operation until its completion is dequeued, so a handler is released only
-  // when every operation it started has come back; `group` is the handler that
-  // counts them (the two sockets of a session count on one) and holds the release.
-  struct iocp_state {
-    io_handler* group = nullptr;  // null: this handler
-    std::uint32_t outstanding = 0;
-    unsigned interest = 0;
-    socket_handle socket = invalid_socket;  // while registered
-    io_op* reading = nullptr;               // the zero-byte receive in flight
-    io_op* writing = nullptr;               // the send or connect in flight
-    int error = 0;                          // of the completion being delivered
-    std::uint32_t sent = 0;                 // bytes the completed send wrote
-    std::function<void()> release;
-  } iocp;
-  io_handler* counting() noexcept { return iocp.group ? iocp.group : this; }
-  // Turns a completion into the readiness events on_io() understands; a handler
-  // that needs the operation itself (the listener) overrides it.
-  virtual void on_complete(io_op& op, int error, std::uint32_t bytes);
-#endif
-
- protected:
-  ~io_handler() = default;
-};
 
 struct timer {
   std::int64_t deadline = 0;
@@ -1721,18 +1723,126 @@ struct timer {
   bool armed() const noexcept { return index != static_cast<std::size_t>(-1); }
 };
 
+class connection;
+
+// What a connection tells its owner. Each call may close the connection (and
+// ask for the owner's release); the connection checks before it goes on.
+struct connection_owner {
+  // A connect() that returned `pending` has finished: connected, or the error.
+  virtual void on_connected(connection& c, std::error_code error) = 0;
+  // read() may now return bytes, the end of the stream or an error. Called only
+  // while the owner wants to read (want_read).
+  virtual void on_readable(connection& c) = 0;
+  // A write() that returned `pending` has finished: `bytes` more were written
+  // since write() returned, or the error that ended it.
+  virtual void on_written(connection& c, std::size_t bytes, std::error_code error) = 0;
+
+ protected:
+  ~connection_owner() = default;
+};
+
+enum class io_status {
+  done,     // finished now
+  pending,  // goes on; the owner hears of the end (on_connected / on_written)
+  failed,   // the error is in the error_code given
+};
+
+// The result of connection::read: bytes (> 0), the end of the stream (0), or
+// nothing for now (-1 with no error) / a failure (-1 with the error set).
+using read_result = std::ptrdiff_t;
+
+}  // namespace detail
+}  // namespace harmony
+
+#if !defined(HARMONY_USE_IOCP)
+namespace harmony {
+namespace detail {
+
+// >>pollers  the readiness pollers: epoll (edge-triggered) and poll (level-triggered)
+struct io_handler {
+  virtual void on_io(unsigned events) = 0;
+  bool retired = false;  // closed during this loop turn: its pending events are stale
+
+ protected:
+  ~io_handler() = default;
+};
+
+// Wakes a poller from another thread: an eventfd on Linux, a pipe elsewhere.
+// A full pipe or counter already means "wake up", so a failed write is harmless.
+class wake_channel final : public io_handler {
+ public:
+  wake_channel() = default;
+  wake_channel(const wake_channel&) = delete;
+  wake_channel& operator=(const wake_channel&) = delete;
+  ~wake_channel() {
+    if (read_ >= 0) ::close(read_);
+    if (write_ >= 0 && write_ != read_) ::close(write_);
+  }
+  std::error_code open() {
+#if defined(HARMONY_USE_EPOLL)
+    read_ = write_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (read_ < 0) return system_error_code(errno);
+#else
+    int p[2];
+    if (::pipe(p) != 0) return system_error_code(errno);
+    read_ = p[0];
+    write_ = p[1];
+    if (!set_nonblocking(read_) || !set_nonblocking(write_)) return system_error_code(errno);
+#endif
+    return {};
+  }
+  int descriptor() const noexcept { return read_; }
+  void wake() noexcept {
+    if (write_ < 0) return;
+#if defined(HARMONY_USE_EPOLL)
+    std::uint64_t one = 1;
+    ssize_t r = ::write(write_, &one, sizeof one);
+#else
+    char one = 1;
+    ssize_t r = ::write(write_, &one, 1);
+#endif
+    (void)r;
+  }
+  void on_io(unsigned) override {
+    char sink[64];
+    while (::read(read_, sink, sizeof sink) > 0) {
+    }
+  }
+
+ private:
+  int read_ = -1;
+  int write_ = -1;
+};
+
+// What the readiness pollers share: the wake channel, and the contract's parts
+// that only the completion engine needs.
+class readiness_poller_base {
+ public:
+  void wake() noexcept { waker_.wake(); }
+  void settle(std::vector<std::function<void()>>&) noexcept {}
+  bool defer_release(io_handler&, std::function<void()>&) noexcept { return false; }
+
+ protected:
+  wake_channel waker_;
+};
+
 #if defined(HARMONY_USE_EPOLL)
 // Edge-triggered: each socket is registered once for everything, so changing what
-// a connection waits for costs no system call. Handlers track readiness themselves.
-class poller {
+// a connection waits for costs no system call; connections track readiness themselves.
+class poller : public readiness_poller_base {
  public:
-  static constexpr bool tracks_interest = false;
-  std::error_code open() {
-    fd_ = ::epoll_create1(EPOLL_CLOEXEC);
-    return fd_ < 0 ? system_error_code(errno) : std::error_code{};
-  }
+  static constexpr bool edge_triggered = true;
+  poller() = default;
+  poller(const poller&) = delete;
+  poller& operator=(const poller&) = delete;
   ~poller() {
     if (fd_ >= 0) ::close(fd_);
+  }
+  std::error_code open() {
+    fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (fd_ < 0) return system_error_code(errno);
+    if (auto e = waker_.open()) return e;
+    return add(waker_.descriptor(), &waker_, io_read);
   }
   std::error_code add(socket_handle s, io_handler* h, unsigned) {
     epoll_event e{};
@@ -1743,9 +1853,12 @@ class poller {
   void interest(socket_handle, io_handler*, unsigned) noexcept {}
   // Closing a socket removes it from the epoll set by itself.
   void remove(socket_handle) noexcept {}
-  template <class Woke, class Dispatch>
-  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
+  // Waits up to `timeout_ms`, calls `woke()` as soon as the wait ends and then
+  // each ready handler. A failed wait other than EINTR is returned.
+  template <class Woke>
+  std::error_code wait(int timeout_ms, Woke&& woke, std::vector<std::function<void()>>&) {
     int n = ::epoll_wait(fd_, events_, max_events, timeout_ms);
+    int error = n < 0 ? errno : 0;
     woke();
     for (int i = 0; i < n; ++i) {
       unsigned ev = 0, e = events_[i].events;
@@ -1754,8 +1867,10 @@ class poller {
       if (e & EPOLLERR) ev |= io_error | io_read | io_write;
       if (e & (EPOLLRDHUP | EPOLLHUP)) ev |= io_peer_closed | io_read;
       if (e & EPOLLHUP) ev |= io_write;
-      dispatch(static_cast<io_handler*>(events_[i].data.ptr), ev);
+      auto* h = static_cast<io_handler*>(events_[i].data.ptr);
+      if (!h->retired) h->on_io(ev);
     }
+    return error && error != EINTR ? system_error_code(error) : std::error_code{};
   }
 
  private:
@@ -1764,12 +1879,16 @@ class poller {
   epoll_event events_[max_events];
 };
 #elif defined(HARMONY_USE_POLL)
-// Level-triggered poll(2): handlers state what they wait for.
-class poller {
+// Level-triggered poll(2): connections state what they wait for.
+class poller : public readiness_poller_base {
  public:
-  static constexpr bool tracks_interest = true;
-  std::error_code open() { return {}; }
+  static constexpr bool edge_triggered = false;
+  std::error_code open() {
+    if (auto e = waker_.open()) return e;
+    return add(waker_.descriptor(), &waker_, io_read);
+  }
   std::error_code add(socket_handle s, io_handler* h, unsigned interest) {
+    if (s < 0) return system_error_code(EBADF);
     if (static_cast<std::size_t>(s) >= slot_of_.size()) slot_of_.resize(static_cast<std::size_t>(s) + 1, -1);
     slot_of_[static_cast<std::size_t>(s)] = static_cast<int>(fds_.size());
     pollfd p{};
@@ -1796,11 +1915,12 @@ class poller {
     handlers_.pop_back();
     slot_of_[static_cast<std::size_t>(s)] = -1;
   }
-  template <class Woke, class Dispatch>
-  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch) {
+  template <class Woke>
+  std::error_code wait(int timeout_ms, Woke&& woke, std::vector<std::function<void()>>&) {
     int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeout_ms);
+    int error = n < 0 ? errno : 0;
     woke();
-    if (n <= 0) return;
+    if (n <= 0) return error && error != EINTR ? system_error_code(error) : std::error_code{};
     ready_.clear();
     for (std::size_t i = 0; i < fds_.size() && ready_.size() < static_cast<std::size_t>(n); ++i) {
       short r = fds_[i].revents;
@@ -1812,7 +1932,9 @@ class poller {
       if (r & POLLHUP) ev |= io_peer_closed | io_read | io_write;
       ready_.push_back({handlers_[i], ev});
     }
-    for (auto& r : ready_) dispatch(r.first, r.second);
+    for (auto& r : ready_)
+      if (!r.first->retired) r.first->on_io(r.second);
+    return {};
   }
 
  private:
@@ -1820,14 +1942,48 @@ class poller {
     return static_cast<short>(((interest & io_read) ? POLLIN : 0) | ((interest & io_write) ? POLLOUT : 0));
   }
   int lookup(socket_handle s) const noexcept {
-    return static_cast<std::size_t>(s) < slot_of_.size() ? slot_of_[static_cast<std::size_t>(s)] : -1;
+    return s >= 0 && static_cast<std::size_t>(s) < slot_of_.size() ? slot_of_[static_cast<std::size_t>(s)] : -1;
   }
   std::vector<pollfd> fds_;
   std::vector<io_handler*> handlers_;
   std::vector<int> slot_of_;
   std::vector<std::pair<io_handler*, unsigned>> ready_;
 };
-#elif defined(HARMONY_USE_IOCP)
+#endif
+
+}  // namespace detail
+}  // namespace harmony
+#endif  // !HARMONY_USE_IOCP
+
+#if defined(HARMONY_USE_IOCP)
+namespace harmony {
+namespace detail {
+
+// >>iocp-poller  the completion engine's poller: an I/O completion port
+struct io_op;
+
+// What the completion engine keeps per socket. The kernel writes into an
+// operation until its completion is dequeued, so a handler is released only
+// when every operation it started has come back; `group` is the handler that
+// counts them (the two sockets of a session count on one) and holds the release.
+struct io_handler {
+  virtual void on_complete(io_op& op, int error, std::uint32_t bytes) = 0;
+  bool retired = false;  // closed: completions still to come are only counted back
+  struct iocp_state {
+    io_handler* group = nullptr;  // null: this handler
+    std::uint32_t outstanding = 0;
+    unsigned interest = 0;
+    socket_handle socket = invalid_socket;  // while registered
+    io_op* reading = nullptr;               // the zero-byte receive in flight
+    io_op* writing = nullptr;               // the send or connect in flight
+    std::function<void()> release;
+  } iocp;
+  io_handler* counting() noexcept { return iocp.group ? iocp.group : this; }
+
+ protected:
+  ~io_handler() = default;
+};
+
 // Windows: an I/O completion port. Readiness is emulated the libuv way: a socket
 // that wants to read keeps one zero-byte overlapped WSARecv in flight, which
 // completes when data (or a FIN, or a reset) arrives and costs no buffer while the
@@ -1835,7 +1991,7 @@ class poller {
 // POSIX. Interest is level-triggered, like poll: after each delivery the probe is
 // posted again while the handler still wants to read. A send that would block goes
 // out as an overlapped WSASend of the caller's bytes, which stay put until its
-// completion is delivered as io_write with `iocp.sent` set. Connects use ConnectEx
+// completion says how many went (see >>iocp for the connection). Connects use ConnectEx
 // and the listener AcceptEx, both found through WSAIoctl.
 enum : unsigned { op_probe, op_send, op_connect, op_accept };
 
@@ -1857,19 +2013,9 @@ struct accept_op : io_op {
   char addresses[2 * address_room];
 };
 
-inline void io_handler::on_complete(io_op& op, int error, std::uint32_t bytes) {
-  iocp.error = error;
-  unsigned failed = error ? static_cast<unsigned>(io_error) : 0u;
-  switch (op.kind) {
-    case op_probe: return on_io(io_read | failed);
-    case op_send: iocp.sent = bytes; return on_io(io_write | failed);
-    default: return on_io(io_write | failed);
-  }
-}
-
 class poller {
  public:
-  static constexpr bool tracks_interest = true;
+  static constexpr bool edge_triggered = false;
   poller() = default;
   poller(const poller&) = delete;
   poller& operator=(const poller&) = delete;
@@ -1968,8 +2114,78 @@ class poller {
     return system_error_code(e);
   }
 
-  void wake() { ::PostQueuedCompletionStatus(port_, 0, wake_key, nullptr); }
-  std::size_t in_flight() const noexcept { return in_flight_; }
+  // One wake-up packet in the port at a time is enough: the loop runs every task
+  // queued before it dequeues the packet's successor.
+  void wake() {
+    if (!wake_posted_.exchange(true, std::memory_order_acq_rel))
+      ::PostQueuedCompletionStatus(port_, 0, wake_key, nullptr);
+  }
+  // A handler's memory may be released once every operation it (or its group)
+  // started has come back: until then the kernel may still write into it.
+  bool defer_release(io_handler& h, std::function<void()>& release) {
+    if (h.iocp.outstanding == 0) return false;
+    h.iocp.release = std::move(release);
+    return true;
+  }
+  // Cancels every operation in flight and waits (a few seconds at most) until all
+  // have come back, delivering none: for tearing a stopped loop down, before the
+  // objects the kernel may still write into are freed.
+  void settle(std::vector<std::function<void()>>& released) {
+    cancel_all();
+    std::int64_t end = now_ms() + 5000;
+    while (in_flight_ > 0 && now_ms() < end) wait(100, [] {}, released);
+  }
+
+  // Dequeues completions for up to `timeout_ms`, calls `woke()` when the wait
+  // ends, and hands each live one to its handler. Every completion is counted
+  // back, and a retired group whose count reaches zero has its release moved to
+  // `released`.
+  template <class Woke>
+  std::error_code wait(int timeout_ms, Woke&& woke, std::vector<std::function<void()>>& released) {
+    ULONG n = 0;
+    BOOL got = ::GetQueuedCompletionStatusEx(port_, entries_, max_events, &n, static_cast<DWORD>(timeout_ms), FALSE);
+    int error = got ? 0 : static_cast<int>(::GetLastError());
+    woke();
+    if (!got) return error == WAIT_TIMEOUT ? std::error_code{} : system_error_code(error);
+    for (ULONG i = 0; i < n; ++i) {
+      if (!entries_[i].lpOverlapped) {
+        wake_posted_.store(false, std::memory_order_release);
+        continue;
+      }
+      io_op* op = reinterpret_cast<io_op*>(entries_[i].lpOverlapped);
+      io_handler* h = op->owner;
+      io_handler* group = h->counting();
+      if (h->iocp.reading == op) h->iocp.reading = nullptr;
+      if (h->iocp.writing == op) h->iocp.writing = nullptr;
+      --group->iocp.outstanding;
+      --in_flight_;
+      bool live = !op->stale && !h->retired && !settling_;
+      if (live) {
+        std::uint32_t bytes = entries_[i].dwNumberOfBytesTransferred;
+        int failure = op->failed;
+        if (!failure && op->overlapped.Internal != 0) {
+          DWORD transferred = 0, flags = 0;
+          if (!::WSAGetOverlappedResult(op->socket, &op->overlapped, &transferred, FALSE, &flags))
+            failure = ::WSAGetLastError();
+        }
+        if (!failure && op->kind == op_connect &&
+            ::setsockopt(op->socket, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, nullptr, 0) != 0)
+          failure = ::WSAGetLastError();
+        h->on_complete(*op, failure, bytes);
+      }
+      if (op->pooled) give(op);
+      if (live && !h->retired && (h->iocp.interest & io_read) && !h->iocp.reading &&
+          h->iocp.socket != invalid_socket)
+        probe(h);
+      if (group->retired && group->iocp.outstanding == 0 && group->iocp.release) {
+        released.push_back(std::move(group->iocp.release));
+        group->iocp.release = nullptr;
+      }
+    }
+    return {};
+  }
+
+ private:
   // For tearing the loop down: cancels every operation on the port and posts no
   // new ones from then on.
   void cancel_all() noexcept {
@@ -1984,56 +2200,6 @@ class poller {
     }
   }
 
-  // Dequeues completions for up to `timeout_ms`, calls `woke()` when the wait
-  // ends, and hands each live one to `dispatch(handler, op, error, bytes)`;
-  // `on_wake` runs for a wake-up. Every
-  // completion is counted back, and a retired group whose count reaches zero has
-  // its release moved to `released`.
-  template <class Woke, class Dispatch, class Wake>
-  void wait(int timeout_ms, Woke&& woke, Dispatch&& dispatch, Wake&& on_wake,
-            std::vector<std::function<void()>>& released) {
-    ULONG n = 0;
-    BOOL got = ::GetQueuedCompletionStatusEx(port_, entries_, max_events, &n, static_cast<DWORD>(timeout_ms), FALSE);
-    woke();
-    if (!got) return;
-    for (ULONG i = 0; i < n; ++i) {
-      if (!entries_[i].lpOverlapped) {
-        on_wake();
-        continue;
-      }
-      io_op* op = reinterpret_cast<io_op*>(entries_[i].lpOverlapped);
-      io_handler* h = op->owner;
-      io_handler* group = h->counting();
-      if (h->iocp.reading == op) h->iocp.reading = nullptr;
-      if (h->iocp.writing == op) h->iocp.writing = nullptr;
-      --group->iocp.outstanding;
-      --in_flight_;
-      bool live = !op->stale && !h->retired;
-      if (live) {
-        std::uint32_t bytes = entries_[i].dwNumberOfBytesTransferred;
-        int error = op->failed;
-        if (!error && op->overlapped.Internal != 0) {
-          DWORD transferred = 0, flags = 0;
-          if (!::WSAGetOverlappedResult(op->socket, &op->overlapped, &transferred, FALSE, &flags))
-            error = ::WSAGetLastError();
-        }
-        if (!error && op->kind == op_connect &&
-            ::setsockopt(op->socket, SOL_SOCKET, SO_UPDATE_CONNECT_CONTEXT, nullptr, 0) != 0)
-          error = ::WSAGetLastError();
-        dispatch(h, *op, error, bytes);
-      }
-      if (op->pooled) give(op);
-      if (live && !settling_ && !h->retired && (h->iocp.interest & io_read) && !h->iocp.reading &&
-          h->iocp.socket != invalid_socket)
-        probe(h);
-      if (group->retired && group->iocp.outstanding == 0 && group->iocp.release) {
-        released.push_back(std::move(group->iocp.release));
-        group->iocp.release = nullptr;
-      }
-    }
-  }
-
- private:
   static constexpr ULONG max_events = 256;
   static constexpr ULONG_PTR wake_key = 1;
 
@@ -2083,67 +2249,38 @@ class poller {
   io_op* free_ = nullptr;
   std::size_t in_flight_ = 0;
   bool settling_ = false;
+  std::atomic<bool> wake_posted_{false};
   OVERLAPPED_ENTRY entries_[max_events];
 };
-#endif
 
-// One event loop: a poller, timers, a cross-thread task queue and a wake-up.
+}  // namespace detail
+}  // namespace harmony
+#endif  // HARMONY_USE_IOCP
+
+namespace harmony {
+namespace detail {
+
+// >>reactor  one event loop: the engine's poller, timers, posted tasks, releases
 class reactor {
  public:
-  reactor() { waker_.owner = this; }
+  reactor() = default;
   reactor(const reactor&) = delete;
   reactor& operator=(const reactor&) = delete;
-  ~reactor() {
-#if !defined(HARMONY_USE_IOCP)
-    if (wake_read_ >= 0) ::close(wake_read_);
-    if (wake_write_ >= 0 && wake_write_ != wake_read_) ::close(wake_write_);
-#endif
-  }
 
   std::error_code open() {
-    if (auto e = poller_.open()) return e;
-#if defined(HARMONY_USE_IOCP)
-    // The port itself carries wake-ups: no descriptor to watch.
     now_ = now_ms();
-    return {};
-#elif defined(HARMONY_USE_EPOLL)
-    wake_read_ = wake_write_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (wake_read_ < 0) return system_error_code(errno);
-#else
-    int p[2];
-    if (::pipe(p) != 0) return system_error_code(errno);
-    wake_read_ = p[0];
-    wake_write_ = p[1];
-    if (!set_nonblocking(wake_read_) || !set_nonblocking(wake_write_)) return system_error_code(errno);
-#endif
-#if !defined(HARMONY_USE_IOCP)
-    now_ = now_ms();
-    return poller_.add(wake_read_, &waker_, io_read);
-#endif
+    return poller_.open();
   }
 
+  // For the engine's connection and acceptor: the poller itself.
+  poller& engine() noexcept { return poller_; }
   std::error_code add(socket_handle s, io_handler* h, unsigned interest) { return poller_.add(s, h, interest); }
   void interest(socket_handle s, io_handler* h, unsigned interest) { poller_.interest(s, h, interest); }
   void remove(socket_handle s) { poller_.remove(s); }
-  static constexpr bool tracks_interest = poller::tracks_interest;
-#if defined(HARMONY_USE_IOCP)
-  // The completion-only operations (see the IOCP poller).
-  void send(socket_handle s, io_handler* h, const char* data, std::size_t n) { poller_.send(s, h, data, n); }
-  void connect(socket_handle s, io_handler* h, const address& to) { poller_.connect(s, h, to); }
-  std::error_code accept(socket_handle listener, io_handler* h, accept_op& op, int family) {
-    return poller_.accept(listener, h, op, family);
-  }
-  // Cancels every operation in flight and waits (a few seconds at most) until all
-  // have come back, delivering none: for tearing a stopped loop down, before the
-  // objects the kernel may still write into are freed.
-  void settle() {
-    poller_.cancel_all();
-    std::int64_t end = now_ms() + 5000;
-    while (poller_.in_flight() > 0 && now_ms() < end)
-      poller_.wait(100, [] {}, [](io_handler*, io_op&, int, std::uint32_t) {}, [] {}, graveyard_);
-    run_graveyard();
-  }
-#endif
+
+  // Called on the loop thread when the poller's wait fails (other than by a
+  // signal); the loop then pauses briefly so that a lasting failure cannot spin.
+  std::function<void(std::error_code)> on_error;
 
   // Cached at each loop turn, so hot paths never read the clock.
   std::int64_t now() const noexcept { return now_; }
@@ -2175,25 +2312,27 @@ class reactor {
       std::lock_guard<std::mutex> lock(tasks_mutex_);
       tasks_.push_back(std::move(task));
     }
-    wake();
+    poller_.wake();
   }
   void stop() {
     stopping_.store(true, std::memory_order_release);
-    wake();
+    poller_.wake();
   }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
-  // Handlers closed during a turn are released after it, when no stale event can reach them.
-  void retire(io_handler* h, std::function<void()> release) {
-    h->retired = true;
-#if defined(HARMONY_USE_IOCP)
-    // ... and, with completions, once the last operation they started is back.
-    if (h->iocp.outstanding > 0) {
-      h->iocp.release = std::move(release);
-      return;
-    }
-#endif
-    graveyard_.push_back(std::move(release));
+  // Releases the owner of a handler closed during this turn: after the turn, when
+  // no stale event can reach it, and not before every operation it started in
+  // the kernel has come back (the completion engine).
+  void retire(io_handler& h, std::function<void()> release) {
+    h.retired = true;
+    if (!poller_.defer_release(h, release)) graveyard_.push_back(std::move(release));
+  }
+
+  // Before the handlers of a stopped loop are freed: waits (a few seconds at most)
+  // for the operations still in flight, delivering none.
+  void settle() {
+    poller_.settle(graveyard_);
+    run_graveyard();
   }
 
   void run() {
@@ -2207,18 +2346,10 @@ class reactor {
       timeout = wait <= 0 ? 0 : static_cast<int>(std::min<std::int64_t>(wait, INT_MAX));
     }
     // The clock is read once per turn, as soon as the wait ends.
-#if defined(HARMONY_USE_IOCP)
-    poller_.wait(
-        timeout, [this] { now_ = now_ms(); },
-        [](io_handler* h, io_op& op, int error, std::uint32_t bytes) { h->on_complete(op, error, bytes); },
-        [this] { wake_posted_.store(false, std::memory_order_release); }, graveyard_);
-#else
-    poller_.wait(
-        timeout, [this] { now_ = now_ms(); },
-        [](io_handler* h, unsigned ev) {
-          if (!h->retired) h->on_io(ev);
-        });
-#endif
+    if (std::error_code e = poller_.wait(timeout, [this] { now_ = now_ms(); }, graveyard_)) {
+      if (on_error) on_error(e);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     while (!timers_.empty() && timers_.front()->deadline <= now_) {
       timer* t = timers_.front();
       cancel(*t);
@@ -2229,41 +2360,10 @@ class reactor {
   }
 
  private:
-  struct waker_handler final : io_handler {
-    reactor* owner = nullptr;
-    void on_io(unsigned) override { owner->drain_wake(); }
-  };
-
   void run_graveyard() {
     for (std::size_t i = 0; i < graveyard_.size(); ++i) graveyard_[i]();
     graveyard_.clear();
   }
-#if defined(HARMONY_USE_IOCP)
-  // One wake-up packet in the port at a time is enough: the loop runs every task
-  // queued before it dequeues the packet's successor.
-  void wake() {
-    if (!wake_posted_.exchange(true, std::memory_order_acq_rel)) poller_.wake();
-  }
-  void drain_wake() {}
-  std::atomic<bool> wake_posted_{false};
-#else
-  void wake() {
-    if (wake_write_ < 0) return;
-#if defined(HARMONY_USE_EPOLL)
-    std::uint64_t one = 1;
-    ssize_t r = ::write(wake_write_, &one, sizeof one);
-#else
-    char one = 1;
-    ssize_t r = ::write(wake_write_, &one, 1);
-#endif
-    (void)r;  // a full pipe or counter already means "wake up"
-  }
-  void drain_wake() {
-    char sink[64];
-    while (::read(wake_read_, sink, sizeof sink) > 0) {
-    }
-  }
-#endif
   void run_tasks() {
     std::vector<std::function<void()>> batch;
     {
@@ -2301,9 +2401,6 @@ class reactor {
   }
 
   poller poller_;
-  waker_handler waker_;
-  int wake_read_ = -1;
-  int wake_write_ = -1;
   std::int64_t now_ = 0;
   std::vector<timer*> timers_;
   std::mutex tasks_mutex_;
@@ -2311,156 +2408,6 @@ class reactor {
   std::vector<std::function<void()>> graveyard_;
   std::atomic<bool> stopping_{false};
 };
-
-}  // namespace detail
-}  // namespace harmony
-
-namespace harmony {
-namespace detail {
-
-// >>acceptor  listening sockets on either engine family
-// A listening socket on a loop, and what it hands over: each accepted socket,
-// ready for use, goes to `on_accept`. The two engines take connections their own way.
-class acceptor_base : public io_handler {
- public:
-  std::function<void(socket_handle, const address&)> on_accept;
-  acceptor_base(const acceptor_base&) = delete;
-  acceptor_base& operator=(const acceptor_base&) = delete;
-  // Stops accepting and closes the listener (and cancels accepts in flight).
-  void close() {
-    if (fd_ == invalid_socket) return;
-    loop_.cancel(retry_);
-    loop_.remove(fd_);
-    close_socket(fd_);
-    fd_ = invalid_socket;
-  }
-
- protected:
-  acceptor_base(reactor& loop, const logger& log) : loop_(loop), log_(log) {}
-  ~acceptor_base() = default;
-
-  reactor& loop_;
-  const logger& log_;
-  socket_handle fd_ = invalid_socket;
-  timer retry_;  // after running out of sockets or memory
-};
-
-#if defined(HARMONY_USE_IOCP)
-// A listening socket on the completion engine. A few AcceptEx wait at once, so
-// that a burst of connections is taken in one turn; each accepted socket is
-// handed to `on_accept` ready for use (accept context set, non-blocking, no
-// Nagle). Its operations are heap memory that is left alone, not freed, if the
-// acceptor goes while some are still in flight: the owner settles the loop first.
-class acceptor final : public acceptor_base {
- public:
-  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log), ops_(new accept_op[in_flight]) {
-    retry_.fire = [this] { start(); };
-  }
-  ~acceptor() {
-    close();
-    if (iocp.outstanding > 0) {
-      ops_.release();
-      return;
-    }
-    for (int i = 0; i < in_flight; ++i)
-      if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
-  }
-
-  // Takes the listener over; the accepts are issued from the loop's own thread.
-  std::error_code open(socket_handle listener) {
-    address bound;
-    if (auto e = local_address(listener, bound)) return e;
-    family_ = bound.family();
-    if (auto e = loop_.add(listener, this, 0)) return e;
-    fd_ = listener;
-    loop_.post([this] { start(); });
-    return {};
-  }
-
- private:
-  static constexpr int in_flight = 8;
-
-  void on_io(unsigned) override {}
-  void on_complete(io_op& done, int error, std::uint32_t) override {
-    accept_op& op = static_cast<accept_op&>(done);
-    socket_handle s = op.accepted;
-    op.accepted = invalid_socket;
-    address peer;
-    peer.length = sizeof peer.storage;
-    if (!error && ::setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&fd_),
-                               sizeof fd_) != 0)
-      error = last_socket_error();
-    if (!error && ::getpeername(s, peer.get(), &peer.length) != 0) error = last_socket_error();
-    if (error) {
-      // A client that reset before it was taken in is no reason to stop accepting.
-      close_socket(s);
-      log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
-    } else {
-      set_nodelay(s);
-      if (on_accept) on_accept(s, peer);
-      else close_socket(s);
-    }
-    start();
-  }
-  void start() {
-    for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
-      accept_op& op = ops_[i];
-      if (op.accepted != invalid_socket) continue;  // in flight
-      if (std::error_code e = loop_.accept(fd_, this, op, family_)) {
-        // Out of sockets or memory: try again in a moment instead of spinning.
-        log_(log_level::error, "accept failed: %s", e.message().c_str());
-        loop_.schedule(retry_, loop_.now() + 100);
-        return;
-      }
-    }
-  }
-
-  std::unique_ptr<accept_op[]> ops_;
-  int family_ = AF_INET;
-};
-#else
-// A listening socket on a readiness loop: each readiness accepts every pending
-// connection and hands it to `on_accept` (non-blocking, no Nagle). Out of
-// descriptors or memory it pauses for 100 ms: a level-triggered poller would
-// otherwise spin on the connection it cannot take.
-class acceptor final : public acceptor_base {
- public:
-  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log) {
-    retry_.fire = [this] {
-      if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
-      accept_all();
-    };
-  }
-  ~acceptor() { close(); }
-
-  // Takes the listener over.
-  std::error_code open(socket_handle listener) {
-    if (auto e = loop_.add(listener, this, io_read)) return e;
-    fd_ = listener;
-    return {};
-  }
-
- private:
-  void on_io(unsigned) override { accept_all(); }
-  void accept_all() {
-    while (fd_ != invalid_socket) {
-      address peer;
-      socket_handle s = accept_one(fd_, peer);
-      if (s == invalid_socket) {
-        int e = last_socket_error();
-        if (would_block(e)) return;
-        if (e == EINTR || e == ECONNABORTED) continue;
-        log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
-        if (reactor::tracks_interest) loop_.interest(fd_, this, 0);
-        loop_.schedule(retry_, loop_.now() + 100);
-        return;
-      }
-      if (on_accept) on_accept(s, peer);
-      else close_socket(s);
-    }
-  }
-};
-#endif
 
 }  // namespace detail
 }  // namespace harmony
@@ -2518,9 +2465,8 @@ class buffer_pool {
   std::size_t released_ = 0;
 };
 
-#if defined(__linux__)
-// Pipes for splice(2). A streaming direction borrows one while bytes sit in it
-// and gives it back empty, so an idle connection holds no pipe and no descriptor.
+// Pipes for splice(2) on Linux. A streaming direction borrows one while bytes sit
+// in it and gives it back empty, so an idle connection holds no pipe and no descriptor.
 struct kernel_pipe {
   int read = -1;
   int write = -1;
@@ -2528,6 +2474,7 @@ struct kernel_pipe {
   bool valid() const noexcept { return read >= 0; }
 };
 
+#if defined(__linux__)
 class pipe_pool {
  public:
   pipe_pool() { spare_.reserve(keep); }
@@ -2588,158 +2535,784 @@ class pipe_pool {
 namespace harmony {
 namespace detail {
 
-// >>stream  a buffered byte stream for admin connections and the agent
-// A buffered byte stream on one loop, for the admin port and the agent: read
-// callbacks, queued writes, graceful or immediate close. Closing retires the
-// handler; the owner is released after the loop turn, so a callback may close
-// (and so release) its own stream.
-class stream final : public io_handler {
+// >>acceptor  what the engines' acceptors share
+// A listening socket on a loop, and what it hands over: each accepted socket,
+// ready for use, goes to `on_accept`. The two engines take connections their own way.
+class acceptor_base : public io_handler {
  public:
-  std::function<void(std::string_view)> on_data;
-  std::function<void(std::error_code)> on_connect;  // outgoing streams: once, error or success
-  std::function<void(std::error_code)> on_close;    // once: empty code on a clean EOF
+  std::function<void(socket_handle, const address&)> on_accept;
+  acceptor_base(const acceptor_base&) = delete;
+  acceptor_base& operator=(const acceptor_base&) = delete;
+  // Stops accepting and closes the listener (and cancels accepts in flight).
+  void close() {
+    if (fd_ == invalid_socket) return;
+    loop_.cancel(retry_);
+    loop_.remove(fd_);
+    close_socket(fd_);
+    fd_ = invalid_socket;
+  }
 
-  explicit stream(reactor& loop) : loop_(loop) {}
-  stream(const stream&) = delete;
-  stream& operator=(const stream&) = delete;
-  ~stream() { drop(); }
+ protected:
+  acceptor_base(reactor& loop, const logger& log) : loop_(loop), log_(log) {}
+  ~acceptor_base() = default;
+
+  reactor& loop_;
+  const logger& log_;
+  socket_handle fd_ = invalid_socket;
+  timer retry_;  // after running out of sockets or memory
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+#if !defined(HARMONY_USE_IOCP)
+namespace harmony {
+namespace detail {
+
+// >>readiness  the connection and the acceptor of the readiness engines (epoll, poll)
+// Reads wait for readiness and then read without blocking; a write goes out at
+// once as far as the socket takes it, and the rest waits for writability inside
+// the connection, which tells the owner when all of it is out. With epoll every
+// socket is registered once for everything (edge-triggered) and the connection
+// remembers what it was told; with poll it states what it waits for.
+class connection final : public io_handler {
+ public:
+  explicit connection(reactor& loop) : loop_(loop) {}
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  ~connection() { close(false); }
+
+  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
+  // The completion engine releases connections in groups; readiness needs none.
+  void share_release_with(connection&) noexcept {}
 
   bool is_open() const noexcept { return fd_ != invalid_socket; }
   bool connecting() const noexcept { return connecting_; }
-#if defined(HARMONY_USE_IOCP)
-  std::size_t pending() const noexcept { return out_.size() - out_sent_ + flight_.size(); }
-#else
-  std::size_t pending() const noexcept { return out_.size() - out_sent_; }
-#endif
 
-  void attach(socket_handle fd) {
-    reset_state();
-    fd_ = fd;
-    loop_.add(fd_, this, io_read);
-  }
-
-  std::error_code connect(const address& to) {
-    reset_state();
-    bool done = false;
-    socket_handle s = invalid_socket;
-    if (auto e = begin_connect(to, s, done)) return e;
-    fd_ = s;
-    connecting_ = !done;
-#if defined(HARMONY_USE_IOCP)
-    // Nothing to read before ConnectEx completes; its completion comes as io_write.
-    loop_.add(fd_, this, 0);
-    loop_.connect(fd_, this, to);
-#else
-    loop_.add(fd_, this, io_read | io_write);
-#endif
-    if (done && on_connect) on_connect({});
+  // Takes an accepted (or otherwise connected) socket; on failure it is closed.
+  std::error_code adopt(socket_handle s) {
+    start(s);
+    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
     return {};
   }
 
-  void write(std::string_view bytes) {
-    if (fd_ == invalid_socket || closing_) return;
-    if (out_sent_ == out_.size()) {
-      out_.clear();
-      out_sent_ = 0;
+  // Starts a connect. `early` bytes, when given, are sent as soon as the socket
+  // takes them: only a connected socket takes bytes, so a send that succeeds
+  // right after connect() ends the connect without waiting for the event
+  // (`sent` says how many went). `done`: connected now; `pending`: the owner
+  // hears on_connected; `failed`: `error` says why.
+  io_status connect(const address& to, const char* early, std::size_t n, std::size_t& sent, std::error_code& error) {
+    sent = 0;
+    socket_handle s = invalid_socket;
+    bool done = false;
+    if ((error = begin_connect(to, s, done))) return io_status::failed;
+    start(s);
+    connecting_ = !done;
+    if ((error = loop_.add(fd_, this, interest_now()))) {
+      abandon(error);
+      return io_status::failed;
     }
-    out_.append(bytes.data(), bytes.size());
-    if (!connecting_) flush();
+    if (connecting_ && n > 0) {
+      auto r = send_some(fd_, early, n);
+      if (r > 0) {
+        sent = static_cast<std::size_t>(r);
+        connecting_ = false;
+        update_interest();
+      } else {
+        int e = last_socket_error();
+        if (!would_block(e) && e != EINTR && e != ENOTCONN) {
+          error = system_error_code(e);
+          close(false);
+          return io_status::failed;
+        }
+      }
+    }
+    return connecting_ ? io_status::pending : io_status::done;
   }
 
-  // Sends what is queued and a FIN, then waits for the peer's FIN and closes.
-  // on_close follows when that completes later, not when it completes at once.
-  void finish() {
-    if (fd_ == invalid_socket || closing_) return;
-    closing_ = true;
-    finishing_ = true;
-    if (!connecting_) flush();
-    if (draining_) read_all();
-    finishing_ = false;
+  // Whether a read may find something (or the end, or an error) now.
+  bool readable() const noexcept { return readable_; }
+  // Whether the owner is told when the connection becomes readable.
+  void want_read(bool on) {
+    if (want_read_ == on) return;
+    want_read_ = on;
+    update_interest();
   }
 
-  // Closes now, with a reset when `reset`. No callback follows.
-  void close(bool reset = false) {
+  read_result read(char* into, std::size_t n, std::error_code& error) {
+    if (at_end_) return 0;
+    for (;;) {
+      auto r = recv_some(fd_, into, n);
+      if (r > 0) {
+        // With edge-triggered readiness a short read means "drained". If the
+        // peer's FIN had already arrived, nothing can follow: the next read is
+        // the end of the stream, without a system call. A pending error (a reset
+        // behind the data) raises no further event, so it stays readable until
+        // a read reports it.
+        if (static_cast<std::size_t>(r) < n && !failed_) {
+          if (peer_closed_) at_end_ = true;
+          else readable_ = false;
+        }
+        return r;
+      }
+      if (r == 0) {
+        at_end_ = true;
+        return 0;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) {
+        readable_ = false;
+        return -1;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return -1;
+    }
+  }
+
+  // A write still going on: the bytes of the last write() that returned pending.
+  bool writing() const noexcept { return out_left_ > 0; }
+
+  // Writes [data, data + n). `done`: all written now. `pending`: `written` went
+  // now and the rest goes when the socket takes it; the bytes must stay where
+  // they are until on_written. `failed`: `error` says why.
+  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
+    written = 0;
+    while (written < n) {
+      auto r = send_some(fd_, data + written, n - written);
+      if (r >= 0) {
+        written += static_cast<std::size_t>(r);
+        // A short send means the socket is full: waiting beats another call.
+        if (written < n) return wait_to_write(data + written, n - written);
+        continue;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) return wait_to_write(data + written, n - written);
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return io_status::failed;
+    }
+    return io_status::done;
+  }
+
+#if defined(__linux__)
+  // splice(2) into a pipe: bytes (> 0), the end (0), nothing for now or a failure
+  // (-1). A short splice does not prove the socket drained (the pipe may run out
+  // of slots first), so the connection stays readable until a splice finds nothing.
+  read_result read_into(kernel_pipe& pipe, std::error_code& error) {
+    if (at_end_) return 0;
+    for (;;) {
+      ssize_t r = ::splice(fd_, nullptr, pipe.write, nullptr, pipe.capacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (r > 0) return r;
+      if (r == 0) {
+        at_end_ = true;
+        return 0;
+      }
+      int e = errno;
+      if (would_block(e)) {
+        readable_ = false;
+        return -1;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return -1;
+    }
+  }
+  // Moves `n` bytes from the pipe to the socket, with write()'s outcomes.
+  io_status write_from(kernel_pipe& pipe, std::uint32_t n, std::size_t& written, std::error_code& error) {
+    written = 0;
+    while (written < n) {
+      ssize_t r = ::splice(pipe.read, nullptr, fd_, nullptr, n - written, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (r > 0) {
+        written += static_cast<std::size_t>(r);
+        continue;
+      }
+      int e = r == 0 ? EPIPE : errno;
+      if (would_block(e)) {
+        out_pipe_ = &pipe;
+        out_left_ = n - written;
+        out_done_ = 0;
+        update_interest();
+        return io_status::pending;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return io_status::failed;
+    }
+    return io_status::done;
+  }
+#endif
+
+  // Sends a FIN once every write has gone out.
+  void shutdown_send() {
+    if (fd_ == invalid_socket) return;
+    if (writing()) {
+      shutdown_pending_ = true;
+      return;
+    }
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  // Closes now; with `reset`, the peer gets a reset instead of a FIN. Nothing is
+  // reported after it; the owner is released through reactor::retire.
+  void close(bool reset) {
     if (fd_ == invalid_socket) return;
     loop_.remove(fd_);
     if (reset) abort_socket(fd_);
     else close_socket(fd_);
     fd_ = invalid_socket;
+    retired = true;
     connecting_ = false;
+    out_ = nullptr;
+    out_left_ = 0;
+    out_pipe_ = nullptr;
   }
 
   void on_io(unsigned events) override {
-#if defined(HARMONY_USE_IOCP)
-    if (!connecting_) {
-      if (events & io_error) return hang_up(system_error_code(iocp.error));
-      if (events & io_write) {
-        // The overlapped send is done: what is left, and a pending finish(), go on.
-        flight_.erase(0, iocp.sent);
-        iocp.sent = 0;
-        if (!flight_.empty()) {
-          out_.insert(out_sent_, flight_);
-          flight_.clear();
-        }
-        flush();
-        if (fd_ == invalid_socket) return;
-      }
-    }
-#endif
+    if (events & io_error) failed_ = true;
+    if (events & io_peer_closed) peer_closed_ = true;
+    if (events & (io_read | io_error | io_peer_closed)) readable_ = true;
     if (connecting_) {
       if (!(events & (io_write | io_error))) return;
       connecting_ = false;
-#if defined(HARMONY_USE_IOCP)
-      std::error_code e = iocp.error ? system_error_code(iocp.error) : std::error_code{};
-      if (!e) loop_.interest(fd_, this, io_read);
-#else
-      std::error_code e = pending_socket_error(fd_);
-#endif
-      if (e) {
-        close();
-        if (on_connect) on_connect(e);
-        return;
-      }
-      if (on_connect) on_connect({});
-      if (fd_ == invalid_socket) return;
-      flush();
+      update_interest();
+      // Writable without an error means connected; only an error needs asking for.
+      std::error_code e;
+      if (failed_) e = pending_socket_error(fd_);
+      failed_ = false;
+      return owner_->on_connected(*this, e);
+    }
+    if (writing() && (events & (io_write | io_error))) {
+      go_on_writing();
       if (fd_ == invalid_socket) return;
     }
-    if ((events & io_write) && pending()) {
-      flush();
-      if (fd_ == invalid_socket) return;
-    }
-    if (events & io_read) read_all();
+    if (readable_ && want_read_) owner_->on_readable(*this);
   }
 
  private:
+  void start(socket_handle s) {
+    fd_ = s;
+    retired = false;
+    readable_ = peer_closed_ = failed_ = at_end_ = false;
+    connecting_ = want_read_ = shutdown_pending_ = false;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+    out_pipe_ = nullptr;
+  }
+  std::error_code abandon(std::error_code e) {
+    close_socket(fd_);
+    fd_ = invalid_socket;
+    connecting_ = false;
+    return e;
+  }
+  unsigned interest_now() const noexcept {
+    return (want_read_ && !connecting_ ? io_read : 0u) | (connecting_ || writing() ? io_write : 0u);
+  }
+  // Only a level-triggered poller needs to be told what changed.
+  void update_interest() {
+    if (!poller::edge_triggered && fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
+  }
+  io_status wait_to_write(const char* rest, std::size_t n) {
+    out_ = rest;
+    out_left_ = n;
+    out_done_ = 0;
+    update_interest();
+    return io_status::pending;
+  }
+  void go_on_writing() {
+    while (out_left_ > 0) {
+      ssize_t r;
+#if defined(__linux__)
+      if (out_pipe_) r = ::splice(out_pipe_->read, nullptr, fd_, nullptr, out_left_, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      else
+#endif
+        r = send_some(fd_, out_, out_left_);
+      if (r > 0) {
+        if (!out_pipe_) out_ += r;
+        out_left_ -= static_cast<std::size_t>(r);
+        out_done_ += static_cast<std::size_t>(r);
+        continue;
+      }
+      int e = r == 0 ? EPIPE : last_socket_error();
+      if (would_block(e)) return;
+      if (e == EINTR) continue;
+      return wrote(system_error_code(e));
+    }
+    wrote({});
+  }
+  void wrote(std::error_code e) {
+    std::size_t n = out_done_;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+    out_pipe_ = nullptr;
+    update_interest();
+    if (!e && shutdown_pending_) {
+      shutdown_pending_ = false;
+      ::shutdown(fd_, SHUT_WR);
+    }
+    owner_->on_written(*this, n, e);
+  }
+
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
+  socket_handle fd_ = invalid_socket;
+  bool readable_ = false;
+  bool peer_closed_ = false;  // the peer's FIN has arrived: no byte follows what is queued
+  bool failed_ = false;       // an error is pending on the socket
+  bool at_end_ = false;       // the end of the stream was read (or is known to be next)
+  bool connecting_ = false;
+  bool want_read_ = false;
+  bool shutdown_pending_ = false;
+  const char* out_ = nullptr;   // the rest of a pending write
+  std::size_t out_left_ = 0;
+  std::size_t out_done_ = 0;    // of it, written since write() returned
+  kernel_pipe* out_pipe_ = nullptr;  // the source of a pending write from a pipe (splice)
+};
+
+// A listening socket on a readiness loop: each readiness accepts every pending
+// connection and hands it to `on_accept` (non-blocking, no Nagle). Out of
+// descriptors or memory it pauses for 100 ms: a level-triggered poller would
+// otherwise spin on the connection it cannot take.
+class acceptor final : public acceptor_base {
+ public:
+  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log) {
+    retry_.fire = [this] {
+      loop_.interest(fd_, this, io_read);
+      accept_all();
+    };
+  }
+  ~acceptor() { close(); }
+
+  // Takes the listener over.
+  std::error_code open(socket_handle listener) {
+    if (auto e = loop_.add(listener, this, io_read)) return e;
+    fd_ = listener;
+    return {};
+  }
+
+ private:
+  void on_io(unsigned) override { accept_all(); }
+  void accept_all() {
+    while (fd_ != invalid_socket) {
+      address peer;
+      socket_handle s = accept_one(fd_, peer);
+      if (s == invalid_socket) {
+        int e = last_socket_error();
+        if (would_block(e)) return;
+        if (e == EINTR || e == ECONNABORTED) continue;
+        log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
+        loop_.interest(fd_, this, 0);
+        loop_.schedule(retry_, loop_.now() + 100);
+        return;
+      }
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+  }
+};
+
+}  // namespace detail
+}  // namespace harmony
+#endif  // !HARMONY_USE_IOCP
+
+#if defined(HARMONY_USE_IOCP)
+namespace harmony {
+namespace detail {
+
+// >>iocp  the connection and the acceptor of the completion engine (Windows)
+// Reads are readiness here too: while the owner wants to read, one zero-byte
+// WSARecv waits in the port and its completion makes the connection readable;
+// the bytes are then read with plain non-blocking recv. Writes are completions:
+// what a plain send does not take at once goes out as an overlapped WSASend of
+// the owner's bytes, and its completion tells the owner. Connects are ConnectEx.
+// The kernel owns an operation until its completion is dequeued, so a closed
+// connection is released only when all of its group's operations are back.
+class connection final : public io_handler {
+ public:
+  explicit connection(reactor& loop) : loop_(loop) {}
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  ~connection() { close(false); }
+
+  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
+  // Counts this connection's operations with `leader`'s, whose release waits for both.
+  void share_release_with(connection& leader) noexcept { iocp.group = &leader; }
+
+  bool is_open() const noexcept { return fd_ != invalid_socket; }
+  bool connecting() const noexcept { return connecting_; }
+
+  std::error_code adopt(socket_handle s) {
+    start(s);
+    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
+    return {};
+  }
+
+  // ConnectEx takes no part of the early bytes here: they go once it completes.
+  // Even a connect that fails at once comes back as a completion (pending).
+  io_status connect(const address& to, const char*, std::size_t, std::size_t& sent, std::error_code& error) {
+    sent = 0;
+    socket_handle s = invalid_socket;
+    bool done = false;
+    if ((error = begin_connect(to, s, done))) return io_status::failed;
+    start(s);
+    connecting_ = true;
+    if ((error = loop_.add(fd_, this, 0))) {
+      abandon(error);
+      return io_status::failed;
+    }
+    loop_.engine().connect(fd_, this, to);
+    return io_status::pending;
+  }
+
+  bool readable() const noexcept { return readable_; }
+  void want_read(bool on) {
+    if (want_read_ == on) return;
+    want_read_ = on;
+    update_interest();
+  }
+
+  read_result read(char* into, std::size_t n, std::error_code& error) {
+    // A failed probe carries the socket's error, which plain calls might never report again.
+    if (probe_error_) {
+      error = system_error_code(probe_error_);
+      probe_error_ = 0;
+      return -1;
+    }
+    if (at_end_) return 0;
+    for (;;) {
+      auto r = recv_some(fd_, into, n);
+      if (r > 0) {
+        if (static_cast<std::size_t>(r) < n) readable_ = false;  // the next probe says when there is more
+        return r;
+      }
+      if (r == 0) {
+        at_end_ = true;
+        return 0;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) {
+        readable_ = false;
+        return -1;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return -1;
+    }
+  }
+
+  bool writing() const noexcept { return out_left_ > 0; }
+
+  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
+    written = 0;
+    while (written < n) {
+      auto r = send_some(fd_, data + written, n - written);
+      if (r >= 0) {
+        written += static_cast<std::size_t>(r);
+        if (written < n) return send_overlapped(data + written, n - written);
+        continue;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) return send_overlapped(data + written, n - written);
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return io_status::failed;
+    }
+    return io_status::done;
+  }
+
+  void shutdown_send() {
+    if (fd_ == invalid_socket) return;
+    if (writing()) {
+      shutdown_pending_ = true;
+      return;
+    }
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  // Cancels what is in flight and closes; nothing is reported after it.
+  void close(bool reset) {
+    if (fd_ == invalid_socket) return;
+    loop_.remove(fd_);
+    if (reset) abort_socket(fd_);
+    else close_socket(fd_);
+    fd_ = invalid_socket;
+    retired = true;
+    connecting_ = false;
+    out_ = nullptr;
+    out_left_ = 0;
+  }
+
+  void on_complete(io_op& op, int error, std::uint32_t bytes) override {
+    switch (op.kind) {
+      case op_probe:
+        if (error) probe_error_ = error;
+        readable_ = true;
+        if (want_read_) owner_->on_readable(*this);
+        return;
+      case op_connect:
+        connecting_ = false;
+        if (!error) update_interest();
+        return owner_->on_connected(*this, error ? system_error_code(error) : std::error_code{});
+      case op_send:
+        if (!error && bytes == 0) error = WSAECONNRESET;  // a send that moved nothing cannot go on
+        if (error) return wrote(system_error_code(error));
+        out_ += bytes;
+        out_left_ -= std::min<std::size_t>(bytes, out_left_);
+        out_done_ += bytes;
+        if (out_left_ > 0) return loop_.engine().send(fd_, this, out_, out_left_);  // completed short: the rest
+        return wrote({});
+      default: return;
+    }
+  }
+
+ private:
+  void start(socket_handle s) {
+    fd_ = s;
+    retired = false;
+    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    probe_error_ = 0;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+  }
+  std::error_code abandon(std::error_code e) {
+    close_socket(fd_);
+    fd_ = invalid_socket;
+    connecting_ = false;
+    return e;
+  }
+  unsigned interest_now() const noexcept { return want_read_ && !connecting_ ? io_read : 0u; }
+  void update_interest() {
+    if (fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
+  }
+  io_status send_overlapped(const char* rest, std::size_t n) {
+    out_ = rest;
+    out_left_ = n;
+    out_done_ = 0;
+    loop_.engine().send(fd_, this, out_, out_left_);
+    return io_status::pending;
+  }
+  void wrote(std::error_code e) {
+    std::size_t n = out_done_;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+    if (!e && shutdown_pending_ && fd_ != invalid_socket) {
+      shutdown_pending_ = false;
+      ::shutdown(fd_, SHUT_WR);
+    }
+    owner_->on_written(*this, n, e);
+  }
+
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
+  socket_handle fd_ = invalid_socket;
+  bool readable_ = false;
+  bool at_end_ = false;
+  bool connecting_ = false;
+  bool want_read_ = false;
+  bool shutdown_pending_ = false;
+  int probe_error_ = 0;
+  const char* out_ = nullptr;  // the rest of a pending write
+  std::size_t out_left_ = 0;
+  std::size_t out_done_ = 0;   // of it, written since write() returned
+};
+
+// A listening socket on the completion engine. A few AcceptEx wait at once, so
+// that a burst of connections is taken in one turn; each accepted socket is
+// handed to `on_accept` ready for use (accept context set, non-blocking, no
+// Nagle). Its operations are heap memory that is left alone, not freed, if the
+// acceptor goes while some are still in flight: the owner settles the loop first.
+class acceptor final : public acceptor_base {
+ public:
+  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log), ops_(new accept_op[in_flight]) {
+    retry_.fire = [this] { start(); };
+  }
+  ~acceptor() {
+    close();
+    if (iocp.outstanding > 0) {
+      ops_.release();
+      return;
+    }
+    for (int i = 0; i < in_flight; ++i)
+      if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
+  }
+
+  // Takes the listener over; the accepts are issued from the loop's own thread.
+  std::error_code open(socket_handle listener) {
+    address bound;
+    if (auto e = local_address(listener, bound)) return e;
+    family_ = bound.family();
+    if (auto e = loop_.add(listener, this, 0)) return e;
+    fd_ = listener;
+    loop_.post([this] { start(); });
+    return {};
+  }
+
+ private:
+  static constexpr int in_flight = 8;
+
+  void on_complete(io_op& done, int error, std::uint32_t) override {
+    accept_op& op = static_cast<accept_op&>(done);
+    socket_handle s = op.accepted;
+    op.accepted = invalid_socket;
+    address peer;
+    peer.length = sizeof peer.storage;
+    if (!error && ::setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&fd_),
+                               sizeof fd_) != 0)
+      error = last_socket_error();
+    if (!error && ::getpeername(s, peer.get(), &peer.length) != 0) error = last_socket_error();
+    if (error) {
+      // A client that reset before it was taken in is no reason to stop accepting.
+      close_socket(s);
+      log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
+    } else {
+      set_nodelay(s);
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+    start();
+  }
+  void start() {
+    for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
+      accept_op& op = ops_[i];
+      if (op.accepted != invalid_socket) continue;  // in flight
+      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) {
+        // Out of sockets or memory: try again in a moment instead of spinning.
+        log_(log_level::error, "accept failed: %s", e.message().c_str());
+        loop_.schedule(retry_, loop_.now() + 100);
+        return;
+      }
+    }
+  }
+
+  std::unique_ptr<accept_op[]> ops_;
+  int family_ = AF_INET;
+};
+
+}  // namespace detail
+}  // namespace harmony
+#endif  // HARMONY_USE_IOCP
+
+namespace harmony {
+namespace detail {
+
+// >>stream  a buffered byte stream on a connection, for the admin port and the agent
+// Read callbacks, queued writes, graceful or immediate close. Bytes written while
+// a write is going on wait in a second string, so the bytes the connection is
+// sending never move. A stream is released through reactor::retire(connection()),
+// so a callback may close (and so release) its own stream.
+class stream final : public connection_owner {
+ public:
+  std::function<void(std::string_view)> on_data;
+  std::function<void(std::error_code)> on_connect;  // outgoing streams: once, error or success
+  std::function<void(std::error_code)> on_close;    // once: empty code on a clean EOF
+
+  explicit stream(reactor& loop) : conn_(loop) { conn_.set_owner(this); }
+  stream(const stream&) = delete;
+  stream& operator=(const stream&) = delete;
+
+  bool is_open() const noexcept { return conn_.is_open(); }
+  connection& socket() noexcept { return conn_; }
+  // Bytes accepted by write() and not yet handed to the system.
+  std::size_t pending() const noexcept { return queued_.size() + sending_.size(); }
+
+  // Takes an accepted socket (closed on failure).
+  std::error_code attach(socket_handle fd) {
+    reset_state();
+    if (auto e = conn_.adopt(fd)) return e;
+    conn_.want_read(true);
+    return {};
+  }
+
+  std::error_code connect(const address& to) {
+    reset_state();
+    std::size_t sent = 0;
+    std::error_code e;
+    io_status s = conn_.connect(to, nullptr, 0, sent, e);
+    if (s == io_status::failed) return e;
+    conn_.want_read(true);
+    if (s == io_status::done && on_connect) on_connect({});
+    return {};
+  }
+
+  void write(std::string_view bytes) {
+    if (!conn_.is_open() || closing_) return;
+    queued_.append(bytes.data(), bytes.size());
+    flush();
+  }
+
+  // Sends what is queued and a FIN, then waits for the peer's FIN and closes.
+  // on_close follows when that completes later, not when it completes at once.
+  void finish() {
+    if (!conn_.is_open() || closing_) return;
+    closing_ = true;
+    finishing_ = true;
+    flush();
+    if (draining_ && conn_.is_open()) read_all();
+    finishing_ = false;
+  }
+
+  // Closes now, with a reset when `reset`. No callback follows.
+  void close(bool reset = false) { conn_.close(reset); }
+
+ private:
+  void on_connected(connection&, std::error_code e) override {
+    if (e) {
+      close();
+      if (on_connect) on_connect(e);
+      return;
+    }
+    if (on_connect) on_connect({});
+    if (conn_.is_open()) flush();
+  }
+  void on_readable(connection&) override { read_all(); }
+  void on_written(connection&, std::size_t, std::error_code e) override {
+    if (e) return hang_up(e);
+    sending_.clear();
+    flush();
+  }
+
   void reset_state() {
     close();
-    out_.clear();
-    out_sent_ = 0;
-#if defined(HARMONY_USE_IOCP)
-    flight_.clear();  // the old socket's send was cancelled; the buffer itself stays allocated
-#endif
+    queued_.clear();
+    sending_.clear();
     closing_ = draining_ = false;
-    retired = false;
   }
-  void drop() { close(); }
+
+  void flush() {
+    if (!conn_.is_open() || conn_.connecting() || conn_.writing()) return;  // on_written goes on
+    while (!queued_.empty()) {
+      sending_.swap(queued_);
+      queued_.clear();
+      std::size_t written = 0;
+      std::error_code e;
+      switch (conn_.write(sending_.data(), sending_.size(), written, e)) {
+        case io_status::done: sending_.clear(); continue;
+        case io_status::pending: return;
+        case io_status::failed: return hang_up(e);
+      }
+    }
+    if (closing_ && !draining_) {
+      // FIN first, then read until the peer's FIN: closing with unread input
+      // would send a reset that can destroy the replies still in flight.
+      conn_.shutdown_send();
+      draining_ = true;
+      if (!finishing_) read_all();
+    }
+  }
 
   void read_all() {
     char buffer[4096];
     for (;;) {
-      auto n = recv_some(fd_, buffer, sizeof buffer);
+      std::error_code e;
+      read_result n = conn_.read(buffer, sizeof buffer, e);
       if (n > 0) {
         if (draining_) continue;
         if (on_data) on_data(std::string_view(buffer, static_cast<std::size_t>(n)));
-        if (fd_ == invalid_socket || retired) return;
+        if (!conn_.is_open() || conn_.retired) return;
         continue;
       }
-      if (n < 0) {
-        int e = last_socket_error();
-        if (would_block(e)) return;
-        if (e == EINTR) continue;
-        return hang_up(system_error_code(e));
-      }
-      return hang_up({});
+      if (n == 0 || e) return hang_up(e);
+      return;
     }
   }
 
@@ -2748,54 +3321,12 @@ class stream final : public io_handler {
     if (on_close && !finishing_) on_close(e);
   }
 
-  void flush() {
-#if defined(HARMONY_USE_IOCP)
-    if (iocp.writing) return;  // bytes must not overtake the send in flight: its completion flushes
-#endif
-    while (out_sent_ < out_.size()) {
-      auto n = send_some(fd_, out_.data() + out_sent_, out_.size() - out_sent_);
-      if (n < 0) {
-        int e = last_socket_error();
-        if (would_block(e)) {
-#if defined(HARMONY_USE_IOCP)
-          // The rest goes out overlapped from a string of its own, since write() may
-          // grow out_ (and move its bytes) before the send completes.
-          flight_.assign(out_, out_sent_, std::string::npos);
-          out_.clear();
-          out_sent_ = 0;
-          loop_.send(fd_, this, flight_.data(), flight_.size());
-#endif
-          if (reactor::tracks_interest) loop_.interest(fd_, this, io_read | io_write);
-          return;
-        }
-        if (e == EINTR) continue;
-        return hang_up(system_error_code(e));
-      }
-      out_sent_ += static_cast<std::size_t>(n);
-    }
-    out_.clear();
-    out_sent_ = 0;
-    if (reactor::tracks_interest) loop_.interest(fd_, this, io_read);
-    if (closing_ && !draining_) {
-      // FIN first, then read until the peer's FIN: closing with unread input
-      // would send a reset that can destroy the replies still in flight.
-      ::shutdown(fd_, SHUT_WR);
-      draining_ = true;
-      if (!finishing_) read_all();
-    }
-  }
-
-  reactor& loop_;
-  socket_handle fd_ = invalid_socket;
-  bool connecting_ = false;
+  connection conn_;
   bool closing_ = false;
   bool finishing_ = false;
   bool draining_ = false;
-  std::string out_;
-  std::size_t out_sent_ = 0;
-#if defined(HARMONY_USE_IOCP)
-  std::string flight_;  // bytes of the overlapped send in flight
-#endif
+  std::string queued_;   // written, waiting for the write in flight
+  std::string sending_;  // the write in flight: the connection points into it
 };
 
 }  // namespace detail
@@ -2810,105 +3341,165 @@ struct rejected_access {
 
 namespace detail {
 
-class worker;
+// >>pump  the proxy core: two connections, both directions, backpressure, half-close
+// What a proxied connection reads of the server's options, taken once.
+struct relay_settings {
+  std::int64_t connect_timeout_ms = 0;
+  std::int64_t idle_timeout_ms = 0;
+  std::int64_t queue_timeout_ms = 0;
+  std::size_t queue_limit = 0;
+  int requeue = 0;
+  std::string unavailable;
+  std::function<void(std::error_code, rejected_connection&)> on_unavailable;
+  std::function<void(const std::string&, std::error_code)> on_backend_error;
 
-// >>pump  the proxy core: two sockets, both directions, backpressure, half-close
-// A proxied connection: the client socket, the backend socket and one buffer per
-// direction. A direction reads its source only when its buffer is empty, so a
-// slow reader holds back its writer (backpressure); it passes EOF on as a FIN only
-// once everything read has been written (half-close); an error on either socket
-// resets the other (reset propagation). Buffers come from the pool only while
-// data is in flight, so an idle connection costs no buffer at all.
-class session {
+  static relay_settings from(const server_options& o) {
+    relay_settings s;
+    s.connect_timeout_ms = o.connect_timeout.count();
+    s.idle_timeout_ms = o.idle_timeout.count();
+    s.queue_timeout_ms = o.queue_timeout.count();
+    s.queue_limit = o.queue_limit;
+    s.requeue = o.requeue;
+    s.unavailable = o.unavailable;
+    s.on_unavailable = o.on_unavailable;
+    s.on_backend_error = o.on_backend_error;
+    return s;
+  }
+};
+
+struct relay_counters {
+  std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
+      bytes_out{0}, bytes_spliced{0};
+};
+
+class session;
+
+// What a session needs of the server around it, and no more: the loop and its
+// buffers, the settings, the backend table (pick and release), the concurrency
+// slots and the wait queue, the counters and the log. The worker provides it.
+class session_host {
+ public:
+  virtual reactor& loop() noexcept = 0;
+  virtual buffer_pool& pool() noexcept = 0;
+#if defined(__linux__)
+  // The loop's splice pipes, or null where this loop may not splice.
+  virtual pipe_pool* pipes() noexcept = 0;
+#endif
+  virtual const relay_settings& settings() const noexcept = 0;
+  virtual const logger& log() const noexcept = 0;
+  virtual relay_counters& counters() noexcept = 0;
+  // Chooses a backend for a client (by its address key), skipping the leases in
+  // `tried`, and counts the connection against it.
+  virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
+  virtual void release(const lease& backend, bool failed) = 0;
+  virtual std::string backend_id(const lease& backend) = 0;
+  // One proxied connection under the concurrency limit.
+  virtual bool take_slot() = 0;
+  virtual void give_slot() = 0;
+  // The wait queue for a slot: false when it is full.
+  virtual bool wait_for_slot(session& s) = 0;
+  virtual void stop_waiting(session& s) = 0;
+  // The session has ended and may serve the next client.
+  virtual void recycle(session& s) = 0;
+
+ protected:
+  ~session_host() = default;
+};
+
+// The requeue window of one connection. Until the backend sends its first byte,
+// what the client sent stays in the upstream buffer, so that a backend that fails
+// can be replaced and the same bytes sent to the next one. The window closes for
+// good at the backend's first byte, or when the client's bytes outgrow the buffer.
+class replay_window {
+ public:
+  void reset() noexcept { open_ = true; }
+  bool is_open() const noexcept { return open_; }
+  void backend_answered() noexcept { open_ = false; }
+  // After the buffered bytes went out: whether they must stay for a replay.
+  bool keep(std::size_t buffered, std::size_t capacity) noexcept {
+    if (open_ && buffered < capacity) return true;
+    open_ = false;
+    return false;
+  }
+  // A backend that breaks may be replaced while the client has lost nothing:
+  // the window is open and the backend has sent neither a byte nor a FIN.
+  bool may_replay(std::uint64_t received_from_backend, bool backend_finished) const noexcept {
+    return open_ && received_from_backend == 0 && !backend_finished;
+  }
+
+ private:
+  bool open_ = true;
+};
+
+// A proxied connection: the client connection, the backend connection and one
+// buffer per direction. A direction reads its source only when its buffer is
+// empty and no write to its destination is going on, so a slow reader holds back
+// its writer (backpressure); it passes EOF on as a FIN only once everything read
+// has been written (half-close); an error on either side resets the other
+// (reset propagation). Buffers come from the pool only while data is in flight,
+// so an idle connection costs no buffer at all.
+class session final : public connection_owner {
  public:
   enum class phase { idle, queued, connecting, retrying, relaying, farewell };
 
-  struct side final : io_handler {
-    session* owner = nullptr;
-    socket_handle fd = invalid_socket;
-    bool readable = false;
-    bool writable = false;
-    bool peer_closed = false;  // the peer's FIN has arrived: no byte will follow what is queued
-    bool failed = false;       // an error is pending on the socket
-    bool registered = false;
-    void on_io(unsigned events) override { owner->on_side_io(*this, events); }
-    void reset() noexcept {
-      fd = invalid_socket;
-      readable = writable = peer_closed = failed = registered = false;
-      retired = false;
-#if defined(HARMONY_USE_IOCP)
-      iocp.interest = 0;
-      iocp.error = 0;
-      iocp.sent = 0;
-#endif
-    }
-  };
+  explicit session(session_host& host) : host_(host), client_(host.loop()), backend_(host.loop()) {
+    client_.set_owner(this);
+    backend_.set_owner(this);
+    backend_.share_release_with(client_);  // released when both sides' operations are back
+    clock_.fire = [this] { on_clock(); };
+  }
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
+
+  // Serves an accepted client socket: waits for a slot, or starts at once.
+  void start(socket_handle fd, const address& peer);
+  // Leaves the wait queue with a slot taken for it.
+  void admitted();
+  // Ends the connection now: used by shutdown of the whole server, too.
+  void close(bool reset);
+
+  phase current_phase() const noexcept { return phase_; }
+  session* queue_next = nullptr;
+  session* queue_prev = nullptr;
+
+ private:
   struct direction {
     char* data = nullptr;
     std::uint32_t begin = 0;
     std::uint32_t end = 0;
     bool large = false;  // data is a large buffer
     bool bulk = false;   // the next buffer taken is large
-    bool eof = false;   // the source sent its FIN
-    bool shut = false;  // the FIN went on to the destination
-#if defined(__linux__)
-    kernel_pipe pipe;         // borrowed while a streaming direction has bytes in the kernel
-    std::uint32_t piped = 0;  // bytes in the pipe, read and not yet written
-#endif
-    bool holds_bytes() const noexcept {
-#if defined(__linux__)
-      if (piped) return true;
-#endif
-      return begin < end;
-    }
+    bool eof = false;    // the source sent its FIN
+    bool shut = false;   // the FIN went on to the destination
+    kernel_pipe pipe;          // borrowed while a streaming direction has bytes in the kernel
+    std::uint32_t piped = 0;   // bytes in the pipe, read and not yet written
+    bool holds_bytes() const noexcept { return piped > 0 || begin < end; }
   };
 
-  explicit session(worker& w) : worker_(w) {
-    client_.owner = this;
-    backend_.owner = this;
-#if defined(HARMONY_USE_IOCP)
-    backend_.iocp.group = &client_;  // the session is released when both sockets' operations are back
-#endif
-    clock_.fire = [this] { on_clock(); };
-  }
-  session(const session&) = delete;
-  session& operator=(const session&) = delete;
+  void on_connected(connection& c, std::error_code error) override;
+  void on_readable(connection& c) override;
+  void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
-  void open(socket_handle fd, const address& peer);
-  void admit();
   void start_attempt();
-  void on_clock();
-  void on_side_io(side& s, unsigned events);
-  // Ends the connection now: used by shutdown of the whole server, too.
-  void close(bool reset);
-  void leave_queue_for_attempt();
-
-  phase current_phase() const noexcept { return phase_; }
-  session* queue_next = nullptr;
-  session* queue_prev = nullptr;
-  std::int64_t queued_at = 0;
-
- private:
   void connected();
   bool read_ahead();
-  bool send_while_connecting();
   void attempt_failed(std::error_code why);
   void unavailable(std::error_code why);
+  void on_clock();
   void pump();
-  bool flow(direction& d, side& src, side& dst);
-  void fail(side& where, int error);
+  bool flow(direction& d, connection& src, connection& dst);
+  bool fill(direction& d, connection& src);
+  void fail(connection& where, std::error_code error);
   void farewell_pump();
-  void register_side(side& s, unsigned interest);
-  void update_interest();
   void release_buffers();
-  void took_in(const side& src, std::size_t n);
-  void put_out(const side& dst, std::size_t n);
-  enum class next_step { wait, call_again, failed };
-  next_step after_call_error(side& s, bool& ready, int error);
+  void took_in(const connection& src, std::size_t n);
+  void put_out(const connection& dst, std::size_t n);
+  direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
+  std::string client_text() const { return peer_.to_endpoint().to_string(); }
 
-  worker& worker_;
-  side client_;
-  side backend_;
+  session_host& host_;
+  connection client_;
+  connection backend_;
   direction up_;    // client to backend
   direction down_;  // backend to client
   phase phase_ = phase::idle;
@@ -2922,113 +3513,394 @@ class session {
   std::uint64_t sent_to_backend_ = 0;
   std::uint64_t received_from_backend_ = 0;
   std::uint64_t spliced_ = 0;
-  bool replayable_ = true;  // everything sent to the backend is still in up_
+  replay_window replay_;
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
 
-}  // namespace detail
-}  // namespace harmony
-
-namespace harmony {
-namespace detail {
-
-// >>worker  one event loop: accept, pick, connect, relay, farewell
-// One event loop and everything on it: the listener, the sessions, the wait queue.
-class worker {
- public:
-  worker(server::impl& owner, const server_options& options, const logger& log)
-      : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
-#if defined(HARMONY_USE_IOCP)
-    listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
-#else
-    listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
-#endif
-    // Give the memory of a finished burst back to the system, a moment later
-    // and at most four times a second, so that a quiet balancer shrinks again.
-    trim_.fire = [this] {
-      pool_.take_released();
-#if defined(__GLIBC__)
-      ::malloc_trim(0);
-#endif
-    };
-    pool_.on_surplus = [this] {
-      if (!trim_.armed()) loop_.schedule(trim_, loop_.now() + 250);
-    };
+inline void session::start(socket_handle fd, const address& peer) {
+  up_ = direction{};
+  down_ = direction{};
+  current_ = lease{};
+  tried_.clear();
+  attempts_ = 0;
+  holds_slot_ = false;
+  peer_ = peer;
+  sent_to_backend_ = received_from_backend_ = spliced_ = 0;
+  replay_.reset();
+  farewell_.clear();
+  farewell_sent_ = 0;
+  reactor& loop = host_.loop();
+  last_activity_ = loop.now();
+  phase_ = phase::connecting;  // owns resources from here on: close() gives them back
+  if (std::error_code e = client_.adopt(fd)) {
+    host_.log()(log_level::error, "cannot watch the connection from %s: %s", client_text().c_str(),
+                e.message().c_str());
+    return close(true);
   }
-  ~worker();
-  worker(const worker&) = delete;
-  worker& operator=(const worker&) = delete;
-
-  std::error_code open(socket_handle listener) {
-    if (auto e = loop_.open()) return e;
-#if defined(HARMONY_USE_IOCP)
-    if (listener == invalid_socket) return {};  // a further worker: the first one accepts for it
-#endif
-    return listener_.open(listener);
+  if (host_.take_slot()) {
+    holds_slot_ = true;
+    return start_attempt();
   }
+  if (!host_.wait_for_slot(*this)) return unavailable(make_error_code(errc::queue_full));
+  phase_ = phase::queued;
+  loop.schedule(clock_, loop.now() + host_.settings().queue_timeout_ms);
+}
 
-  reactor& loop() noexcept { return loop_; }
-  buffer_pool& pool() noexcept { return pool_; }
+inline void session::admitted() {
+  host_.loop().cancel(clock_);
+  holds_slot_ = true;
+  start_attempt();
+}
+
+inline void session::start_attempt() {
+  reactor& loop = host_.loop();
+  pick_result pick;
+  std::string key = peer_.host_key();
+  if (!host_.pick(key, tried_, pick))
+    return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
+  current_ = pick.chosen;
+  phase_ = phase::connecting;
+  if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
+  std::size_t sent = 0;
+  std::error_code e;
+  switch (backend_.connect(pick.to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+    case io_status::failed: return attempt_failed(e);
+    case io_status::done:
+      up_.begin += static_cast<std::uint32_t>(sent);
+      put_out(backend_, sent);
+      return connected();
+    case io_status::pending: break;
+  }
+  loop.schedule(clock_, loop.now() + host_.settings().connect_timeout_ms);
+}
+
+// A client has usually sent its first bytes by the time it is accepted, and a
+// connect over loopback or a LAN has often completed when connect() returns.
+// Reading before the connect and writing with it saves the two loop turns that
+// would wait for those events; where a guess is wrong, the events take over.
+// False when the connection has ended.
+inline bool session::read_ahead() {
+  buffer_pool& pool = host_.pool();
+  char* buffer = pool.take(false);
+  std::error_code e;
+  read_result n = client_.read(buffer, pool.size(false), e);
+  if (n > 0) {
+    up_.data = buffer;
+    up_.end = static_cast<std::uint32_t>(n);
+    took_in(client_, static_cast<std::size_t>(n));
+    if (static_cast<std::size_t>(n) == pool.size(false)) up_.bulk = true;  // more may follow
+    return true;
+  }
+  pool.give(buffer, false);
+  if (n == 0) up_.eof = true;
+  if (!e) return true;
+  close(true);  // the client is gone already
+  return false;
+}
+
+inline void session::connected() {
+  reactor& loop = host_.loop();
+  phase_ = phase::relaying;
+  last_activity_ = loop.now();
+  loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
+  pump();
+}
+
+inline void session::on_connected(connection&, std::error_code error) {
+  if (phase_ != phase::connecting) return;
+  if (error) return attempt_failed(error);
+  host_.loop().cancel(clock_);
+  connected();
+}
+
+inline void session::on_readable(connection&) {
+  if (phase_ == phase::relaying) return pump();
+  if (phase_ == phase::farewell) return farewell_pump();
+}
+
+inline void session::on_written(connection& c, std::size_t bytes, std::error_code error) {
+  if (phase_ == phase::farewell) {
+    if (error) return close(true);
+    farewell_sent_ += bytes;
+    return farewell_pump();
+  }
+  direction& d = towards(c);
+  if (d.piped) {
+    d.piped -= static_cast<std::uint32_t>(bytes);
+    spliced_ += bytes;
+  } else {
+    d.begin += static_cast<std::uint32_t>(bytes);
+  }
+  put_out(c, bytes);
+  if (error) return fail(c, error);
+  if (phase_ == phase::relaying) pump();
+}
+
+// A failed attempt is retried from a timer, after this loop turn: any stale event
+// of the closed socket is then gone and cannot be mistaken for the new one.
+inline void session::attempt_failed(std::error_code why) {
+  reactor& loop = host_.loop();
+  const relay_settings& settings = host_.settings();
+  host_.counters().connect_failures.fetch_add(1, std::memory_order_relaxed);
+  std::string id = host_.backend_id(current_);
+  host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
+              why.message().c_str());
+  if (settings.on_backend_error) settings.on_backend_error(id, why);
+  host_.release(current_, true);
+  tried_.push_back(current_);
+  current_ = lease{};
+  backend_.close(false);
+  client_.want_read(false);  // until the next backend is connected
+  // The next backend gets everything the failed one was sent, from the start.
+  up_.begin = 0;
+  up_.shut = false;
+  sent_to_backend_ = 0;
+  replay_.reset();
+  ++attempts_;
+  if (attempts_ > settings.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
+  phase_ = phase::retrying;
+  loop.schedule(clock_, loop.now());
+}
+
+inline void session::on_clock() {
+  reactor& loop = host_.loop();
+  switch (phase_) {
+    case phase::queued:
+      host_.stop_waiting(*this);
+      return unavailable(make_error_code(errc::queue_timeout));
+    case phase::retrying: return start_attempt();
+    case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
+    case phase::relaying: {
+      std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
+      if (loop.now() >= deadline) {
+        host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
+        return close(false);
+      }
+      return loop.schedule(clock_, deadline);
+    }
+    case phase::farewell: return close(false);
+    case phase::idle: return;
+  }
+}
+
+inline void session::pump() {
+  if (!flow(up_, client_, backend_)) return;
+  bool was_replayable = replay_.is_open();
+  if (!flow(down_, backend_, client_)) return;
+  // The backend's first answer ends the replay window: drop the kept request now,
+  // so an idle connection holds no buffer.
+  if (was_replayable && !replay_.is_open() && up_.data && up_.begin == up_.end) {
+    host_.pool().give(up_.data, up_.large);
+    up_.data = nullptr;
+    up_.begin = up_.end = 0;
+  }
+  if (up_.shut && down_.shut) return close(false);
+  // A side is told of readability only while its outgoing direction may read.
+  client_.want_read(!up_.eof && !up_.holds_bytes());
+  backend_.want_read(!down_.eof && !down_.holds_bytes());
+}
+
+inline void session::took_in(const connection& src, std::size_t n) {
+  if (&src == &backend_) {
+    received_from_backend_ += n;
+    replay_.backend_answered();
+  }
+  last_activity_ = host_.loop().now();
+}
+
+inline void session::put_out(const connection& dst, std::size_t n) {
+  if (&dst == &backend_) sent_to_backend_ += n;
+  last_activity_ = host_.loop().now();
+}
+
+// Moves one direction as far as it goes now: writes what it holds, then reads
+// more. False when the session has ended.
+inline bool session::flow(direction& d, connection& src, connection& dst) {
+  buffer_pool& pool = host_.pool();
+  for (;;) {
+    if (dst.writing()) return true;  // on_written goes on
+    std::size_t written = 0;
+    std::error_code e;
+    io_status sent = io_status::done;
 #if defined(__linux__)
-  pipe_pool& pipes() noexcept { return pipes_; }
-  // Asked on the loop's own thread, the first time a direction streams.
-  bool may_splice() noexcept {
-    if (splice_allowed_ < 0) splice_allowed_ = options_.splice && sigpipe_harmless_on_this_thread();
-    return splice_allowed_ == 1;
+    if (d.piped) {
+      sent = dst.write_from(d.pipe, d.piped, written, e);
+      d.piped -= static_cast<std::uint32_t>(written);
+      spliced_ += written;
+    } else
+#endif
+        if (d.begin < d.end) {
+      sent = dst.write(d.data + d.begin, d.end - d.begin, written, e);
+      d.begin += static_cast<std::uint32_t>(written);
+    } else {
+      if (d.data && !(&d == &up_ && replay_.keep(d.end, pool.size(d.large)))) {
+        pool.give(d.data, d.large);
+        d.data = nullptr;
+        d.begin = d.end = 0;
+      }
+      if (d.eof) {
+        if (!d.shut) {
+          // When the other way is finished too the connection is about to close,
+          // and closing sends this FIN anyway.
+          const direction& other = &d == &up_ ? down_ : up_;
+          if (!other.shut) dst.shutdown_send();
+          d.shut = true;
+        }
+        return true;
+      }
+      if (!src.readable()) return true;
+      if (!fill(d, src)) return false;
+      continue;
+    }
+    put_out(dst, written);
+    if (sent == io_status::failed) {
+      fail(dst, e);
+      return false;
+    }
+    if (sent == io_status::pending) return true;
   }
-#endif
-  const server_options& options() const noexcept { return options_; }
-  const logger& log() const noexcept { return log_; }
-  server::impl& owner() noexcept { return owner_; }
+}
 
-  // The body of a thread the server starts for this loop.
-  void run_own_thread() {
-#if !defined(_WIN32)
-    block_sigpipe_on_this_thread();
-#endif
-    loop_.run();
-  }
-
-  void enqueue(session* s);
-  void dequeue(session* s);
-  // Admits waiting connections while the concurrency limit allows, oldest first.
-  void admit_waiting();
-  std::size_t waiting() const noexcept { return queue_length_; }
-  void recycle(session* s);
-
-  struct counters {
-    std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
-        bytes_out{0}, bytes_spliced{0};
-  } stats;
-
- private:
-  // Takes an accepted client connection into this loop.
-  void adopt(socket_handle fd, const address& peer);
-#if defined(HARMONY_USE_IOCP)
-  // Windows has no SO_REUSEPORT: the first worker accepts for all of them.
-  void deal(socket_handle fd, const address& peer);
-  std::size_t next_worker_ = 0;
-#endif
-  session* make_session();
-
-  server::impl& owner_;
-  const server_options& options_;
-  const logger& log_;
-  reactor loop_;
-  buffer_pool pool_;
+// Reads once from `src` into the direction: through a pipe when it streams and
+// may splice, else into its buffer. False when the session has ended.
+inline bool session::fill(direction& d, connection& src) {
+  buffer_pool& pool = host_.pool();
+  std::error_code e;
+  read_result n;
 #if defined(__linux__)
-  pipe_pool pipes_;
-  int splice_allowed_ = -1;  // not yet asked
+  // What the backend was sent stays in the buffer while it may have to be replayed.
+  pipe_pool* pipes = d.bulk && !d.data && !(&d == &up_ && replay_.is_open()) ? host_.pipes() : nullptr;
+  if (pipes && (d.pipe.valid() || pipes->take(d.pipe))) {
+    n = src.read_into(d.pipe, e);
+    if (n > 0) {
+      d.piped = static_cast<std::uint32_t>(n);
+      if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
+      took_in(src, static_cast<std::size_t>(n));
+      return true;
+    }
+    if (!e) pipes->give(d.pipe, true);  // nothing in flight: no pipe held
+  } else
 #endif
-  acceptor listener_{loop_, log_};
-  timer trim_;
-  std::vector<std::unique_ptr<session>> sessions_;
-  std::vector<session*> free_sessions_;
-  session* queue_head_ = nullptr;
-  session* queue_tail_ = nullptr;
-  std::size_t queue_length_ = 0;
-};
+  {
+    if (!d.data) d.large = d.bulk;
+    char* buffer = d.data ? d.data : pool.take(d.large);
+    std::size_t room = pool.size(d.large) - d.end;
+    n = src.read(buffer + d.end, room, e);
+    if (n > 0) {
+      d.data = buffer;
+      d.end += static_cast<std::uint32_t>(n);
+      if (static_cast<std::size_t>(n) == room) d.bulk = true;
+      else if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
+      took_in(src, static_cast<std::size_t>(n));
+      return true;
+    }
+    if (!d.data) pool.give(buffer, d.large);
+  }
+  if (n == 0) d.eof = true;
+  if (!e) return true;
+  fail(src, e);
+  return false;
+}
+
+inline void session::fail(connection& where, std::error_code error) {
+  // A backend that breaks before its first byte is a failed attempt: the client
+  // has lost nothing (what it sent is still buffered), so another backend may serve it.
+  if (&where == &backend_ && replay_.may_replay(received_from_backend_, down_.eof))
+    return attempt_failed(error == std::errc::connection_reset || error == std::errc::broken_pipe
+                              ? make_error_code(errc::backend_reset)
+                              : error);
+  host_.log()(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
+              client_text().c_str(), error.message().c_str());
+  close(true);
+}
+
+inline void session::unavailable(std::error_code why) {
+  const relay_settings& settings = host_.settings();
+  host_.counters().unavailable.fetch_add(1, std::memory_order_relaxed);
+  if (holds_slot_) {
+    holds_slot_ = false;
+    host_.give_slot();
+  }
+  farewell_ = settings.unavailable;
+  if (settings.on_unavailable) {
+    rejected_connection client;
+    rejected_access::set_peer(client, client_text());
+    settings.on_unavailable(why, client);
+    farewell_ = std::move(rejected_access::reply(client));
+  }
+  host_.log()(log_level::info, "unavailable for %s: %s", client_text().c_str(), why.message().c_str());
+  phase_ = phase::farewell;
+  farewell_sent_ = 0;
+  reactor& loop = host_.loop();
+  loop.schedule(clock_, loop.now() + std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms));
+  farewell_pump();
+}
+
+// Sends the unavailable text, then a FIN, then reads until the client's FIN, so
+// that unread client bytes never turn the close into a reset that eats the text.
+inline void session::farewell_pump() {
+  if (client_.writing()) return;  // on_written goes on
+  if (farewell_sent_ < farewell_.size()) {
+    std::size_t written = 0;
+    std::error_code e;
+    io_status s = client_.write(farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_, written, e);
+    farewell_sent_ += written;
+    if (s == io_status::failed) return close(true);
+    if (s == io_status::pending) return;
+  }
+  if (!down_.shut) {
+    client_.shutdown_send();
+    down_.shut = true;
+    client_.want_read(true);
+  }
+  char sink[4096];
+  for (;;) {
+    std::error_code e;
+    read_result n = client_.read(sink, sizeof sink, e);
+    if (n > 0) continue;
+    if (n == 0 || e) return close(false);
+    return;
+  }
+}
+
+inline void session::release_buffers() {
+  for (direction* d : {&up_, &down_}) {
+    if (d->data) {
+      host_.pool().give(d->data, d->large);
+      d->data = nullptr;
+    }
+#if defined(__linux__)
+    if (pipe_pool* pipes = host_.pipes()) pipes->give(d->pipe, d->piped == 0);
+#endif
+    d->piped = 0;
+  }
+}
+
+inline void session::close(bool reset) {
+  if (phase_ == phase::idle) return;
+  reactor& loop = host_.loop();
+  loop.cancel(clock_);
+  if (phase_ == phase::queued) host_.stop_waiting(*this);
+  client_.close(reset);
+  backend_.close(reset);
+  if (current_.valid()) host_.release(current_, false);
+  current_ = lease{};
+  relay_counters& counters = host_.counters();
+  counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
+  counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
+  counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
+  counters.active.fetch_sub(1, std::memory_order_relaxed);
+  phase_ = phase::idle;
+  bool had_slot = holds_slot_;
+  holds_slot_ = false;
+  // A cancelled send may read its buffer until its completion is back.
+  loop.retire(client_, [this] {
+    release_buffers();
+    host_.recycle(*this);
+  });
+  if (had_slot) host_.give_slot();
+}
 
 }  // namespace detail
 }  // namespace harmony
@@ -3037,7 +3909,8 @@ namespace harmony {
 
 namespace detail {
 class admin_server;
-}
+class worker;
+}  // namespace detail
 
 // >>server-state  the state a server shares between its loops
 struct server::impl {
@@ -3062,17 +3935,8 @@ struct server::impl {
       if (proxied.compare_exchange_weak(used, used + 1, std::memory_order_relaxed)) return true;
     }
   }
-  void give_slot(detail::worker& from) {
-    proxied.fetch_sub(1, std::memory_order_relaxed);
-    if (from.waiting()) from.admit_waiting();
-    else if (waiting.load(std::memory_order_relaxed) > 0) wake_queues();
-  }
-  void wake_queues() {
-    for (auto& w : workers) {
-      detail::worker* target = w.get();
-      target->loop().post([target] { target->admit_waiting(); });
-    }
-  }
+  // Asks every loop to admit what waits in its queue (>>worker).
+  void wake_queues();
 
   std::error_code open();
   void close_all();
@@ -3104,546 +3968,110 @@ struct server::impl {
 namespace harmony {
 namespace detail {
 
-// >>sessions  the bodies of the pump and the worker (they need the server state)
-inline void session::open(socket_handle fd, const address& peer) {
-  client_.reset();
-  backend_.reset();
-  client_.fd = fd;
-  up_ = direction{};
-  down_ = direction{};
-  current_ = lease{};
-  tried_.clear();
-  attempts_ = 0;
-  holds_slot_ = false;
-  peer_ = peer;
-  sent_to_backend_ = received_from_backend_ = spliced_ = 0;
-  replayable_ = true;
-  farewell_.clear();
-  farewell_sent_ = 0;
-  last_activity_ = worker_.loop().now();
-}
-
-inline void session::admit() {
-  server::impl& srv = worker_.owner();
-  if (srv.try_take_slot()) {
-    holds_slot_ = true;
-    return start_attempt();
-  }
-  if (worker_.waiting() >= worker_.options().queue_limit) return unavailable(make_error_code(errc::queue_full));
-  phase_ = phase::queued;
-  queued_at = worker_.loop().now();
-  worker_.enqueue(this);
-  worker_.loop().schedule(clock_, queued_at + worker_.options().queue_timeout.count());
-}
-
-inline void session::leave_queue_for_attempt() {
-  worker_.loop().cancel(clock_);
-  holds_slot_ = true;
-  start_attempt();
-}
-
-inline void session::start_attempt() {
-  reactor& loop = worker_.loop();
-  pick_result pick;
-  std::string key = peer_.host_key();
-  if (!worker_.owner().backends.pick(loop.now(), key, tried_, pick))
-    return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
-  current_ = pick.chosen;
-  phase_ = phase::connecting;
-#if !defined(HARMONY_USE_IOCP)
-  if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
+// >>worker  one event loop: accept, admit, pick, and the host of its sessions
+// One event loop and everything on it: the listener, the sessions, the wait
+// queue. It is the session_host of its sessions, and reaches the state it
+// shares with the other loops (backends, slots) through the server.
+class worker final : public session_host {
+ public:
+  worker(server::impl& owner, const server_options& options, const logger& log)
+      : owner_(owner),
+        options_(options),
+        settings_(relay_settings::from(options)),
+        log_(log),
+        pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
+    listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
+    loop_.on_error = [this](std::error_code e) { log_(log_level::error, "event loop: %s", e.message().c_str()); };
+    // Give the memory of a finished burst back to the system, a moment later
+    // and at most four times a second, so that a quiet balancer shrinks again.
+    trim_.fire = [this] {
+      pool_.take_released();
+#if defined(__GLIBC__)
+      ::malloc_trim(0);
 #endif
-  socket_handle s = invalid_socket;
-  bool done = false;
-  if (std::error_code e = begin_connect(pick.to, s, done)) return attempt_failed(e);
-  backend_.reset();
-  backend_.fd = s;
-  register_side(backend_, io_write);
-#if defined(HARMONY_USE_IOCP)
-  loop.connect(s, &backend_, pick.to);  // a failure, even an immediate one, comes back as a completion
-#else
-  if (!done && up_.begin < up_.end && !send_while_connecting()) return;
-#endif
-  if (done) return connected();
-  loop.schedule(clock_, loop.now() + worker_.options().connect_timeout.count());
-}
-
-// A client has usually sent its first bytes by the time it is accepted, and a
-// connect over loopback or a LAN has often completed when connect() returns.
-// Reading before the connect and writing right after it saves the two loop
-// turns that would wait for those events; where a guess is wrong, the events
-// take over. False when the connection has ended.
-inline bool session::read_ahead() {
-  buffer_pool& pool = worker_.pool();
-  char* buffer = pool.take(false);
-  auto n = recv_some(client_.fd, buffer, pool.size(false));
-  if (n > 0) {
-    up_.data = buffer;
-    up_.end = static_cast<std::uint32_t>(n);
-    took_in(client_, static_cast<std::size_t>(n));
-    if (static_cast<std::size_t>(n) == pool.size(false)) up_.bulk = client_.readable = true;  // more may follow
-    return true;
+    };
+    pool_.on_surplus = [this] {
+      if (!trim_.armed()) loop_.schedule(trim_, loop_.now() + 250);
+    };
   }
-  pool.give(buffer, false);
-  if (n == 0) {
-    up_.eof = true;
-    return true;
+  ~worker() {
+    for (auto& s : sessions_) s->close(true);
+    listener_.close();
+    // The sessions and the accept operations are memory the kernel may still write.
+    loop_.settle();
   }
-  int e = last_socket_error();
-  if (would_block(e) || e == EINTR) return true;
-  close(true);  // the client is gone already
-  return false;
-}
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
 
-// Only a connected socket takes bytes, so a send that succeeds ends the connect.
-// True while the connect is still pending.
-inline bool session::send_while_connecting() {
-  auto n = send_some(backend_.fd, up_.data + up_.begin, up_.end - up_.begin);
-  if (n > 0) {
-    up_.begin += static_cast<std::uint32_t>(n);
-    put_out(backend_, static_cast<std::size_t>(n));
-    connected();
-    return false;
+  // Opens the loop; `listener` is this loop's listening socket, or invalid for a
+  // loop that is dealt connections by the first one (see listeners_share_port).
+  std::error_code open(socket_handle listener) {
+    if (auto e = loop_.open()) return e;
+    if (listener == invalid_socket) return {};
+    return listener_.open(listener);
   }
-  int e = last_socket_error();
-  if (would_block(e) || e == EINTR) return true;  // still connecting: the writable event says when
-  attempt_failed(system_error_code(e));
-  return false;
-}
 
-inline void session::register_side(side& s, unsigned interest) {
-  if (s.registered) return worker_.loop().interest(s.fd, &s, interest);
-  s.registered = true;
-  worker_.loop().add(s.fd, &s, interest);
-}
+  reactor& loop() noexcept override { return loop_; }
 
-inline void session::connected() {
-  reactor& loop = worker_.loop();
-  phase_ = phase::relaying;
-  backend_.writable = true;
-#if defined(HARMONY_USE_IOCP)
-  client_.writable = true;  // no readiness event will say so: writable means "no send in flight"
-#endif
-  register_side(client_, io_read);
-  last_activity_ = loop.now();
-  loop.schedule(clock_, last_activity_ + worker_.options().idle_timeout.count());
-  pump();
-}
-
-// A failed attempt is retried from a timer, after this loop turn: any stale event
-// of the closed socket is then gone and cannot be mistaken for the new one.
-inline void session::attempt_failed(std::error_code why) {
-  reactor& loop = worker_.loop();
-  server::impl& srv = worker_.owner();
-  worker_.stats.connect_failures.fetch_add(1, std::memory_order_relaxed);
-  std::string id = srv.backends.id_of(current_);
-  srv.log(log_level::warn, "backend %s failed for %s: %s", id.c_str(), peer_.to_endpoint().to_string().c_str(),
-          why.message().c_str());
-  if (srv.options.on_backend_error) srv.options.on_backend_error(id, why);
-  srv.backends.release(current_, true);
-  tried_.push_back(current_);
-  current_ = lease{};
-  if (backend_.fd != invalid_socket) {
-    if (backend_.registered) loop.remove(backend_.fd);
-    close_socket(backend_.fd);
-    backend_.reset();
+  // The body of a thread the server starts for this loop.
+  void run_own_thread() {
+    block_sigpipe_on_this_thread();
+    loop_.run();
   }
-  // The next backend gets everything the failed one was sent, from the start.
-  up_.begin = 0;
-  up_.shut = false;
-  sent_to_backend_ = 0;
-  replayable_ = true;
-  ++attempts_;
-  if (attempts_ > srv.options.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
-  phase_ = phase::retrying;
-  loop.schedule(clock_, loop.now());
-}
 
-inline void session::on_clock() {
-  reactor& loop = worker_.loop();
-  switch (phase_) {
-    case phase::queued:
-      worker_.dequeue(this);
-      return unavailable(make_error_code(errc::queue_timeout));
-    case phase::retrying: return start_attempt();
-    case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
-    case phase::relaying: {
-      std::int64_t deadline = last_activity_ + worker_.options().idle_timeout.count();
-      if (loop.now() >= deadline) {
-        worker_.owner().log(log_level::debug, "idle timeout for %s", peer_.to_endpoint().to_string().c_str());
-        return close(false);
-      }
-      return loop.schedule(clock_, deadline);
-    }
-    case phase::farewell: return close(false);
-    case phase::idle: return;
-  }
-}
+  // Admits waiting connections while the concurrency limit allows, oldest first.
+  void admit_waiting();
+  std::size_t waiting() const noexcept { return queue_length_; }
 
-inline void session::on_side_io(side& s, unsigned events) {
-  if (events & io_read) s.readable = true;
-  if (events & io_write) s.writable = true;
-  if (events & io_peer_closed) s.peer_closed = true;
-  if (events & io_error) s.failed = true;
-#if defined(HARMONY_USE_IOCP)
-  // A completed overlapped send wrote its bytes. A failed operation carries the
-  // socket's error, which the plain calls might never report again.
-  if (s.iocp.sent) {
-    std::uint32_t n = s.iocp.sent;
-    s.iocp.sent = 0;
-    if (phase_ == phase::farewell) {
-      farewell_sent_ += n;
-    } else {
-      direction& d = &s == &backend_ ? up_ : down_;
-      d.begin += n;
-      if (&s == &backend_) sent_to_backend_ += n;
-      last_activity_ = worker_.loop().now();
-    }
-  }
-  if ((events & io_error) && phase_ == phase::relaying) return fail(s, s.iocp.error);
-  if ((events & io_error) && phase_ == phase::farewell) return close(true);
-#endif
-  switch (phase_) {
-    case phase::connecting:
-      if (&s == &backend_ && (events & (io_write | io_error))) {
-#if defined(HARMONY_USE_IOCP)
-        // ConnectEx's completion carries the outcome.
-        std::error_code e = s.iocp.error ? system_error_code(s.iocp.error) : std::error_code{};
-#else
-        // Writable without an error means connected; only an error needs asking for.
-        std::error_code e;
-        if (s.failed) e = pending_socket_error(backend_.fd);
-#endif
-        if (e) return attempt_failed(e);
-        worker_.loop().cancel(clock_);
-        return connected();
-      }
-      return;
-    case phase::relaying: return pump();
-    case phase::farewell: return farewell_pump();
-    default: return;
-  }
-}
+  relay_counters stats;
 
-inline void session::pump() {
-  if (!flow(up_, client_, backend_)) return;
-  bool was_replayable = replayable_;
-  if (!flow(down_, backend_, client_)) return;
-  // The backend's first answer ends the replay window: drop the kept request now,
-  // so an idle connection holds no buffer.
-  if (was_replayable && !replayable_ && up_.data && up_.begin == up_.end) {
-    worker_.pool().give(up_.data, up_.large);
-    up_.data = nullptr;
-    up_.begin = up_.end = 0;
-  }
-  if (up_.shut && down_.shut) return close(false);
-  if (reactor::tracks_interest) update_interest();
-}
-
-// What a side waits for: readable when its outgoing direction may read, writable
-// when its incoming direction has bytes waiting.
-inline void session::update_interest() {
-  auto wants = [](const direction& out, const direction& in) {
-    unsigned w = 0;
-    if (!out.eof && !out.holds_bytes()) w |= io_read;
-    if (in.holds_bytes()) w |= io_write;
-    return w;
-  };
-  worker_.loop().interest(client_.fd, &client_, wants(up_, down_));
-  worker_.loop().interest(backend_.fd, &backend_, wants(down_, up_));
-}
-
-inline void session::took_in(const side& src, std::size_t n) {
-  if (&src == &backend_) {
-    received_from_backend_ += n;
-    replayable_ = false;
-  }
-  last_activity_ = worker_.loop().now();
-}
-
-inline void session::put_out(const side& dst, std::size_t n) {
-  if (&dst == &backend_) sent_to_backend_ += n;
-  last_activity_ = worker_.loop().now();
-}
-
-// A socket call in flow() failed: "would block" clears the readiness flag and
-// waits for the next event, EINTR calls again, anything else fails the connection.
-inline session::next_step session::after_call_error(side& s, bool& ready, int error) {
-  if (would_block(error)) {
-    ready = false;
-    return next_step::wait;
-  }
-  if (error == EINTR) return next_step::call_again;
-  fail(s, error);
-  return next_step::failed;
-}
-
-inline bool session::flow(direction& d, side& src, side& dst) {
-  buffer_pool& pool = worker_.pool();
-  for (;;) {
+ private:
+  // session_host
+  buffer_pool& pool() noexcept override { return pool_; }
 #if defined(__linux__)
-    if (d.piped) {
-      if (!dst.writable) return true;
-      ssize_t n = ::splice(d.pipe.read, nullptr, dst.fd, nullptr, d.piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n <= 0) {
-        switch (after_call_error(dst, dst.writable, n == 0 ? EPIPE : errno)) {
-          case next_step::wait: return true;
-          case next_step::call_again: continue;
-          case next_step::failed: return false;
-        }
-      }
-      d.piped -= static_cast<std::uint32_t>(n);
-      spliced_ += static_cast<std::uint64_t>(n);
-      put_out(dst, static_cast<std::size_t>(n));
-      continue;
-    }
+  // Asked on the loop's own thread, the first time a direction streams.
+  pipe_pool* pipes() noexcept override {
+    if (splice_allowed_ < 0) splice_allowed_ = options_.splice && sigpipe_harmless_on_this_thread();
+    return splice_allowed_ == 1 ? &pipes_ : nullptr;
+  }
 #endif
-    if (d.begin < d.end) {
-      if (!dst.writable) return true;
-      auto n = send_some(dst.fd, d.data + d.begin, d.end - d.begin);
-      if (n < 0) {
-        switch (after_call_error(dst, dst.writable, last_socket_error())) {
-          case next_step::wait:
-#if defined(HARMONY_USE_IOCP)
-            worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
-#endif
-            return true;
-          case next_step::call_again: continue;
-          case next_step::failed: return false;
-        }
-      }
-      d.begin += static_cast<std::uint32_t>(n);
-      put_out(dst, static_cast<std::size_t>(n));
-      if (d.begin < d.end) {
-        dst.writable = false;
-#if defined(HARMONY_USE_IOCP)
-        worker_.loop().send(dst.fd, &dst, d.data + d.begin, d.end - d.begin);
-#endif
-        return true;
-      }
-      continue;
-    }
-    if (d.data) {
-      // Until the backend answers, what it was sent stays in the buffer, so a
-      // backend that fails now can be replaced and the bytes sent again.
-      bool keep = &d == &up_ && replayable_ && d.end < pool.size(d.large);
-      if (!keep) {
-        if (&d == &up_) replayable_ = false;
-        pool.give(d.data, d.large);
-        d.data = nullptr;
-        d.begin = d.end = 0;
-      }
-    }
-    if (d.eof) {
-      if (!d.shut) {
-        // When the other way is finished too the connection is about to close,
-        // and closing sends this FIN anyway.
-        const direction& other = &d == &up_ ? down_ : up_;
-        if (!other.shut) ::shutdown(dst.fd, SHUT_WR);
-        d.shut = true;
-      }
-      return true;
-    }
-    if (!src.readable) return true;
+  const relay_settings& settings() const noexcept override { return settings_; }
+  const logger& log() const noexcept override { return log_; }
+  relay_counters& counters() noexcept override { return stats; }
+  bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
+  void release(const lease& backend, bool failed) override;
+  std::string backend_id(const lease& backend) override;
+  bool take_slot() override;
+  void give_slot() override;
+  bool wait_for_slot(session& s) override;
+  void stop_waiting(session& s) override;
+  void recycle(session& s) override { free_sessions_.push_back(&s); }
+
+  // Where one listener serves every loop, connections are dealt in turn.
+  void deal(socket_handle fd, const address& peer);
+  // Takes an accepted client connection into this loop.
+  void adopt(socket_handle fd, const address& peer);
+  session* make_session();
+
+  server::impl& owner_;
+  const server_options& options_;
+  relay_settings settings_;
+  const logger& log_;
+  reactor loop_;
+  buffer_pool pool_;
 #if defined(__linux__)
-    // A streaming direction goes socket to pipe to socket inside the kernel. What
-    // the backend was sent stays in the buffer while it may have to be replayed.
-    if (d.bulk && !d.data && !(&d == &up_ && replayable_) && worker_.may_splice() &&
-        (d.pipe.valid() || worker_.pipes().take(d.pipe))) {
-      ssize_t n = ::splice(src.fd, nullptr, d.pipe.write, nullptr, d.pipe.capacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-      if (n > 0) {
-        d.piped = static_cast<std::uint32_t>(n);
-        if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
-        took_in(src, static_cast<std::size_t>(n));
-        // A short splice does not prove the socket drained (the pipe may run out of
-        // slots first), so the source stays readable until a splice finds nothing.
-        continue;
-      }
-      int e = n == 0 ? 0 : errno;
-      if (n == 0 || would_block(e)) worker_.pipes().give(d.pipe, true);  // nothing in flight: no pipe held
-      if (n == 0) {
-        d.eof = true;
-        src.readable = false;
-        continue;
-      }
-      switch (after_call_error(src, src.readable, e)) {
-        case next_step::wait: return true;
-        case next_step::call_again: continue;
-        case next_step::failed: return false;
-      }
-    }
+  pipe_pool pipes_;
+  int splice_allowed_ = -1;  // not yet asked
 #endif
-    if (!d.data) d.large = d.bulk;
-    char* buffer = d.data ? d.data : pool.take(d.large);
-    std::size_t room = pool.size(d.large) - d.end;
-    auto n = recv_some(src.fd, buffer + d.end, room);
-    if (n > 0) {
-      d.data = buffer;
-      d.end += static_cast<std::uint32_t>(n);
-      if (static_cast<std::size_t>(n) == room) d.bulk = true;
-      else if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
-      took_in(src, static_cast<std::size_t>(n));
-      // With edge-triggered readiness a short read means "drained". If the peer's
-      // FIN had already arrived, nothing can follow: that was the end of the stream.
-      // A pending error (a reset behind the data) raises no further event, so the
-      // source stays readable until a read reports it.
-      if (static_cast<std::size_t>(n) < room && !src.failed) {
-        src.readable = false;
-        if (src.peer_closed) d.eof = true;
-      }
-      continue;
-    }
-    if (!d.data || d.end == 0) {
-      pool.give(buffer, d.large);
-      d.data = nullptr;
-      d.begin = d.end = 0;
-    }
-    if (n == 0) {
-      d.eof = true;
-      src.readable = false;
-      continue;
-    }
-    switch (after_call_error(src, src.readable, last_socket_error())) {
-      case next_step::wait: return true;
-      case next_step::call_again: continue;
-      case next_step::failed: return false;
-    }
-  }
-}
-
-inline void session::fail(side& where, int error) {
-  // A backend that breaks before its first byte is a failed attempt: the client
-  // has lost nothing (what it sent is still buffered), so another backend may serve it.
-  if (&where == &backend_ && replayable_ && received_from_backend_ == 0 && !down_.eof)
-    return attempt_failed(system_error_code(error) == std::errc::connection_reset ||
-                                  system_error_code(error) == std::errc::broken_pipe
-                              ? make_error_code(errc::backend_reset)
-                              : system_error_code(error));
-  worker_.owner().log(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
-                      peer_.to_endpoint().to_string().c_str(), system_error_code(error).message().c_str());
-  close(true);
-}
-
-inline void session::unavailable(std::error_code why) {
-  server::impl& srv = worker_.owner();
-  worker_.stats.unavailable.fetch_add(1, std::memory_order_relaxed);
-  if (holds_slot_) {
-    holds_slot_ = false;
-    srv.give_slot(worker_);
-  }
-  farewell_ = srv.options.unavailable;
-  if (srv.options.on_unavailable) {
-    rejected_connection client;
-    rejected_access::set_peer(client, peer_.to_endpoint().to_string());
-    srv.options.on_unavailable(why, client);
-    farewell_ = std::move(rejected_access::reply(client));
-  }
-  srv.log(log_level::info, "unavailable for %s: %s", peer_.to_endpoint().to_string().c_str(),
-          why.message().c_str());
-  phase_ = phase::farewell;
-  farewell_sent_ = 0;
-  client_.writable = true;
-  register_side(client_, io_read | io_write);
-  reactor& loop = worker_.loop();
-  loop.schedule(clock_, loop.now() + std::max<std::int64_t>(1000, worker_.options().connect_timeout.count()));
-  farewell_pump();
-}
-
-// Sends the unavailable text, then a FIN, then reads until the client's FIN, so
-// that unread client bytes never turn the close into a reset that eats the text.
-inline void session::farewell_pump() {
-  while (farewell_sent_ < farewell_.size()) {
-    if (!client_.writable) return update_interest();
-    auto n = send_some(client_.fd, farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_);
-    if (n < 0) {
-      int e = last_socket_error();
-      if (would_block(e)) {
-        client_.writable = false;
-#if defined(HARMONY_USE_IOCP)
-        worker_.loop().send(client_.fd, &client_, farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_);
-#endif
-        if (reactor::tracks_interest) worker_.loop().interest(client_.fd, &client_, io_read | io_write);
-        return;
-      }
-      if (e == EINTR) continue;
-      return close(true);
-    }
-    farewell_sent_ += static_cast<std::size_t>(n);
-  }
-  if (!down_.shut) {
-    ::shutdown(client_.fd, SHUT_WR);
-    down_.shut = true;
-    if (reactor::tracks_interest) worker_.loop().interest(client_.fd, &client_, io_read);
-  }
-  char sink[4096];
-  for (;;) {
-    auto n = recv_some(client_.fd, sink, sizeof sink);
-    if (n > 0) continue;
-    if (n < 0 && would_block(last_socket_error())) return;
-    if (n < 0 && last_socket_error() == EINTR) continue;
-    return close(false);
-  }
-}
-
-inline void session::release_buffers() {
-  for (direction* d : {&up_, &down_}) {
-    if (d->data) {
-      worker_.pool().give(d->data, d->large);
-      d->data = nullptr;
-    }
-#if defined(__linux__)
-    worker_.pipes().give(d->pipe, d->piped == 0);
-    d->piped = 0;
-#endif
-  }
-}
-
-inline void session::close(bool reset) {
-  reactor& loop = worker_.loop();
-  server::impl& srv = worker_.owner();
-  loop.cancel(clock_);
-  if (phase_ == phase::queued) worker_.dequeue(this);
-  for (side* s : {&client_, &backend_}) {
-    if (s->fd == invalid_socket) continue;
-    if (s->registered) loop.remove(s->fd);
-    if (reset) abort_socket(s->fd);
-    else close_socket(s->fd);
-    s->fd = invalid_socket;
-  }
-#if !defined(HARMONY_USE_IOCP)
-  release_buffers();
-#endif
-  if (current_.valid()) srv.backends.release(current_, false);
-  current_ = lease{};
-  worker_.stats.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
-  worker_.stats.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
-  worker_.stats.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
-  worker_.stats.active.fetch_sub(1, std::memory_order_relaxed);
-  phase_ = phase::idle;
-  bool had_slot = holds_slot_;
-  holds_slot_ = false;
-  backend_.retired = true;
-#if defined(HARMONY_USE_IOCP)
-  // A cancelled send may read its buffer until its completion is back.
-  loop.retire(&client_, [this] {
-    release_buffers();
-    worker_.recycle(this);
-  });
-#else
-  loop.retire(&client_, [this] { worker_.recycle(this); });
-#endif
-  if (had_slot) srv.give_slot(worker_);
-}
-
-inline worker::~worker() {
-  for (auto& s : sessions_)
-    if (s->current_phase() != session::phase::idle) s->close(true);
-  listener_.close();
-#if defined(HARMONY_USE_IOCP)
-  // The sessions and the accept operations are memory the kernel may still write.
-  loop_.settle();
-#endif
-}
+  acceptor listener_{loop_, log_};
+  timer trim_;
+  std::vector<std::unique_ptr<session>> sessions_;
+  std::vector<session*> free_sessions_;
+  std::size_t next_worker_ = 0;
+  session* queue_head_ = nullptr;
+  session* queue_tail_ = nullptr;
+  std::size_t queue_length_ = 0;
+};
 
 inline session* worker::make_session() {
   if (!free_sessions_.empty()) {
@@ -3655,42 +4083,51 @@ inline session* worker::make_session() {
   return sessions_.back().get();
 }
 
-inline void worker::recycle(session* s) { free_sessions_.push_back(s); }
-
-#if defined(HARMONY_USE_IOCP)
-// One listener serves every worker of the server; connections are dealt in turn.
 inline void worker::deal(socket_handle fd, const address& peer) {
   auto& all = owner_.workers;
-  worker* target = all.size() > 1 ? all[next_worker_++ % all.size()].get() : this;
+  worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
   target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
 }
-#endif
 
 inline void worker::adopt(socket_handle fd, const address& peer) {
   stats.accepted.fetch_add(1, std::memory_order_relaxed);
   stats.active.fetch_add(1, std::memory_order_relaxed);
-  session* s = make_session();
-  s->open(fd, peer);
-  s->admit();
+  make_session()->start(fd, peer);
 }
 
-inline void worker::enqueue(session* s) {
-  s->queue_next = nullptr;
-  s->queue_prev = queue_tail_;
-  if (queue_tail_) queue_tail_->queue_next = s;
-  else queue_head_ = s;
-  queue_tail_ = s;
+inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+  return owner_.backends.pick(loop_.now(), client_key, tried, out);
+}
+inline void worker::release(const lease& backend, bool failed) { owner_.backends.release(backend, failed); }
+inline std::string worker::backend_id(const lease& backend) { return owner_.backends.id_of(backend); }
+
+inline bool worker::take_slot() { return owner_.try_take_slot(); }
+
+inline void worker::give_slot() {
+  owner_.proxied.fetch_sub(1, std::memory_order_relaxed);
+  if (queue_length_) admit_waiting();
+  else if (owner_.waiting.load(std::memory_order_relaxed) > 0) owner_.wake_queues();
+}
+
+inline bool worker::wait_for_slot(session& s) {
+  if (queue_length_ >= settings_.queue_limit) return false;
+  s.queue_next = nullptr;
+  s.queue_prev = queue_tail_;
+  if (queue_tail_) queue_tail_->queue_next = &s;
+  else queue_head_ = &s;
+  queue_tail_ = &s;
   ++queue_length_;
   owner_.waiting.fetch_add(1, std::memory_order_relaxed);
+  return true;
 }
 
-inline void worker::dequeue(session* s) {
-  if (s->queue_prev) s->queue_prev->queue_next = s->queue_next;
-  else queue_head_ = s->queue_next;
-  if (s->queue_next) s->queue_next->queue_prev = s->queue_prev;
-  else queue_tail_ = s->queue_prev;
-  s->queue_next = s->queue_prev = nullptr;
+inline void worker::stop_waiting(session& s) {
+  if (s.queue_prev) s.queue_prev->queue_next = s.queue_next;
+  else queue_head_ = s.queue_next;
+  if (s.queue_next) s.queue_next->queue_prev = s.queue_prev;
+  else queue_tail_ = s.queue_prev;
+  s.queue_next = s.queue_prev = nullptr;
   --queue_length_;
   owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -3698,12 +4135,20 @@ inline void worker::dequeue(session* s) {
 inline void worker::admit_waiting() {
   while (queue_head_ && owner_.try_take_slot()) {
     session* s = queue_head_;
-    dequeue(s);
-    s->leave_queue_for_attempt();
+    stop_waiting(*s);
+    s->admitted();
   }
 }
 
 }  // namespace detail
+
+inline void server::impl::wake_queues() {
+  for (auto& w : workers) {
+    detail::worker* target = w.get();
+    target->loop().post([target] { target->admit_waiting(); });
+  }
+}
+
 }  // namespace harmony
 
 namespace harmony {
@@ -3767,10 +4212,8 @@ class admin_server {
     for (auto& c : connections_) c.second->io.close();
     listener_.close();
     loop_.cancel(sweep_);
-#if defined(HARMONY_USE_IOCP)
     // The connections' streams and the accepts are memory the kernel may still write.
     loop_.settle();
-#endif
   }
   admin_server(const admin_server&) = delete;
   admin_server& operator=(const admin_server&) = delete;
@@ -3794,7 +4237,7 @@ class admin_server {
   std::unordered_map<std::string, std::int64_t> offline_since;
 
   void release(admin_connection* c) {
-    loop_.retire(&c->io, [this, c] { connections_.erase(c); });
+    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
   }
 
  private:
@@ -3843,7 +4286,11 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
   io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };
-  io.attach(fd);
+  if (std::error_code e = io.attach(fd)) {
+    owner_.srv().log(log_level::error, "cannot watch the admin connection from %s: %s",
+                     peer.to_endpoint().to_string().c_str(), e.message().c_str());
+    return end("cannot watch the connection");
+  }
   loop_.schedule(clock_, last_heard_ + idle_limit());
 }
 
@@ -4195,12 +4642,10 @@ inline std::error_code server::impl::open() {
   std::vector<detail::socket_handle> listeners;
   for (int i = 0; i < options.workers; ++i) {
     detail::socket_handle s = detail::invalid_socket;
-#if defined(HARMONY_USE_IOCP)
-    if (i > 0) {  // one listener for all: the first worker deals out what it accepts
+    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
       listeners.push_back(s);
       continue;
     }
-#endif
     std::error_code e = detail::open_listener(where, options.workers > 1, s);
     if (!e && i == 0) {
       // With port 0 every further worker must join the port the first one got.
@@ -4521,6 +4966,7 @@ HARMONY_DEF std::error_code client::start() {
     return make_error_code(errc::bad_option);
   if (auto e = impl_->loop.open()) return e;
   impl* p = impl_.get();
+  p->loop.on_error = [p](std::error_code e) { p->log(log_level::error, "agent: event loop: %s", e.message().c_str()); };
   p->backoff = o.reconnect_min.count();
   p->io.on_connect = [p](std::error_code e) { p->on_connect(e); };
   p->io.on_close = [p](std::error_code e) { p->on_closed(e); };
@@ -4544,9 +4990,7 @@ HARMONY_DEF std::error_code client::close() {
   if (p->thread.get_id() == std::this_thread::get_id()) return {};  // from a callback: cannot wait for itself
   p->thread.join();
   p->io.close();
-#if defined(HARMONY_USE_IOCP)
   p->loop.settle();
-#endif
   p->running = false;
   p->set_registered(false);
   return {};

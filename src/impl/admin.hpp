@@ -59,10 +59,8 @@ class admin_server {
     for (auto& c : connections_) c.second->io.close();
     listener_.close();
     loop_.cancel(sweep_);
-#if defined(HARMONY_USE_IOCP)
     // The connections' streams and the accepts are memory the kernel may still write.
     loop_.settle();
-#endif
   }
   admin_server(const admin_server&) = delete;
   admin_server& operator=(const admin_server&) = delete;
@@ -86,7 +84,7 @@ class admin_server {
   std::unordered_map<std::string, std::int64_t> offline_since;
 
   void release(admin_connection* c) {
-    loop_.retire(&c->io, [this, c] { connections_.erase(c); });
+    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
   }
 
  private:
@@ -135,7 +133,11 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
   io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };
-  io.attach(fd);
+  if (std::error_code e = io.attach(fd)) {
+    owner_.srv().log(log_level::error, "cannot watch the admin connection from %s: %s",
+                     peer.to_endpoint().to_string().c_str(), e.message().c_str());
+    return end("cannot watch the connection");
+  }
   loop_.schedule(clock_, last_heard_ + idle_limit());
 }
 

@@ -158,6 +158,7 @@ HARMONY_DEF std::error_code client::start() {
     return make_error_code(errc::bad_option);
   if (auto e = impl_->loop.open()) return e;
   impl* p = impl_.get();
+  p->loop.on_error = [p](std::error_code e) { p->log(log_level::error, "agent: event loop: %s", e.message().c_str()); };
   p->backoff = o.reconnect_min.count();
   p->io.on_connect = [p](std::error_code e) { p->on_connect(e); };
   p->io.on_close = [p](std::error_code e) { p->on_closed(e); };
@@ -181,9 +182,7 @@ HARMONY_DEF std::error_code client::close() {
   if (p->thread.get_id() == std::this_thread::get_id()) return {};  // from a callback: cannot wait for itself
   p->thread.join();
   p->io.close();
-#if defined(HARMONY_USE_IOCP)
   p->loop.settle();
-#endif
   p->running = false;
   p->set_registered(false);
   return {};

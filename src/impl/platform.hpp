@@ -183,6 +183,8 @@ inline ssize_t send_some(socket_handle s, const char* data, std::size_t n) noexc
 inline ssize_t recv_some(socket_handle s, char* data, std::size_t n) noexcept {
   return ::recv(s, data, clamp_length(n), 0);
 }
+// Windows has no SIGPIPE: a send to a closed peer fails with an error.
+inline void block_sigpipe_on_this_thread() noexcept {}
 #else
 using socket_handle = int;
 constexpr socket_handle invalid_socket = -1;
@@ -301,6 +303,15 @@ inline std::error_code bind_and_listen(socket_handle s, const address& at, socke
   out = s;
   return {};
 }
+
+// Whether each event loop can have a listener of its own on one port
+// (SO_REUSEPORT, the kernel spreading connections); where not (Windows), the
+// first loop accepts for all and deals the connections out.
+#if defined(SO_REUSEPORT) && !defined(_WIN32)
+inline constexpr bool listeners_share_port = true;
+#else
+inline constexpr bool listeners_share_port = false;
+#endif
 
 #if defined(_WIN32)
 inline socket_handle open_stream_socket(int family) noexcept {

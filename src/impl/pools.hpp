@@ -51,9 +51,8 @@ class buffer_pool {
   std::size_t released_ = 0;
 };
 
-#if defined(__linux__)
-// Pipes for splice(2). A streaming direction borrows one while bytes sit in it
-// and gives it back empty, so an idle connection holds no pipe and no descriptor.
+// Pipes for splice(2) on Linux. A streaming direction borrows one while bytes sit
+// in it and gives it back empty, so an idle connection holds no pipe and no descriptor.
 struct kernel_pipe {
   int read = -1;
   int write = -1;
@@ -61,6 +60,7 @@ struct kernel_pipe {
   bool valid() const noexcept { return read >= 0; }
 };
 
+#if defined(__linux__)
 class pipe_pool {
  public:
   pipe_pool() { spare_.reserve(keep); }

@@ -7,105 +7,165 @@ struct rejected_access {
 
 namespace detail {
 
-class worker;
+// >>pump  the proxy core: two connections, both directions, backpressure, half-close
+// What a proxied connection reads of the server's options, taken once.
+struct relay_settings {
+  std::int64_t connect_timeout_ms = 0;
+  std::int64_t idle_timeout_ms = 0;
+  std::int64_t queue_timeout_ms = 0;
+  std::size_t queue_limit = 0;
+  int requeue = 0;
+  std::string unavailable;
+  std::function<void(std::error_code, rejected_connection&)> on_unavailable;
+  std::function<void(const std::string&, std::error_code)> on_backend_error;
 
-// >>pump  the proxy core: two sockets, both directions, backpressure, half-close
-// A proxied connection: the client socket, the backend socket and one buffer per
-// direction. A direction reads its source only when its buffer is empty, so a
-// slow reader holds back its writer (backpressure); it passes EOF on as a FIN only
-// once everything read has been written (half-close); an error on either socket
-// resets the other (reset propagation). Buffers come from the pool only while
-// data is in flight, so an idle connection costs no buffer at all.
-class session {
+  static relay_settings from(const server_options& o) {
+    relay_settings s;
+    s.connect_timeout_ms = o.connect_timeout.count();
+    s.idle_timeout_ms = o.idle_timeout.count();
+    s.queue_timeout_ms = o.queue_timeout.count();
+    s.queue_limit = o.queue_limit;
+    s.requeue = o.requeue;
+    s.unavailable = o.unavailable;
+    s.on_unavailable = o.on_unavailable;
+    s.on_backend_error = o.on_backend_error;
+    return s;
+  }
+};
+
+struct relay_counters {
+  std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
+      bytes_out{0}, bytes_spliced{0};
+};
+
+class session;
+
+// What a session needs of the server around it, and no more: the loop and its
+// buffers, the settings, the backend table (pick and release), the concurrency
+// slots and the wait queue, the counters and the log. The worker provides it.
+class session_host {
+ public:
+  virtual reactor& loop() noexcept = 0;
+  virtual buffer_pool& pool() noexcept = 0;
+#if defined(__linux__)
+  // The loop's splice pipes, or null where this loop may not splice.
+  virtual pipe_pool* pipes() noexcept = 0;
+#endif
+  virtual const relay_settings& settings() const noexcept = 0;
+  virtual const logger& log() const noexcept = 0;
+  virtual relay_counters& counters() noexcept = 0;
+  // Chooses a backend for a client (by its address key), skipping the leases in
+  // `tried`, and counts the connection against it.
+  virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
+  virtual void release(const lease& backend, bool failed) = 0;
+  virtual std::string backend_id(const lease& backend) = 0;
+  // One proxied connection under the concurrency limit.
+  virtual bool take_slot() = 0;
+  virtual void give_slot() = 0;
+  // The wait queue for a slot: false when it is full.
+  virtual bool wait_for_slot(session& s) = 0;
+  virtual void stop_waiting(session& s) = 0;
+  // The session has ended and may serve the next client.
+  virtual void recycle(session& s) = 0;
+
+ protected:
+  ~session_host() = default;
+};
+
+// The requeue window of one connection. Until the backend sends its first byte,
+// what the client sent stays in the upstream buffer, so that a backend that fails
+// can be replaced and the same bytes sent to the next one. The window closes for
+// good at the backend's first byte, or when the client's bytes outgrow the buffer.
+class replay_window {
+ public:
+  void reset() noexcept { open_ = true; }
+  bool is_open() const noexcept { return open_; }
+  void backend_answered() noexcept { open_ = false; }
+  // After the buffered bytes went out: whether they must stay for a replay.
+  bool keep(std::size_t buffered, std::size_t capacity) noexcept {
+    if (open_ && buffered < capacity) return true;
+    open_ = false;
+    return false;
+  }
+  // A backend that breaks may be replaced while the client has lost nothing:
+  // the window is open and the backend has sent neither a byte nor a FIN.
+  bool may_replay(std::uint64_t received_from_backend, bool backend_finished) const noexcept {
+    return open_ && received_from_backend == 0 && !backend_finished;
+  }
+
+ private:
+  bool open_ = true;
+};
+
+// A proxied connection: the client connection, the backend connection and one
+// buffer per direction. A direction reads its source only when its buffer is
+// empty and no write to its destination is going on, so a slow reader holds back
+// its writer (backpressure); it passes EOF on as a FIN only once everything read
+// has been written (half-close); an error on either side resets the other
+// (reset propagation). Buffers come from the pool only while data is in flight,
+// so an idle connection costs no buffer at all.
+class session final : public connection_owner {
  public:
   enum class phase { idle, queued, connecting, retrying, relaying, farewell };
 
-  struct side final : io_handler {
-    session* owner = nullptr;
-    socket_handle fd = invalid_socket;
-    bool readable = false;
-    bool writable = false;
-    bool peer_closed = false;  // the peer's FIN has arrived: no byte will follow what is queued
-    bool failed = false;       // an error is pending on the socket
-    bool registered = false;
-    void on_io(unsigned events) override { owner->on_side_io(*this, events); }
-    void reset() noexcept {
-      fd = invalid_socket;
-      readable = writable = peer_closed = failed = registered = false;
-      retired = false;
-#if defined(HARMONY_USE_IOCP)
-      iocp.interest = 0;
-      iocp.error = 0;
-      iocp.sent = 0;
-#endif
-    }
-  };
+  explicit session(session_host& host) : host_(host), client_(host.loop()), backend_(host.loop()) {
+    client_.set_owner(this);
+    backend_.set_owner(this);
+    backend_.share_release_with(client_);  // released when both sides' operations are back
+    clock_.fire = [this] { on_clock(); };
+  }
+  session(const session&) = delete;
+  session& operator=(const session&) = delete;
+
+  // Serves an accepted client socket: waits for a slot, or starts at once.
+  void start(socket_handle fd, const address& peer);
+  // Leaves the wait queue with a slot taken for it.
+  void admitted();
+  // Ends the connection now: used by shutdown of the whole server, too.
+  void close(bool reset);
+
+  phase current_phase() const noexcept { return phase_; }
+  session* queue_next = nullptr;
+  session* queue_prev = nullptr;
+
+ private:
   struct direction {
     char* data = nullptr;
     std::uint32_t begin = 0;
     std::uint32_t end = 0;
     bool large = false;  // data is a large buffer
     bool bulk = false;   // the next buffer taken is large
-    bool eof = false;   // the source sent its FIN
-    bool shut = false;  // the FIN went on to the destination
-#if defined(__linux__)
-    kernel_pipe pipe;         // borrowed while a streaming direction has bytes in the kernel
-    std::uint32_t piped = 0;  // bytes in the pipe, read and not yet written
-#endif
-    bool holds_bytes() const noexcept {
-#if defined(__linux__)
-      if (piped) return true;
-#endif
-      return begin < end;
-    }
+    bool eof = false;    // the source sent its FIN
+    bool shut = false;   // the FIN went on to the destination
+    kernel_pipe pipe;          // borrowed while a streaming direction has bytes in the kernel
+    std::uint32_t piped = 0;   // bytes in the pipe, read and not yet written
+    bool holds_bytes() const noexcept { return piped > 0 || begin < end; }
   };
 
-  explicit session(worker& w) : worker_(w) {
-    client_.owner = this;
-    backend_.owner = this;
-#if defined(HARMONY_USE_IOCP)
-    backend_.iocp.group = &client_;  // the session is released when both sockets' operations are back
-#endif
-    clock_.fire = [this] { on_clock(); };
-  }
-  session(const session&) = delete;
-  session& operator=(const session&) = delete;
+  void on_connected(connection& c, std::error_code error) override;
+  void on_readable(connection& c) override;
+  void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
-  void open(socket_handle fd, const address& peer);
-  void admit();
   void start_attempt();
-  void on_clock();
-  void on_side_io(side& s, unsigned events);
-  // Ends the connection now: used by shutdown of the whole server, too.
-  void close(bool reset);
-  void leave_queue_for_attempt();
-
-  phase current_phase() const noexcept { return phase_; }
-  session* queue_next = nullptr;
-  session* queue_prev = nullptr;
-  std::int64_t queued_at = 0;
-
- private:
   void connected();
   bool read_ahead();
-  bool send_while_connecting();
   void attempt_failed(std::error_code why);
   void unavailable(std::error_code why);
+  void on_clock();
   void pump();
-  bool flow(direction& d, side& src, side& dst);
-  void fail(side& where, int error);
+  bool flow(direction& d, connection& src, connection& dst);
+  bool fill(direction& d, connection& src);
+  void fail(connection& where, std::error_code error);
   void farewell_pump();
-  void register_side(side& s, unsigned interest);
-  void update_interest();
   void release_buffers();
-  void took_in(const side& src, std::size_t n);
-  void put_out(const side& dst, std::size_t n);
-  enum class next_step { wait, call_again, failed };
-  next_step after_call_error(side& s, bool& ready, int error);
+  void took_in(const connection& src, std::size_t n);
+  void put_out(const connection& dst, std::size_t n);
+  direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
+  std::string client_text() const { return peer_.to_endpoint().to_string(); }
 
-  worker& worker_;
-  side client_;
-  side backend_;
+  session_host& host_;
+  connection client_;
+  connection backend_;
   direction up_;    // client to backend
   direction down_;  // backend to client
   phase phase_ = phase::idle;
@@ -119,10 +179,394 @@ class session {
   std::uint64_t sent_to_backend_ = 0;
   std::uint64_t received_from_backend_ = 0;
   std::uint64_t spliced_ = 0;
-  bool replayable_ = true;  // everything sent to the backend is still in up_
+  replay_window replay_;
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
+
+inline void session::start(socket_handle fd, const address& peer) {
+  up_ = direction{};
+  down_ = direction{};
+  current_ = lease{};
+  tried_.clear();
+  attempts_ = 0;
+  holds_slot_ = false;
+  peer_ = peer;
+  sent_to_backend_ = received_from_backend_ = spliced_ = 0;
+  replay_.reset();
+  farewell_.clear();
+  farewell_sent_ = 0;
+  reactor& loop = host_.loop();
+  last_activity_ = loop.now();
+  phase_ = phase::connecting;  // owns resources from here on: close() gives them back
+  if (std::error_code e = client_.adopt(fd)) {
+    host_.log()(log_level::error, "cannot watch the connection from %s: %s", client_text().c_str(),
+                e.message().c_str());
+    return close(true);
+  }
+  if (host_.take_slot()) {
+    holds_slot_ = true;
+    return start_attempt();
+  }
+  if (!host_.wait_for_slot(*this)) return unavailable(make_error_code(errc::queue_full));
+  phase_ = phase::queued;
+  loop.schedule(clock_, loop.now() + host_.settings().queue_timeout_ms);
+}
+
+inline void session::admitted() {
+  host_.loop().cancel(clock_);
+  holds_slot_ = true;
+  start_attempt();
+}
+
+inline void session::start_attempt() {
+  reactor& loop = host_.loop();
+  pick_result pick;
+  std::string key = peer_.host_key();
+  if (!host_.pick(key, tried_, pick))
+    return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
+  current_ = pick.chosen;
+  phase_ = phase::connecting;
+  if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
+  std::size_t sent = 0;
+  std::error_code e;
+  switch (backend_.connect(pick.to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+    case io_status::failed: return attempt_failed(e);
+    case io_status::done:
+      up_.begin += static_cast<std::uint32_t>(sent);
+      put_out(backend_, sent);
+      return connected();
+    case io_status::pending: break;
+  }
+  loop.schedule(clock_, loop.now() + host_.settings().connect_timeout_ms);
+}
+
+// A client has usually sent its first bytes by the time it is accepted, and a
+// connect over loopback or a LAN has often completed when connect() returns.
+// Reading before the connect and writing with it saves the two loop turns that
+// would wait for those events; where a guess is wrong, the events take over.
+// False when the connection has ended.
+inline bool session::read_ahead() {
+  buffer_pool& pool = host_.pool();
+  char* buffer = pool.take(false);
+  std::error_code e;
+  read_result n = client_.read(buffer, pool.size(false), e);
+  if (n > 0) {
+    up_.data = buffer;
+    up_.end = static_cast<std::uint32_t>(n);
+    took_in(client_, static_cast<std::size_t>(n));
+    if (static_cast<std::size_t>(n) == pool.size(false)) up_.bulk = true;  // more may follow
+    return true;
+  }
+  pool.give(buffer, false);
+  if (n == 0) up_.eof = true;
+  if (!e) return true;
+  close(true);  // the client is gone already
+  return false;
+}
+
+inline void session::connected() {
+  reactor& loop = host_.loop();
+  phase_ = phase::relaying;
+  last_activity_ = loop.now();
+  loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
+  pump();
+}
+
+inline void session::on_connected(connection&, std::error_code error) {
+  if (phase_ != phase::connecting) return;
+  if (error) return attempt_failed(error);
+  host_.loop().cancel(clock_);
+  connected();
+}
+
+inline void session::on_readable(connection&) {
+  if (phase_ == phase::relaying) return pump();
+  if (phase_ == phase::farewell) return farewell_pump();
+}
+
+inline void session::on_written(connection& c, std::size_t bytes, std::error_code error) {
+  if (phase_ == phase::farewell) {
+    if (error) return close(true);
+    farewell_sent_ += bytes;
+    return farewell_pump();
+  }
+  direction& d = towards(c);
+  if (d.piped) {
+    d.piped -= static_cast<std::uint32_t>(bytes);
+    spliced_ += bytes;
+  } else {
+    d.begin += static_cast<std::uint32_t>(bytes);
+  }
+  put_out(c, bytes);
+  if (error) return fail(c, error);
+  if (phase_ == phase::relaying) pump();
+}
+
+// A failed attempt is retried from a timer, after this loop turn: any stale event
+// of the closed socket is then gone and cannot be mistaken for the new one.
+inline void session::attempt_failed(std::error_code why) {
+  reactor& loop = host_.loop();
+  const relay_settings& settings = host_.settings();
+  host_.counters().connect_failures.fetch_add(1, std::memory_order_relaxed);
+  std::string id = host_.backend_id(current_);
+  host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
+              why.message().c_str());
+  if (settings.on_backend_error) settings.on_backend_error(id, why);
+  host_.release(current_, true);
+  tried_.push_back(current_);
+  current_ = lease{};
+  backend_.close(false);
+  client_.want_read(false);  // until the next backend is connected
+  // The next backend gets everything the failed one was sent, from the start.
+  up_.begin = 0;
+  up_.shut = false;
+  sent_to_backend_ = 0;
+  replay_.reset();
+  ++attempts_;
+  if (attempts_ > settings.requeue) return unavailable(make_error_code(errc::attempts_exhausted));
+  phase_ = phase::retrying;
+  loop.schedule(clock_, loop.now());
+}
+
+inline void session::on_clock() {
+  reactor& loop = host_.loop();
+  switch (phase_) {
+    case phase::queued:
+      host_.stop_waiting(*this);
+      return unavailable(make_error_code(errc::queue_timeout));
+    case phase::retrying: return start_attempt();
+    case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
+    case phase::relaying: {
+      std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
+      if (loop.now() >= deadline) {
+        host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
+        return close(false);
+      }
+      return loop.schedule(clock_, deadline);
+    }
+    case phase::farewell: return close(false);
+    case phase::idle: return;
+  }
+}
+
+inline void session::pump() {
+  if (!flow(up_, client_, backend_)) return;
+  bool was_replayable = replay_.is_open();
+  if (!flow(down_, backend_, client_)) return;
+  // The backend's first answer ends the replay window: drop the kept request now,
+  // so an idle connection holds no buffer.
+  if (was_replayable && !replay_.is_open() && up_.data && up_.begin == up_.end) {
+    host_.pool().give(up_.data, up_.large);
+    up_.data = nullptr;
+    up_.begin = up_.end = 0;
+  }
+  if (up_.shut && down_.shut) return close(false);
+  // A side is told of readability only while its outgoing direction may read.
+  client_.want_read(!up_.eof && !up_.holds_bytes());
+  backend_.want_read(!down_.eof && !down_.holds_bytes());
+}
+
+inline void session::took_in(const connection& src, std::size_t n) {
+  if (&src == &backend_) {
+    received_from_backend_ += n;
+    replay_.backend_answered();
+  }
+  last_activity_ = host_.loop().now();
+}
+
+inline void session::put_out(const connection& dst, std::size_t n) {
+  if (&dst == &backend_) sent_to_backend_ += n;
+  last_activity_ = host_.loop().now();
+}
+
+// Moves one direction as far as it goes now: writes what it holds, then reads
+// more. False when the session has ended.
+inline bool session::flow(direction& d, connection& src, connection& dst) {
+  buffer_pool& pool = host_.pool();
+  for (;;) {
+    if (dst.writing()) return true;  // on_written goes on
+    std::size_t written = 0;
+    std::error_code e;
+    io_status sent = io_status::done;
+#if defined(__linux__)
+    if (d.piped) {
+      sent = dst.write_from(d.pipe, d.piped, written, e);
+      d.piped -= static_cast<std::uint32_t>(written);
+      spliced_ += written;
+    } else
+#endif
+        if (d.begin < d.end) {
+      sent = dst.write(d.data + d.begin, d.end - d.begin, written, e);
+      d.begin += static_cast<std::uint32_t>(written);
+    } else {
+      if (d.data && !(&d == &up_ && replay_.keep(d.end, pool.size(d.large)))) {
+        pool.give(d.data, d.large);
+        d.data = nullptr;
+        d.begin = d.end = 0;
+      }
+      if (d.eof) {
+        if (!d.shut) {
+          // When the other way is finished too the connection is about to close,
+          // and closing sends this FIN anyway.
+          const direction& other = &d == &up_ ? down_ : up_;
+          if (!other.shut) dst.shutdown_send();
+          d.shut = true;
+        }
+        return true;
+      }
+      if (!src.readable()) return true;
+      if (!fill(d, src)) return false;
+      continue;
+    }
+    put_out(dst, written);
+    if (sent == io_status::failed) {
+      fail(dst, e);
+      return false;
+    }
+    if (sent == io_status::pending) return true;
+  }
+}
+
+// Reads once from `src` into the direction: through a pipe when it streams and
+// may splice, else into its buffer. False when the session has ended.
+inline bool session::fill(direction& d, connection& src) {
+  buffer_pool& pool = host_.pool();
+  std::error_code e;
+  read_result n;
+#if defined(__linux__)
+  // What the backend was sent stays in the buffer while it may have to be replayed.
+  pipe_pool* pipes = d.bulk && !d.data && !(&d == &up_ && replay_.is_open()) ? host_.pipes() : nullptr;
+  if (pipes && (d.pipe.valid() || pipes->take(d.pipe))) {
+    n = src.read_into(d.pipe, e);
+    if (n > 0) {
+      d.piped = static_cast<std::uint32_t>(n);
+      if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
+      took_in(src, static_cast<std::size_t>(n));
+      return true;
+    }
+    if (!e) pipes->give(d.pipe, true);  // nothing in flight: no pipe held
+  } else
+#endif
+  {
+    if (!d.data) d.large = d.bulk;
+    char* buffer = d.data ? d.data : pool.take(d.large);
+    std::size_t room = pool.size(d.large) - d.end;
+    n = src.read(buffer + d.end, room, e);
+    if (n > 0) {
+      d.data = buffer;
+      d.end += static_cast<std::uint32_t>(n);
+      if (static_cast<std::size_t>(n) == room) d.bulk = true;
+      else if (static_cast<std::size_t>(n) < pool.size(false) / 4) d.bulk = false;
+      took_in(src, static_cast<std::size_t>(n));
+      return true;
+    }
+    if (!d.data) pool.give(buffer, d.large);
+  }
+  if (n == 0) d.eof = true;
+  if (!e) return true;
+  fail(src, e);
+  return false;
+}
+
+inline void session::fail(connection& where, std::error_code error) {
+  // A backend that breaks before its first byte is a failed attempt: the client
+  // has lost nothing (what it sent is still buffered), so another backend may serve it.
+  if (&where == &backend_ && replay_.may_replay(received_from_backend_, down_.eof))
+    return attempt_failed(error == std::errc::connection_reset || error == std::errc::broken_pipe
+                              ? make_error_code(errc::backend_reset)
+                              : error);
+  host_.log()(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
+              client_text().c_str(), error.message().c_str());
+  close(true);
+}
+
+inline void session::unavailable(std::error_code why) {
+  const relay_settings& settings = host_.settings();
+  host_.counters().unavailable.fetch_add(1, std::memory_order_relaxed);
+  if (holds_slot_) {
+    holds_slot_ = false;
+    host_.give_slot();
+  }
+  farewell_ = settings.unavailable;
+  if (settings.on_unavailable) {
+    rejected_connection client;
+    rejected_access::set_peer(client, client_text());
+    settings.on_unavailable(why, client);
+    farewell_ = std::move(rejected_access::reply(client));
+  }
+  host_.log()(log_level::info, "unavailable for %s: %s", client_text().c_str(), why.message().c_str());
+  phase_ = phase::farewell;
+  farewell_sent_ = 0;
+  reactor& loop = host_.loop();
+  loop.schedule(clock_, loop.now() + std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms));
+  farewell_pump();
+}
+
+// Sends the unavailable text, then a FIN, then reads until the client's FIN, so
+// that unread client bytes never turn the close into a reset that eats the text.
+inline void session::farewell_pump() {
+  if (client_.writing()) return;  // on_written goes on
+  if (farewell_sent_ < farewell_.size()) {
+    std::size_t written = 0;
+    std::error_code e;
+    io_status s = client_.write(farewell_.data() + farewell_sent_, farewell_.size() - farewell_sent_, written, e);
+    farewell_sent_ += written;
+    if (s == io_status::failed) return close(true);
+    if (s == io_status::pending) return;
+  }
+  if (!down_.shut) {
+    client_.shutdown_send();
+    down_.shut = true;
+    client_.want_read(true);
+  }
+  char sink[4096];
+  for (;;) {
+    std::error_code e;
+    read_result n = client_.read(sink, sizeof sink, e);
+    if (n > 0) continue;
+    if (n == 0 || e) return close(false);
+    return;
+  }
+}
+
+inline void session::release_buffers() {
+  for (direction* d : {&up_, &down_}) {
+    if (d->data) {
+      host_.pool().give(d->data, d->large);
+      d->data = nullptr;
+    }
+#if defined(__linux__)
+    if (pipe_pool* pipes = host_.pipes()) pipes->give(d->pipe, d->piped == 0);
+#endif
+    d->piped = 0;
+  }
+}
+
+inline void session::close(bool reset) {
+  if (phase_ == phase::idle) return;
+  reactor& loop = host_.loop();
+  loop.cancel(clock_);
+  if (phase_ == phase::queued) host_.stop_waiting(*this);
+  client_.close(reset);
+  backend_.close(reset);
+  if (current_.valid()) host_.release(current_, false);
+  current_ = lease{};
+  relay_counters& counters = host_.counters();
+  counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
+  counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
+  counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
+  counters.active.fetch_sub(1, std::memory_order_relaxed);
+  phase_ = phase::idle;
+  bool had_slot = holds_slot_;
+  holds_slot_ = false;
+  // A cancelled send may read its buffer until its completion is back.
+  loop.retire(client_, [this] {
+    release_buffers();
+    host_.recycle(*this);
+  });
+  if (had_slot) host_.give_slot();
+}
 
 }  // namespace detail
 }  // namespace harmony

@@ -2,7 +2,8 @@ namespace harmony {
 
 namespace detail {
 class admin_server;
-}
+class worker;
+}  // namespace detail
 
 // >>server-state  the state a server shares between its loops
 struct server::impl {
@@ -27,17 +28,8 @@ struct server::impl {
       if (proxied.compare_exchange_weak(used, used + 1, std::memory_order_relaxed)) return true;
     }
   }
-  void give_slot(detail::worker& from) {
-    proxied.fetch_sub(1, std::memory_order_relaxed);
-    if (from.waiting()) from.admit_waiting();
-    else if (waiting.load(std::memory_order_relaxed) > 0) wake_queues();
-  }
-  void wake_queues() {
-    for (auto& w : workers) {
-      detail::worker* target = w.get();
-      target->loop().post([target] { target->admit_waiting(); });
-    }
-  }
+  // Asks every loop to admit what waits in its queue (>>worker).
+  void wake_queues();
 
   std::error_code open();
   void close_all();

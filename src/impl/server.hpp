@@ -12,12 +12,10 @@ inline std::error_code server::impl::open() {
   std::vector<detail::socket_handle> listeners;
   for (int i = 0; i < options.workers; ++i) {
     detail::socket_handle s = detail::invalid_socket;
-#if defined(HARMONY_USE_IOCP)
-    if (i > 0) {  // one listener for all: the first worker deals out what it accepts
+    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
       listeners.push_back(s);
       continue;
     }
-#endif
     std::error_code e = detail::open_listener(where, options.workers > 1, s);
     if (!e && i == 0) {
       // With port 0 every further worker must join the port the first one got.

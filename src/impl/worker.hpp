@@ -1,17 +1,20 @@
 namespace harmony {
 namespace detail {
 
-// >>worker  one event loop: accept, pick, connect, relay, farewell
-// One event loop and everything on it: the listener, the sessions, the wait queue.
-class worker {
+// >>worker  one event loop: accept, admit, pick, and the host of its sessions
+// One event loop and everything on it: the listener, the sessions, the wait
+// queue. It is the session_host of its sessions, and reaches the state it
+// shares with the other loops (backends, slots) through the server.
+class worker final : public session_host {
  public:
   worker(server::impl& owner, const server_options& options, const logger& log)
-      : owner_(owner), options_(options), log_(log), pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
-#if defined(HARMONY_USE_IOCP)
+      : owner_(owner),
+        options_(options),
+        settings_(relay_settings::from(options)),
+        log_(log),
+        pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
-#else
-    listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
-#endif
+    loop_.on_error = [this](std::error_code e) { log_(log_level::error, "event loop: %s", e.message().c_str()); };
     // Give the memory of a finished burst back to the system, a moment later
     // and at most four times a second, so that a quiet balancer shrinks again.
     trim_.fire = [this] {
@@ -24,64 +27,68 @@ class worker {
       if (!trim_.armed()) loop_.schedule(trim_, loop_.now() + 250);
     };
   }
-  ~worker();
+  ~worker() {
+    for (auto& s : sessions_) s->close(true);
+    listener_.close();
+    // The sessions and the accept operations are memory the kernel may still write.
+    loop_.settle();
+  }
   worker(const worker&) = delete;
   worker& operator=(const worker&) = delete;
 
+  // Opens the loop; `listener` is this loop's listening socket, or invalid for a
+  // loop that is dealt connections by the first one (see listeners_share_port).
   std::error_code open(socket_handle listener) {
     if (auto e = loop_.open()) return e;
-#if defined(HARMONY_USE_IOCP)
-    if (listener == invalid_socket) return {};  // a further worker: the first one accepts for it
-#endif
+    if (listener == invalid_socket) return {};
     return listener_.open(listener);
   }
 
-  reactor& loop() noexcept { return loop_; }
-  buffer_pool& pool() noexcept { return pool_; }
-#if defined(__linux__)
-  pipe_pool& pipes() noexcept { return pipes_; }
-  // Asked on the loop's own thread, the first time a direction streams.
-  bool may_splice() noexcept {
-    if (splice_allowed_ < 0) splice_allowed_ = options_.splice && sigpipe_harmless_on_this_thread();
-    return splice_allowed_ == 1;
-  }
-#endif
-  const server_options& options() const noexcept { return options_; }
-  const logger& log() const noexcept { return log_; }
-  server::impl& owner() noexcept { return owner_; }
+  reactor& loop() noexcept override { return loop_; }
 
   // The body of a thread the server starts for this loop.
   void run_own_thread() {
-#if !defined(_WIN32)
     block_sigpipe_on_this_thread();
-#endif
     loop_.run();
   }
 
-  void enqueue(session* s);
-  void dequeue(session* s);
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_length_; }
-  void recycle(session* s);
 
-  struct counters {
-    std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
-        bytes_out{0}, bytes_spliced{0};
-  } stats;
+  relay_counters stats;
 
  private:
+  // session_host
+  buffer_pool& pool() noexcept override { return pool_; }
+#if defined(__linux__)
+  // Asked on the loop's own thread, the first time a direction streams.
+  pipe_pool* pipes() noexcept override {
+    if (splice_allowed_ < 0) splice_allowed_ = options_.splice && sigpipe_harmless_on_this_thread();
+    return splice_allowed_ == 1 ? &pipes_ : nullptr;
+  }
+#endif
+  const relay_settings& settings() const noexcept override { return settings_; }
+  const logger& log() const noexcept override { return log_; }
+  relay_counters& counters() noexcept override { return stats; }
+  bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
+  void release(const lease& backend, bool failed) override;
+  std::string backend_id(const lease& backend) override;
+  bool take_slot() override;
+  void give_slot() override;
+  bool wait_for_slot(session& s) override;
+  void stop_waiting(session& s) override;
+  void recycle(session& s) override { free_sessions_.push_back(&s); }
+
+  // Where one listener serves every loop, connections are dealt in turn.
+  void deal(socket_handle fd, const address& peer);
   // Takes an accepted client connection into this loop.
   void adopt(socket_handle fd, const address& peer);
-#if defined(HARMONY_USE_IOCP)
-  // Windows has no SO_REUSEPORT: the first worker accepts for all of them.
-  void deal(socket_handle fd, const address& peer);
-  std::size_t next_worker_ = 0;
-#endif
   session* make_session();
 
   server::impl& owner_;
   const server_options& options_;
+  relay_settings settings_;
   const logger& log_;
   reactor loop_;
   buffer_pool pool_;
@@ -93,10 +100,86 @@ class worker {
   timer trim_;
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
+  std::size_t next_worker_ = 0;
   session* queue_head_ = nullptr;
   session* queue_tail_ = nullptr;
   std::size_t queue_length_ = 0;
 };
 
+inline session* worker::make_session() {
+  if (!free_sessions_.empty()) {
+    session* s = free_sessions_.back();
+    free_sessions_.pop_back();
+    return s;
+  }
+  sessions_.push_back(std::make_unique<session>(*this));
+  return sessions_.back().get();
+}
+
+inline void worker::deal(socket_handle fd, const address& peer) {
+  auto& all = owner_.workers;
+  worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
+  if (target == this) return adopt(fd, peer);
+  target->loop().post([target, fd, peer] { target->adopt(fd, peer); });
+}
+
+inline void worker::adopt(socket_handle fd, const address& peer) {
+  stats.accepted.fetch_add(1, std::memory_order_relaxed);
+  stats.active.fetch_add(1, std::memory_order_relaxed);
+  make_session()->start(fd, peer);
+}
+
+inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+  return owner_.backends.pick(loop_.now(), client_key, tried, out);
+}
+inline void worker::release(const lease& backend, bool failed) { owner_.backends.release(backend, failed); }
+inline std::string worker::backend_id(const lease& backend) { return owner_.backends.id_of(backend); }
+
+inline bool worker::take_slot() { return owner_.try_take_slot(); }
+
+inline void worker::give_slot() {
+  owner_.proxied.fetch_sub(1, std::memory_order_relaxed);
+  if (queue_length_) admit_waiting();
+  else if (owner_.waiting.load(std::memory_order_relaxed) > 0) owner_.wake_queues();
+}
+
+inline bool worker::wait_for_slot(session& s) {
+  if (queue_length_ >= settings_.queue_limit) return false;
+  s.queue_next = nullptr;
+  s.queue_prev = queue_tail_;
+  if (queue_tail_) queue_tail_->queue_next = &s;
+  else queue_head_ = &s;
+  queue_tail_ = &s;
+  ++queue_length_;
+  owner_.waiting.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+inline void worker::stop_waiting(session& s) {
+  if (s.queue_prev) s.queue_prev->queue_next = s.queue_next;
+  else queue_head_ = s.queue_next;
+  if (s.queue_next) s.queue_next->queue_prev = s.queue_prev;
+  else queue_tail_ = s.queue_prev;
+  s.queue_next = s.queue_prev = nullptr;
+  --queue_length_;
+  owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
+}
+
+inline void worker::admit_waiting() {
+  while (queue_head_ && owner_.try_take_slot()) {
+    session* s = queue_head_;
+    stop_waiting(*s);
+    s->admitted();
+  }
+}
+
 }  // namespace detail
+
+inline void server::impl::wake_queues() {
+  for (auto& w : workers) {
+    detail::worker* target = w.get();
+    target->loop().post([target] { target->admit_waiting(); });
+  }
+}
+
 }  // namespace harmony

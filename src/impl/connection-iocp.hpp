@@ -1,0 +1,276 @@
+#if defined(HARMONY_USE_IOCP)
+namespace harmony {
+namespace detail {
+
+// >>iocp  the connection and the acceptor of the completion engine (Windows)
+// Reads are readiness here too: while the owner wants to read, one zero-byte
+// WSARecv waits in the port and its completion makes the connection readable;
+// the bytes are then read with plain non-blocking recv. Writes are completions:
+// what a plain send does not take at once goes out as an overlapped WSASend of
+// the owner's bytes, and its completion tells the owner. Connects are ConnectEx.
+// The kernel owns an operation until its completion is dequeued, so a closed
+// connection is released only when all of its group's operations are back.
+class connection final : public io_handler {
+ public:
+  explicit connection(reactor& loop) : loop_(loop) {}
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
+  ~connection() { close(false); }
+
+  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
+  // Counts this connection's operations with `leader`'s, whose release waits for both.
+  void share_release_with(connection& leader) noexcept { iocp.group = &leader; }
+
+  bool is_open() const noexcept { return fd_ != invalid_socket; }
+  bool connecting() const noexcept { return connecting_; }
+
+  std::error_code adopt(socket_handle s) {
+    start(s);
+    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
+    return {};
+  }
+
+  // ConnectEx takes no part of the early bytes here: they go once it completes.
+  // Even a connect that fails at once comes back as a completion (pending).
+  io_status connect(const address& to, const char*, std::size_t, std::size_t& sent, std::error_code& error) {
+    sent = 0;
+    socket_handle s = invalid_socket;
+    bool done = false;
+    if ((error = begin_connect(to, s, done))) return io_status::failed;
+    start(s);
+    connecting_ = true;
+    if ((error = loop_.add(fd_, this, 0))) {
+      abandon(error);
+      return io_status::failed;
+    }
+    loop_.engine().connect(fd_, this, to);
+    return io_status::pending;
+  }
+
+  bool readable() const noexcept { return readable_; }
+  void want_read(bool on) {
+    if (want_read_ == on) return;
+    want_read_ = on;
+    update_interest();
+  }
+
+  read_result read(char* into, std::size_t n, std::error_code& error) {
+    // A failed probe carries the socket's error, which plain calls might never report again.
+    if (probe_error_) {
+      error = system_error_code(probe_error_);
+      probe_error_ = 0;
+      return -1;
+    }
+    if (at_end_) return 0;
+    for (;;) {
+      auto r = recv_some(fd_, into, n);
+      if (r > 0) {
+        if (static_cast<std::size_t>(r) < n) readable_ = false;  // the next probe says when there is more
+        return r;
+      }
+      if (r == 0) {
+        at_end_ = true;
+        return 0;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) {
+        readable_ = false;
+        return -1;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return -1;
+    }
+  }
+
+  bool writing() const noexcept { return out_left_ > 0; }
+
+  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
+    written = 0;
+    while (written < n) {
+      auto r = send_some(fd_, data + written, n - written);
+      if (r >= 0) {
+        written += static_cast<std::size_t>(r);
+        if (written < n) return send_overlapped(data + written, n - written);
+        continue;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) return send_overlapped(data + written, n - written);
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return io_status::failed;
+    }
+    return io_status::done;
+  }
+
+  void shutdown_send() {
+    if (fd_ == invalid_socket) return;
+    if (writing()) {
+      shutdown_pending_ = true;
+      return;
+    }
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  // Cancels what is in flight and closes; nothing is reported after it.
+  void close(bool reset) {
+    if (fd_ == invalid_socket) return;
+    loop_.remove(fd_);
+    if (reset) abort_socket(fd_);
+    else close_socket(fd_);
+    fd_ = invalid_socket;
+    retired = true;
+    connecting_ = false;
+    out_ = nullptr;
+    out_left_ = 0;
+  }
+
+  void on_complete(io_op& op, int error, std::uint32_t bytes) override {
+    switch (op.kind) {
+      case op_probe:
+        if (error) probe_error_ = error;
+        readable_ = true;
+        if (want_read_) owner_->on_readable(*this);
+        return;
+      case op_connect:
+        connecting_ = false;
+        if (!error) update_interest();
+        return owner_->on_connected(*this, error ? system_error_code(error) : std::error_code{});
+      case op_send:
+        if (!error && bytes == 0) error = WSAECONNRESET;  // a send that moved nothing cannot go on
+        if (error) return wrote(system_error_code(error));
+        out_ += bytes;
+        out_left_ -= std::min<std::size_t>(bytes, out_left_);
+        out_done_ += bytes;
+        if (out_left_ > 0) return loop_.engine().send(fd_, this, out_, out_left_);  // completed short: the rest
+        return wrote({});
+      default: return;
+    }
+  }
+
+ private:
+  void start(socket_handle s) {
+    fd_ = s;
+    retired = false;
+    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    probe_error_ = 0;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+  }
+  std::error_code abandon(std::error_code e) {
+    close_socket(fd_);
+    fd_ = invalid_socket;
+    connecting_ = false;
+    return e;
+  }
+  unsigned interest_now() const noexcept { return want_read_ && !connecting_ ? io_read : 0u; }
+  void update_interest() {
+    if (fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
+  }
+  io_status send_overlapped(const char* rest, std::size_t n) {
+    out_ = rest;
+    out_left_ = n;
+    out_done_ = 0;
+    loop_.engine().send(fd_, this, out_, out_left_);
+    return io_status::pending;
+  }
+  void wrote(std::error_code e) {
+    std::size_t n = out_done_;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+    if (!e && shutdown_pending_ && fd_ != invalid_socket) {
+      shutdown_pending_ = false;
+      ::shutdown(fd_, SHUT_WR);
+    }
+    owner_->on_written(*this, n, e);
+  }
+
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
+  socket_handle fd_ = invalid_socket;
+  bool readable_ = false;
+  bool at_end_ = false;
+  bool connecting_ = false;
+  bool want_read_ = false;
+  bool shutdown_pending_ = false;
+  int probe_error_ = 0;
+  const char* out_ = nullptr;  // the rest of a pending write
+  std::size_t out_left_ = 0;
+  std::size_t out_done_ = 0;   // of it, written since write() returned
+};
+
+// A listening socket on the completion engine. A few AcceptEx wait at once, so
+// that a burst of connections is taken in one turn; each accepted socket is
+// handed to `on_accept` ready for use (accept context set, non-blocking, no
+// Nagle). Its operations are heap memory that is left alone, not freed, if the
+// acceptor goes while some are still in flight: the owner settles the loop first.
+class acceptor final : public acceptor_base {
+ public:
+  acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log), ops_(new accept_op[in_flight]) {
+    retry_.fire = [this] { start(); };
+  }
+  ~acceptor() {
+    close();
+    if (iocp.outstanding > 0) {
+      ops_.release();
+      return;
+    }
+    for (int i = 0; i < in_flight; ++i)
+      if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
+  }
+
+  // Takes the listener over; the accepts are issued from the loop's own thread.
+  std::error_code open(socket_handle listener) {
+    address bound;
+    if (auto e = local_address(listener, bound)) return e;
+    family_ = bound.family();
+    if (auto e = loop_.add(listener, this, 0)) return e;
+    fd_ = listener;
+    loop_.post([this] { start(); });
+    return {};
+  }
+
+ private:
+  static constexpr int in_flight = 8;
+
+  void on_complete(io_op& done, int error, std::uint32_t) override {
+    accept_op& op = static_cast<accept_op&>(done);
+    socket_handle s = op.accepted;
+    op.accepted = invalid_socket;
+    address peer;
+    peer.length = sizeof peer.storage;
+    if (!error && ::setsockopt(s, SOL_SOCKET, SO_UPDATE_ACCEPT_CONTEXT, reinterpret_cast<const char*>(&fd_),
+                               sizeof fd_) != 0)
+      error = last_socket_error();
+    if (!error && ::getpeername(s, peer.get(), &peer.length) != 0) error = last_socket_error();
+    if (error) {
+      // A client that reset before it was taken in is no reason to stop accepting.
+      close_socket(s);
+      log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
+    } else {
+      set_nodelay(s);
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+    start();
+  }
+  void start() {
+    for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
+      accept_op& op = ops_[i];
+      if (op.accepted != invalid_socket) continue;  // in flight
+      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) {
+        // Out of sockets or memory: try again in a moment instead of spinning.
+        log_(log_level::error, "accept failed: %s", e.message().c_str());
+        loop_.schedule(retry_, loop_.now() + 100);
+        return;
+      }
+    }
+  }
+
+  std::unique_ptr<accept_op[]> ops_;
+  int family_ = AF_INET;
+};
+
+}  // namespace detail
+}  // namespace harmony
+#endif  // HARMONY_USE_IOCP
