@@ -159,6 +159,36 @@ TEST_CASE("a newcomer starts at the current virtual time instead of catching up"
   CHECK(counts[1] >= 49);
 }
 
+TEST_CASE("replay window: open until the backend answers or the request outgrows the buffer") {
+  detail::replay_window w;
+  CHECK(w.is_open());
+  CHECK(w.keep(10, 16));                  // room left: the sent bytes stay for a replay
+  CHECK(w.may_replay(0, false));          // nothing from the backend yet: another may serve
+  CHECK_FALSE(w.may_replay(0, true));     // the backend finished: its answer (empty) stands
+  CHECK_FALSE(w.may_replay(1, false));    // one byte of answer: the client may have seen it
+  CHECK_FALSE(w.keep(16, 16));            // a full buffer cannot be kept whole while more come
+  CHECK_FALSE(w.is_open());
+  CHECK_FALSE(w.keep(1, 16));             // closed for good
+  CHECK_FALSE(w.may_replay(0, false));
+  w.reset();                              // a new attempt, or a new client
+  CHECK(w.may_replay(0, false));
+  w.backend_answered();
+  CHECK_FALSE(w.is_open());
+  CHECK_FALSE(w.keep(0, 16));
+}
+
+TEST_CASE("weights: one range, parsed in one place") {
+  int w = 0;
+  CHECK_FALSE(parse_weight("1", w));
+  CHECK(w == min_weight);
+  CHECK_FALSE(parse_weight(std::to_string(max_weight), w));
+  CHECK(w == max_weight);
+  for (const char* bad : {"0", "", "-1", "1.5", "heavy", "1048577", "99999999999999999999999"})
+    CHECK_MESSAGE(parse_weight(bad, w) == errc::bad_option, bad);
+  CHECK(default_weight >= min_weight);
+  CHECK(default_weight <= max_weight);
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false);
   detail::address a;

@@ -136,7 +136,7 @@ class poller : public readiness_poller_base {
     if (static_cast<std::size_t>(s) >= slot_of_.size()) slot_of_.resize(static_cast<std::size_t>(s) + 1, -1);
     slot_of_[static_cast<std::size_t>(s)] = static_cast<int>(fds_.size());
     pollfd p{};
-    p.fd = s;
+    p.fd = watched(s, interest);
     p.events = mask(interest);
     fds_.push_back(p);
     handlers_.push_back(h);
@@ -144,7 +144,10 @@ class poller : public readiness_poller_base {
   }
   void interest(socket_handle s, io_handler*, unsigned interest) noexcept {
     int slot = lookup(s);
-    if (slot >= 0) fds_[static_cast<std::size_t>(slot)].events = mask(interest);
+    if (slot < 0) return;
+    pollfd& p = fds_[static_cast<std::size_t>(slot)];
+    p.fd = watched(s, interest);
+    p.events = mask(interest);
   }
   void remove(socket_handle s) noexcept {
     int slot = lookup(s);
@@ -153,7 +156,7 @@ class poller : public readiness_poller_base {
     if (i != last) {
       fds_[i] = fds_[last];
       handlers_[i] = handlers_[last];
-      slot_of_[static_cast<std::size_t>(fds_[i].fd)] = slot;
+      slot_of_[static_cast<std::size_t>(descriptor(fds_[i]))] = slot;
     }
     fds_.pop_back();
     handlers_.pop_back();
@@ -182,6 +185,12 @@ class poller : public readiness_poller_base {
   }
 
  private:
+  // poll(2) reports a hang-up or an error even for a descriptor that asks for
+  // nothing, and level-triggered it would report it on every turn: a connection
+  // that waits for nothing (a client in the wait queue that hung up) would spin
+  // the loop. A negative descriptor is skipped by poll, so that is how "nothing" is said.
+  static int watched(socket_handle s, unsigned interest) noexcept { return interest ? s : -1 - s; }
+  static int descriptor(const pollfd& p) noexcept { return p.fd < 0 ? -1 - p.fd : p.fd; }
   static short mask(unsigned interest) noexcept {
     return static_cast<short>(((interest & io_read) ? POLLIN : 0) | ((interest & io_write) ? POLLOUT : 0));
   }
