@@ -105,6 +105,7 @@ std::map<std::string, std::string> help_entries(const std::string& section) {
   std::istringstream in(section);
   std::string line, current;
   while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // harmonyd.exe writes CRLF
     if (line.rfind("  --", 0) == 0) {
       std::size_t end = line.find("  ", 2);
       current = line.substr(2, end == std::string::npos ? std::string::npos : end - 2);
