@@ -18,7 +18,7 @@
 //   ---- implementation (only with HARMONY_IMPLEMENTATION or HARMONY_HEADER_ONLY)
 //   >>platform       OS headers, socket helpers, randomness
 //   >>util           logging, number parsing
-//   >>errors-impl    the error category and the parsers of the public types
+//   >>errors-impl    the error category, the parsers of the public types, the option checks
 //   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>registry       the shared backend table
@@ -73,6 +73,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -141,6 +142,12 @@ struct endpoint {
 std::error_code parse_endpoint(std::string_view text, endpoint& out);
 // Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
 std::error_code parse_duration(std::string_view text, duration& out);
+// The text parse_duration reads back: the largest unit that divides exactly (2h, 1m,
+// 30s, 500ms; zero is 0s).
+std::string format_duration(duration d);
+// Parses a decimal integer, optionally negative, from low to high (errc::bad_option
+// when it is not a number or is outside the range).
+std::error_code parse_integer(std::string_view text, long long low, long long high, long long& out) noexcept;
 
 // Weights are relative shares of traffic: 500, 500 and 1000 take 25%, 25% and 50%.
 // The one definition of their range, checked wherever a weight comes in.
@@ -161,6 +168,15 @@ enum class log_level { trace, debug, info, warn, error, off };
 using log_function = std::function<void(log_level, std::string_view message)>;
 const char* to_string(log_level l) noexcept;
 std::error_code parse_log_level(std::string_view text, log_level& out);
+// Whether a message at `level` passes a logger set to `threshold` (off passes nothing).
+bool log_enabled(log_level threshold, log_level level) noexcept;
+
+// What check(server_options) or check(client_options) found wrong: the option by its
+// member name, and why, e.g. {"workers", "must be from 1 to 256"}.
+struct option_problem {
+  const char* option = nullptr;  // nullptr when every option is valid
+  std::string reason;
+};
 
 // A client connection that could not be served, handed to the unavailable callback.
 class rejected_connection {
@@ -206,6 +222,15 @@ struct server_stats {
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
 };
 
+// The ranges of server_options, defined once: check() and the daemon's flags use them.
+inline constexpr int min_workers = 1;
+inline constexpr int max_workers = 256;
+inline constexpr int min_concurrency = -1;  // -1 no limit, 0 paused, N at most N proxied
+inline constexpr int max_concurrency = std::numeric_limits<int>::max();
+inline constexpr int max_requeue = 1000;
+inline constexpr std::size_t max_queue_limit = 100000000;
+inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -241,6 +266,11 @@ struct server_options {
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };
+
+// Checks every option against its range, as server::start() and run() do: errc::bad_address
+// for a malformed listen or admin address, errc::bad_option for another bad value, with what
+// is wrong in `problem` when it is given. Resolves no name, opens nothing.
+std::error_code check(const server_options& options, option_problem* problem = nullptr);
 
 class server {
  public:
@@ -289,7 +319,7 @@ struct client_options {
   std::string balancer = "localhost:1666";  // the balancer's admin address
   std::uint16_t port = 80;                  // the service port this backend serves on
   std::string host;                         // empty: the balancer uses this connection's peer address
-  int weight = 500;
+  int weight = default_weight;
   // How often the agent reports alive; keep it at most half the balancer's host timeout.
   duration ack{20000};
   duration reconnect_min{100};  // backoff after a failed connection, doubling up to max
@@ -298,6 +328,12 @@ struct client_options {
   log_function log;
   log_level level = log_level::info;
 };
+
+// Checks every option, as client::start() does: errc::bad_address for a malformed balancer
+// address, errc::bad_option for another bad value (port 0, a weight outside min_weight to
+// max_weight, a duration that is not positive, a host with spaces), with what is wrong in
+// `problem` when it is given.
+std::error_code check(const client_options& options, option_problem* problem = nullptr);
 
 class client {
  public:
@@ -880,7 +916,7 @@ namespace detail {
 struct logger {
   log_function fn;
   log_level level = log_level::off;
-  bool enabled(log_level l) const noexcept { return fn && l >= level && level != log_level::off; }
+  bool enabled(log_level l) const noexcept { return fn && log_enabled(level, l); }
 #if defined(__MINGW32__)
   // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
   __attribute__((format(gnu_printf, 3, 4)))
@@ -917,7 +953,7 @@ inline bool parse_uint(std::string_view text, std::uint64_t limit, std::uint64_t
 
 namespace harmony {
 
-// >>errors-impl  the error category and the parsers of the public types
+// >>errors-impl  the error category, the parsers of the public types, the option checks
 namespace detail {
 class harmony_category final : public std::error_category {
  public:
@@ -987,11 +1023,31 @@ HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out)
   return {};
 }
 
+HARMONY_DEF std::string format_duration(duration d) {
+  long long ms = static_cast<long long>(d.count());
+  if (ms == 0) return "0s";
+  for (auto unit : {std::make_pair(3600000LL, "h"), std::make_pair(60000LL, "m"), std::make_pair(1000LL, "s")})
+    if (ms % unit.first == 0) return std::to_string(ms / unit.first) + unit.second;
+  return std::to_string(ms) + "ms";
+}
+
+HARMONY_DEF std::error_code parse_integer(std::string_view text, long long low, long long high,
+                                          long long& out) noexcept {
+  bool negative = !text.empty() && text.front() == '-';
+  if (negative) text.remove_prefix(1);
+  // The magnitude of the most negative long long is one more than the largest.
+  const std::uint64_t largest = static_cast<std::uint64_t>(std::numeric_limits<long long>::max());
+  std::uint64_t magnitude = 0;
+  if (!detail::parse_uint(text, negative ? largest + 1 : largest, magnitude)) return make_error_code(errc::bad_option);
+  long long value = negative ? static_cast<long long>(0 - magnitude) : static_cast<long long>(magnitude);
+  if (value < low || value > high) return make_error_code(errc::bad_option);
+  out = value;
+  return {};
+}
+
 HARMONY_DEF std::error_code parse_weight(std::string_view text, int& out) {
-  std::uint64_t number = 0;
-  if (!detail::parse_uint(text, static_cast<std::uint64_t>(max_weight), number) ||
-      number < static_cast<std::uint64_t>(min_weight))
-    return make_error_code(errc::bad_option);
+  long long number = 0;
+  if (auto e = parse_integer(text, min_weight, max_weight, number)) return e;
   out = static_cast<int>(number);
   return {};
 }
@@ -1031,6 +1087,71 @@ HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& ou
       return {};
     }
   return make_error_code(errc::bad_option);
+}
+
+HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
+  return threshold != log_level::off && level >= threshold;
+}
+
+namespace detail {
+// Collects the first problem check() finds; later ones are ignored.
+struct option_checker {
+  option_problem* problem;
+  std::error_code error;
+
+  bool fail(errc code, const char* option, std::string reason) {
+    if (error) return false;
+    error = make_error_code(code);
+    if (problem) *problem = option_problem{option, std::move(reason)};
+    return false;
+  }
+  void address(const char* option, const std::string& text) {
+    endpoint at;
+    if (parse_endpoint(text, at)) fail(errc::bad_address, option, "'" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
+  }
+  template <class T, class Bound>
+  void range(const char* option, T value, Bound low, Bound high) {
+    if (value < static_cast<T>(low) || value > static_cast<T>(high))
+      fail(errc::bad_option, option, "must be from " + std::to_string(low) + " to " + std::to_string(high));
+  }
+  void positive(const char* option, duration d) {
+    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
+  }
+  std::error_code done() {
+    if (!error && problem) *problem = option_problem{};
+    return error;
+  }
+};
+}  // namespace detail
+
+HARMONY_DEF std::error_code check(const server_options& o, option_problem* problem) {
+  detail::option_checker c{problem, {}};
+  c.address("listen", o.listen);
+  if (!o.admin.empty()) c.address("admin", o.admin);
+  c.range("workers", o.workers, min_workers, max_workers);
+  c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
+  c.range("requeue", o.requeue, 0, max_requeue);
+  c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
+  c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
+  c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  return c.done();
+}
+
+HARMONY_DEF std::error_code check(const client_options& o, option_problem* problem) {
+  detail::option_checker c{problem, {}};
+  c.address("balancer", o.balancer);
+  c.range("port", o.port, 1, 65535);
+  c.range("weight", o.weight, min_weight, max_weight);
+  // The host travels in a space-separated register line.
+  for (char ch : o.host)
+    if (static_cast<unsigned char>(ch) <= ' ') {
+      c.fail(errc::bad_option, "host", "'" + o.host + "' is not a host name or address");
+      break;
+    }
+  c.positive("ack", o.ack);
+  c.positive("reconnect_min", o.reconnect_min);
+  if (o.reconnect_max < o.reconnect_min) c.fail(errc::bad_option, "reconnect_max", "must not be less than reconnect_min");
+  return c.done();
 }
 
 }  // namespace harmony
@@ -4641,11 +4762,9 @@ namespace harmony {
 
 // >>server-impl  harmony::server
 inline std::error_code server::impl::open() {
+  if (auto e = check(options)) return e;
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
-  if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
-      options.buffer_bytes < 1 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
-    return make_error_code(errc::bad_option);
   detail::address where;
   if (auto e = detail::resolve(at, where, true)) return e;
   std::vector<detail::socket_handle> listeners;
@@ -4968,11 +5087,7 @@ HARMONY_DEF std::error_code client::start() {
   if (impl_->running) return make_error_code(errc::already_running);
   if (impl_->loop.stopping()) return make_error_code(errc::shutting_down);  // closed agents stay closed
   const client_options& o = impl_->options;
-  endpoint at;
-  if (auto e = parse_endpoint(o.balancer, at)) return e;
-  if (o.port == 0 || o.weight <= 0 || o.ack.count() <= 0 || o.reconnect_min.count() <= 0 ||
-      o.reconnect_max < o.reconnect_min)
-    return make_error_code(errc::bad_option);
+  if (auto e = check(o)) return e;
   if (auto e = impl_->loop.open()) return e;
   impl* p = impl_.get();
   p->loop.on_error = [p](std::error_code e) { p->log(log_level::error, "agent: event loop: %s", e.message().c_str()); };

@@ -10,9 +10,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #if defined(_WIN32)
@@ -29,46 +31,24 @@
 
 namespace {
 
-const char usage_text[] =
+// The lines of --help around the flag tables.
+const char usage_head[] =
     "usage: harmonyd [options]            run the balancer\n"
     "       harmonyd agent [agent options]  register a backend with a balancer\n"
     "       harmonyd --help | --version\n"
     "\n"
-    "Balancer options (durations: 500ms, 30s, 1m, 2h):\n"
-    "  --listen HOST:PORT        where clients connect (default 127.0.0.1:3000)\n"
-    "  --admin HOST:PORT|none    where backends register (default 127.0.0.1:1666)\n"
-    "  --backend HOST:PORT[,weight=N]\n"
-    "                            a static backend (repeatable; weight default 500)\n"
-    "  --algorithm NAME          leastconn (default) or roundrobin\n"
-    "  --persistent              a client address keeps its backend (default)\n"
-    "  --no-persistent           every connection is balanced afresh\n"
-    "  --concurrency N           -1 unlimited (default), 0 paused, N at most N proxied\n"
-    "  --queue-timeout DUR       longest wait in the concurrency queue (default 30s)\n"
-    "  --queue-limit N           longest concurrency queue (default 10000)\n"
-    "  --requeue N               extra attempts after a backend fails (default 1)\n"
-    "  --unavailable TEXT        written to a client nobody can serve (default none;\n"
-    "                            \\r \\n \\t \\\\ are escapes)\n"
-    "  --host-timeout DUR        a backend silent this long gets no traffic (default 1m)\n"
-    "  --connect-timeout DUR     backend connect timeout (default 5s)\n"
-    "  --idle-timeout DUR        close proxied connections idle this long (default 10m)\n"
-    "  --workers N               event-loop threads (default 1)\n"
-    "  --splice                  relay streaming connections inside the kernel (Linux\n"
-    "                            splice: less CPU per byte, see README; default off)\n"
-    "  --log-level LEVEL         trace, debug, info (default), warn, error, off\n"
+    "Balancer options (durations: 500ms, 30s, 1m, 2h):\n";
+const char usage_agent[] =
     "\n"
-    "\n"
-    "Agent options (harmonyd agent):\n"
-    "  --balancer HOST:PORT      the balancer's admin address (default localhost:1666)\n"
-    "  --port N                  the port this backend serves on (required)\n"
-    "  --weight N                relative weight (default 500)\n"
-    "  --ack DUR                 heartbeat interval, at most half the host timeout (default 20s)\n"
-    "  --host H                  address the balancer should connect to (default: as seen)\n"
-    "  --log-level LEVEL\n"
-    "\n"
+    "Agent options (harmonyd agent):\n";
 #if defined(_WIN32)
+const char usage_tail[] =
+    "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; Ctrl-C, Ctrl-Break or closing\n"
     "the console stops (an agent deregisters first).\n";
 #else
+const char usage_tail[] =
+    "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
     "(an agent deregisters first).\n";
 #endif
@@ -95,77 +75,6 @@ void log_to_stderr(harmony::log_level level, std::string_view message) {
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "harmonyd: %s\nTry 'harmonyd --help'.\n", message.c_str());
   std::exit(2);
-}
-
-struct static_backend {
-  std::string address;
-  int weight = 500;
-};
-
-// Reads "--name value" or "--name=value"; returns false when argv[i] is another flag.
-struct arguments {
-  arguments(int count, char** values) : argc(count), argv(values) {}
-  int argc;
-  char** argv;
-  int i = 1;
-  std::string flag;
-  std::string inline_value;
-  bool has_inline = false;
-
-  bool next() {
-    if (i >= argc) return false;
-    std::string a = argv[i++];
-    has_inline = false;
-    auto eq = a.find('=');
-    if (a.rfind("--", 0) == 0 && eq != std::string::npos) {
-      flag = a.substr(0, eq);
-      inline_value = a.substr(eq + 1);
-      has_inline = true;
-    } else {
-      flag = a;
-    }
-    return true;
-  }
-  std::string value() {
-    if (has_inline) return inline_value;
-    if (i >= argc) usage_error("option " + flag + " needs a value");
-    return argv[i++];
-  }
-};
-
-int parse_int(const std::string& flag, const std::string& text, long low, long high) {
-  char* end = nullptr;
-  errno = 0;
-  long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < low || v > high)
-    usage_error("option " + flag + ": '" + text + "' is not a number from " + std::to_string(low) + " to " +
-                std::to_string(high));
-  return static_cast<int>(v);
-}
-
-harmony::duration parse_dur(const std::string& flag, const std::string& text) {
-  harmony::duration d{};
-  if (harmony::parse_duration(text, d))
-    usage_error("option " + flag + ": '" + text + "' is not a duration (e.g. 500ms, 30s, 1m)");
-  return d;
-}
-
-static_backend parse_backend(const std::string& text) {
-  static_backend b;
-  std::string rest = text;
-  auto comma = text.find(',');
-  b.address = text.substr(0, comma);
-  harmony::endpoint ep;
-  if (harmony::parse_endpoint(b.address, ep) || ep.port == 0)
-    usage_error("--backend: '" + b.address + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
-  while (comma != std::string::npos) {
-    auto next = text.find(',', comma + 1);
-    std::string option = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
-    if (option.rfind("weight=", 0) == 0) b.weight = parse_int("--backend weight", option.substr(7), 1, 1000000);
-    else usage_error("--backend: unknown option '" + option + "' (expected weight=N)");
-    comma = next;
-  }
-  return b;
 }
 
 #if defined(_WIN32)
@@ -227,9 +136,9 @@ void block_stop_signals() {
 #endif
 }
 
-// The daemon's own messages, filtered like the library's.
+// The daemon's own messages, filtered as the library filters its own.
 void note(harmony::log_level level, const std::string& message) {
-  if (level >= daemon_level && daemon_level != harmony::log_level::off) log_to_stderr(level, message);
+  if (harmony::log_enabled(daemon_level, level)) log_to_stderr(level, message);
 }
 
 void wait_for_stop_signal() {
@@ -294,118 +203,348 @@ std::string unescape(const std::string& text) {
   return out;
 }
 
-void check_address(const std::string& flag, const std::string& text) {
-  harmony::endpoint ep;
-  if (harmony::parse_endpoint(text, ep)) usage_error("option " + flag + ": '" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
+// ---- The flags: one table per command drives parsing and --help.
+
+struct static_backend {
+  std::string address;
+  int weight = harmony::default_weight;
+};
+
+// What the balancer's flags set: the library's options and the static backends.
+struct balancer_settings {
+  harmony::server_options options;
+  std::vector<static_backend> backends;
+};
+
+// What the agent's flags set.
+struct agent_settings {
+  harmony::client_options options;
+  bool have_port = false;  // --port is required: the library's default (80) is rarely right
+};
+
+// One flag. A row knows how to apply a value and what --help says; the default it
+// shows comes from default-constructed settings, that is from the library's own
+// defaults. `name` is the long flag without dashes, which is also the directive a
+// configuration file would use.
+template <class Settings>
+struct flag {
+  const char* name;
+  const char* value;   // placeholder in --help; nullptr for a switch, which takes none
+  const char* help;    // '\n' continues it on another line
+  const char* option;  // the library option it sets, as check() names it; nullptr if none
+  // Applies the value text (empty for a switch); returns what is wrong, empty when it applied.
+  std::string (*apply)(Settings& settings, const std::string& value);
+  // The default --help shows, given default settings: empty shows none; for a switch,
+  // non-empty means the switch is the default.
+  std::string (*shown)(const Settings& defaults);
+};
+
+std::string quoted(const std::string& text) { return "'" + text + "'"; }
+
+// The type of the option `field` points to.
+template <auto field>
+struct field_of;
+template <class Options, class T, T Options::*field>
+struct field_of<field> {
+  using type = T;
+};
+
+template <class Settings, auto field>
+std::string set_text(Settings& s, const std::string& value) {
+  s.options.*field = value;
+  return {};
+}
+
+template <class Settings, auto field>
+std::string show_text(const Settings& d) {
+  return d.options.*field;
+}
+
+// Reads any number the option's type holds; its range is the library's to check. A
+// number beyond the type is refused with the library's reason, found by asking check()
+// about the type's extremes.
+template <class Settings, auto field>
+std::string set_integer(Settings& s, const std::string& text) {
+  using T = typename field_of<field>::type;
+  long long number = 0;
+  if (harmony::parse_integer(text, std::numeric_limits<long long>::min(), std::numeric_limits<long long>::max(), number))
+    return quoted(text) + " is not a number";
+  bool fits = false;
+  if constexpr (std::is_signed<T>::value)
+    fits = number >= static_cast<long long>(std::numeric_limits<T>::min()) &&
+           number <= static_cast<long long>(std::numeric_limits<T>::max());
+  else
+    fits = number >= 0 &&
+           static_cast<unsigned long long>(number) <= static_cast<unsigned long long>(std::numeric_limits<T>::max());
+  if (fits) {
+    s.options.*field = static_cast<T>(number);
+    return {};
+  }
+  for (T extreme : {std::numeric_limits<T>::max(), std::numeric_limits<T>::min()}) {
+    Settings probe;
+    probe.options.*field = extreme;
+    harmony::option_problem problem;
+    if (harmony::check(probe.options, &problem)) return problem.reason;
+  }
+  return quoted(text) + " is out of range";
+}
+
+template <class Settings, auto field>
+std::string show_number(const Settings& d) {
+  return std::to_string(d.options.*field);
+}
+
+template <class Settings, auto field>
+std::string set_duration(Settings& s, const std::string& text) {
+  if (harmony::parse_duration(text, s.options.*field)) return quoted(text) + " is not a duration (e.g. 500ms, 30s, 1m)";
+  return {};
+}
+
+template <class Settings, auto field>
+std::string show_duration(const Settings& d) {
+  return harmony::format_duration(d.options.*field);
+}
+
+template <class Settings, auto field, bool on>
+std::string set_switch(Settings& s, const std::string&) {
+  s.options.*field = on;
+  return {};
+}
+
+template <class Settings, auto field, bool on>
+std::string show_switch(const Settings& d) {
+  return d.options.*field == on ? "yes" : "";
+}
+
+template <class Settings>
+std::string set_log_level(Settings& s, const std::string& text) {
+  if (harmony::parse_log_level(text, s.options.level)) return "unknown level " + quoted(text);
+  return {};
+}
+
+template <class Settings>
+std::string show_log_level(const Settings& d) {
+  return harmony::to_string(d.options.level);
+}
+
+template <class Settings>
+constexpr flag<Settings> log_level_flag{"log-level", "LEVEL", "trace, debug, info, warn, error, off", nullptr,
+                                        set_log_level<Settings>, show_log_level<Settings>};
+
+// HOST:PORT[,weight=N]
+std::string add_backend_flag(balancer_settings& s, const std::string& text) {
+  static_backend b;
+  auto comma = text.find(',');
+  b.address = text.substr(0, comma);  // checked by server::add_backend
+  while (comma != std::string::npos) {
+    auto next = text.find(',', comma + 1);
+    std::string option = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
+    if (option.rfind("weight=", 0) != 0) return "unknown option " + quoted(option) + " (expected weight=N)";
+    if (harmony::parse_weight(option.substr(7), b.weight))
+      return "weight " + quoted(option.substr(7)) + " is not a number from " + std::to_string(harmony::min_weight) +
+             " to " + std::to_string(harmony::max_weight);
+    comma = next;
+  }
+  s.backends.push_back(b);
+  return {};
+}
+
+using server_options = harmony::server_options;
+using client_options = harmony::client_options;
+using B = balancer_settings;
+using A = agent_settings;
+
+const std::vector<flag<B>> balancer_flags = {
+    {"listen", "HOST:PORT", "where clients connect", "listen", set_text<B, &server_options::listen>,
+     show_text<B, &server_options::listen>},
+    {"admin", "HOST:PORT|none", "where backends register, or none", "admin",
+     [](B& s, const std::string& v) {
+       s.options.admin = v == "none" ? std::string() : v;
+       return std::string();
+     },
+     [](const B& d) { return d.options.admin.empty() ? std::string("none") : d.options.admin; }},
+    {"backend", "HOST:PORT[,weight=N]", "a static backend, repeatable", nullptr, add_backend_flag,
+     [](const B&) { return "weight " + std::to_string(static_backend{}.weight); }},
+    {"algorithm", "NAME", "leastconn or roundrobin", "balance",
+     [](B& s, const std::string& v) {
+       if (harmony::parse_algorithm(v, s.options.balance)) return "unknown algorithm " + quoted(v) + " (leastconn, roundrobin)";
+       return std::string();
+     },
+     [](const B& d) { return std::string(harmony::to_string(d.options.balance)); }},
+    {"persistent", nullptr, "a client address keeps its backend", "persistent",
+     set_switch<B, &server_options::persistent, true>, show_switch<B, &server_options::persistent, true>},
+    {"no-persistent", nullptr, "every connection is balanced afresh", "persistent",
+     set_switch<B, &server_options::persistent, false>, show_switch<B, &server_options::persistent, false>},
+    {"concurrency", "N", "-1 unlimited, 0 paused, N at most N proxied", "concurrency",
+     set_integer<B, &server_options::concurrency>, show_number<B, &server_options::concurrency>},
+    {"queue-timeout", "DUR", "longest wait in the concurrency queue", "queue_timeout",
+     set_duration<B, &server_options::queue_timeout>, show_duration<B, &server_options::queue_timeout>},
+    {"queue-limit", "N", "longest concurrency queue", "queue_limit", set_integer<B, &server_options::queue_limit>,
+     show_number<B, &server_options::queue_limit>},
+    {"requeue", "N", "extra attempts after a backend fails", "requeue", set_integer<B, &server_options::requeue>,
+     show_number<B, &server_options::requeue>},
+    {"unavailable", "TEXT", "written to a client nobody can serve\n(\\r \\n \\t \\\\ are escapes)", "unavailable",
+     [](B& s, const std::string& v) {
+       s.options.unavailable = unescape(v);
+       return std::string();
+     },
+     [](const B& d) { return d.options.unavailable.empty() ? std::string("none") : quoted(d.options.unavailable); }},
+    {"host-timeout", "DUR", "a backend silent this long gets no traffic", "host_timeout",
+     set_duration<B, &server_options::host_timeout>, show_duration<B, &server_options::host_timeout>},
+    {"connect-timeout", "DUR", "backend connect timeout", "connect_timeout",
+     set_duration<B, &server_options::connect_timeout>, show_duration<B, &server_options::connect_timeout>},
+    {"idle-timeout", "DUR", "close proxied connections idle this long", "idle_timeout",
+     set_duration<B, &server_options::idle_timeout>, show_duration<B, &server_options::idle_timeout>},
+    {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
+     show_number<B, &server_options::workers>},
+    {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
+     "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
+    log_level_flag<B>,
+};
+
+const std::vector<flag<A>> agent_flags = {
+    {"balancer", "HOST:PORT", "the balancer's admin address", "balancer", set_text<A, &client_options::balancer>,
+     show_text<A, &client_options::balancer>},
+    {"port", "N", "the port this backend serves on (required)", "port",
+     [](A& s, const std::string& v) {
+       std::string problem = set_integer<A, &client_options::port>(s, v);
+       s.have_port = s.have_port || problem.empty();
+       return problem;
+     },
+     [](const A&) { return std::string(); }},
+    {"weight", "N", "relative weight", "weight", set_integer<A, &client_options::weight>,
+     show_number<A, &client_options::weight>},
+    {"ack", "DUR", "heartbeat interval, at most half the host timeout", "ack", set_duration<A, &client_options::ack>,
+     show_duration<A, &client_options::ack>},
+    {"host", "H", "address the balancer should connect to", "host",
+     [](A& s, const std::string& v) {
+       // The library reads an empty host as "as seen"; given as a flag it is a mistake.
+       if (v.empty()) return quoted(v) + " is not a host name or address";
+       s.options.host = v;
+       return std::string();
+     },
+     [](const A& d) { return d.options.host.empty() ? std::string("the address it sees") : d.options.host; }},
+    log_level_flag<A>,
+};
+
+template <class Settings>
+const flag<Settings>* find_flag(const std::vector<flag<Settings>>& table, std::string_view name) {
+  for (const auto& f : table)
+    if (name == f.name) return &f;
+  return nullptr;
+}
+
+// Applies flag `name` (without dashes) with `value` (nullptr when none was given), as
+// from the command line or a configuration file's line; the library checks the option
+// it set. Returns what is wrong, empty when it applied.
+template <class Settings>
+std::string apply_flag(const std::vector<flag<Settings>>& table, std::string_view name, const std::string* value,
+                       Settings& settings) {
+  const flag<Settings>* f = find_flag(table, name);
+  if (!f) return "unknown option";
+  if (!f->value && value) return "takes no value";
+  if (f->value && !value) return "needs a value";
+  std::string problem = f->apply(settings, value ? *value : std::string());
+  harmony::option_problem p;
+  if (problem.empty() && f->option && harmony::check(settings.options, &p) && std::string_view(p.option) == f->option)
+    problem = p.reason;
+  return problem;
+}
+
+// The flag that sets a library option, for naming it in an error.
+template <class Settings>
+std::string flag_for(const std::vector<flag<Settings>>& table, const char* option) {
+  for (const auto& f : table)
+    if (f.option && std::string_view(f.option) == option) return std::string("--") + f.name;
+  return option;
+}
+
+template <class Settings>
+void print_flags(const std::vector<flag<Settings>>& table) {
+  const Settings defaults;
+  const std::size_t column = 28;
+  for (const auto& f : table) {
+    std::string line = std::string("  --") + f.name + (f.value ? std::string(" ") + f.value : std::string());
+    line += line.size() + 2 <= column ? std::string(column - line.size(), ' ') : "\n" + std::string(column, ' ');
+    for (const char* c = f.help; *c; ++c) line += *c == '\n' ? "\n" + std::string(column, ' ') : std::string(1, *c);
+    std::string shown = f.shown(defaults);
+    if (!shown.empty()) line += f.value ? " (default " + shown + ")" : " (default)";
+    std::fputs((line + "\n").c_str(), stdout);
+  }
+}
+
+void print_usage() {
+  std::fputs(usage_head, stdout);
+  print_flags(balancer_flags);
+  std::fputs(usage_agent, stdout);
+  print_flags(agent_flags);
+  std::fputs(usage_tail, stdout);
+}
+
+// Reads the command line from argv[first]: "--name value" or "--name=value". Returns
+// false when it met --help or --version and printed the answer.
+template <class Settings>
+bool parse_command_line(const std::vector<flag<Settings>>& table, const char* unknown, int argc, char** argv,
+                        int first, bool has_version, Settings& settings) {
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      print_usage();
+      return false;
+    }
+    if (has_version && arg == "--version") {
+      std::printf("harmonyd %d.%d.%d\n", HARMONY_VERSION_MAJOR, HARMONY_VERSION_MINOR, HARMONY_VERSION_PATCH);
+      return false;
+    }
+    if (arg.rfind("--", 0) != 0) usage_error(std::string(unknown) + " '" + arg + "'");
+    std::string name = arg.substr(2), value;
+    bool inline_value = false;
+    auto eq = name.find('=');
+    if (eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+      inline_value = true;
+    }
+    const flag<Settings>* f = find_flag(table, name);
+    if (!f) usage_error(std::string(unknown) + " '--" + name + "'");
+    if (f->value && !inline_value) {
+      if (i + 1 >= argc) usage_error("option --" + name + " needs a value");
+      value = argv[++i];
+      inline_value = true;
+    }
+    std::string problem = apply_flag(table, name, inline_value ? &value : nullptr, settings);
+    if (!problem.empty()) usage_error("--" + name + ": " + problem);
+  }
+  // Whatever no single flag could be blamed for.
+  harmony::option_problem p;
+  if (harmony::check(settings.options, &p)) usage_error(flag_for(table, p.option) + ": " + p.reason);
+  return true;
 }
 
 int run_balancer(int argc, char** argv) {
-  harmony::server_options options;
-  options.log = log_to_stderr;
-  std::vector<static_backend> backends;
-  arguments args{argc, argv};
-  while (args.next()) {
-    const std::string& f = args.flag;
-    if (f == "--help" || f == "-h") {
-      std::fputs(usage_text, stdout);
-      return 0;
-    } else if (f == "--version") {
-      std::printf("harmonyd %d.%d.%d\n", HARMONY_VERSION_MAJOR, HARMONY_VERSION_MINOR, HARMONY_VERSION_PATCH);
-      return 0;
-    } else if (f == "--listen") {
-      options.listen = args.value();
-      check_address(f, options.listen);
-    } else if (f == "--admin") {
-      options.admin = args.value();
-      if (options.admin == "none") options.admin.clear();  // static backends only
-      else check_address(f, options.admin);
-    } else if (f == "--backend") {
-      backends.push_back(parse_backend(args.value()));
-    } else if (f == "--algorithm") {
-      std::string v = args.value();
-      if (harmony::parse_algorithm(v, options.balance)) usage_error("--algorithm: unknown algorithm '" + v + "' (leastconn, roundrobin)");
-    } else if (f == "--persistent") {
-      options.persistent = true;
-    } else if (f == "--no-persistent") {
-      options.persistent = false;
-    } else if (f == "--splice") {
-      options.splice = true;
-    } else if (f == "--concurrency") {
-      options.concurrency = parse_int(f, args.value(), -1, 1000000000);
-    } else if (f == "--queue-timeout") {
-      options.queue_timeout = parse_dur(f, args.value());
-    } else if (f == "--queue-limit") {
-      options.queue_limit = static_cast<std::size_t>(parse_int(f, args.value(), 0, 100000000));
-    } else if (f == "--requeue") {
-      options.requeue = parse_int(f, args.value(), 0, 1000);
-    } else if (f == "--unavailable") {
-      options.unavailable = unescape(args.value());
-    } else if (f == "--host-timeout") {
-      options.host_timeout = parse_dur(f, args.value());
-    } else if (f == "--connect-timeout") {
-      options.connect_timeout = parse_dur(f, args.value());
-    } else if (f == "--idle-timeout") {
-      options.idle_timeout = parse_dur(f, args.value());
-    } else if (f == "--workers") {
-      options.workers = parse_int(f, args.value(), 1, 256);
-    } else if (f == "--log-level") {
-      std::string v = args.value();
-      if (harmony::parse_log_level(v, options.level)) usage_error("--log-level: unknown level '" + v + "'");
-    } else {
-      usage_error("unknown option '" + f + "'");
-    }
-  }
-
-  daemon_level = options.level;
-  harmony::server balancer(options);
-  for (const auto& b : backends) {
+  balancer_settings s;
+  if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s)) return 0;
+  s.options.log = log_to_stderr;
+  daemon_level = s.options.level;
+  harmony::server balancer(s.options);
+  for (const auto& b : s.backends) {
     std::string id;
     if (auto e = balancer.add_backend(b.address, b.weight, &id)) {
-      std::fprintf(stderr, "harmonyd: backend %s: %s\n", b.address.c_str(), e.message().c_str());
+      std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
       return 2;
     }
     note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
   }
-
   return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
 }
 
 int run_agent(int argc, char** argv) {
-  harmony::client_options options;
-  options.log = log_to_stderr;
-  bool have_port = false;
-  arguments args{argc, argv};
-  args.i = 2;
-  while (args.next()) {
-    const std::string& f = args.flag;
-    if (f == "--help" || f == "-h") {
-      std::fputs(usage_text, stdout);
-      return 0;
-    } else if (f == "--balancer") {
-      options.balancer = args.value();
-      check_address(f, options.balancer);
-    } else if (f == "--port") {
-      options.port = static_cast<std::uint16_t>(parse_int(f, args.value(), 1, 65535));
-      have_port = true;
-    } else if (f == "--weight") {
-      options.weight = parse_int(f, args.value(), 1, 1048576);
-    } else if (f == "--ack") {
-      options.ack = parse_dur(f, args.value());
-      if (options.ack.count() <= 0) usage_error("--ack must be positive");
-    } else if (f == "--host") {
-      options.host = args.value();
-      if (options.host.empty() || options.host.find_first_of(" \t") != std::string::npos)
-        usage_error("--host: '" + options.host + "' is not a host name or address");
-    } else if (f == "--log-level") {
-      std::string v = args.value();
-      if (harmony::parse_log_level(v, options.level)) usage_error("--log-level: unknown level '" + v + "'");
-    } else {
-      usage_error("unknown agent option '" + f + "'");
-    }
-  }
-  if (!have_port) usage_error("agent: --port N is required (the port this backend serves on)");
-  daemon_level = options.level;
-  harmony::client agent(options);
+  agent_settings s;
+  if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s)) return 0;
+  if (!s.have_port) usage_error("agent: --port N is required (the port this backend serves on)");
+  s.options.log = log_to_stderr;
+  daemon_level = s.options.level;
+  harmony::client agent(s.options);
   return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
 }
 

@@ -2,6 +2,9 @@
 // traffic through the daemon and its agent subcommand.
 #include "support.hpp"
 
+#include <map>
+#include <sstream>
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -93,36 +96,140 @@ bool listening(const std::string& address) { return static_cast<bool>(connect_to
 
 }  // namespace
 
-TEST_CASE("harmonyd: --help, --version and bad flags") {
+namespace {
+
+// The entries of one section of --help ("  --name VALUE  help" and the lines that
+// continue it), by flag with its value placeholder.
+std::map<std::string, std::string> help_entries(const std::string& section) {
+  std::map<std::string, std::string> entries;
+  std::istringstream in(section);
+  std::string line, current;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // harmonyd.exe writes CRLF
+    if (line.rfind("  --", 0) == 0) {
+      std::size_t end = line.find("  ", 2);
+      current = line.substr(2, end == std::string::npos ? std::string::npos : end - 2);
+      entries[current] = line;
+    } else if (!current.empty() && line.rfind("      ", 0) == 0) {
+      entries[current] += "\n" + line;
+    } else {
+      current.clear();
+    }
+  }
+  return entries;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd --help lists every flag with the library's default") {
+  const harmony::server_options so;
+  const harmony::client_options co;
+  auto duration = [](harmony::duration d) { return harmony::format_duration(d); };
+  // Each flag and the default its entry shows; "" for none, "(default)" for the switch that is.
+  const std::map<std::string, std::string> balancer = {
+      {"--listen HOST:PORT", so.listen},
+      {"--admin HOST:PORT|none", so.admin},
+      {"--backend HOST:PORT[,weight=N]", "weight " + std::to_string(harmony::default_weight)},
+      {"--algorithm NAME", harmony::to_string(so.balance)},
+      {"--persistent", so.persistent ? "(default)" : ""},
+      {"--no-persistent", so.persistent ? "" : "(default)"},
+      {"--concurrency N", std::to_string(so.concurrency)},
+      {"--queue-timeout DUR", duration(so.queue_timeout)},
+      {"--queue-limit N", std::to_string(so.queue_limit)},
+      {"--requeue N", std::to_string(so.requeue)},
+      {"--unavailable TEXT", "none"},
+      {"--host-timeout DUR", duration(so.host_timeout)},
+      {"--connect-timeout DUR", duration(so.connect_timeout)},
+      {"--idle-timeout DUR", duration(so.idle_timeout)},
+      {"--workers N", std::to_string(so.workers)},
+      {"--splice", so.splice ? "(default)" : ""},
+      {"--log-level LEVEL", harmony::to_string(so.level)},
+  };
+  const std::map<std::string, std::string> agent = {
+      {"--balancer HOST:PORT", co.balancer},
+      {"--port N", ""},  // required
+      {"--weight N", std::to_string(co.weight)},
+      {"--ack DUR", duration(co.ack)},
+      {"--host H", "the address it sees"},
+      {"--log-level LEVEL", harmony::to_string(co.level)},
+  };
+  CHECK(duration(so.host_timeout) == "1m");  // the form the daemon reads
+  CHECK(duration(so.idle_timeout) == "10m");
   process help({"--help"});
-  CHECK(help.wait() == 0);
-  CHECK(help.output().find("--listen HOST:PORT") != std::string::npos);
+  REQUIRE(help.wait() == 0);
+  std::string out = help.output();
+  std::size_t split = out.find("Agent options");
+  REQUIRE(split != std::string::npos);
+  for (auto [section, expected] : {std::make_pair(out.substr(0, split), &balancer),
+                                   std::make_pair(out.substr(split), &agent)}) {
+    auto entries = help_entries(section);
+    CHECK(entries.size() == expected->size());  // no flag the test does not know
+    for (const auto& row : *expected) {
+      const std::string& flag = row.first;  // not a structured binding: INFO captures it
+      const std::string& shown = row.second;
+      INFO(flag);
+      REQUIRE(entries.count(flag) == 1);
+      const std::string& entry = entries[flag];
+      if (shown.empty()) CHECK(entry.find("(default") == std::string::npos);
+      else if (shown == "(default)") CHECK(entry.find(" (default)") != std::string::npos);
+      else CHECK_MESSAGE(entry.find("(default " + shown + ")") != std::string::npos, entry);
+    }
+  }
   process version({"--version"});
   CHECK(version.wait() == 0);
   CHECK(version.output().rfind("harmonyd 0.", 0) == 0);
+}
+
+TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit code 2") {
+  auto range = [](auto low, auto high) { return "must be from " + std::to_string(low) + " to " + std::to_string(high); };
+  const std::string weights = "is not a number from " + std::to_string(harmony::min_weight) + " to " +
+                              std::to_string(harmony::max_weight);
   struct bad_case {
     std::vector<std::string> args;
-    const char* says;
+    std::string says;
   };
   for (const auto& c : std::vector<bad_case>{
            {{"--bogus"}, "unknown option '--bogus'"},
-           {{"--listen", "nowhere"}, "is not HOST:PORT"},
-           {{"--listen", "::1:80"}, "is not HOST:PORT"},
-           {{"--backend", "127.0.0.1:80,weight=heavy"}, "is not a number"},
-           {{"--backend", "127.0.0.1:80,color=red"}, "unknown option 'color=red'"},
-           {{"--algorithm", "fastest"}, "unknown algorithm"},
-           {{"--concurrency", "-2"}, "is not a number from -1"},
-           {{"--host-timeout", "soon"}, "is not a duration"},
-           {{"--log-level", "loud"}, "unknown level"},
-           {{"--listen"}, "needs a value"},
-           {{"agent"}, "--port N is required"},
-           {{"agent", "--port", "99999"}, "is not a number from 1 to 65535"},
-           {{"agent", "--port", "80", "--ack", "often"}, "is not a duration"},
+           {{"stray"}, "unknown option 'stray'"},
+           {{"--listen"}, "option --listen needs a value"},
+           {{"--listen", "nowhere"}, "--listen: 'nowhere' is not HOST:PORT"},
+           {{"--listen=::1:80"}, "--listen: '::1:80' is not HOST:PORT"},
+           {{"--admin", "nowhere"}, "--admin: 'nowhere' is not HOST:PORT"},
+           {{"--backend", "127.0.0.1:80,weight=heavy"}, "--backend: weight 'heavy' " + weights},
+           {{"--backend", "127.0.0.1:80,weight=" + std::to_string(harmony::max_weight + 1)}, "--backend: weight"},
+           {{"--backend", "127.0.0.1:80,color=red"}, "--backend: unknown option 'color=red'"},
+           {{"--algorithm", "fastest"}, "--algorithm: unknown algorithm 'fastest'"},
+           {{"--persistent=no"}, "--persistent: takes no value"},
+           {{"--concurrency", "-2"}, "--concurrency: " + range(harmony::min_concurrency, harmony::max_concurrency)},
+           {{"--concurrency", "99999999999"}, "--concurrency: " + range(harmony::min_concurrency, harmony::max_concurrency)},
+           {{"--concurrency", "some"}, "--concurrency: 'some' is not a number"},
+           {{"--queue-timeout", "soon"}, "--queue-timeout: 'soon' is not a duration"},
+           {{"--queue-limit", std::to_string(harmony::max_queue_limit + 1)}, "--queue-limit: " + range(0, harmony::max_queue_limit)},
+           {{"--requeue", "-1"}, "--requeue: " + range(0, harmony::max_requeue)},
+           {{"--requeue=" + std::to_string(harmony::max_requeue + 1)}, "--requeue: " + range(0, harmony::max_requeue)},
+           {{"--host-timeout", "soon"}, "--host-timeout: 'soon' is not a duration"},
+           {{"--connect-timeout", "5 s"}, "--connect-timeout: '5 s' is not a duration"},
+           {{"--idle-timeout", "-1s"}, "--idle-timeout: '-1s' is not a duration"},
+           {{"--workers", "0"}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
+           {{"--workers", std::to_string(harmony::max_workers + 1)}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
+           {{"--log-level", "loud"}, "--log-level: unknown level 'loud'"},
+           {{"agent"}, "agent: --port N is required"},
+           {{"agent", "--version"}, "unknown agent option '--version'"},
+           {{"agent", "--port", "99999"}, "--port: " + range(1, 65535)},
+           {{"agent", "--port", "0"}, "--port: " + range(1, 65535)},
+           {{"agent", "--port", "80", "--balancer", "nowhere"}, "--balancer: 'nowhere' is not HOST:PORT"},
+           {{"agent", "--port", "80", "--weight", "0"}, "--weight: " + range(harmony::min_weight, harmony::max_weight)},
+           {{"agent", "--port", "80", "--weight", std::to_string(harmony::max_weight + 1)}, "--weight: " + range(harmony::min_weight, harmony::max_weight)},
+           {{"agent", "--port", "80", "--ack", "often"}, "--ack: 'often' is not a duration"},
+           {{"agent", "--port", "80", "--ack", "0s"}, "--ack: must be positive"},
+           {{"agent", "--port", "80", "--host="}, "--host: '' is not a host name or address"},
+           {{"agent", "--port", "80", "--host", "a b"}, "--host: 'a b' is not a host name or address"},
+           {{"agent", "--port", "80", "--log-level", "loud"}, "--log-level: unknown level 'loud'"},
        }) {
     process p(c.args);
     CHECK(p.wait() == 2);
     std::string out = p.output();
-    CHECK_MESSAGE(out.find(c.says) != std::string::npos, out);
+    CHECK_MESSAGE(out.find("harmonyd: " + c.says) != std::string::npos, out);
   }
   // A port that is taken is a start failure, not a usage error.
   harmony::endpoint taken;
@@ -130,6 +237,53 @@ TEST_CASE("harmonyd: --help, --version and bad flags") {
   process busy({"--listen", taken.to_string(), "--admin", free_address()});
   CHECK(busy.wait() == 1);
   CHECK(busy.output().find("cannot start") != std::string::npos);
+}
+
+// The library's half of the flags: the checks name the option, the parsers and the
+// formatter agree, and the daemon's log filter is the library's.
+TEST_CASE("harmonyd's library helpers: check names the option; parse_integer, format_duration, log_enabled") {
+  harmony::server_options so;
+  harmony::option_problem problem;
+  CHECK_FALSE(harmony::check(so, &problem));
+  CHECK(problem.option == nullptr);
+  so.workers = harmony::max_workers + 1;
+  CHECK(harmony::check(so, &problem) == harmony::errc::bad_option);
+  CHECK(std::string(problem.option) == "workers");
+  CHECK(problem.reason == "must be from 1 to 256");
+  so.workers = 1;
+  so.listen = "nowhere";
+  CHECK(harmony::check(so, &problem) == harmony::errc::bad_address);
+  CHECK(std::string(problem.option) == "listen");
+  harmony::client_options co;
+  CHECK_FALSE(harmony::check(co));
+  co.weight = harmony::max_weight + 1;
+  CHECK(harmony::check(co, &problem) == harmony::errc::bad_option);
+  CHECK(std::string(problem.option) == "weight");
+
+  long long n = 7;
+  CHECK_FALSE(harmony::parse_integer("-42", -100, 100, n));
+  CHECK(n == -42);
+  CHECK_FALSE(harmony::parse_integer("-9223372036854775808", std::numeric_limits<long long>::min(), 0, n));
+  CHECK(n == std::numeric_limits<long long>::min());
+  for (const char* bad : {"", "-", "+1", " 1", "1x", "101", "-101", "9223372036854775808"}) {
+    INFO(bad);
+    CHECK(harmony::parse_integer(bad, -100, 100, n) == harmony::errc::bad_option);
+  }
+  CHECK(n == std::numeric_limits<long long>::min());  // untouched by a failure
+
+  using namespace std::chrono;
+  for (auto [d, text] : {std::make_pair(harmony::duration(0), "0s"), std::make_pair(harmony::duration(1500), "1500ms"),
+                         std::make_pair(harmony::duration(minutes(10)), "10m"), std::make_pair(harmony::duration(hours(2)), "2h"),
+                         std::make_pair(harmony::duration(seconds(90)), "90s")}) {
+    CHECK(harmony::format_duration(d) == text);
+    harmony::duration back{};
+    CHECK_FALSE(harmony::parse_duration(text, back));
+    CHECK(back == d);
+  }
+  CHECK(harmony::log_enabled(harmony::log_level::info, harmony::log_level::warn));
+  CHECK(harmony::log_enabled(harmony::log_level::info, harmony::log_level::info));
+  CHECK_FALSE(harmony::log_enabled(harmony::log_level::info, harmony::log_level::debug));
+  CHECK_FALSE(harmony::log_enabled(harmony::log_level::off, harmony::log_level::error));
 }
 
 TEST_CASE("harmonyd: static backends split 2:1 byte for byte, IPv6 too, and SIGTERM stops it") {

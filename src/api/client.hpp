@@ -9,7 +9,7 @@ struct client_options {
   std::string balancer = "localhost:1666";  // the balancer's admin address
   std::uint16_t port = 80;                  // the service port this backend serves on
   std::string host;                         // empty: the balancer uses this connection's peer address
-  int weight = 500;
+  int weight = default_weight;
   // How often the agent reports alive; keep it at most half the balancer's host timeout.
   duration ack{20000};
   duration reconnect_min{100};  // backoff after a failed connection, doubling up to max
@@ -18,6 +18,12 @@ struct client_options {
   log_function log;
   log_level level = log_level::info;
 };
+
+// Checks every option, as client::start() does: errc::bad_address for a malformed balancer
+// address, errc::bad_option for another bad value (port 0, a weight outside min_weight to
+// max_weight, a duration that is not positive, a host with spaces), with what is wrong in
+// `problem` when it is given.
+std::error_code check(const client_options& options, option_problem* problem = nullptr);
 
 class client {
  public:

@@ -26,6 +26,15 @@ struct server_stats {
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
 };
 
+// The ranges of server_options, defined once: check() and the daemon's flags use them.
+inline constexpr int min_workers = 1;
+inline constexpr int max_workers = 256;
+inline constexpr int min_concurrency = -1;  // -1 no limit, 0 paused, N at most N proxied
+inline constexpr int max_concurrency = std::numeric_limits<int>::max();
+inline constexpr int max_requeue = 1000;
+inline constexpr std::size_t max_queue_limit = 100000000;
+inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -61,6 +70,11 @@ struct server_options {
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };
+
+// Checks every option against its range, as server::start() and run() do: errc::bad_address
+// for a malformed listen or admin address, errc::bad_option for another bad value, with what
+// is wrong in `problem` when it is given. Resolves no name, opens nothing.
+std::error_code check(const server_options& options, option_problem* problem = nullptr);
 
 class server {
  public:

@@ -14,6 +14,12 @@ struct endpoint {
 std::error_code parse_endpoint(std::string_view text, endpoint& out);
 // Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
 std::error_code parse_duration(std::string_view text, duration& out);
+// The text parse_duration reads back: the largest unit that divides exactly (2h, 1m,
+// 30s, 500ms; zero is 0s).
+std::string format_duration(duration d);
+// Parses a decimal integer, optionally negative, from low to high (errc::bad_option
+// when it is not a number or is outside the range).
+std::error_code parse_integer(std::string_view text, long long low, long long high, long long& out) noexcept;
 
 // Weights are relative shares of traffic: 500, 500 and 1000 take 25%, 25% and 50%.
 // The one definition of their range, checked wherever a weight comes in.
@@ -34,6 +40,15 @@ enum class log_level { trace, debug, info, warn, error, off };
 using log_function = std::function<void(log_level, std::string_view message)>;
 const char* to_string(log_level l) noexcept;
 std::error_code parse_log_level(std::string_view text, log_level& out);
+// Whether a message at `level` passes a logger set to `threshold` (off passes nothing).
+bool log_enabled(log_level threshold, log_level level) noexcept;
+
+// What check(server_options) or check(client_options) found wrong: the option by its
+// member name, and why, e.g. {"workers", "must be from 1 to 256"}.
+struct option_problem {
+  const char* option = nullptr;  // nullptr when every option is valid
+  std::string reason;
+};
 
 // A client connection that could not be served, handed to the unavailable callback.
 class rejected_connection {

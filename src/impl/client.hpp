@@ -151,11 +151,7 @@ HARMONY_DEF std::error_code client::start() {
   if (impl_->running) return make_error_code(errc::already_running);
   if (impl_->loop.stopping()) return make_error_code(errc::shutting_down);  // closed agents stay closed
   const client_options& o = impl_->options;
-  endpoint at;
-  if (auto e = parse_endpoint(o.balancer, at)) return e;
-  if (o.port == 0 || o.weight <= 0 || o.ack.count() <= 0 || o.reconnect_min.count() <= 0 ||
-      o.reconnect_max < o.reconnect_min)
-    return make_error_code(errc::bad_option);
+  if (auto e = check(o)) return e;
   if (auto e = impl_->loop.open()) return e;
   impl* p = impl_.get();
   p->loop.on_error = [p](std::error_code e) { p->log(log_level::error, "agent: event loop: %s", e.message().c_str()); };

@@ -1,6 +1,6 @@
 namespace harmony {
 
-// >>errors-impl  the error category and the parsers of the public types
+// >>errors-impl  the error category, the parsers of the public types, the option checks
 namespace detail {
 class harmony_category final : public std::error_category {
  public:
@@ -70,11 +70,31 @@ HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out)
   return {};
 }
 
+HARMONY_DEF std::string format_duration(duration d) {
+  long long ms = static_cast<long long>(d.count());
+  if (ms == 0) return "0s";
+  for (auto unit : {std::make_pair(3600000LL, "h"), std::make_pair(60000LL, "m"), std::make_pair(1000LL, "s")})
+    if (ms % unit.first == 0) return std::to_string(ms / unit.first) + unit.second;
+  return std::to_string(ms) + "ms";
+}
+
+HARMONY_DEF std::error_code parse_integer(std::string_view text, long long low, long long high,
+                                          long long& out) noexcept {
+  bool negative = !text.empty() && text.front() == '-';
+  if (negative) text.remove_prefix(1);
+  // The magnitude of the most negative long long is one more than the largest.
+  const std::uint64_t largest = static_cast<std::uint64_t>(std::numeric_limits<long long>::max());
+  std::uint64_t magnitude = 0;
+  if (!detail::parse_uint(text, negative ? largest + 1 : largest, magnitude)) return make_error_code(errc::bad_option);
+  long long value = negative ? static_cast<long long>(0 - magnitude) : static_cast<long long>(magnitude);
+  if (value < low || value > high) return make_error_code(errc::bad_option);
+  out = value;
+  return {};
+}
+
 HARMONY_DEF std::error_code parse_weight(std::string_view text, int& out) {
-  std::uint64_t number = 0;
-  if (!detail::parse_uint(text, static_cast<std::uint64_t>(max_weight), number) ||
-      number < static_cast<std::uint64_t>(min_weight))
-    return make_error_code(errc::bad_option);
+  long long number = 0;
+  if (auto e = parse_integer(text, min_weight, max_weight, number)) return e;
   out = static_cast<int>(number);
   return {};
 }
@@ -114,6 +134,71 @@ HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& ou
       return {};
     }
   return make_error_code(errc::bad_option);
+}
+
+HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
+  return threshold != log_level::off && level >= threshold;
+}
+
+namespace detail {
+// Collects the first problem check() finds; later ones are ignored.
+struct option_checker {
+  option_problem* problem;
+  std::error_code error;
+
+  bool fail(errc code, const char* option, std::string reason) {
+    if (error) return false;
+    error = make_error_code(code);
+    if (problem) *problem = option_problem{option, std::move(reason)};
+    return false;
+  }
+  void address(const char* option, const std::string& text) {
+    endpoint at;
+    if (parse_endpoint(text, at)) fail(errc::bad_address, option, "'" + text + "' is not HOST:PORT (IPv6 as [::1]:PORT)");
+  }
+  template <class T, class Bound>
+  void range(const char* option, T value, Bound low, Bound high) {
+    if (value < static_cast<T>(low) || value > static_cast<T>(high))
+      fail(errc::bad_option, option, "must be from " + std::to_string(low) + " to " + std::to_string(high));
+  }
+  void positive(const char* option, duration d) {
+    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
+  }
+  std::error_code done() {
+    if (!error && problem) *problem = option_problem{};
+    return error;
+  }
+};
+}  // namespace detail
+
+HARMONY_DEF std::error_code check(const server_options& o, option_problem* problem) {
+  detail::option_checker c{problem, {}};
+  c.address("listen", o.listen);
+  if (!o.admin.empty()) c.address("admin", o.admin);
+  c.range("workers", o.workers, min_workers, max_workers);
+  c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
+  c.range("requeue", o.requeue, 0, max_requeue);
+  c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
+  c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
+  c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  return c.done();
+}
+
+HARMONY_DEF std::error_code check(const client_options& o, option_problem* problem) {
+  detail::option_checker c{problem, {}};
+  c.address("balancer", o.balancer);
+  c.range("port", o.port, 1, 65535);
+  c.range("weight", o.weight, min_weight, max_weight);
+  // The host travels in a space-separated register line.
+  for (char ch : o.host)
+    if (static_cast<unsigned char>(ch) <= ' ') {
+      c.fail(errc::bad_option, "host", "'" + o.host + "' is not a host name or address");
+      break;
+    }
+  c.positive("ack", o.ack);
+  c.positive("reconnect_min", o.reconnect_min);
+  if (o.reconnect_max < o.reconnect_min) c.fail(errc::bad_option, "reconnect_max", "must not be less than reconnect_min");
+  return c.done();
 }
 
 }  // namespace harmony

@@ -2,11 +2,9 @@ namespace harmony {
 
 // >>server-impl  harmony::server
 inline std::error_code server::impl::open() {
+  if (auto e = check(options)) return e;
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
-  if (options.workers < 1 || options.workers > 256 || options.requeue < 0 || options.concurrency < -1 ||
-      options.buffer_bytes < 1 || options.buffer_bytes > (1u << 30) || options.bulk_buffer_bytes > (1u << 30))
-    return make_error_code(errc::bad_option);
   detail::address where;
   if (auto e = detail::resolve(at, where, true)) return e;
   std::vector<detail::socket_handle> listeners;

@@ -5,7 +5,7 @@ namespace detail {
 struct logger {
   log_function fn;
   log_level level = log_level::off;
-  bool enabled(log_level l) const noexcept { return fn && l >= level && level != log_level::off; }
+  bool enabled(log_level l) const noexcept { return fn && log_enabled(level, l); }
 #if defined(__MINGW32__)
   // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
   __attribute__((format(gnu_printf, 3, 4)))
