@@ -371,3 +371,78 @@ TEST_CASE("line splitter and command parser") {
   CHECK(detail::legacy_weight("") == 500);
   CHECK(detail::legacy_weight("99999999999") == 500);
 }
+
+// ============================================================================
+// Policy as plain types (issue #9): the resolved address, the affinity table,
+// the wait queue, the registry without sockets, and the admin command handler
+// for both dialects, all without a socket.
+// ============================================================================
+
+namespace {
+struct waiter {
+  int n = 0;
+  detail::wait_hook<waiter> hook;
+};
+using waiter_queue = detail::wait_queue<waiter, &waiter::hook>;
+}  // namespace
+
+TEST_CASE("wait queue: FIFO, removal from anywhere, length") {
+  waiter w[5];
+  for (int i = 0; i < 5; ++i) w[i].n = i;
+  waiter_queue q;
+  CHECK(q.empty());
+  CHECK(q.pop() == nullptr);
+  CHECK(q.oldest() == nullptr);
+  for (int i = 0; i < 5; ++i) CHECK(q.push(&w[i], 100 + i));
+  CHECK(q.size() == 5);
+  CHECK_FALSE(q.push(&w[2], 200));  // already waiting: no change
+  CHECK(q.size() == 5);
+  CHECK(q.oldest() == &w[0]);
+  CHECK(q.oldest_since() == 100);
+  CHECK(waiter_queue::contains(&w[2]));
+  CHECK(q.remove(&w[2]));  // the middle
+  CHECK_FALSE(waiter_queue::contains(&w[2]));
+  CHECK_FALSE(q.remove(&w[2]));
+  CHECK(q.remove(&w[4]));  // the tail
+  CHECK(q.remove(&w[0]));  // the head
+  CHECK(q.size() == 2);
+  CHECK(q.oldest_since() == 101);
+  CHECK(q.pop() == &w[1]);
+  CHECK(q.push(&w[0], 300));  // rejoins at the back
+  CHECK(q.pop() == &w[3]);
+  CHECK(q.pop() == &w[0]);
+  CHECK(q.pop() == nullptr);
+  CHECK(q.empty());
+  CHECK(q.push(&w[4], 400));  // after emptying, the links start afresh
+  CHECK(q.oldest() == &w[4]);
+  CHECK(q.pop() == &w[4]);
+}
+
+TEST_CASE("wait queue: agrees with a model under random operations") {
+  std::vector<waiter> pool(64);
+  for (std::size_t i = 0; i < pool.size(); ++i) pool[i].n = static_cast<int>(i);
+  waiter_queue q;
+  std::deque<waiter*> model;
+  std::mt19937 gen(5);
+  for (int step = 0; step < 20000; ++step) {
+    waiter* x = &pool[gen() % pool.size()];
+    bool in_model = std::find(model.begin(), model.end(), x) != model.end();
+    switch (gen() % 3) {
+      case 0:
+        REQUIRE(q.push(x, step) == !in_model);
+        if (!in_model) model.push_back(x);
+        break;
+      case 1:
+        REQUIRE(q.remove(x) == in_model);
+        if (in_model) model.erase(std::find(model.begin(), model.end(), x));
+        break;
+      default: {
+        waiter* got = q.pop();
+        REQUIRE(got == (model.empty() ? nullptr : model.front()));
+        if (!model.empty()) model.pop_front();
+      }
+    }
+    REQUIRE(q.size() == model.size());
+    REQUIRE(q.oldest() == (model.empty() ? nullptr : model.front()));
+  }
+}
