@@ -19,9 +19,12 @@
 //   >>platform       OS headers, socket helpers, randomness
 //   >>util           logging, number parsing
 //   >>errors-impl    the error category and the parsers of the public types
+//   >>net-address    sans-IO resolved address: family, 16 address bytes, port
+//   >>os-address     the portable resolved address to and from the OS socket address
 //   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
-//   >>registry       the shared backend table
+//   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
+//   >>registry       the backend table: sans-IO, shared between loops through locked<>
 //   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>reactor        timers, posting, the poller contract; epoll, poll and IOCP pollers
 //   >>acceptor       listening sockets on either engine family
@@ -1024,6 +1027,104 @@ HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& ou
 namespace harmony {
 namespace detail {
 
+// >>net-address  sans-IO resolved address: family, 16 address bytes, port
+// Where a backend is reached, as plain bytes: what the registry stores and
+// hands to a connection. Only the platform layer (>>os-address) turns it into
+// an OS socket address, so policy code names no OS type.
+enum class ip_family : std::uint8_t { none, v4, v6 };
+
+struct resolved_address {
+  ip_family family = ip_family::none;
+  std::uint8_t bytes[16] = {};  // network order; IPv4 uses the first 4
+  std::uint16_t port = 0;       // host order
+  std::uint32_t scope = 0;      // IPv6 scope (interface) id, 0 otherwise
+
+  static resolved_address v4(std::uint8_t a, std::uint8_t b, std::uint8_t c, std::uint8_t d, std::uint16_t port) {
+    resolved_address r;
+    r.family = ip_family::v4;
+    r.bytes[0] = a;
+    r.bytes[1] = b;
+    r.bytes[2] = c;
+    r.bytes[3] = d;
+    r.port = port;
+    return r;
+  }
+  bool valid() const noexcept { return family != ip_family::none; }
+  std::size_t host_size() const noexcept { return family == ip_family::v4 ? 4 : family == ip_family::v6 ? 16 : 0; }
+  // The same host at another port.
+  resolved_address with_port(std::uint16_t p) const noexcept {
+    resolved_address r = *this;
+    r.port = p;
+    return r;
+  }
+  // The host part only, as bytes: the persistence key of a client.
+  std::string host_key() const { return std::string(reinterpret_cast<const char*>(bytes), host_size()); }
+  bool operator==(const resolved_address& o) const noexcept {
+    return family == o.family && port == o.port && scope == o.scope &&
+           std::memcmp(bytes, o.bytes, host_size()) == 0;
+  }
+  bool operator!=(const resolved_address& o) const noexcept { return !(*this == o); }
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>os-address  the portable resolved address to and from the OS socket address
+// The only place that converts between resolved_address (>>net-address) and the
+// sockaddr the OS takes: the platform layer calls these at its edge.
+inline resolved_address to_resolved(const address& a) noexcept {
+  resolved_address r;
+  if (a.family() == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(&a.storage);
+    r.family = ip_family::v4;
+    std::memcpy(r.bytes, &in->sin_addr, 4);
+    r.port = ntohs(in->sin_port);
+  } else if (a.family() == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+    r.family = ip_family::v6;
+    std::memcpy(r.bytes, &in6->sin6_addr, 16);
+    r.port = ntohs(in6->sin6_port);
+    r.scope = in6->sin6_scope_id;
+  }
+  return r;
+}
+
+inline address to_os_address(const resolved_address& r) noexcept {
+  address a;
+  if (r.family == ip_family::v4) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
+    in->sin_family = AF_INET;
+    std::memcpy(&in->sin_addr, r.bytes, 4);
+    in->sin_port = htons(r.port);
+    a.length = static_cast<socklen_t>(sizeof(sockaddr_in));
+  } else if (r.family == ip_family::v6) {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
+    in6->sin6_family = AF_INET6;
+    std::memcpy(&in6->sin6_addr, r.bytes, 16);
+    in6->sin6_port = htons(r.port);
+    in6->sin6_scope_id = r.scope;
+    a.length = static_cast<socklen_t>(sizeof(sockaddr_in6));
+  }
+  return a;
+}
+
+// Resolves a host and port into the portable form.
+inline std::error_code resolve(const endpoint& ep, resolved_address& out) {
+  address a;
+  if (auto e = resolve(ep, a, false)) return e;
+  out = to_resolved(a);
+  return out.valid() ? std::error_code{} : make_error_code(errc::resolve_failed);
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
 // >>selector  sans-IO backend selection (weighted least-connections, round-robin)
 // Sans-IO choice of a backend among eligible slots, O(log n) per operation.
 // Every slot carries a virtual "pass" that advances by 1/weight each time it is
@@ -1035,8 +1136,6 @@ namespace detail {
 class selector {
  public:
   static constexpr std::uint32_t npos = 0xffffffffu;
-  // Weights above this are clamped, so that every product below fits 63 bits.
-  static constexpr int max_weight = 1 << 20;
   enum class verdict { take, skip, evict };
 
   explicit selector(algorithm a = algorithm::leastconn) : algorithm_(a) {}
@@ -1128,8 +1227,10 @@ class selector {
     std::uint32_t pos = npos;
   };
 
+  // The registry admits only weights in [min_weight, max_weight] (>>types); the
+  // clamp merely keeps every product below within 63 bits should one slip through.
   static void set_weight_only(item& it, int weight) {
-    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, 1), max_weight));
+    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, min_weight), max_weight));
     if (w == it.weight) return;
     it.ticks = it.ticks * w / it.weight;  // keep the pass where it was
     it.weight = w;
@@ -1349,11 +1450,13 @@ inline command_line parse_command(std::string_view line) {
   return c;
 }
 
-// harmony.js's BAL: a positive number is the weight, anything else means 500.
+// harmony.js's BAL: a number in [min_weight, max_weight] (>>types) is the weight;
+// anything else means default_weight (500), as in harmony.js for a non-number:
+// no digits, other characters, 0, and a number above max_weight too (the agent
+// cannot be told "too heavy": the reply must echo its text). Never an error.
 inline int legacy_weight(std::string_view text) noexcept {
-  std::uint64_t w = 0;
-  if (!parse_uint(text, 1000000, w) || w == 0) return 500;
-  return static_cast<int>(w);
+  int w = default_weight;
+  return parse_weight(text, w) ? default_weight : w;
 }
 
 }  // namespace detail
@@ -1362,9 +1465,11 @@ inline int legacy_weight(std::string_view text) noexcept {
 namespace harmony {
 namespace detail {
 
-// >>registry  the shared backend table
-// The backend table every event loop shares. One mutex guards it: a pick, a
-// release and an admin change each take it once, briefly.
+// >>affinity  sans-IO persistence table: client key -> backend lease, bounded, idle TTL
+// Which backend a client (by its host key) went to last, for persistence. The
+// table is bounded twice: an entry unused for longer than the TTL is expired (not
+// found, and dropped by prune), and when the table is full a prune makes room,
+// dropping the oldest half if nothing has expired. Times are caller milliseconds.
 struct lease {
   std::uint32_t slot = selector::npos;
   std::uint32_t generation = 0;
@@ -1372,9 +1477,83 @@ struct lease {
   bool operator==(const lease& o) const noexcept { return slot == o.slot && generation == o.generation; }
 };
 
+class affinity_table {
+ public:
+  struct limits {
+    std::size_t entries = 100000;
+    std::int64_t ttl_ms = 3600000;
+  };
+
+  affinity_table() = default;
+  explicit affinity_table(limits l) : limits_(l) {}
+
+  // The backend remembered for `key`, or nullptr when there is none or it expired.
+  const lease* find(std::string_view key, std::int64_t now) const {
+    auto it = entries_.find(std::string(key));
+    if (it == entries_.end() || expired(it->second, now)) return nullptr;
+    return &it->second.backend;
+  }
+
+  // Remembers (or refreshes) the backend of `key` as used at `now`.
+  void remember(std::string_view key, lease backend, std::int64_t now) {
+    auto it = entries_.find(std::string(key));
+    if (it == entries_.end()) {
+      if (entries_.size() >= limits_.entries) prune(now);
+      it = entries_.emplace(std::string(key), entry{}).first;
+    }
+    it->second.backend = backend;
+    it->second.last_used = now;
+  }
+
+  bool forget(std::string_view key) { return entries_.erase(std::string(key)) > 0; }
+
+  // Drops the expired entries; if the table is still full, the oldest half goes
+  // too. Returns how many entries were dropped.
+  std::size_t prune(std::int64_t now) {
+    std::size_t before = entries_.size();
+    for (auto it = entries_.begin(); it != entries_.end();)
+      it = expired(it->second, now) ? entries_.erase(it) : std::next(it);
+    if (entries_.size() >= limits_.entries && !entries_.empty()) {
+      std::vector<std::int64_t> ages;
+      ages.reserve(entries_.size());
+      for (auto& e : entries_) ages.push_back(e.second.last_used);
+      auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
+      std::nth_element(ages.begin(), middle, ages.end());
+      std::int64_t cut = *middle;
+      for (auto it = entries_.begin(); it != entries_.end();)
+        it = it->second.last_used <= cut ? entries_.erase(it) : std::next(it);
+    }
+    return before - entries_.size();
+  }
+
+  std::size_t size() const noexcept { return entries_.size(); }
+  const limits& bounds() const noexcept { return limits_; }
+
+ private:
+  struct entry {
+    lease backend;
+    std::int64_t last_used = 0;
+  };
+  bool expired(const entry& e, std::int64_t now) const noexcept { return now - e.last_used > limits_.ttl_ms; }
+
+  limits limits_;
+  std::unordered_map<std::string, entry> entries_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>registry  the backend table: sans-IO, shared between loops through locked<>
+// The backend table. It holds no OS type: addresses are resolved_address, ids
+// come from an injected generator, and it has no lock of its own. Every event
+// loop shares one, so the server keeps it in a locked<registry> and each call
+// site takes the lock, once and briefly, for a pick, a release or an admin change.
 struct pick_result {
   lease chosen;
-  address to;
+  resolved_address to;
 };
 
 struct registry_limits {
@@ -1383,22 +1562,67 @@ struct registry_limits {
   std::int64_t affinity_ttl_ms = 3600000;
 };
 
+// Makes a new backend id (32 uppercase hex digits, see is_backend_id). The server
+// injects the OS random source; tests inject a counter.
+using id_generator = std::function<std::string()>;
+
+// A value of T reached only under its mutex: lock() returns a guard that acts as
+// a pointer to T and unlocks when it goes, e.g. `backends.lock()->pick(...)`.
+template <class T>
+class locked {
+ public:
+  template <class... Args>
+  explicit locked(Args&&... args) : value_(std::forward<Args>(args)...) {}
+  locked(const locked&) = delete;
+  locked& operator=(const locked&) = delete;
+
+  class guard {
+   public:
+    guard(std::mutex& m, T& v) : lock_(m), value_(v) {}
+    T* operator->() const noexcept { return &value_; }
+    T& operator*() const noexcept { return value_; }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    T& value_;
+  };
+  guard lock() { return guard(mutex_, value_); }
+
+ private:
+  std::mutex mutex_;
+  T value_;
+};
+
 class registry {
  public:
   using limits = registry_limits;
-  registry(algorithm a, duration host_timeout, bool persistent, limits l = limits{})
-      : selector_(a), host_timeout_ms_(host_timeout.count()), persistent_(persistent), limits_(l) {}
+  registry(algorithm a, duration host_timeout, bool persistent, limits l, id_generator make_id)
+      : selector_(a),
+        host_timeout_ms_(host_timeout.count()),
+        persistent_(persistent),
+        limits_(l),
+        affinities_(affinity_table::limits{l.affinity_entries, l.affinity_ttl_ms}),
+        make_id_(std::move(make_id)) {}
+
+  // Whether a weight is in the one range the library accepts (>>types).
+  static bool valid_weight(int weight) noexcept { return weight >= min_weight && weight <= max_weight; }
 
   // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
   // (registered agents); static backends added through the API never expire.
   // `wanted_id`: an id the backend already had (an agent rejoining a balancer
   // that restarted), kept when no other backend has it.
-  std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
-                      std::int64_t now, std::string_view wanted_id = {}) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::error_code add(const endpoint& at, const resolved_address* resolved, int weight, bool expires,
+                      std::string* id_out, std::int64_t now, std::string_view wanted_id = {}) {
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
     if (!wanted_id.empty() && (!is_backend_id(wanted_id) || by_id_.count(std::string(wanted_id))))
       wanted_id = {};
+    std::string id(wanted_id);
+    // A generator that keeps repeating itself must not hang the balancer.
+    for (int tries = 0; id.empty() || by_id_.count(id); ++tries) {
+      if (tries == 64 || !make_id_) return make_error_code(errc::bad_option);
+      id = make_id_();
+    }
     std::uint32_t slot;
     if (!free_slots_.empty()) {
       slot = free_slots_.back();
@@ -1412,9 +1636,7 @@ class registry {
     r = record{};
     r.generation = generation;
     r.used = true;
-    if (!wanted_id.empty()) r.id.assign(wanted_id.data(), wanted_id.size());
-    else do r.id = random_id();
-      while (by_id_.count(r.id));
+    r.id = std::move(id);
     r.at = at;
     if (resolved) {
       r.to = *resolved;
@@ -1430,7 +1652,6 @@ class registry {
   }
 
   std::error_code remove(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
@@ -1444,7 +1665,7 @@ class registry {
   }
 
   std::error_code set_weight(std::string_view id, int weight) {
-    if (weight <= 0) return make_error_code(errc::bad_option);
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
       selector_.set_weight(slot, weight);
@@ -1456,7 +1677,8 @@ class registry {
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
-  std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
+  std::error_code set_address(std::string_view id, const endpoint& at, const resolved_address& resolved,
+                              std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
       r.at = at;
       r.to = resolved;
@@ -1478,45 +1700,35 @@ class registry {
   }
 
   // The address a backend registered from, to derive where it serves.
-  bool address_of(std::string_view id, endpoint& at) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
     if (!find(id, slot)) return false;
     at = records_[slot].at;
     return true;
   }
 
-  bool known(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool known(std::string_view id) const {
     std::uint32_t slot;
     return find(id, slot);
   }
 
-  void set_algorithm(algorithm a) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    selector_.set_algorithm(a);
-  }
+  void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
   // Chooses a backend for a client (by its host key) and counts the connection
-  // against it. `tried` lists earlier failed attempts of this connection.
+  // against it. `tried` lists earlier failed attempts of this connection. With
+  // persistence, the client's remembered backend comes first while it is eligible
+  // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
         if (l.slot == slot && l.generation == records_[slot].generation) return true;
       return false;
     };
-    affinity* sticky = nullptr;
-    if (persistent_ && !client_key.empty()) {
-      auto it = affinities_.find(std::string(client_key));
-      if (it != affinities_.end()) {
-        sticky = &it->second;
-        const lease& l = sticky->backend;
-        if (l.slot < records_.size() && records_[l.slot].generation == l.generation && eligible(l.slot, now) &&
-            !was_tried(l.slot))
-          chosen = l.slot;
-      }
+    bool sticky = persistent_ && !client_key.empty();
+    if (sticky) {
+      const lease* l = affinities_.find(client_key, now);
+      if (l && current(*l) && eligible(l->slot, now) && !was_tried(l->slot)) chosen = l->slot;
     }
     if (chosen == selector::npos) {
       chosen = selector_.pick([&](std::uint32_t slot) {
@@ -1531,36 +1743,21 @@ class registry {
     selector_.set_active(chosen, r.active);
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
-    if (persistent_ && !client_key.empty()) {
-      if (!sticky) {
-        if (affinities_.size() >= limits_.affinity_entries) prune_affinities(now);
-        sticky = &affinities_[std::string(client_key)];
-      }
-      sticky->backend = out.chosen;
-      sticky->last_used = now;
-    }
+    if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
   }
 
   void release(const lease& l, bool failed) {
-    if (!l.valid()) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot >= records_.size()) return;
+    if (!l.valid() || !current(l)) return;
     record& r = records_[l.slot];
-    if (r.generation != l.generation) return;
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
     selector_.set_active(l.slot, r.active);
   }
 
-  std::string id_of(const lease& l) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot < records_.size() && records_[l.slot].generation == l.generation) return records_[l.slot].id;
-    return {};
-  }
+  std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
 
-  std::vector<backend_info> list(std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<backend_info> list(std::int64_t now) const {
     std::vector<backend_info> out;
     out.reserve(by_id_.size());
     for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
@@ -1581,42 +1778,31 @@ class registry {
     return out;
   }
 
-  std::size_t size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return by_id_.size();
-  }
-  std::size_t affinity_size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return affinities_.size();
-  }
+  std::size_t size() const noexcept { return by_id_.size(); }
+  std::size_t affinity_size() const noexcept { return affinities_.size(); }
 
  private:
   struct record {
     std::string id;
     endpoint at;
-    address to;
+    resolved_address to;
     bool used = false;
     bool routable = false;
     bool draining = false;
     bool expires = false;
     bool online = true;
-    int weight = 500;
+    int weight = default_weight;
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
     std::uint32_t generation = 0;
   };
-  struct affinity {
-    lease backend;
-    std::int64_t last_used = 0;
-  };
 
-  // Changes one backend under the lock, then re-judges its eligibility at `now`
-  // (a negative `now` leaves eligibility alone).
+  // Changes one backend, then re-judges its eligibility at `now` (a negative
+  // `now` leaves eligibility alone).
   template <class Change>
   std::error_code update(std::string_view id, std::int64_t now, Change&& change) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     change(records_[slot], slot);
@@ -1629,6 +1815,10 @@ class registry {
     if (it == by_id_.end()) return false;
     slot = it->second;
     return true;
+  }
+  // Whether a lease still names the backend it was taken from.
+  bool current(const lease& l) const noexcept {
+    return l.slot < records_.size() && records_[l.slot].generation == l.generation;
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
@@ -1647,30 +1837,16 @@ class registry {
     if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
     else selector_.erase(slot);
   }
-  // Drops idle entries; if none is idle, the oldest half goes.
-  void prune_affinities(std::int64_t now) {
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = now - it->second.last_used > limits_.affinity_ttl_ms ? affinities_.erase(it) : std::next(it);
-    if (affinities_.size() < limits_.affinity_entries) return;
-    std::vector<std::int64_t> ages;
-    ages.reserve(affinities_.size());
-    for (auto& e : affinities_) ages.push_back(e.second.last_used);
-    auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
-    std::nth_element(ages.begin(), middle, ages.end());
-    std::int64_t cut = *middle;
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = it->second.last_used <= cut ? affinities_.erase(it) : std::next(it);
-  }
 
-  std::mutex mutex_;
   selector selector_;
   std::int64_t host_timeout_ms_;
   bool persistent_;
   limits limits_;
+  affinity_table affinities_;
+  id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
   std::unordered_map<std::string, std::uint32_t> by_id_;
-  std::unordered_map<std::string, affinity> affinities_;
 };
 
 }  // namespace detail
@@ -3124,7 +3300,7 @@ struct server::impl {
   explicit impl(server_options o)
       : options(std::move(o)),
         log{options.log, options.level},
-        backends(options.balance, options.host_timeout, options.persistent, limits_of(options)),
+        backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {}
 
   static detail::registry_limits limits_of(const server_options& o) {
@@ -3165,7 +3341,7 @@ struct server::impl {
 
   server_options options;
   detail::logger log;
-  detail::registry backends;
+  detail::locked<detail::registry> backends;  // shared by every loop: lock() for each use
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
@@ -3226,21 +3402,22 @@ inline void session::start_attempt() {
   reactor& loop = worker_.loop();
   pick_result pick;
   std::string key = peer_.host_key();
-  if (!worker_.owner().backends.pick(loop.now(), key, tried_, pick))
+  if (!worker_.owner().backends.lock()->pick(loop.now(), key, tried_, pick))
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
   current_ = pick.chosen;
+  address to = to_os_address(pick.to);
   phase_ = phase::connecting;
 #if !defined(HARMONY_USE_IOCP)
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
 #endif
   socket_handle s = invalid_socket;
   bool done = false;
-  if (std::error_code e = begin_connect(pick.to, s, done)) return attempt_failed(e);
+  if (std::error_code e = begin_connect(to, s, done)) return attempt_failed(e);
   backend_.reset();
   backend_.fd = s;
   register_side(backend_, io_write);
 #if defined(HARMONY_USE_IOCP)
-  loop.connect(s, &backend_, pick.to);  // a failure, even an immediate one, comes back as a completion
+  loop.connect(s, &backend_, to);  // a failure, even an immediate one, comes back as a completion
 #else
   if (!done && up_.begin < up_.end && !send_while_connecting()) return;
 #endif
@@ -3316,11 +3493,11 @@ inline void session::attempt_failed(std::error_code why) {
   reactor& loop = worker_.loop();
   server::impl& srv = worker_.owner();
   worker_.stats.connect_failures.fetch_add(1, std::memory_order_relaxed);
-  std::string id = srv.backends.id_of(current_);
+  std::string id = srv.backends.lock()->id_of(current_);
   srv.log(log_level::warn, "backend %s failed for %s: %s", id.c_str(), peer_.to_endpoint().to_string().c_str(),
           why.message().c_str());
   if (srv.options.on_backend_error) srv.options.on_backend_error(id, why);
-  srv.backends.release(current_, true);
+  srv.backends.lock()->release(current_, true);
   tried_.push_back(current_);
   current_ = lease{};
   if (backend_.fd != invalid_socket) {
@@ -3693,7 +3870,7 @@ inline void session::close(bool reset) {
 #if !defined(HARMONY_USE_IOCP)
   release_buffers();
 #endif
-  if (current_.valid()) srv.backends.release(current_, false);
+  if (current_.valid()) srv.backends.lock()->release(current_, false);
   current_ = lease{};
   worker_.stats.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
   worker_.stats.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
@@ -3909,7 +4086,7 @@ inline void admin_server::sweep() {
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
       srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.remove(it->first);
+      srv_.backends.lock()->remove(it->first);
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -3952,7 +4129,7 @@ inline void admin_connection::end(const char* why, bool graceful) {
     auto it = owner_.agents.find(bound_id_);
     if (it != owner_.agents.end() && it->second == this) {
       owner_.agents.erase(it);
-      if (!srv.backends.set_online(bound_id_, false, loop_.now())) {
+      if (!srv.backends.lock()->set_online(bound_id_, false, loop_.now())) {
         owner_.offline_since[bound_id_] = loop_.now();
         srv.log(log_level::warn, "backend %s offline: %s", bound_id_.c_str(), why);
       }
@@ -4018,7 +4195,8 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
     // The backend lives at this connection's peer address; SPORT gives its port.
     endpoint at{peer_.host_text(), 0};
     std::string id;
-    if (auto e = srv.backends.add(at, &peer_, 500, true, &id, now)) {
+    resolved_address from = to_resolved(peer_);
+    if (auto e = srv.backends.lock()->add(at, &from, default_weight, true, &id, now)) {
       srv.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
       return end("registration refused");
     }
@@ -4031,32 +4209,30 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
     // harmony.js's close() sends CLOSE then ID for the same id on one connection
     // and expects both echoed.
     if (id == closed_id_) return reply(echo);
-    if (!srv.backends.known(id)) return reply("BID:" + id + ":");
+    if (!srv.backends.lock()->known(id)) return reply("BID:" + id + ":");
     bound_id_ = id;
     return reply(echo);
   }
   if (command == "BAL") {
-    if (!bound_id_.empty()) srv.backends.set_weight(bound_id_, legacy_weight(argument));
+    if (!bound_id_.empty()) srv.backends.lock()->set_weight(bound_id_, legacy_weight(argument));
     return reply(echo);
   }
   if (command == "SPORT") {
     std::uint64_t port = 0;
     endpoint at;
-    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.address_of(bound_id_, at)) {
+    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.lock()->address_of(bound_id_, at)) {
       at.port = static_cast<std::uint16_t>(port);
-      address to = peer_;
-      to.set_port(at.port);
-      srv.backends.set_address(bound_id_, at, to, now);
-      srv.backends.ack(bound_id_, now);
+      srv.backends.lock()->set_address(bound_id_, at, to_resolved(peer_).with_port(at.port), now);
+      srv.backends.lock()->ack(bound_id_, now);
     }
     return reply(echo);
   }
   if (command == "ACK") {
-    srv.backends.ack(argument, now);  // an unknown id is answered all the same
+    srv.backends.lock()->ack(argument, now);  // an unknown id is answered all the same
     return reply(echo);
   }
   if (command == "CLOSE") {
-    if (!srv.backends.remove(argument)) {
+    if (!srv.backends.lock()->remove(argument)) {
       srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
       closed_id_.assign(argument.data(), argument.size());
       if (bound_id_ == closed_id_) bound_id_.clear();
@@ -4069,6 +4245,10 @@ inline void admin_connection::reply_error(std::string_view code, std::string_vie
   std::string line = "err ";
   line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
   reply(line);
+}
+
+inline std::string weight_range_text() {
+  return "weight must be a number from " + std::to_string(min_weight) + " to " + std::to_string(max_weight);
 }
 
 namespace native_help {
@@ -4103,12 +4283,8 @@ inline void admin_connection::native_line(std::string_view line) {
     reply_error(code, e.message());
   };
   auto parse_weight = [&](std::string_view text, int& w) {
-    std::uint64_t v = 0;
-    if (parse_uint(text, selector::max_weight, v) && v > 0) {
-      w = static_cast<int>(v);
-      return true;
-    }
-    reply_error("bad-argument", "weight must be a number from 1 to 1048576");
+    if (!harmony::parse_weight(text, w)) return true;
+    reply_error("bad-argument", weight_range_text());
     return false;
   };
 
@@ -4117,7 +4293,7 @@ inline void admin_connection::native_line(std::string_view line) {
                  std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
   }
   if (c.verb == "ping") {
-    if (agent_) srv.backends.ack(bound_id_, now);
+    if (agent_) srv.backends.lock()->ack(bound_id_, now);
     return reply("pong\n");
   }
   if (c.verb == "register") return command_register(c);
@@ -4125,7 +4301,7 @@ inline void admin_connection::native_line(std::string_view line) {
     int w = 0;
     if (!need_args(1, "weight W") || !parse_weight(c.args[0], w)) return;
     if (bound_id_.empty()) return reply_error("not-registered", "register first");
-    return answer(srv.backends.set_weight(bound_id_, w), "weight=" + std::to_string(w));
+    return answer(srv.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
   }
   if (c.verb == "close") {
     if (bound_id_.empty()) return reply_error("not-registered", "register first");
@@ -4134,10 +4310,10 @@ inline void admin_connection::native_line(std::string_view line) {
     agent_ = false;
     bound_id_.clear();
     srv.log(log_level::info, "backend %s deregistered", id.c_str());
-    return answer(srv.backends.remove(id), "closed id=" + id);
+    return answer(srv.backends.lock()->remove(id), "closed id=" + id);
   }
   if (c.verb == "list") {
-    auto list = srv.backends.list(now);
+    auto list = srv.backends.lock()->list(now);
     std::string out;
     for (const auto& b : list)
       out += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
@@ -4152,7 +4328,7 @@ inline void admin_connection::native_line(std::string_view line) {
                  " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
                  " connect_failures=" + std::to_string(s.connect_failures) + " bytes_in=" +
                  std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
-                 " bytes_spliced=" + std::to_string(s.bytes_spliced) + " backends=" + std::to_string(srv.backends.size()) +
+                 " bytes_spliced=" + std::to_string(s.bytes_spliced) + " backends=" + std::to_string(srv.backends.lock()->size()) +
                  " concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
   }
   if (c.verb == "add") {
@@ -4167,16 +4343,16 @@ inline void admin_connection::native_line(std::string_view line) {
   }
   if (c.verb == "remove") {
     if (!need_args(1, "remove ID")) return;
-    return answer(srv.backends.remove(c.args[0]), "");
+    return answer(srv.backends.lock()->remove(c.args[0]), "");
   }
   if (c.verb == "set-weight") {
     int w = 0;
     if (!need_args(2, "set-weight ID W") || !parse_weight(c.args[1], w)) return;
-    return answer(srv.backends.set_weight(c.args[0], w), "weight=" + std::to_string(w));
+    return answer(srv.backends.lock()->set_weight(c.args[0], w), "weight=" + std::to_string(w));
   }
   if (c.verb == "drain" || c.verb == "undrain") {
     if (!need_args(1, "drain ID | undrain ID")) return;
-    return answer(srv.backends.drain(c.args[0], c.verb == "drain", now), "");
+    return answer(srv.backends.lock()->drain(c.args[0], c.verb == "drain", now), "");
   }
   if (c.verb == "concurrency") {
     if (c.args.empty()) return reply("ok concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
@@ -4205,13 +4381,8 @@ inline void admin_connection::command_register(const command_line& c) {
   std::uint64_t port = 0;
   if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
     return reply_error("bad-argument", "register needs port=1..65535");
-  int weight = 500;
-  if (c.option("weight", text)) {
-    std::uint64_t w = 0;
-    if (!parse_uint(text, selector::max_weight, w) || w == 0)
-      return reply_error("bad-argument", "weight must be a number from 1 to 1048576");
-    weight = static_cast<int>(w);
-  }
+  int weight = default_weight;
+  if (c.option("weight", text) && parse_weight(text, weight)) return reply_error("bad-argument", weight_range_text());
   std::int64_t heartbeat = 0;
   if (c.option("heartbeat", text)) {
     duration d{};
@@ -4219,23 +4390,22 @@ inline void admin_connection::command_register(const command_line& c) {
     heartbeat = d.count();
   }
   endpoint at{peer_.host_text(), static_cast<std::uint16_t>(port)};
-  address to = peer_;
-  to.set_port(at.port);
+  resolved_address to = to_resolved(peer_).with_port(at.port);
   if (c.option("host", text)) {
     at.host.assign(text.data(), text.size());
-    if (at.host.empty() || resolve(at, to, false)) return reply_error("bad-argument", "cannot resolve host");
+    if (at.host.empty() || resolve(at, to)) return reply_error("bad-argument", "cannot resolve host");
   }
   std::string id;
   if (c.option("id", text)) id.assign(text.data(), text.size());
-  if (!id.empty() && srv.backends.known(id)) {
-    srv.backends.set_address(id, at, to, now);
-    srv.backends.set_weight(id, weight);
-    srv.backends.set_online(id, true, now);
+  if (!id.empty() && srv.backends.lock()->known(id)) {
+    srv.backends.lock()->set_address(id, at, to, now);
+    srv.backends.lock()->set_weight(id, weight);
+    srv.backends.lock()->set_online(id, true, now);
     srv.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
   } else {
     // A balancer that restarted does not know the agent: it rejoins under its old id.
     std::string wanted = id;
-    if (auto e = srv.backends.add(at, &to, weight, true, &id, now, wanted)) {
+    if (auto e = srv.backends.lock()->add(at, &to, weight, true, &id, now, wanted)) {
       reply_error("refused", e.message());
       return;
     }
@@ -4394,19 +4564,19 @@ inline std::error_code server::impl::add_static(std::string_view address, int we
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
   if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
-  detail::address to;
-  if (auto e = detail::resolve(at, to, false)) return e;
-  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
+  detail::resolved_address to;
+  if (auto e = detail::resolve(at, to)) return e;
+  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.set_weight(id, weight);
+  return impl_->backends.lock()->set_weight(id, weight);
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.drain(id, on, detail::now_ms());
+  return impl_->backends.lock()->drain(id, on, detail::now_ms());
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
@@ -4417,7 +4587,7 @@ HARMONY_DEF std::error_code server::set_concurrency(int limit) {
   return {};
 }
 
-HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
@@ -4633,7 +4803,7 @@ HARMONY_DEF std::error_code client::close() {
 }
 
 HARMONY_DEF std::error_code client::set_weight(int weight) {
-  if (weight <= 0 || weight > detail::selector::max_weight) return make_error_code(errc::bad_option);
+  if (weight < min_weight || weight > max_weight) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   impl* p = impl_.get();
   if (!p->running) {

@@ -160,9 +160,8 @@ TEST_CASE("a newcomer starts at the current virtual time instead of catching up"
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
-  detail::registry r(algorithm::roundrobin, duration(1000), false);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   std::string static_id, agent_id;
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &static_id, 0));
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, true, &agent_id, 0));
@@ -200,9 +199,8 @@ TEST_CASE("registry: ids are random hex, eligibility follows drain, port and ack
 }
 
 TEST_CASE("registry: persistence keeps a client on its backend until it leaves") {
-  detail::registry r(algorithm::roundrobin, duration(60000), true);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(60000), true, {}, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   std::string ids[3];
   for (auto& id : ids) REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &id, 0));
   std::map<std::string, std::string> first;
@@ -241,9 +239,8 @@ TEST_CASE("registry: the affinity table stays bounded") {
   detail::registry_limits limits;
   limits.affinity_entries = 100;
   limits.affinity_ttl_ms = 1000;
-  detail::registry r(algorithm::roundrobin, duration(60000), true, limits);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(60000), true, limits, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, nullptr, 0));
   for (int i = 0; i < 1000; ++i) {
     detail::pick_result p;
@@ -378,6 +375,84 @@ TEST_CASE("line splitter and command parser") {
 // for both dialects, all without a socket.
 // ============================================================================
 
+TEST_CASE("resolved address: plain bytes, converted to the OS form and back unchanged") {
+  auto v4 = detail::resolved_address::v4(10, 1, 2, 3, 8080);
+  CHECK(v4.valid());
+  CHECK(v4.host_key() == std::string("\x0a\x01\x02\x03", 4));
+  CHECK(v4.with_port(80).port == 80);
+  CHECK(v4.with_port(80).host_key() == v4.host_key());
+  CHECK(v4 != v4.with_port(80));
+  CHECK(detail::to_resolved(detail::to_os_address(v4)) == v4);
+  CHECK(detail::to_os_address(v4).to_endpoint().to_string() == "10.1.2.3:8080");
+  detail::resolved_address v6;
+  v6.family = detail::ip_family::v6;
+  v6.bytes[15] = 1;
+  v6.port = 443;
+  CHECK(v6.host_key().size() == 16);
+  CHECK(detail::to_resolved(detail::to_os_address(v6)) == v6);
+  CHECK(detail::to_os_address(v6).to_endpoint().to_string() == "[::1]:443");
+  CHECK_FALSE(detail::resolved_address{}.valid());
+  CHECK(detail::resolved_address{}.host_key().empty());
+  CHECK(detail::to_os_address(detail::resolved_address{}).length == 0);
+}
+
+TEST_CASE("affinity table: remembers, expires after the idle TTL, and prunes") {
+  detail::affinity_table t({/*entries*/ 4, /*ttl_ms*/ 100});
+  CHECK(t.find("a", 0) == nullptr);
+  t.remember("a", detail::lease{1, 7}, 0);
+  REQUIRE(t.find("a", 50) != nullptr);
+  CHECK(*t.find("a", 50) == detail::lease{1, 7});
+  CHECK(t.find("a", 100) != nullptr);  // exactly the TTL idle: still there
+  CHECK(t.find("a", 101) == nullptr);  // longer: expired, even before a prune
+  t.remember("a", detail::lease{2, 0}, 90);  // use refreshes the entry and may change its backend
+  CHECK(*t.find("a", 150) == detail::lease{2, 0});
+  CHECK(t.size() == 1);
+  t.remember("b", detail::lease{3, 0}, 95);
+  CHECK(t.prune(192) == 1);  // "a" (used at 90) is idle 102 ms, "b" (95) only 97
+  CHECK(t.size() == 1);
+  CHECK(t.find("b", 195) != nullptr);
+  CHECK(t.prune(196) == 1);
+  CHECK(t.size() == 0);
+  CHECK_FALSE(t.forget("b"));
+  t.remember("b", detail::lease{3, 0}, 300);
+  CHECK(t.forget("b"));
+  CHECK(t.size() == 0);
+}
+
+TEST_CASE("affinity table: a full table makes room, oldest half first when nothing expired") {
+  detail::affinity_table t({/*entries*/ 10, /*ttl_ms*/ 1000000});
+  for (int i = 0; i < 10; ++i) t.remember(std::to_string(i), detail::lease{static_cast<std::uint32_t>(i), 0}, i);
+  CHECK(t.size() == 10);
+  t.remember("new", detail::lease{99, 0}, 100);  // full: the older half and the median (0..5) go
+  CHECK(t.size() == 5);
+  for (int i = 0; i < 6; ++i) CHECK(t.find(std::to_string(i), 100) == nullptr);
+  for (int i = 6; i < 10; ++i) CHECK(t.find(std::to_string(i), 100) != nullptr);
+  CHECK(t.find("new", 100) != nullptr);
+  // Re-remembering a present key never prunes.
+  for (int i = 0; i < 5; ++i) t.remember("x" + std::to_string(i), detail::lease{0, 0}, 101);
+  CHECK(t.size() == 10);
+  t.remember("6", detail::lease{1, 1}, 102);
+  CHECK(t.size() == 10);
+  CHECK(*t.find("6", 102) == detail::lease{1, 1});
+  // Expired entries go first: only they, when that makes room.
+  detail::affinity_table u({/*entries*/ 4, /*ttl_ms*/ 10});
+  u.remember("old1", {}, 0);
+  u.remember("old2", {}, 0);
+  u.remember("new1", {}, 15);
+  u.remember("new2", {}, 15);
+  u.remember("new3", {}, 20);
+  CHECK(u.size() == 3);
+  CHECK(u.find("old1", 20) == nullptr);
+  CHECK(u.find("new1", 20) != nullptr);
+  // However many clients come, the table stays bounded.
+  detail::affinity_table w({/*entries*/ 100, /*ttl_ms*/ 1000000});
+  for (int i = 0; i < 10000; ++i) {
+    w.remember(std::to_string(i), {}, i);
+    REQUIRE(w.size() <= 100);
+  }
+  CHECK(w.bounds().entries == 100);
+}
+
 namespace {
 struct waiter {
   int n = 0;
@@ -445,4 +520,142 @@ TEST_CASE("wait queue: agrees with a model under random operations") {
     REQUIRE(q.size() == model.size());
     REQUIRE(q.oldest() == (model.empty() ? nullptr : model.front()));
   }
+}
+
+namespace {
+// Ids 000…001, 000…002, … in place of the OS random source.
+detail::id_generator counting_ids(std::uint64_t start = 1) {
+  auto next = std::make_shared<std::uint64_t>(start);
+  return [next] {
+    static const char digits[] = "0123456789ABCDEF";
+    std::string id(32, '0');
+    std::uint64_t v = (*next)++;
+    for (int i = 31; v; --i, v >>= 4) id[static_cast<std::size_t>(i)] = digits[v & 15];
+    return id;
+  };
+}
+std::string nth_id(std::uint64_t n) { return counting_ids(n)(); }
+}  // namespace
+
+TEST_CASE("registry without sockets: injected ids, the one weight range, leases, states") {
+  detail::registry_limits limits;
+  limits.backends = 3;
+  detail::registry r(algorithm::roundrobin, duration(1000), false, limits, counting_ids());
+  auto at = detail::resolved_address::v4(192, 0, 2, 1, 80);
+  std::string id;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.1", 80}, &at, 500, true, &id, 0));
+  CHECK(id == nth_id(1));
+  // Weights: [min_weight, max_weight], the same for add and set_weight.
+  CHECK(r.add(endpoint{"192.0.2.1", 80}, &at, 0, false, nullptr, 0) == errc::bad_option);
+  CHECK(r.add(endpoint{"192.0.2.1", 80}, &at, max_weight + 1, false, nullptr, 0) == errc::bad_option);
+  CHECK_FALSE(r.set_weight(id, max_weight));
+  CHECK(r.set_weight(id, max_weight + 1) == errc::bad_option);
+  CHECK(r.set_weight(id, min_weight - 1) == errc::bad_option);
+  CHECK_FALSE(r.set_weight(id, min_weight));
+  CHECK(r.list(0).at(0).weight == min_weight);
+  // A wanted id is kept when it is well formed and free.
+  std::string wanted = "0123456789ABCDEF0123456789ABCDEF", got;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.2", 0}, &at, 500, true, &got, 0, wanted));
+  CHECK(got == wanted);
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.3", 0}, &at, 500, true, &got, 0, wanted));  // taken: a fresh one
+  CHECK(got == nth_id(2));
+  CHECK(r.add(endpoint{"192.0.2.4", 80}, &at, 500, true, nullptr, 0) == errc::too_many_backends);
+  CHECK(r.size() == 3);
+  // The states a listing shows.
+  auto state = [&](const std::string& which, std::int64_t now) {
+    for (auto& b : r.list(now))
+      if (b.id == which) return b.state;
+    return std::string("gone");
+  };
+  CHECK(state(id, 0) == "up");
+  CHECK(state(wanted, 0) == "no-port");
+  CHECK(state(id, 1001) == "expired");
+  CHECK_FALSE(r.ack(id, 1001));
+  CHECK(state(id, 1001) == "up");
+  CHECK_FALSE(r.drain(id, true, 1001));
+  CHECK(state(id, 1001) == "draining");
+  CHECK_FALSE(r.drain(id, false, 1001));
+  CHECK_FALSE(r.set_online(id, false, 1001));
+  CHECK(state(id, 1001) == "offline");
+  CHECK_FALSE(r.set_online(id, true, 1500));  // counts as an ack
+  CHECK(state(id, 2400) == "up");
+  // A pick hands out the stored address and a lease; a stale lease is harmless.
+  detail::pick_result p;
+  REQUIRE(r.pick(2400, "", {}, p));
+  CHECK(p.to == at);
+  CHECK(r.id_of(p.chosen) == id);
+  CHECK(r.list(2400).at(0).active == 1);
+  REQUIRE_FALSE(r.remove(id));
+  CHECK(r.id_of(p.chosen).empty());
+  r.release(p.chosen, true);  // the slot's old generation: no effect
+  std::string again;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.9", 81}, &at, 500, false, &again, 2400));  // reuses the slot
+  CHECK(r.id_of(p.chosen).empty());
+  for (auto& b : r.list(2400))
+    if (b.id == again) CHECK((b.active == 0 && b.failures == 0));
+  // set_address makes a backend routable once it has a port.
+  REQUIRE_FALSE(r.set_address(wanted, endpoint{"192.0.2.2", 8080}, at.with_port(8080), 2400));
+  CHECK(state(wanted, 2400) == "expired");  // registered at 0, never acked since
+  REQUIRE_FALSE(r.ack(wanted, 2400));
+  CHECK(state(wanted, 2400) == "up");
+  endpoint where;
+  CHECK(r.address_of(wanted, where));
+  CHECK(where.to_string() == "192.0.2.2:8080");
+  CHECK_FALSE(r.address_of("nope", where));
+  CHECK(r.known(wanted));
+  CHECK_FALSE(r.known("nope"));
+}
+
+TEST_CASE("registry: a generator that repeats itself fails the add instead of hanging") {
+  detail::registry r(algorithm::leastconn, duration(1000), false, {}, [] { return std::string(32, 'A'); });
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  CHECK(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  detail::registry none(algorithm::leastconn, duration(1000), false, {}, nullptr);
+  CHECK(none.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+}
+
+TEST_CASE("registry: persistence uses the affinity table and honours its idle TTL") {
+  detail::registry_limits limits;
+  limits.affinity_ttl_ms = 100;
+  detail::registry r(algorithm::roundrobin, duration(1000000), true, limits, counting_ids());
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  for (int i = 0; i < 2; ++i) REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  detail::pick_result p;
+  REQUIRE(r.pick(0, "client", {}, p));
+  std::string first = r.id_of(p.chosen);
+  r.release(p.chosen, false);
+  REQUIRE(r.pick(50, "client", {}, p));  // round-robin alone would alternate
+  CHECK(r.id_of(p.chosen) == first);
+  r.release(p.chosen, false);
+  REQUIRE(r.pick(150, "client", {}, p));  // idle exactly the TTL: still sticky, and refreshed
+  CHECK(r.id_of(p.chosen) == first);
+  r.release(p.chosen, false);
+  CHECK(r.affinity_size() == 1);
+  // Idle past the TTL: placed afresh by the selector, whose turn is the other backend.
+  REQUIRE(r.pick(251, "client", {}, p));
+  CHECK(r.id_of(p.chosen) != first);
+  CHECK(r.affinity_size() == 1);
+}
+
+TEST_CASE("locked registry: loops on several threads pick and release safely") {
+  detail::locked<detail::registry> shared(algorithm::leastconn, duration(60000), true, detail::registry_limits{},
+                                          counting_ids());
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  for (int i = 0; i < 3; ++i) REQUIRE_FALSE(shared.lock()->add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  std::vector<std::thread> threads;
+  std::atomic<int> picked{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2000; ++i) {
+        detail::pick_result p;
+        if (shared.lock()->pick(i, std::to_string(t * 100 + i % 50), {}, p)) {
+          ++picked;
+          shared.lock()->release(p.chosen, false);
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(picked == 8000);
+  for (auto& b : shared.lock()->list(0)) CHECK(b.active == 0);
 }

@@ -121,7 +121,7 @@ inline void admin_server::sweep() {
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
       srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.remove(it->first);
+      srv_.backends.lock()->remove(it->first);
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -164,7 +164,7 @@ inline void admin_connection::end(const char* why, bool graceful) {
     auto it = owner_.agents.find(bound_id_);
     if (it != owner_.agents.end() && it->second == this) {
       owner_.agents.erase(it);
-      if (!srv.backends.set_online(bound_id_, false, loop_.now())) {
+      if (!srv.backends.lock()->set_online(bound_id_, false, loop_.now())) {
         owner_.offline_since[bound_id_] = loop_.now();
         srv.log(log_level::warn, "backend %s offline: %s", bound_id_.c_str(), why);
       }
@@ -230,7 +230,8 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
     // The backend lives at this connection's peer address; SPORT gives its port.
     endpoint at{peer_.host_text(), 0};
     std::string id;
-    if (auto e = srv.backends.add(at, &peer_, 500, true, &id, now)) {
+    resolved_address from = to_resolved(peer_);
+    if (auto e = srv.backends.lock()->add(at, &from, default_weight, true, &id, now)) {
       srv.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
       return end("registration refused");
     }
@@ -243,32 +244,30 @@ inline void admin_connection::legacy_message(std::string_view command, std::stri
     // harmony.js's close() sends CLOSE then ID for the same id on one connection
     // and expects both echoed.
     if (id == closed_id_) return reply(echo);
-    if (!srv.backends.known(id)) return reply("BID:" + id + ":");
+    if (!srv.backends.lock()->known(id)) return reply("BID:" + id + ":");
     bound_id_ = id;
     return reply(echo);
   }
   if (command == "BAL") {
-    if (!bound_id_.empty()) srv.backends.set_weight(bound_id_, legacy_weight(argument));
+    if (!bound_id_.empty()) srv.backends.lock()->set_weight(bound_id_, legacy_weight(argument));
     return reply(echo);
   }
   if (command == "SPORT") {
     std::uint64_t port = 0;
     endpoint at;
-    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.address_of(bound_id_, at)) {
+    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.lock()->address_of(bound_id_, at)) {
       at.port = static_cast<std::uint16_t>(port);
-      address to = peer_;
-      to.set_port(at.port);
-      srv.backends.set_address(bound_id_, at, to, now);
-      srv.backends.ack(bound_id_, now);
+      srv.backends.lock()->set_address(bound_id_, at, to_resolved(peer_).with_port(at.port), now);
+      srv.backends.lock()->ack(bound_id_, now);
     }
     return reply(echo);
   }
   if (command == "ACK") {
-    srv.backends.ack(argument, now);  // an unknown id is answered all the same
+    srv.backends.lock()->ack(argument, now);  // an unknown id is answered all the same
     return reply(echo);
   }
   if (command == "CLOSE") {
-    if (!srv.backends.remove(argument)) {
+    if (!srv.backends.lock()->remove(argument)) {
       srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
       closed_id_.assign(argument.data(), argument.size());
       if (bound_id_ == closed_id_) bound_id_.clear();
@@ -281,6 +280,10 @@ inline void admin_connection::reply_error(std::string_view code, std::string_vie
   std::string line = "err ";
   line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
   reply(line);
+}
+
+inline std::string weight_range_text() {
+  return "weight must be a number from " + std::to_string(min_weight) + " to " + std::to_string(max_weight);
 }
 
 namespace native_help {
@@ -315,12 +318,8 @@ inline void admin_connection::native_line(std::string_view line) {
     reply_error(code, e.message());
   };
   auto parse_weight = [&](std::string_view text, int& w) {
-    std::uint64_t v = 0;
-    if (parse_uint(text, selector::max_weight, v) && v > 0) {
-      w = static_cast<int>(v);
-      return true;
-    }
-    reply_error("bad-argument", "weight must be a number from 1 to 1048576");
+    if (!harmony::parse_weight(text, w)) return true;
+    reply_error("bad-argument", weight_range_text());
     return false;
   };
 
@@ -329,7 +328,7 @@ inline void admin_connection::native_line(std::string_view line) {
                  std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
   }
   if (c.verb == "ping") {
-    if (agent_) srv.backends.ack(bound_id_, now);
+    if (agent_) srv.backends.lock()->ack(bound_id_, now);
     return reply("pong\n");
   }
   if (c.verb == "register") return command_register(c);
@@ -337,7 +336,7 @@ inline void admin_connection::native_line(std::string_view line) {
     int w = 0;
     if (!need_args(1, "weight W") || !parse_weight(c.args[0], w)) return;
     if (bound_id_.empty()) return reply_error("not-registered", "register first");
-    return answer(srv.backends.set_weight(bound_id_, w), "weight=" + std::to_string(w));
+    return answer(srv.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
   }
   if (c.verb == "close") {
     if (bound_id_.empty()) return reply_error("not-registered", "register first");
@@ -346,10 +345,10 @@ inline void admin_connection::native_line(std::string_view line) {
     agent_ = false;
     bound_id_.clear();
     srv.log(log_level::info, "backend %s deregistered", id.c_str());
-    return answer(srv.backends.remove(id), "closed id=" + id);
+    return answer(srv.backends.lock()->remove(id), "closed id=" + id);
   }
   if (c.verb == "list") {
-    auto list = srv.backends.list(now);
+    auto list = srv.backends.lock()->list(now);
     std::string out;
     for (const auto& b : list)
       out += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
@@ -364,7 +363,7 @@ inline void admin_connection::native_line(std::string_view line) {
                  " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
                  " connect_failures=" + std::to_string(s.connect_failures) + " bytes_in=" +
                  std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
-                 " bytes_spliced=" + std::to_string(s.bytes_spliced) + " backends=" + std::to_string(srv.backends.size()) +
+                 " bytes_spliced=" + std::to_string(s.bytes_spliced) + " backends=" + std::to_string(srv.backends.lock()->size()) +
                  " concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
   }
   if (c.verb == "add") {
@@ -379,16 +378,16 @@ inline void admin_connection::native_line(std::string_view line) {
   }
   if (c.verb == "remove") {
     if (!need_args(1, "remove ID")) return;
-    return answer(srv.backends.remove(c.args[0]), "");
+    return answer(srv.backends.lock()->remove(c.args[0]), "");
   }
   if (c.verb == "set-weight") {
     int w = 0;
     if (!need_args(2, "set-weight ID W") || !parse_weight(c.args[1], w)) return;
-    return answer(srv.backends.set_weight(c.args[0], w), "weight=" + std::to_string(w));
+    return answer(srv.backends.lock()->set_weight(c.args[0], w), "weight=" + std::to_string(w));
   }
   if (c.verb == "drain" || c.verb == "undrain") {
     if (!need_args(1, "drain ID | undrain ID")) return;
-    return answer(srv.backends.drain(c.args[0], c.verb == "drain", now), "");
+    return answer(srv.backends.lock()->drain(c.args[0], c.verb == "drain", now), "");
   }
   if (c.verb == "concurrency") {
     if (c.args.empty()) return reply("ok concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
@@ -417,13 +416,8 @@ inline void admin_connection::command_register(const command_line& c) {
   std::uint64_t port = 0;
   if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
     return reply_error("bad-argument", "register needs port=1..65535");
-  int weight = 500;
-  if (c.option("weight", text)) {
-    std::uint64_t w = 0;
-    if (!parse_uint(text, selector::max_weight, w) || w == 0)
-      return reply_error("bad-argument", "weight must be a number from 1 to 1048576");
-    weight = static_cast<int>(w);
-  }
+  int weight = default_weight;
+  if (c.option("weight", text) && parse_weight(text, weight)) return reply_error("bad-argument", weight_range_text());
   std::int64_t heartbeat = 0;
   if (c.option("heartbeat", text)) {
     duration d{};
@@ -431,23 +425,22 @@ inline void admin_connection::command_register(const command_line& c) {
     heartbeat = d.count();
   }
   endpoint at{peer_.host_text(), static_cast<std::uint16_t>(port)};
-  address to = peer_;
-  to.set_port(at.port);
+  resolved_address to = to_resolved(peer_).with_port(at.port);
   if (c.option("host", text)) {
     at.host.assign(text.data(), text.size());
-    if (at.host.empty() || resolve(at, to, false)) return reply_error("bad-argument", "cannot resolve host");
+    if (at.host.empty() || resolve(at, to)) return reply_error("bad-argument", "cannot resolve host");
   }
   std::string id;
   if (c.option("id", text)) id.assign(text.data(), text.size());
-  if (!id.empty() && srv.backends.known(id)) {
-    srv.backends.set_address(id, at, to, now);
-    srv.backends.set_weight(id, weight);
-    srv.backends.set_online(id, true, now);
+  if (!id.empty() && srv.backends.lock()->known(id)) {
+    srv.backends.lock()->set_address(id, at, to, now);
+    srv.backends.lock()->set_weight(id, weight);
+    srv.backends.lock()->set_online(id, true, now);
     srv.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
   } else {
     // A balancer that restarted does not know the agent: it rejoins under its old id.
     std::string wanted = id;
-    if (auto e = srv.backends.add(at, &to, weight, true, &id, now, wanted)) {
+    if (auto e = srv.backends.lock()->add(at, &to, weight, true, &id, now, wanted)) {
       reply_error("refused", e.message());
       return;
     }

@@ -131,19 +131,19 @@ inline std::error_code server::impl::add_static(std::string_view address, int we
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
   if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
-  detail::address to;
-  if (auto e = detail::resolve(at, to, false)) return e;
-  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
+  detail::resolved_address to;
+  if (auto e = detail::resolve(at, to)) return e;
+  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.set_weight(id, weight);
+  return impl_->backends.lock()->set_weight(id, weight);
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.drain(id, on, detail::now_ms());
+  return impl_->backends.lock()->drain(id, on, detail::now_ms());
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
@@ -154,7 +154,7 @@ HARMONY_DEF std::error_code server::set_concurrency(int limit) {
   return {};
 }
 
-HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);

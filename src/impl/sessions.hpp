@@ -43,21 +43,22 @@ inline void session::start_attempt() {
   reactor& loop = worker_.loop();
   pick_result pick;
   std::string key = peer_.host_key();
-  if (!worker_.owner().backends.pick(loop.now(), key, tried_, pick))
+  if (!worker_.owner().backends.lock()->pick(loop.now(), key, tried_, pick))
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
   current_ = pick.chosen;
+  address to = to_os_address(pick.to);
   phase_ = phase::connecting;
 #if !defined(HARMONY_USE_IOCP)
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
 #endif
   socket_handle s = invalid_socket;
   bool done = false;
-  if (std::error_code e = begin_connect(pick.to, s, done)) return attempt_failed(e);
+  if (std::error_code e = begin_connect(to, s, done)) return attempt_failed(e);
   backend_.reset();
   backend_.fd = s;
   register_side(backend_, io_write);
 #if defined(HARMONY_USE_IOCP)
-  loop.connect(s, &backend_, pick.to);  // a failure, even an immediate one, comes back as a completion
+  loop.connect(s, &backend_, to);  // a failure, even an immediate one, comes back as a completion
 #else
   if (!done && up_.begin < up_.end && !send_while_connecting()) return;
 #endif
@@ -133,11 +134,11 @@ inline void session::attempt_failed(std::error_code why) {
   reactor& loop = worker_.loop();
   server::impl& srv = worker_.owner();
   worker_.stats.connect_failures.fetch_add(1, std::memory_order_relaxed);
-  std::string id = srv.backends.id_of(current_);
+  std::string id = srv.backends.lock()->id_of(current_);
   srv.log(log_level::warn, "backend %s failed for %s: %s", id.c_str(), peer_.to_endpoint().to_string().c_str(),
           why.message().c_str());
   if (srv.options.on_backend_error) srv.options.on_backend_error(id, why);
-  srv.backends.release(current_, true);
+  srv.backends.lock()->release(current_, true);
   tried_.push_back(current_);
   current_ = lease{};
   if (backend_.fd != invalid_socket) {
@@ -510,7 +511,7 @@ inline void session::close(bool reset) {
 #if !defined(HARMONY_USE_IOCP)
   release_buffers();
 #endif
-  if (current_.valid()) srv.backends.release(current_, false);
+  if (current_.valid()) srv.backends.lock()->release(current_, false);
   current_ = lease{};
   worker_.stats.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
   worker_.stats.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
