@@ -659,3 +659,455 @@ TEST_CASE("locked registry: loops on several threads pick and release safely") {
   CHECK(picked == 8000);
   for (auto& b : shared.lock()->list(0)) CHECK(b.active == 0);
 }
+
+namespace {
+// The admin command handler on a registry of its own, with plain-value services.
+struct admin_bench final : detail::admin_services {
+  detail::locked<detail::registry> backends;
+  detail::logger log;  // silent
+  std::int64_t now = 1000;
+  server_stats counters;
+  int limit = -1;
+  std::vector<std::string> resolved;  // hosts asked for
+
+  explicit admin_bench(detail::registry_limits limits = {})
+      : backends(algorithm::roundrobin, duration(60000), false, limits, counting_ids()) {}
+
+  server_stats stats() override { return counters; }
+  int concurrency() override { return limit; }
+  std::error_code resolve(const endpoint& at, detail::resolved_address& out) override {
+    resolved.push_back(at.host);
+    if (at.host == "unresolvable") return make_error_code(errc::resolve_failed);
+    out = detail::resolved_address::v4(198, 51, 100, 7, at.port);
+    return {};
+  }
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out) override {
+    endpoint at;
+    if (auto e = parse_endpoint(address, at)) return e;
+    if (at.port == 0) return make_error_code(errc::bad_option);
+    auto to = detail::resolved_address::v4(198, 51, 100, 8, at.port);
+    return backends.lock()->add(at, &to, weight, false, id_out, now);
+  }
+
+  detail::admin_result feed(detail::admin_protocol& p, std::string_view bytes) {
+    detail::admin_context ctx{backends, *this, log, now};
+    return p.feed(bytes, ctx);
+  }
+  std::string say(detail::admin_protocol& p, std::string_view bytes) { return feed(p, bytes).text(); }
+  std::vector<backend_info> list() { return backends.lock()->list(now); }
+};
+
+// A connection from 203.0.113.5:40000 (the agent's own admin connection).
+detail::admin_protocol from_agent(detail::admin_protocol::config c = {}) {
+  return detail::admin_protocol(detail::resolved_address::v4(203, 0, 113, 5, 40000), "203.0.113.5", c);
+}
+
+bool has_effect(const detail::admin_result& r, detail::admin_effect::kind k) {
+  for (auto& e : r.effects)
+    if (e.what == k) return true;
+  return false;
+}
+const detail::admin_effect* only_effect(const detail::admin_result& r) {
+  return r.effects.size() == 1 ? &r.effects[0] : nullptr;
+}
+}  // namespace
+
+TEST_CASE("legacy commands: the harmony.js register cycle, echoed byte for byte, however it is split") {
+  const std::string request = "NID::BAL:1000:SPORT:11081:";
+  const std::string id = nth_id(1);
+  for (std::size_t piece : {request.size(), std::size_t(1), std::size_t(3), std::size_t(7)}) {
+    CAPTURE(piece);
+    admin_bench bench;
+    auto p = from_agent();
+    std::vector<std::string> replies;
+    for (std::size_t at = 0; at < request.size(); at += piece) {
+      auto r = bench.feed(p, std::string_view(request).substr(at, piece));
+      CHECK(r.effects.empty());
+      replies.insert(replies.end(), r.replies.begin(), r.replies.end());
+    }
+    // One write per message answered, as harmony.js's server wrote them.
+    CHECK(replies == std::vector<std::string>{"NID:" + id + ":", "BAL:1000:", "SPORT:11081:"});
+    CHECK(p.current_dialect() == detail::dialect::legacy);
+    CHECK(p.bound_id() == id);
+    CHECK_FALSE(p.agent());
+    auto list = bench.list();
+    REQUIRE(list.size() == 1);
+    CHECK(list[0].id == id);
+    CHECK(list[0].address.to_string() == "203.0.113.5:11081");  // the peer's host, the agent's port
+    CHECK(list[0].weight == 1000);
+    CHECK(list[0].state == "up");
+    detail::pick_result pick;
+    REQUIRE(bench.backends.lock()->pick(bench.now, "", {}, pick));
+    CHECK(pick.to == detail::resolved_address::v4(203, 0, 113, 5, 11081));
+    // BYE: no reply, a graceful end, and nothing more is read.
+    auto bye = bench.feed(p, "BYE:ACK:" + id + ":");
+    CHECK(bye.replies.empty());
+    REQUIRE(only_effect(bye));
+    CHECK(bye.effects[0].what == detail::admin_effect::kind::end);
+    CHECK(bye.effects[0].graceful);
+    CHECK(std::string(bye.effects[0].why) == "BYE");
+    CHECK(p.ended());
+    CHECK(bench.feed(p, "ACK:" + id + ":").replies.empty());
+  }
+}
+
+TEST_CASE("legacy commands: the ack cycle, unknown ids, BID, and a backend without a port") {
+  admin_bench bench;
+  auto first = from_agent();
+  bench.say(first, "NID::");
+  const std::string id = nth_id(1);
+  CHECK(bench.list().at(0).state == "no-port");  // registered, no SPORT yet
+  bench.say(first, "SPORT:9000:");
+  bench.now += 60001;  // past the host timeout
+  CHECK(bench.list().at(0).state == "expired");
+  auto again = from_agent();
+  auto r = bench.feed(again, "ACK:" + id + ":ID:" + id + ":");
+  CHECK(r.replies == std::vector<std::string>{"ACK:" + id + ":", "ID:" + id + ":"});
+  CHECK(r.effects.empty());
+  CHECK(again.bound_id() == id);
+  CHECK(bench.list().at(0).state == "up");
+  // An unknown id: ACK echoed and ignored, ID answered with BID, nothing bound.
+  const std::string stranger = nth_id(99);
+  auto lost = from_agent();
+  CHECK(bench.say(lost, "ACK:" + stranger + ":ID:" + stranger + ":") ==
+        "ACK:" + stranger + ":BID:" + stranger + ":");
+  CHECK(lost.bound_id().empty());
+  // Unbound BAL and SPORT are echoed and change nothing.
+  CHECK(bench.say(lost, "BAL:900:SPORT:1:") == "BAL:900:SPORT:1:");
+  CHECK(bench.list().size() == 1);
+  CHECK(bench.list().at(0).weight == 500);
+  // Empty tokens between messages are skipped, also first (":" opens the dialect).
+  auto colon = from_agent();
+  CHECK(bench.say(colon, "::ACK:" + id + ":::") == "ACK:" + id + ":");
+  CHECK(colon.current_dialect() == detail::dialect::legacy);
+}
+
+TEST_CASE("legacy commands: BAL keeps harmony.js's echo and its 500 for anything but a weight") {
+  const std::pair<const char*, int> cases[] = {
+      {"1000", 1000}, {"1", 1}, {"1048576", max_weight}, {"heavy", 500}, {"0", 500},
+      {"", 500},      {"12abc", 500}, {"-5", 500},       {"1048577", 500}, {"99999999999999999999999", 500},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.first);
+    admin_bench bench;
+    auto p = from_agent();
+    bench.say(p, "NID::");
+    std::string bal = std::string("BAL:") + c.first + ":";
+    CHECK(bench.say(p, bal) == bal);
+    CHECK(bench.list().at(0).weight == c.second);
+  }
+}
+
+TEST_CASE("legacy commands: SPORT sets the port only for a number up to 65535, and counts as an ack") {
+  admin_bench bench;
+  auto p = from_agent();
+  bench.say(p, "NID::");
+  for (const char* bad : {"http", "65536", "", "-1"}) {
+    std::string sport = std::string("SPORT:") + bad + ":";
+    CHECK(bench.say(p, sport) == sport);
+    CHECK(bench.list().at(0).state == "no-port");
+  }
+  bench.now += 50000;
+  CHECK(bench.say(p, "SPORT:65535:") == "SPORT:65535:");
+  bench.now += 50000;  // 100 s after NID, 50 s after SPORT: within the host timeout
+  CHECK(bench.list().at(0).address.to_string() == "203.0.113.5:65535");
+  CHECK(bench.list().at(0).state == "up");
+}
+
+TEST_CASE("legacy commands: close() sends CLOSE then ID, and both are echoed") {
+  admin_bench bench;
+  auto reg = from_agent();
+  bench.say(reg, "NID::BAL:1000:SPORT:11081:");
+  const std::string id = nth_id(1);
+  auto p = from_agent();
+  auto r = bench.feed(p, "CLOSE:" + id + ":ID:" + id + ":");
+  CHECK(r.replies == std::vector<std::string>{"CLOSE:" + id + ":", "ID:" + id + ":"});
+  CHECK(r.effects.empty());  // the agent leaves the connection open: the idle timeout ends it
+  CHECK(bench.list().empty());
+  CHECK(p.closed_id() == id);
+  CHECK(p.bound_id().empty());
+  // On the connection that registered it, CLOSE unbinds it too.
+  admin_bench b2;
+  auto q = from_agent();
+  b2.say(q, "NID::");
+  CHECK(b2.say(q, "CLOSE:" + id + ":") == "CLOSE:" + id + ":");
+  CHECK(q.bound_id().empty());
+  CHECK(b2.say(q, "BAL:7:") == "BAL:7:");  // nothing bound any more
+  // CLOSE of an unknown id is echoed and remembers nothing.
+  auto u = from_agent();
+  CHECK(b2.say(u, "CLOSE:" + nth_id(5) + ":") == "CLOSE:" + nth_id(5) + ":");
+  CHECK(u.closed_id().empty());
+  CHECK(b2.say(u, "ID:" + nth_id(5) + ":") == "BID:" + nth_id(5) + ":");
+}
+
+TEST_CASE("legacy commands: refusals and malformed input end the connection") {
+  // The backend limit: no reply, an immediate end.
+  detail::registry_limits one;
+  one.backends = 1;
+  admin_bench bench(one);
+  auto a = from_agent();
+  bench.say(a, "NID::");
+  auto b = from_agent();
+  auto r = bench.feed(b, "NID::BAL:5:");
+  CHECK(r.replies.empty());
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::end);
+  CHECK_FALSE(r.effects[0].graceful);
+  CHECK(std::string(r.effects[0].why) == "registration refused");
+  // An unknown command after a good one: the good one is answered, then the end.
+  auto c = from_agent();
+  r = bench.feed(c, "ACK:X:HELLO:there:");
+  CHECK(r.replies == std::vector<std::string>{"ACK:X:"});
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "malformed legacy message");
+  CHECK_FALSE(r.effects[0].graceful);
+  // An oversized token.
+  auto d = from_agent();
+  r = bench.feed(d, "ACK:" + std::string(300, 'A'));
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "malformed legacy message");
+  // With a secret set and legacy not allowed, the dialect itself is refused.
+  detail::admin_protocol::config strict;
+  strict.refuse_legacy = true;
+  admin_bench fresh;
+  auto e = from_agent(strict);
+  r = fresh.feed(e, "NID::");
+  CHECK(r.replies.empty());
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "legacy dialect refused");
+  CHECK_FALSE(r.effects[0].graceful);
+  CHECK(fresh.list().empty());
+  // ...but the native dialect is not.
+  auto f = from_agent(strict);
+  CHECK(fresh.say(f, "ping\n") == "pong\n");
+}
+
+TEST_CASE("native commands: register, ping, weight, close for an agent") {
+  admin_bench bench;
+  auto p = from_agent();
+  CHECK(bench.say(p, "hello harmony/1\n") == "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                                                 std::to_string(HARMONY_VERSION_MINOR) + "." +
+                                                 std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
+  CHECK(p.current_dialect() == detail::dialect::native);
+  CHECK(bench.say(p, "ping\n") == "pong\n");  // not an agent yet: nothing to ack
+  CHECK(bench.say(p, "weight 900\n") == "err not-registered register first\n");
+  CHECK(bench.say(p, "close\n") == "err not-registered register first\n");
+  // register's arguments.
+  const char* weight_error = "err bad-argument weight must be a number from 1 to 1048576\n";
+  CHECK(bench.say(p, "register\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=0\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=65536\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=80 weight=0\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 weight=1048577\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 weight=x\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 heartbeat=soon\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
+  CHECK(bench.say(p, "register port=80 heartbeat=0\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
+  CHECK(bench.say(p, "register port=80 host=unresolvable\n") == "err bad-argument cannot resolve host\n");
+  CHECK(bench.list().empty());
+  CHECK_FALSE(p.agent());
+  // A registration: the peer's host, the given port; the connection becomes the agent's.
+  auto r = bench.feed(p, "register port=8080 weight=700 heartbeat=1s\n");
+  const std::string id = nth_id(1);
+  CHECK(r.text() == "ok id=" + id + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::bind_agent);
+  CHECK(r.effects[0].id == id);
+  CHECK(r.effects[0].previous.empty());
+  CHECK(p.agent());
+  CHECK(p.bound_id() == id);
+  CHECK(p.heartbeat_ms() == 1000);
+  auto list = bench.list();
+  REQUIRE(list.size() == 1);
+  CHECK(list[0].address.to_string() == "203.0.113.5:8080");
+  CHECK(list[0].weight == 700);
+  CHECK(list[0].state == "up");
+  // ping acks an agent.
+  bench.now += 60001;
+  CHECK(bench.list().at(0).state == "expired");
+  CHECK(bench.say(p, "ping\n") == "pong\n");
+  CHECK(bench.list().at(0).state == "up");
+  // weight.
+  CHECK(bench.say(p, "weight\n") == "err usage weight W\n");
+  CHECK(bench.say(p, "weight 0\n") == weight_error);
+  CHECK(bench.say(p, "weight 900\n") == "ok weight=900\n");
+  CHECK(bench.list().at(0).weight == 900);
+  // Registering again on the same connection under another id moves the agent.
+  r = bench.feed(p, "register port=8081 host=backend.example\n");
+  const std::string second = nth_id(2);
+  CHECK(r.text() == "ok id=" + second + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].id == second);
+  CHECK(r.effects[0].previous == id);
+  CHECK(bench.resolved.back() == "backend.example");
+  CHECK(p.heartbeat_ms() == 0);
+  // close deregisters the connection's own backend.
+  r = bench.feed(p, "close\n");
+  CHECK(r.text() == "ok closed id=" + second + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::unbind_agent);
+  CHECK(r.effects[0].id == second);
+  CHECK_FALSE(p.agent());
+  CHECK(p.bound_id().empty());
+  CHECK(bench.list().size() == 1);
+  CHECK(bench.say(p, "close\n") == "err not-registered register first\n");
+}
+
+TEST_CASE("native commands: an agent rejoins under its id, known or not") {
+  admin_bench bench;
+  auto p = from_agent();
+  bench.say(p, "register port=80\n");
+  const std::string id = nth_id(1);
+  CHECK(bench.backends.lock()->set_online(id, false, bench.now) == std::error_code());
+  CHECK(bench.list().at(0).state == "offline");
+  // A new connection with the known id: the same backend, online, re-addressed and re-weighted.
+  auto q = from_agent();
+  auto r = bench.feed(q, "register port=81 id=" + id + " weight=3\n");
+  CHECK(r.text() == "ok id=" + id + "\n");
+  CHECK(r.effects.at(0).previous.empty());
+  auto list = bench.list();
+  REQUIRE(list.size() == 1);
+  CHECK(list[0].state == "up");
+  CHECK(list[0].weight == 3);
+  CHECK(list[0].address.port == 81);
+  // A balancer that never knew it keeps a well-formed free id, and replaces a bad one.
+  admin_bench restarted;
+  auto s = from_agent();
+  const std::string old = "0123456789ABCDEF0123456789ABCDEF";
+  CHECK(restarted.say(s, "register port=80 id=" + old + "\n") == "ok id=" + old + "\n");
+  auto t = from_agent();
+  CHECK(restarted.say(t, "register port=80 id=not-an-id\n") == "ok id=" + nth_id(1) + "\n");
+  // The backend limit refuses.
+  detail::registry_limits one;
+  one.backends = 1;
+  admin_bench full(one);
+  auto u = from_agent();
+  full.say(u, "register port=80\n");
+  auto v = from_agent();
+  r = full.feed(v, "register port=80\n");
+  CHECK(r.text() == "err refused backend limit reached\n");
+  CHECK(r.effects.empty());
+  CHECK_FALSE(v.agent());
+}
+
+TEST_CASE("native commands: the operator's list, stats, add, remove, set-weight, drain") {
+  admin_bench bench;
+  auto op = from_agent();
+  CHECK(bench.say(op, "list\n") == "ok backends=0\n");
+  CHECK(bench.say(op, "add\n") == "err usage add HOST:PORT [weight=W]\n");
+  CHECK(bench.say(op, "add nohost\n") ==
+        "err bad-argument malformed address (expected HOST:PORT or [IPv6]:PORT)\n");
+  CHECK(bench.say(op, "add 127.0.0.1:80 weight=x\n") ==
+        "err bad-argument weight must be a number from 1 to 1048576\n");
+  CHECK(bench.say(op, "add 127.0.0.1:0\n") == "err bad-argument invalid option value\n");
+  const std::string a = nth_id(1), b = nth_id(2);
+  CHECK(bench.say(op, "add 127.0.0.1:80 weight=300\n") == "ok id=" + a + "\n");
+  CHECK(bench.say(op, "add [::1]:81\n") == "ok id=" + b + "\n");
+  CHECK(bench.say(op, "list\n") == "backend id=" + a +
+                                       " address=127.0.0.1:80 weight=300 active=0 total=0 failures=0 state=up\n"
+                                       "backend id=" + b +
+                                       " address=[::1]:81 weight=500 active=0 total=0 failures=0 state=up\n"
+                                       "ok backends=2\n");
+  bench.counters.accepted = 10;
+  bench.counters.active = 2;
+  bench.counters.queued = 3;
+  bench.counters.unavailable = 4;
+  bench.counters.connect_failures = 5;
+  bench.counters.bytes_in = 6;
+  bench.counters.bytes_out = 7;
+  bench.counters.bytes_spliced = 8;
+  bench.limit = 12;
+  CHECK(bench.say(op, "stats\n") ==
+        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 "
+        "backends=2 concurrency=12\n");
+  // set-weight, drain, undrain, remove, with their usage and unknown-backend errors.
+  CHECK(bench.say(op, "set-weight " + a + "\n") == "err usage set-weight ID W\n");
+  CHECK(bench.say(op, "set-weight " + a + " 0\n") == "err bad-argument weight must be a number from 1 to 1048576\n");
+  CHECK(bench.say(op, "set-weight nope 5\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "set-weight " + a + " 1500\n") == "ok weight=1500\n");
+  CHECK(bench.list().at(0).weight == 1500);
+  CHECK(bench.say(op, "drain\n") == "err usage drain ID | undrain ID\n");
+  CHECK(bench.say(op, "drain nope\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "drain " + a + "\n") == "ok\n");
+  CHECK(bench.list().at(0).state == "draining");
+  CHECK(bench.say(op, "undrain " + a + "\n") == "ok\n");
+  CHECK(bench.list().at(0).state == "up");
+  CHECK(bench.say(op, "remove\n") == "err usage remove ID\n");
+  CHECK(bench.say(op, "remove " + a + " extra\n") == "err usage remove ID\n");
+  CHECK(bench.say(op, "remove " + a + "\n") == "ok\n");
+  CHECK(bench.say(op, "remove " + a + "\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "list\n").rfind("ok backends=1\n") != std::string::npos);
+  CHECK_FALSE(op.agent());
+}
+
+TEST_CASE("native commands: concurrency, help, quit, comments, unknown commands, long lines") {
+  admin_bench bench;
+  auto op = from_agent();
+  CHECK(bench.say(op, "concurrency\n") == "ok concurrency=-1\n");
+  auto r = bench.feed(op, "concurrency 5\n");
+  CHECK(r.text() == "ok concurrency=5\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::set_concurrency);
+  CHECK(r.effects[0].limit == 5);
+  // Commands later in the same read see the limit the earlier one set.
+  r = bench.feed(op, "concurrency 0\nconcurrency\nstats\n");
+  CHECK(r.replies.at(1) == "ok concurrency=0\n");
+  CHECK(r.replies.at(2).find(" concurrency=0\n") != std::string::npos);
+  r = bench.feed(op, "concurrency -1\n");
+  CHECK(r.text() == "ok concurrency=-1\n");
+  CHECK(r.effects.at(0).limit == -1);
+  for (const char* bad : {"concurrency x\n", "concurrency -2\n", "concurrency 1000000001\n"}) {
+    r = bench.feed(op, bad);
+    CHECK(r.text() == "err bad-argument concurrency is -1, 0 or N\n");
+    CHECK(r.effects.empty());
+  }
+  // help lists the commands, then ok.
+  std::string help = bench.say(op, "help\n");
+  CHECK(help.rfind("# harmony/1 admin commands", 0) == 0);
+  CHECK(help.find("# register port=P") != std::string::npos);
+  CHECK(help.size() > 4);
+  CHECK(help.substr(help.size() - 4) == "\nok\n");
+  // Comments and blank lines get no answer; CRLF is accepted.
+  CHECK(bench.feed(op, "# a note\n\n   \n").replies.empty());
+  CHECK(bench.say(op, "ping\r\n") == "pong\n");
+  CHECK(bench.say(op, "frobnicate now\n") == "err unknown-command 'frobnicate' (try 'help')\n");
+  CHECK(bench.say(op, std::string(100, 'z') + "\n") ==
+        "err unknown-command '" + std::string(64, 'z') + "' (try 'help')\n");
+  // quit and bye: ok bye, a graceful end, and the rest of the read is ignored.
+  for (const char* word : {"quit", "bye"}) {
+    auto q = from_agent();
+    r = bench.feed(q, std::string(word) + "\nping\n");
+    CHECK(r.text() == "ok bye\n");
+    REQUIRE(only_effect(r));
+    CHECK(r.effects[0].what == detail::admin_effect::kind::end);
+    CHECK(r.effects[0].graceful);
+    CHECK(std::string(r.effects[0].why) == "quit");
+    CHECK(bench.feed(q, "ping\n").replies.empty());
+  }
+  // A line over the limit: the error, then a graceful end.
+  auto l = from_agent();
+  r = bench.feed(l, std::string(5000, 'x'));
+  CHECK(r.text() == "err line-too-long lines are limited to 4096 bytes\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].graceful);
+  CHECK(std::string(r.effects[0].why) == "line too long");
+  CHECK_FALSE(has_effect(bench.feed(l, "ping\n"), detail::admin_effect::kind::end));
+}
+
+TEST_CASE("admin dialect: undecided first bytes are held, then judged") {
+  admin_bench bench;
+  auto p = from_agent();
+  CHECK(bench.feed(p, "N").replies.empty());  // could still be NID:
+  CHECK(p.current_dialect() == detail::dialect::undecided);
+  CHECK(bench.say(p, "ID::") == "NID:" + nth_id(1) + ":");
+  auto q = from_agent();
+  CHECK(bench.feed(q, "pi").replies.empty());  // native, but no line yet
+  CHECK(q.current_dialect() == detail::dialect::native);
+  CHECK(bench.say(q, "ng\n") == "pong\n");
+  // Sixteen upper-case bytes that still look like a legacy prefix are native.
+  auto r = from_agent();
+  CHECK(bench.feed(r, "CLOS").replies.empty());
+  CHECK(r.current_dialect() == detail::dialect::undecided);
+  auto s = from_agent();
+  bench.feed(s, std::string(16, 'A'));
+  CHECK(s.current_dialect() == detail::dialect::native);
+}
