@@ -19,9 +19,14 @@
 //   >>platform       OS headers, socket helpers, randomness
 //   >>util           logging, number parsing
 //   >>errors-impl    the error category, the parsers of the public types, the option checks
+//   >>net-address    sans-IO resolved address: family, 16 address bytes, port
+//   >>os-address     the portable resolved address to and from the OS socket address
 //   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
-//   >>registry       the shared backend table
+//   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
+//   >>registry       the backend table: sans-IO, shared between loops through locked<>
+//   >>commands       sans-IO admin command handling, both dialects: bytes in, reply and effects out
+//   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>engine         the contract every engine implements: poller, connection, acceptor
 //   >>pollers        the readiness pollers: epoll (edge-triggered) and poll (level-triggered)
 //   >>iocp-poller    the completion engine's poller: an I/O completion port
@@ -1159,6 +1164,104 @@ HARMONY_DEF std::error_code check(const client_options& o, option_problem* probl
 namespace harmony {
 namespace detail {
 
+// >>net-address  sans-IO resolved address: family, 16 address bytes, port
+// Where a backend is reached, as plain bytes: what the registry stores and
+// hands to a connection. Only the platform layer (>>os-address) turns it into
+// an OS socket address, so policy code names no OS type.
+enum class ip_family : std::uint8_t { none, v4, v6 };
+
+struct resolved_address {
+  ip_family family = ip_family::none;
+  std::uint8_t bytes[16] = {};  // network order; IPv4 uses the first 4
+  std::uint16_t port = 0;       // host order
+  std::uint32_t scope = 0;      // IPv6 scope (interface) id, 0 otherwise
+
+  static resolved_address v4(std::uint8_t a, std::uint8_t b, std::uint8_t c, std::uint8_t d, std::uint16_t port) {
+    resolved_address r;
+    r.family = ip_family::v4;
+    r.bytes[0] = a;
+    r.bytes[1] = b;
+    r.bytes[2] = c;
+    r.bytes[3] = d;
+    r.port = port;
+    return r;
+  }
+  bool valid() const noexcept { return family != ip_family::none; }
+  std::size_t host_size() const noexcept { return family == ip_family::v4 ? 4 : family == ip_family::v6 ? 16 : 0; }
+  // The same host at another port.
+  resolved_address with_port(std::uint16_t p) const noexcept {
+    resolved_address r = *this;
+    r.port = p;
+    return r;
+  }
+  // The host part only, as bytes: the persistence key of a client.
+  std::string host_key() const { return std::string(reinterpret_cast<const char*>(bytes), host_size()); }
+  bool operator==(const resolved_address& o) const noexcept {
+    return family == o.family && port == o.port && scope == o.scope &&
+           std::memcmp(bytes, o.bytes, host_size()) == 0;
+  }
+  bool operator!=(const resolved_address& o) const noexcept { return !(*this == o); }
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>os-address  the portable resolved address to and from the OS socket address
+// The only place that converts between resolved_address (>>net-address) and the
+// sockaddr the OS takes: the platform layer calls these at its edge.
+inline resolved_address to_resolved(const address& a) noexcept {
+  resolved_address r;
+  if (a.family() == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(&a.storage);
+    r.family = ip_family::v4;
+    std::memcpy(r.bytes, &in->sin_addr, 4);
+    r.port = ntohs(in->sin_port);
+  } else if (a.family() == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+    r.family = ip_family::v6;
+    std::memcpy(r.bytes, &in6->sin6_addr, 16);
+    r.port = ntohs(in6->sin6_port);
+    r.scope = in6->sin6_scope_id;
+  }
+  return r;
+}
+
+inline address to_os_address(const resolved_address& r) noexcept {
+  address a;
+  if (r.family == ip_family::v4) {
+    auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
+    in->sin_family = AF_INET;
+    std::memcpy(&in->sin_addr, r.bytes, 4);
+    in->sin_port = htons(r.port);
+    a.length = static_cast<socklen_t>(sizeof(sockaddr_in));
+  } else if (r.family == ip_family::v6) {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
+    in6->sin6_family = AF_INET6;
+    std::memcpy(&in6->sin6_addr, r.bytes, 16);
+    in6->sin6_port = htons(r.port);
+    in6->sin6_scope_id = r.scope;
+    a.length = static_cast<socklen_t>(sizeof(sockaddr_in6));
+  }
+  return a;
+}
+
+// Resolves a host and port into the portable form.
+inline std::error_code resolve(const endpoint& ep, resolved_address& out) {
+  address a;
+  if (auto e = resolve(ep, a, false)) return e;
+  out = to_resolved(a);
+  return out.valid() ? std::error_code{} : make_error_code(errc::resolve_failed);
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
 // >>selector  sans-IO backend selection (weighted least-connections, round-robin)
 // Sans-IO choice of a backend among eligible slots, O(log n) per operation.
 // Every slot carries a virtual "pass" that advances by 1/weight each time it is
@@ -1170,8 +1273,6 @@ namespace detail {
 class selector {
  public:
   static constexpr std::uint32_t npos = 0xffffffffu;
-  // Weights above this are clamped, so that every product below fits 63 bits.
-  static constexpr int max_weight = 1 << 20;
   enum class verdict { take, skip, evict };
 
   explicit selector(algorithm a = algorithm::leastconn) : algorithm_(a) {}
@@ -1263,8 +1364,10 @@ class selector {
     std::uint32_t pos = npos;
   };
 
+  // The registry admits only weights in [min_weight, max_weight] (>>types); the
+  // clamp merely keeps every product below within 63 bits should one slip through.
   static void set_weight_only(item& it, int weight) {
-    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, 1), max_weight));
+    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, min_weight), max_weight));
     if (w == it.weight) return;
     it.ticks = it.ticks * w / it.weight;  // keep the pass where it was
     it.weight = w;
@@ -1484,11 +1587,13 @@ inline command_line parse_command(std::string_view line) {
   return c;
 }
 
-// harmony.js's BAL: a positive number is the weight, anything else means 500.
+// harmony.js's BAL: a number in [min_weight, max_weight] (>>types) is the weight;
+// anything else means default_weight (500), as in harmony.js for a non-number:
+// no digits, other characters, 0, and a number above max_weight too (the agent
+// cannot be told "too heavy": the reply must echo its text). Never an error.
 inline int legacy_weight(std::string_view text) noexcept {
-  std::uint64_t w = 0;
-  if (!parse_uint(text, 1000000, w) || w == 0) return 500;
-  return static_cast<int>(w);
+  int w = default_weight;
+  return parse_weight(text, w) ? default_weight : w;
 }
 
 }  // namespace detail
@@ -1497,9 +1602,11 @@ inline int legacy_weight(std::string_view text) noexcept {
 namespace harmony {
 namespace detail {
 
-// >>registry  the shared backend table
-// The backend table every event loop shares. One mutex guards it: a pick, a
-// release and an admin change each take it once, briefly.
+// >>affinity  sans-IO persistence table: client key -> backend lease, bounded, idle TTL
+// Which backend a client (by its host key) went to last, for persistence. The
+// table is bounded twice: an entry unused for longer than the TTL is expired (not
+// found, and dropped by prune), and when the table is full a prune makes room,
+// dropping the oldest half if nothing has expired. Times are caller milliseconds.
 struct lease {
   std::uint32_t slot = selector::npos;
   std::uint32_t generation = 0;
@@ -1507,9 +1614,83 @@ struct lease {
   bool operator==(const lease& o) const noexcept { return slot == o.slot && generation == o.generation; }
 };
 
+class affinity_table {
+ public:
+  struct limits {
+    std::size_t entries = 100000;
+    std::int64_t ttl_ms = 3600000;
+  };
+
+  affinity_table() = default;
+  explicit affinity_table(limits l) : limits_(l) {}
+
+  // The backend remembered for `key`, or nullptr when there is none or it expired.
+  const lease* find(std::string_view key, std::int64_t now) const {
+    auto it = entries_.find(std::string(key));
+    if (it == entries_.end() || expired(it->second, now)) return nullptr;
+    return &it->second.backend;
+  }
+
+  // Remembers (or refreshes) the backend of `key` as used at `now`.
+  void remember(std::string_view key, lease backend, std::int64_t now) {
+    auto it = entries_.find(std::string(key));
+    if (it == entries_.end()) {
+      if (entries_.size() >= limits_.entries) prune(now);
+      it = entries_.emplace(std::string(key), entry{}).first;
+    }
+    it->second.backend = backend;
+    it->second.last_used = now;
+  }
+
+  bool forget(std::string_view key) { return entries_.erase(std::string(key)) > 0; }
+
+  // Drops the expired entries; if the table is still full, the oldest half goes
+  // too. Returns how many entries were dropped.
+  std::size_t prune(std::int64_t now) {
+    std::size_t before = entries_.size();
+    for (auto it = entries_.begin(); it != entries_.end();)
+      it = expired(it->second, now) ? entries_.erase(it) : std::next(it);
+    if (entries_.size() >= limits_.entries && !entries_.empty()) {
+      std::vector<std::int64_t> ages;
+      ages.reserve(entries_.size());
+      for (auto& e : entries_) ages.push_back(e.second.last_used);
+      auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
+      std::nth_element(ages.begin(), middle, ages.end());
+      std::int64_t cut = *middle;
+      for (auto it = entries_.begin(); it != entries_.end();)
+        it = it->second.last_used <= cut ? entries_.erase(it) : std::next(it);
+    }
+    return before - entries_.size();
+  }
+
+  std::size_t size() const noexcept { return entries_.size(); }
+  const limits& bounds() const noexcept { return limits_; }
+
+ private:
+  struct entry {
+    lease backend;
+    std::int64_t last_used = 0;
+  };
+  bool expired(const entry& e, std::int64_t now) const noexcept { return now - e.last_used > limits_.ttl_ms; }
+
+  limits limits_;
+  std::unordered_map<std::string, entry> entries_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>registry  the backend table: sans-IO, shared between loops through locked<>
+// The backend table. It holds no OS type: addresses are resolved_address, ids
+// come from an injected generator, and it has no lock of its own. Every event
+// loop shares one, so the server keeps it in a locked<registry> and each call
+// site takes the lock, once and briefly, for a pick, a release or an admin change.
 struct pick_result {
   lease chosen;
-  address to;
+  resolved_address to;
 };
 
 struct registry_limits {
@@ -1518,22 +1699,67 @@ struct registry_limits {
   std::int64_t affinity_ttl_ms = 3600000;
 };
 
+// Makes a new backend id (32 uppercase hex digits, see is_backend_id). The server
+// injects the OS random source; tests inject a counter.
+using id_generator = std::function<std::string()>;
+
+// A value of T reached only under its mutex: lock() returns a guard that acts as
+// a pointer to T and unlocks when it goes, e.g. `backends.lock()->pick(...)`.
+template <class T>
+class locked {
+ public:
+  template <class... Args>
+  explicit locked(Args&&... args) : value_(std::forward<Args>(args)...) {}
+  locked(const locked&) = delete;
+  locked& operator=(const locked&) = delete;
+
+  class guard {
+   public:
+    guard(std::mutex& m, T& v) : lock_(m), value_(v) {}
+    T* operator->() const noexcept { return &value_; }
+    T& operator*() const noexcept { return value_; }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    T& value_;
+  };
+  guard lock() { return guard(mutex_, value_); }
+
+ private:
+  std::mutex mutex_;
+  T value_;
+};
+
 class registry {
  public:
   using limits = registry_limits;
-  registry(algorithm a, duration host_timeout, bool persistent, limits l = limits{})
-      : selector_(a), host_timeout_ms_(host_timeout.count()), persistent_(persistent), limits_(l) {}
+  registry(algorithm a, duration host_timeout, bool persistent, limits l, id_generator make_id)
+      : selector_(a),
+        host_timeout_ms_(host_timeout.count()),
+        persistent_(persistent),
+        limits_(l),
+        affinities_(affinity_table::limits{l.affinity_entries, l.affinity_ttl_ms}),
+        make_id_(std::move(make_id)) {}
+
+  // Whether a weight is in the one range the library accepts (>>types).
+  static bool valid_weight(int weight) noexcept { return weight >= min_weight && weight <= max_weight; }
 
   // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
   // (registered agents); static backends added through the API never expire.
   // `wanted_id`: an id the backend already had (an agent rejoining a balancer
   // that restarted), kept when no other backend has it.
-  std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
-                      std::int64_t now, std::string_view wanted_id = {}) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::error_code add(const endpoint& at, const resolved_address* resolved, int weight, bool expires,
+                      std::string* id_out, std::int64_t now, std::string_view wanted_id = {}) {
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
     if (!wanted_id.empty() && (!is_backend_id(wanted_id) || by_id_.count(std::string(wanted_id))))
       wanted_id = {};
+    std::string id(wanted_id);
+    // A generator that keeps repeating itself must not hang the balancer.
+    for (int tries = 0; id.empty() || by_id_.count(id); ++tries) {
+      if (tries == 64 || !make_id_) return make_error_code(errc::bad_option);
+      id = make_id_();
+    }
     std::uint32_t slot;
     if (!free_slots_.empty()) {
       slot = free_slots_.back();
@@ -1547,9 +1773,7 @@ class registry {
     r = record{};
     r.generation = generation;
     r.used = true;
-    if (!wanted_id.empty()) r.id.assign(wanted_id.data(), wanted_id.size());
-    else do r.id = random_id();
-      while (by_id_.count(r.id));
+    r.id = std::move(id);
     r.at = at;
     if (resolved) {
       r.to = *resolved;
@@ -1565,7 +1789,6 @@ class registry {
   }
 
   std::error_code remove(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
@@ -1579,7 +1802,7 @@ class registry {
   }
 
   std::error_code set_weight(std::string_view id, int weight) {
-    if (weight <= 0) return make_error_code(errc::bad_option);
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
       selector_.set_weight(slot, weight);
@@ -1591,7 +1814,8 @@ class registry {
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
-  std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
+  std::error_code set_address(std::string_view id, const endpoint& at, const resolved_address& resolved,
+                              std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
       r.at = at;
       r.to = resolved;
@@ -1613,45 +1837,35 @@ class registry {
   }
 
   // The address a backend registered from, to derive where it serves.
-  bool address_of(std::string_view id, endpoint& at) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
     if (!find(id, slot)) return false;
     at = records_[slot].at;
     return true;
   }
 
-  bool known(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool known(std::string_view id) const {
     std::uint32_t slot;
     return find(id, slot);
   }
 
-  void set_algorithm(algorithm a) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    selector_.set_algorithm(a);
-  }
+  void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
   // Chooses a backend for a client (by its host key) and counts the connection
-  // against it. `tried` lists earlier failed attempts of this connection.
+  // against it. `tried` lists earlier failed attempts of this connection. With
+  // persistence, the client's remembered backend comes first while it is eligible
+  // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
         if (l.slot == slot && l.generation == records_[slot].generation) return true;
       return false;
     };
-    affinity* sticky = nullptr;
-    if (persistent_ && !client_key.empty()) {
-      auto it = affinities_.find(std::string(client_key));
-      if (it != affinities_.end()) {
-        sticky = &it->second;
-        const lease& l = sticky->backend;
-        if (l.slot < records_.size() && records_[l.slot].generation == l.generation && eligible(l.slot, now) &&
-            !was_tried(l.slot))
-          chosen = l.slot;
-      }
+    bool sticky = persistent_ && !client_key.empty();
+    if (sticky) {
+      const lease* l = affinities_.find(client_key, now);
+      if (l && current(*l) && eligible(l->slot, now) && !was_tried(l->slot)) chosen = l->slot;
     }
     if (chosen == selector::npos) {
       chosen = selector_.pick([&](std::uint32_t slot) {
@@ -1666,36 +1880,21 @@ class registry {
     selector_.set_active(chosen, r.active);
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
-    if (persistent_ && !client_key.empty()) {
-      if (!sticky) {
-        if (affinities_.size() >= limits_.affinity_entries) prune_affinities(now);
-        sticky = &affinities_[std::string(client_key)];
-      }
-      sticky->backend = out.chosen;
-      sticky->last_used = now;
-    }
+    if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
   }
 
   void release(const lease& l, bool failed) {
-    if (!l.valid()) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot >= records_.size()) return;
+    if (!l.valid() || !current(l)) return;
     record& r = records_[l.slot];
-    if (r.generation != l.generation) return;
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
     selector_.set_active(l.slot, r.active);
   }
 
-  std::string id_of(const lease& l) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot < records_.size() && records_[l.slot].generation == l.generation) return records_[l.slot].id;
-    return {};
-  }
+  std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
 
-  std::vector<backend_info> list(std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<backend_info> list(std::int64_t now) const {
     std::vector<backend_info> out;
     out.reserve(by_id_.size());
     for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
@@ -1716,42 +1915,31 @@ class registry {
     return out;
   }
 
-  std::size_t size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return by_id_.size();
-  }
-  std::size_t affinity_size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return affinities_.size();
-  }
+  std::size_t size() const noexcept { return by_id_.size(); }
+  std::size_t affinity_size() const noexcept { return affinities_.size(); }
 
  private:
   struct record {
     std::string id;
     endpoint at;
-    address to;
+    resolved_address to;
     bool used = false;
     bool routable = false;
     bool draining = false;
     bool expires = false;
     bool online = true;
-    int weight = 500;
+    int weight = default_weight;
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
     std::uint32_t generation = 0;
   };
-  struct affinity {
-    lease backend;
-    std::int64_t last_used = 0;
-  };
 
-  // Changes one backend under the lock, then re-judges its eligibility at `now`
-  // (a negative `now` leaves eligibility alone).
+  // Changes one backend, then re-judges its eligibility at `now` (a negative
+  // `now` leaves eligibility alone).
   template <class Change>
   std::error_code update(std::string_view id, std::int64_t now, Change&& change) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     change(records_[slot], slot);
@@ -1764,6 +1952,10 @@ class registry {
     if (it == by_id_.end()) return false;
     slot = it->second;
     return true;
+  }
+  // Whether a lease still names the backend it was taken from.
+  bool current(const lease& l) const noexcept {
+    return l.slot < records_.size() && records_[l.slot].generation == l.generation;
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
@@ -1782,30 +1974,503 @@ class registry {
     if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
     else selector_.erase(slot);
   }
-  // Drops idle entries; if none is idle, the oldest half goes.
-  void prune_affinities(std::int64_t now) {
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = now - it->second.last_used > limits_.affinity_ttl_ms ? affinities_.erase(it) : std::next(it);
-    if (affinities_.size() < limits_.affinity_entries) return;
-    std::vector<std::int64_t> ages;
-    ages.reserve(affinities_.size());
-    for (auto& e : affinities_) ages.push_back(e.second.last_used);
-    auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
-    std::nth_element(ages.begin(), middle, ages.end());
-    std::int64_t cut = *middle;
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = it->second.last_used <= cut ? affinities_.erase(it) : std::next(it);
-  }
 
-  std::mutex mutex_;
   selector selector_;
   std::int64_t host_timeout_ms_;
   bool persistent_;
   limits limits_;
+  affinity_table affinities_;
+  id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
   std::unordered_map<std::string, std::uint32_t> by_id_;
-  std::unordered_map<std::string, affinity> affinities_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>commands  sans-IO admin command handling, both dialects: bytes in, reply and effects out
+// What an admin connection means, apart from moving its bytes. admin_protocol
+// holds one connection's protocol state (dialect, parsers, the backend it speaks
+// for, whether it is an agent and its heartbeat, who the peer is) and turns the
+// bytes read into the bytes to write plus a few effects for the I/O layer
+// (>>admin) to apply. It changes the registry itself, under its lock, and
+// reaches the rest of the balancer only through admin_services.
+
+// What commands need of the balancer beyond the registry. The server implements
+// it; tests implement it with plain values.
+class admin_services {
+ public:
+  virtual server_stats stats() = 0;  // `stats`
+  virtual int concurrency() = 0;     // `stats`, `concurrency`
+  // Resolves `register host=H` (may block: it runs on the admin loop, as before).
+  virtual std::error_code resolve(const endpoint& at, resolved_address& out) = 0;
+  // `add HOST:PORT [weight=W]`: a static backend, as server::add_backend.
+  virtual std::error_code add_static(std::string_view address, int weight, std::string* id_out) = 0;
+
+ protected:
+  ~admin_services() = default;
+};
+
+// What a command does beyond its reply; the I/O layer applies these in order,
+// after queueing the reply.
+struct admin_effect {
+  enum class kind {
+    end,              // end the connection, after the reply is sent when `graceful`; `why` is logged
+    bind_agent,       // this connection is now the live connection of agent `id`; `previous`,
+                      // when not empty, is the agent it spoke for before
+    unbind_agent,     // agent `id` deregistered itself: forget its connection
+    set_concurrency,  // apply `limit` as the concurrency limit
+  };
+  kind what = kind::end;
+  std::string id;
+  std::string previous;
+  int limit = 0;
+  bool graceful = false;
+  const char* why = "";
+};
+
+struct admin_result {
+  // The replies, in order, one write each: one per message answered, as the
+  // balancer always wrote them (a harmony.js agent reads what it gets as it comes).
+  std::vector<std::string> replies;
+  std::vector<admin_effect> effects;  // in order, after the replies
+
+  // All the reply bytes as one string.
+  std::string text() const {
+    std::string all;
+    for (const std::string& r : replies) all += r;
+    return all;
+  }
+};
+
+// Everything a command reads or changes besides the connection's own state.
+struct admin_context {
+  locked<registry>& backends;
+  admin_services& services;
+  const logger& log;
+  std::int64_t now;
+};
+
+class admin_protocol {
+ public:
+  struct config {
+    bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
+    std::size_t max_line = 4096;
+  };
+
+  // `peer`: the address the connection comes from; `peer_host`: its host as text.
+  admin_protocol(resolved_address peer, std::string peer_host, config c)
+      : config_(c), peer_(peer), peer_host_(std::move(peer_host)), lines_(c.max_line) {}
+  admin_protocol(resolved_address peer, std::string peer_host) : admin_protocol(peer, std::move(peer_host), config{}) {}
+
+  // Bytes read from the connection: tells the dialect from the first bytes, splits
+  // them into messages or lines and answers each. After an `end` effect the rest
+  // of the input, now and later, is ignored.
+  admin_result feed(std::string_view bytes, admin_context& ctx) {
+    admin_result out;
+    if (ended_) return out;
+    std::string held;
+    if (dialect_ == dialect::undecided) {
+      first_bytes_.append(bytes.data(), bytes.size());
+      dialect_ = detect_dialect(first_bytes_);
+      if (dialect_ == dialect::undecided) {
+        if (first_bytes_.size() < 16) return out;
+        dialect_ = dialect::native;
+      }
+      held.swap(first_bytes_);
+      bytes = held;
+      if (dialect_ == dialect::legacy && config_.refuse_legacy) {
+        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set", peer_name().c_str());
+        end(out, "legacy dialect refused", false);
+        return out;
+      }
+    }
+    if (dialect_ == dialect::legacy) {
+      bool ok = legacy_.feed(bytes, [&](std::string_view command, std::string_view argument) {
+        if (!ended_) legacy_message(command, argument, ctx, out);
+      });
+      if (!ok && !ended_) {
+        ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
+        end(out, "malformed legacy message", false);
+      }
+      return out;
+    }
+    bool ok = lines_.feed(bytes, [&](std::string_view line) {
+      if (!ended_) native_line(line, ctx, out);
+    });
+    if (!ok && !ended_) {
+      error(out, "line-too-long", "lines are limited to " + std::to_string(config_.max_line) + " bytes");
+      end(out, "line too long", true);
+    }
+    return out;
+  }
+
+  // One harmony.js message. Every reply but BID and NID echoes the request byte
+  // for byte: the agent matches replies as text.
+  void legacy_message(std::string_view command, std::string_view argument, admin_context& ctx, admin_result& out) {
+    std::string echo;
+    echo.reserve(command.size() + argument.size() + 2);
+    echo.append(command.data(), command.size()).append(":").append(argument.data(), argument.size()).append(":");
+    if (command == "BYE") return end(out, "BYE", true);
+    if (command == "NID") {
+      // The backend lives at this connection's peer address; SPORT gives its port.
+      endpoint at{peer_host_, 0};
+      std::string id;
+      if (auto e = ctx.backends.lock()->add(at, &peer_, default_weight, true, &id, ctx.now)) {
+        ctx.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
+        return end(out, "registration refused", false);
+      }
+      bound_id_ = id;
+      ctx.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+      return append(out, "NID:" + id + ":");
+    }
+    if (command == "ID") {
+      std::string id(argument);
+      // harmony.js's close() sends CLOSE then ID for the same id on one connection
+      // and expects both echoed.
+      if (id == closed_id_) return append(out, echo);
+      if (!ctx.backends.lock()->known(id)) return append(out, "BID:" + id + ":");
+      bound_id_ = id;
+      return append(out, echo);
+    }
+    if (command == "BAL") {
+      if (!bound_id_.empty()) ctx.backends.lock()->set_weight(bound_id_, legacy_weight(argument));
+      return append(out, echo);
+    }
+    if (command == "SPORT") {
+      std::uint64_t port = 0;
+      endpoint at;
+      if (!bound_id_.empty() && parse_uint(argument, 65535, port)) {
+        auto r = ctx.backends.lock();
+        if (r->address_of(bound_id_, at)) {
+          at.port = static_cast<std::uint16_t>(port);
+          r->set_address(bound_id_, at, peer_.with_port(at.port), ctx.now);
+          r->ack(bound_id_, ctx.now);
+        }
+      }
+      return append(out, echo);
+    }
+    if (command == "ACK") {
+      ctx.backends.lock()->ack(argument, ctx.now);  // an unknown id is answered all the same
+      return append(out, echo);
+    }
+    if (command == "CLOSE") {
+      if (!ctx.backends.lock()->remove(argument)) {
+        ctx.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+        closed_id_.assign(argument.data(), argument.size());
+        if (bound_id_ == closed_id_) bound_id_.clear();
+      }
+      return append(out, echo);
+    }
+  }
+
+  // One harmony/1 line.
+  void native_line(std::string_view line, admin_context& ctx, admin_result& out) {
+    command_line c = parse_command(line);
+    if (c.verb.empty() || c.verb.front() == '#') return;
+    auto need_args = [&](std::size_t n, const char* usage) {
+      if (c.args.size() == n) return true;
+      error(out, "usage", usage);
+      return false;
+    };
+    auto answer = [&](std::error_code e, const std::string& ok_text) {
+      if (!e) return append(out, ok_text.empty() ? "ok\n" : "ok " + ok_text + "\n");
+      const char* code =
+          e == errc::unknown_backend ? "unknown-backend" : e == errc::bad_option ? "bad-argument" : "failed";
+      error(out, code, e.message());
+    };
+    auto weight_of = [&](std::string_view text, int& w) {
+      if (!parse_weight(text, w)) return true;
+      error(out, "bad-argument", weight_range());
+      return false;
+    };
+
+    if (c.verb == "hello") {
+      return append(out, "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                             std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) +
+                             " auth=none\n");
+    }
+    if (c.verb == "ping") {
+      if (agent_) ctx.backends.lock()->ack(bound_id_, ctx.now);
+      return append(out, "pong\n");
+    }
+    if (c.verb == "register") return command_register(c, ctx, out);
+    if (c.verb == "weight") {
+      int w = 0;
+      if (!need_args(1, "weight W") || !weight_of(c.args[0], w)) return;
+      if (bound_id_.empty()) return error(out, "not-registered", "register first");
+      return answer(ctx.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
+    }
+    if (c.verb == "close") {
+      if (bound_id_.empty()) return error(out, "not-registered", "register first");
+      std::string id = bound_id_;
+      admin_effect unbind;
+      unbind.what = admin_effect::kind::unbind_agent;
+      unbind.id = id;
+      out.effects.push_back(std::move(unbind));
+      agent_ = false;
+      bound_id_.clear();
+      ctx.log(log_level::info, "backend %s deregistered", id.c_str());
+      return answer(ctx.backends.lock()->remove(id), "closed id=" + id);
+    }
+    if (c.verb == "list") {
+      auto list = ctx.backends.lock()->list(ctx.now);
+      std::string text;
+      for (const auto& b : list)
+        text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
+                " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
+                " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
+      text += "ok backends=" + std::to_string(list.size()) + "\n";
+      return append(out, text);
+    }
+    if (c.verb == "stats") {
+      server_stats s = ctx.services.stats();
+      std::size_t backends = ctx.backends.lock()->size();
+      return append(out, "ok accepted=" + std::to_string(s.accepted) + " active=" + std::to_string(s.active) +
+                             " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
+                             " connect_failures=" + std::to_string(s.connect_failures) +
+                             " bytes_in=" + std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
+                             " bytes_spliced=" + std::to_string(s.bytes_spliced) +
+                             " backends=" + std::to_string(backends) +
+                             " concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
+    }
+    if (c.verb == "add") {
+      if (!need_args(1, "add HOST:PORT [weight=W]")) return;
+      int w = default_weight;
+      std::string_view wtext;
+      if (c.option("weight", wtext) && !weight_of(wtext, w)) return;
+      std::string id;
+      std::error_code e = ctx.services.add_static(c.args[0], w, &id);
+      if (e == errc::bad_address || e == errc::resolve_failed) return error(out, "bad-argument", e.message());
+      return answer(e, "id=" + id);
+    }
+    if (c.verb == "remove") {
+      if (!need_args(1, "remove ID")) return;
+      return answer(ctx.backends.lock()->remove(c.args[0]), "");
+    }
+    if (c.verb == "set-weight") {
+      int w = 0;
+      if (!need_args(2, "set-weight ID W") || !weight_of(c.args[1], w)) return;
+      return answer(ctx.backends.lock()->set_weight(c.args[0], w), "weight=" + std::to_string(w));
+    }
+    if (c.verb == "drain" || c.verb == "undrain") {
+      if (!need_args(1, "drain ID | undrain ID")) return;
+      return answer(ctx.backends.lock()->drain(c.args[0], c.verb == "drain", ctx.now), "");
+    }
+    if (c.verb == "concurrency") {
+      if (c.args.empty()) return append(out, "ok concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
+      long long v = 0;
+      if (parse_integer(c.args[0], min_concurrency, max_concurrency, v))
+        return error(out, "bad-argument", "concurrency is -1 (no limit), 0 (paused) or N");
+      int limit = static_cast<int>(v);
+      admin_effect set;
+      set.what = admin_effect::kind::set_concurrency;
+      set.limit = limit;
+      out.effects.push_back(std::move(set));
+      return append(out, "ok concurrency=" + std::to_string(limit) + "\n");
+    }
+    if (c.verb == "help") return append(out, std::string(help_text()) + "ok\n");
+    if (c.verb == "quit" || c.verb == "bye") {
+      append(out, "ok bye\n");
+      return end(out, "quit", true);
+    }
+    std::string verb(c.verb.substr(0, 64));
+    error(out, "unknown-command", "'" + verb + "' (try 'help')");
+  }
+
+  static const char* help_text() noexcept {
+    return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
+           "# hello [harmony/1]                      protocol version\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# ping                                   agent heartbeat (answer: pong)\n"
+           "# weight W                               agent: change its own weight\n"
+           "# close                                  agent: deregister now\n"
+           "# list                                   backends with state, weight, connections\n"
+           "# stats                                  balancer counters\n"
+           "# add HOST:PORT [weight=W]               add a static backend\n"
+           "# remove ID | set-weight ID W | drain ID | undrain ID\n"
+           "# concurrency [N]                        show or set the concurrency limit\n"
+           "# quit\n";
+  }
+
+  dialect current_dialect() const noexcept { return dialect_; }
+  const std::string& bound_id() const noexcept { return bound_id_; }    // the backend it speaks for
+  const std::string& closed_id() const noexcept { return closed_id_; }  // deregistered here (legacy CLOSE)
+  bool agent() const noexcept { return agent_; }  // a native agent: its connection is its liveness
+  std::int64_t heartbeat_ms() const noexcept { return heartbeat_ms_; }
+  bool ended() const noexcept { return ended_; }
+  const resolved_address& peer() const noexcept { return peer_; }
+  const std::string& peer_host() const noexcept { return peer_host_; }
+
+ private:
+  void command_register(const command_line& c, admin_context& ctx, admin_result& out) {
+    std::string_view text;
+    std::uint64_t port = 0;
+    if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
+      return error(out, "bad-argument", "register needs port=1..65535");
+    int weight = default_weight;
+    if (c.option("weight", text) && parse_weight(text, weight)) return error(out, "bad-argument", weight_range());
+    std::int64_t heartbeat = 0;
+    if (c.option("heartbeat", text)) {
+      duration d{};
+      if (parse_duration(text, d) || d.count() <= 0)
+        return error(out, "bad-argument", "heartbeat is a duration, e.g. 20s");
+      heartbeat = d.count();
+    }
+    endpoint at{peer_host_, static_cast<std::uint16_t>(port)};
+    resolved_address to = peer_.with_port(at.port);
+    if (c.option("host", text)) {
+      at.host.assign(text.data(), text.size());
+      if (at.host.empty() || ctx.services.resolve(at, to)) return error(out, "bad-argument", "cannot resolve host");
+    }
+    std::string id;
+    if (c.option("id", text)) id.assign(text.data(), text.size());
+    {
+      auto r = ctx.backends.lock();
+      if (!id.empty() && r->known(id)) {
+        r->set_address(id, at, to, ctx.now);
+        r->set_weight(id, weight);
+        r->set_online(id, true, ctx.now);
+        ctx.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
+                weight);
+      } else {
+        // A balancer that restarted does not know the agent: it rejoins under its old id.
+        std::string wanted = id;
+        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
+        ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+      }
+    }
+    admin_effect bind;
+    bind.what = admin_effect::kind::bind_agent;
+    bind.id = id;
+    if (agent_ && bound_id_ != id) bind.previous = bound_id_;
+    out.effects.push_back(std::move(bind));
+    heartbeat_ms_ = heartbeat;
+    bound_id_ = id;
+    agent_ = true;
+    append(out, "ok id=" + id + "\n");
+  }
+
+  // The limit in force once the effects so far are applied.
+  static int concurrency(admin_context& ctx, const admin_result& out) {
+    for (auto it = out.effects.rbegin(); it != out.effects.rend(); ++it)
+      if (it->what == admin_effect::kind::set_concurrency) return it->limit;
+    return ctx.services.concurrency();
+  }
+  static std::string weight_range() {
+    return "weight must be a number from " + std::to_string(min_weight) + " to " + std::to_string(max_weight);
+  }
+  static void append(admin_result& out, std::string text) { out.replies.push_back(std::move(text)); }
+  static void error(admin_result& out, std::string_view code, std::string_view message) {
+    std::string line = "err ";
+    line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
+    out.replies.push_back(std::move(line));
+  }
+  void end(admin_result& out, const char* why, bool graceful) {
+    ended_ = true;
+    admin_effect e;
+    e.what = admin_effect::kind::end;
+    e.graceful = graceful;
+    e.why = why;
+    out.effects.push_back(std::move(e));
+  }
+  std::string peer_name() const { return endpoint{peer_host_, peer_.port}.to_string(); }
+
+  config config_;
+  resolved_address peer_;
+  std::string peer_host_;
+  dialect dialect_ = dialect::undecided;
+  std::string first_bytes_;
+  legacy_parser legacy_;
+  line_splitter lines_;
+  std::string bound_id_;
+  std::string closed_id_;
+  bool agent_ = false;
+  std::int64_t heartbeat_ms_ = 0;
+  bool ended_ = false;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>wait-queue  sans-IO FIFO of connections waiting for a concurrency slot
+// The connections a loop holds back under the concurrency limit, oldest first.
+// Intrusive: an element carries its own wait_hook, so push, remove (from
+// anywhere: a waiting client that hangs up or times out) and pop are O(1) and
+// never allocate. Each element records when it joined, so the caller can time
+// out the oldest without a timer per element. Not thread-safe: one loop owns it.
+//
+//   struct conn { wait_hook<conn> waiting; ... };
+//   wait_queue<conn, &conn::waiting> q;
+template <class T>
+struct wait_hook {
+  T* next = nullptr;
+  T* prev = nullptr;
+  std::int64_t since = 0;  // when it joined the queue
+  bool queued = false;
+};
+
+template <class T, wait_hook<T> T::*Hook>
+class wait_queue {
+ public:
+  wait_queue() = default;
+  wait_queue(const wait_queue&) = delete;
+  wait_queue& operator=(const wait_queue&) = delete;
+
+  // Appends `x` as the newest element; false (and no change) if it is queued already.
+  bool push(T* x, std::int64_t now) {
+    wait_hook<T>& h = x->*Hook;
+    if (h.queued) return false;
+    h.next = nullptr;
+    h.prev = tail_;
+    h.since = now;
+    h.queued = true;
+    if (tail_) (tail_->*Hook).next = x;
+    else head_ = x;
+    tail_ = x;
+    ++length_;
+    return true;
+  }
+
+  // Takes `x` out wherever it is; false if it was not queued.
+  bool remove(T* x) {
+    wait_hook<T>& h = x->*Hook;
+    if (!h.queued) return false;
+    if (h.prev) (h.prev->*Hook).next = h.next;
+    else head_ = h.next;
+    if (h.next) (h.next->*Hook).prev = h.prev;
+    else tail_ = h.prev;
+    h.next = h.prev = nullptr;
+    h.queued = false;
+    --length_;
+    return true;
+  }
+
+  // Takes out and returns the oldest element, or nullptr when empty.
+  T* pop() {
+    T* x = head_;
+    if (x) remove(x);
+    return x;
+  }
+
+  T* oldest() const noexcept { return head_; }
+  // When the oldest element joined; meaningful only when not empty.
+  std::int64_t oldest_since() const noexcept { return head_ ? (head_->*Hook).since : 0; }
+  static bool contains(const T* x) noexcept { return (x->*Hook).queued; }
+  std::size_t size() const noexcept { return length_; }
+  bool empty() const noexcept { return length_ == 0; }
+
+ private:
+  T* head_ = nullptr;
+  T* tail_ = nullptr;
+  std::size_t length_ = 0;
 };
 
 }  // namespace detail
@@ -3694,7 +4359,8 @@ inline void session::start_attempt() {
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
   std::error_code e;
-  switch (backend_.connect(pick.to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+  address to = to_os_address(pick.to);
+  switch (backend_.connect(to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
     case io_status::failed: return attempt_failed(e);
     case io_status::done:
       up_.begin += static_cast<std::uint32_t>(sent);
@@ -4047,7 +4713,7 @@ struct server::impl {
   explicit impl(server_options o)
       : options(std::move(o)),
         log{options.log, options.level},
-        backends(options.balance, options.host_timeout, options.persistent, limits_of(options)),
+        backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {}
 
   static detail::registry_limits limits_of(const server_options& o) {
@@ -4079,7 +4745,7 @@ struct server::impl {
 
   server_options options;
   detail::logger log;
-  detail::registry backends;
+  detail::locked<detail::registry> backends;  // shared by every loop: lock() for each use
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
@@ -4227,10 +4893,10 @@ inline void worker::adopt(socket_handle fd, const address& peer) {
 }
 
 inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
-  return owner_.backends.pick(loop_.now(), client_key, tried, out);
+  return owner_.backends.lock()->pick(loop_.now(), client_key, tried, out);
 }
-inline void worker::release(const lease& backend, bool failed) { owner_.backends.release(backend, failed); }
-inline std::string worker::backend_id(const lease& backend) { return owner_.backends.id_of(backend); }
+inline void worker::release(const lease& backend, bool failed) { owner_.backends.lock()->release(backend, failed); }
+inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
 inline bool worker::take_slot() { return owner_.try_take_slot(); }
 
@@ -4308,33 +4974,37 @@ class admin_connection {
  private:
   void on_data(std::string_view bytes);
   void on_clock();
-  void legacy_message(std::string_view command, std::string_view argument);
-  void native_line(std::string_view line);
-  void reply(std::string_view text) { io.write(text); }
-  void reply_error(std::string_view code, std::string_view message);
-  void command_register(const command_line& c);
-  void bind_agent(const std::string& id);
+  void apply(const admin_effect& e);
   std::int64_t idle_limit() const;
 
   admin_server& owner_;
   reactor& loop_;
   timer clock_;
   address peer_;
-  dialect dialect_ = dialect::undecided;
-  std::string first_bytes_;
-  legacy_parser legacy_;
-  line_splitter lines_{4096};
-  std::string bound_id_;       // the backend this connection speaks for
-  std::string closed_id_;      // deregistered on this connection (legacy CLOSE)
-  bool agent_ = false;         // a native agent: its connection is its liveness
-  std::int64_t heartbeat_ms_ = 0;
+  std::unique_ptr<admin_protocol> protocol_;  // what the bytes mean (>>commands)
   std::int64_t last_heard_ = 0;
   bool ended_ = false;
 };
 
+// What admin commands reach of the server, besides its registry.
+class admin_server_services final : public admin_services {
+ public:
+  explicit admin_server_services(server::impl& srv) : srv_(srv) {}
+  server_stats stats() override { return srv_.collect_stats(); }
+  int concurrency() override { return srv_.concurrency.load(); }
+  std::error_code resolve(const endpoint& at, resolved_address& out) override { return detail::resolve(at, out); }
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out) override {
+    return srv_.add_static(address, weight, id_out);
+  }
+
+ private:
+  server::impl& srv_;
+};
+
 class admin_server {
  public:
-  admin_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
+  admin_server(server::impl& srv, reactor& loop)
+      : srv_(srv), loop_(loop), listener_(loop, srv.log), services_(srv) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
     sweep_.fire = [this] { sweep(); };
   }
@@ -4360,6 +5030,7 @@ class admin_server {
 
   server::impl& srv() noexcept { return srv_; }
   reactor& loop() noexcept { return loop_; }
+  admin_services& services() noexcept { return services_; }
 
   // The live native connection of each agent's backend.
   std::unordered_map<std::string, admin_connection*> agents;
@@ -4377,6 +5048,7 @@ class admin_server {
   server::impl& srv_;
   reactor& loop_;
   acceptor listener_;
+  admin_server_services services_;
   timer sweep_;
   std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
 };
@@ -4402,7 +5074,7 @@ inline void admin_server::sweep() {
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
       srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.remove(it->first);
+      srv_.backends.lock()->remove(it->first);
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -4413,6 +5085,10 @@ inline void admin_server::sweep() {
 
 inline void admin_connection::start(socket_handle fd, const address& peer) {
   peer_ = peer;
+  admin_protocol::config c;
+  const server_options& o = owner_.srv().options;
+  c.refuse_legacy = !o.admin_secret.empty() && !o.allow_legacy;
+  protocol_ = std::make_unique<admin_protocol>(to_resolved(peer), peer.host_text(), c);
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
   io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };
@@ -4426,7 +5102,8 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
 
 inline std::int64_t admin_connection::idle_limit() const {
   // A registered agent must be heard every heartbeat; three missed is death.
-  if (agent_ && heartbeat_ms_ > 0) return std::max<std::int64_t>(3 * heartbeat_ms_, 1000);
+  if (protocol_->agent() && protocol_->heartbeat_ms() > 0)
+    return std::max<std::int64_t>(3 * protocol_->heartbeat_ms(), 1000);
   return owner_.srv().options.admin_timeout.count();
 }
 
@@ -4436,7 +5113,7 @@ inline void admin_connection::on_clock() {
     return owner_.release(this);
   }
   std::int64_t deadline = last_heard_ + idle_limit();
-  if (loop_.now() >= deadline) return end(agent_ ? "agent heartbeat lost" : "idle");
+  if (loop_.now() >= deadline) return end(protocol_->agent() ? "agent heartbeat lost" : "idle");
   loop_.schedule(clock_, deadline);
 }
 
@@ -4445,13 +5122,14 @@ inline void admin_connection::end(const char* why, bool graceful) {
   ended_ = true;
   server::impl& srv = owner_.srv();
   srv.log(log_level::debug, "admin connection from %s ends: %s", peer_.to_endpoint().to_string().c_str(), why);
-  if (agent_) {
-    auto it = owner_.agents.find(bound_id_);
+  if (protocol_->agent()) {
+    const std::string& id = protocol_->bound_id();
+    auto it = owner_.agents.find(id);
     if (it != owner_.agents.end() && it->second == this) {
       owner_.agents.erase(it);
-      if (!srv.backends.set_online(bound_id_, false, loop_.now())) {
-        owner_.offline_since[bound_id_] = loop_.now();
-        srv.log(log_level::warn, "backend %s offline: %s", bound_id_.c_str(), why);
+      if (!srv.backends.lock()->set_online(id, false, loop_.now())) {
+        owner_.offline_since[id] = loop_.now();
+        srv.log(log_level::warn, "backend %s offline: %s", id.c_str(), why);
       }
     }
   }
@@ -4465,294 +5143,35 @@ inline void admin_connection::end(const char* why, bool graceful) {
   owner_.release(this);
 }
 
+// The bytes go to the protocol; its reply goes out and its effects are applied.
 inline void admin_connection::on_data(std::string_view bytes) {
   if (ended_) return;
   last_heard_ = loop_.now();
-  std::string held;
-  if (dialect_ == dialect::undecided) {
-    first_bytes_.append(bytes.data(), bytes.size());
-    dialect_ = detect_dialect(first_bytes_);
-    if (dialect_ == dialect::undecided) {
-      if (first_bytes_.size() < 16) return;
-      dialect_ = dialect::native;
-    }
-    held.swap(first_bytes_);
-    bytes = held;
-    if (dialect_ == dialect::legacy && !owner_.srv().options.admin_secret.empty() &&
-        !owner_.srv().options.allow_legacy) {
-      owner_.srv().log(log_level::warn, "legacy agent from %s refused: a secret is set",
-                       peer_.to_endpoint().to_string().c_str());
-      return end("legacy dialect refused");
-    }
-  }
-  if (dialect_ == dialect::legacy) {
-    bool ok = legacy_.feed(bytes, [this](std::string_view command, std::string_view argument) {
-      if (!ended_) legacy_message(command, argument);
-    });
-    if (!ok && !ended_) {
-      owner_.srv().log(log_level::warn, "malformed legacy message from %s", peer_.to_endpoint().to_string().c_str());
-      end("malformed legacy message");
-    }
-    return;
-  }
-  bool ok = lines_.feed(bytes, [this](std::string_view line) {
-    if (!ended_) native_line(line);
-  });
-  if (!ok && !ended_) {
-    reply_error("line-too-long", "lines are limited to 4096 bytes");
-    end("line too long", true);
-  }
-}
-
-inline void admin_connection::legacy_message(std::string_view command, std::string_view argument) {
   server::impl& srv = owner_.srv();
-  std::int64_t now = loop_.now();
-  std::string echo;
-  echo.reserve(command.size() + argument.size() + 2);
-  echo.append(command.data(), command.size()).append(":").append(argument.data(), argument.size()).append(":");
-  if (command == "BYE") return end("BYE", true);
-  if (command == "NID") {
-    // The backend lives at this connection's peer address; SPORT gives its port.
-    endpoint at{peer_.host_text(), 0};
-    std::string id;
-    if (auto e = srv.backends.add(at, &peer_, 500, true, &id, now)) {
-      srv.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
-      return end("registration refused");
-    }
-    bound_id_ = id;
-    srv.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
-    return reply("NID:" + id + ":");
-  }
-  if (command == "ID") {
-    std::string id(argument);
-    // harmony.js's close() sends CLOSE then ID for the same id on one connection
-    // and expects both echoed.
-    if (id == closed_id_) return reply(echo);
-    if (!srv.backends.known(id)) return reply("BID:" + id + ":");
-    bound_id_ = id;
-    return reply(echo);
-  }
-  if (command == "BAL") {
-    if (!bound_id_.empty()) srv.backends.set_weight(bound_id_, legacy_weight(argument));
-    return reply(echo);
-  }
-  if (command == "SPORT") {
-    std::uint64_t port = 0;
-    endpoint at;
-    if (!bound_id_.empty() && parse_uint(argument, 65535, port) && srv.backends.address_of(bound_id_, at)) {
-      at.port = static_cast<std::uint16_t>(port);
-      address to = peer_;
-      to.set_port(at.port);
-      srv.backends.set_address(bound_id_, at, to, now);
-      srv.backends.ack(bound_id_, now);
-    }
-    return reply(echo);
-  }
-  if (command == "ACK") {
-    srv.backends.ack(argument, now);  // an unknown id is answered all the same
-    return reply(echo);
-  }
-  if (command == "CLOSE") {
-    if (!srv.backends.remove(argument)) {
-      srv.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
-      closed_id_.assign(argument.data(), argument.size());
-      if (bound_id_ == closed_id_) bound_id_.clear();
-    }
-    return reply(echo);
+  admin_context ctx{srv.backends, owner_.services(), srv.log, last_heard_};
+  admin_result r = protocol_->feed(bytes, ctx);
+  for (const std::string& reply : r.replies) io.write(reply);
+  for (const admin_effect& e : r.effects) {
+    if (ended_) break;
+    apply(e);
   }
 }
 
-inline void admin_connection::reply_error(std::string_view code, std::string_view message) {
-  std::string line = "err ";
-  line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
-  reply(line);
-}
-
-namespace native_help {
-constexpr const char* text =
-    "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
-    "# hello [harmony/1]                      protocol version\n"
-    "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
-    "# ping                                   agent heartbeat (answer: pong)\n"
-    "# weight W                               agent: change its own weight\n"
-    "# close                                  agent: deregister now\n"
-    "# list                                   backends with state, weight, connections\n"
-    "# stats                                  balancer counters\n"
-    "# add HOST:PORT [weight=W]               add a static backend\n"
-    "# remove ID | set-weight ID W | drain ID | undrain ID\n"
-    "# concurrency [N]                        show or set the concurrency limit\n"
-    "# quit\n";
-}
-
-inline void admin_connection::native_line(std::string_view line) {
-  server::impl& srv = owner_.srv();
-  std::int64_t now = loop_.now();
-  command_line c = parse_command(line);
-  if (c.verb.empty() || c.verb.front() == '#') return;
-  auto need_args = [&](std::size_t n, const char* usage) {
-    if (c.args.size() == n) return true;
-    reply_error("usage", usage);
-    return false;
-  };
-  auto answer = [&](std::error_code e, const std::string& ok_text) {
-    if (!e) return reply(ok_text.empty() ? "ok\n" : "ok " + ok_text + "\n");
-    const char* code = e == errc::unknown_backend ? "unknown-backend" : e == errc::bad_option ? "bad-argument" : "failed";
-    reply_error(code, e.message());
-  };
-  auto parse_weight = [&](std::string_view text, int& w) {
-    std::uint64_t v = 0;
-    if (parse_uint(text, selector::max_weight, v) && v > 0) {
-      w = static_cast<int>(v);
-      return true;
+inline void admin_connection::apply(const admin_effect& e) {
+  switch (e.what) {
+    case admin_effect::kind::end: return end(e.why, e.graceful);
+    case admin_effect::kind::bind_agent: {
+      if (!e.previous.empty()) {
+        auto it = owner_.agents.find(e.previous);
+        if (it != owner_.agents.end() && it->second == this) owner_.agents.erase(it);
+      }
+      owner_.agents[e.id] = this;  // a newer connection takes over from a stale one
+      owner_.offline_since.erase(e.id);
+      return loop_.schedule(clock_, last_heard_ + idle_limit());
     }
-    reply_error("bad-argument", "weight must be a number from 1 to 1048576");
-    return false;
-  };
-
-  if (c.verb == "hello") {
-    return reply("ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
-                 std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
+    case admin_effect::kind::unbind_agent: owner_.agents.erase(e.id); return;
+    case admin_effect::kind::set_concurrency: return owner_.srv().apply_concurrency(e.limit);
   }
-  if (c.verb == "ping") {
-    if (agent_) srv.backends.ack(bound_id_, now);
-    return reply("pong\n");
-  }
-  if (c.verb == "register") return command_register(c);
-  if (c.verb == "weight") {
-    int w = 0;
-    if (!need_args(1, "weight W") || !parse_weight(c.args[0], w)) return;
-    if (bound_id_.empty()) return reply_error("not-registered", "register first");
-    return answer(srv.backends.set_weight(bound_id_, w), "weight=" + std::to_string(w));
-  }
-  if (c.verb == "close") {
-    if (bound_id_.empty()) return reply_error("not-registered", "register first");
-    std::string id = bound_id_;
-    owner_.agents.erase(id);
-    agent_ = false;
-    bound_id_.clear();
-    srv.log(log_level::info, "backend %s deregistered", id.c_str());
-    return answer(srv.backends.remove(id), "closed id=" + id);
-  }
-  if (c.verb == "list") {
-    auto list = srv.backends.list(now);
-    std::string out;
-    for (const auto& b : list)
-      out += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
-             " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
-             " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
-    out += "ok backends=" + std::to_string(list.size()) + "\n";
-    return reply(out);
-  }
-  if (c.verb == "stats") {
-    server_stats s = srv.collect_stats();
-    return reply("ok accepted=" + std::to_string(s.accepted) + " active=" + std::to_string(s.active) +
-                 " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
-                 " connect_failures=" + std::to_string(s.connect_failures) + " bytes_in=" +
-                 std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
-                 " bytes_spliced=" + std::to_string(s.bytes_spliced) + " backends=" + std::to_string(srv.backends.size()) +
-                 " concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
-  }
-  if (c.verb == "add") {
-    if (!need_args(1, "add HOST:PORT [weight=W]")) return;
-    int w = 500;
-    std::string_view wtext;
-    if (c.option("weight", wtext) && !parse_weight(wtext, w)) return;
-    std::string id;
-    std::error_code e = srv.add_static(c.args[0], w, &id);
-    if (e == errc::bad_address || e == errc::resolve_failed) return reply_error("bad-argument", e.message());
-    return answer(e, "id=" + id);
-  }
-  if (c.verb == "remove") {
-    if (!need_args(1, "remove ID")) return;
-    return answer(srv.backends.remove(c.args[0]), "");
-  }
-  if (c.verb == "set-weight") {
-    int w = 0;
-    if (!need_args(2, "set-weight ID W") || !parse_weight(c.args[1], w)) return;
-    return answer(srv.backends.set_weight(c.args[0], w), "weight=" + std::to_string(w));
-  }
-  if (c.verb == "drain" || c.verb == "undrain") {
-    if (!need_args(1, "drain ID | undrain ID")) return;
-    return answer(srv.backends.drain(c.args[0], c.verb == "drain", now), "");
-  }
-  if (c.verb == "concurrency") {
-    if (c.args.empty()) return reply("ok concurrency=" + std::to_string(srv.concurrency.load()) + "\n");
-    std::uint64_t v = 0;
-    int limit = -1;
-    if (c.args[0] != "-1") {
-      if (!parse_uint(c.args[0], 1000000000, v)) return reply_error("bad-argument", "concurrency is -1, 0 or N");
-      limit = static_cast<int>(v);
-    }
-    srv.apply_concurrency(limit);
-    return reply("ok concurrency=" + std::to_string(limit) + "\n");
-  }
-  if (c.verb == "help") return reply(std::string(native_help::text) + "ok\n");
-  if (c.verb == "quit" || c.verb == "bye") {
-    reply("ok bye\n");
-    return end("quit", true);
-  }
-  std::string verb(c.verb.substr(0, 64));
-  reply_error("unknown-command", "'" + verb + "' (try 'help')");
-}
-
-inline void admin_connection::command_register(const command_line& c) {
-  server::impl& srv = owner_.srv();
-  std::int64_t now = loop_.now();
-  std::string_view text;
-  std::uint64_t port = 0;
-  if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
-    return reply_error("bad-argument", "register needs port=1..65535");
-  int weight = 500;
-  if (c.option("weight", text)) {
-    std::uint64_t w = 0;
-    if (!parse_uint(text, selector::max_weight, w) || w == 0)
-      return reply_error("bad-argument", "weight must be a number from 1 to 1048576");
-    weight = static_cast<int>(w);
-  }
-  std::int64_t heartbeat = 0;
-  if (c.option("heartbeat", text)) {
-    duration d{};
-    if (parse_duration(text, d) || d.count() <= 0) return reply_error("bad-argument", "heartbeat is a duration, e.g. 20s");
-    heartbeat = d.count();
-  }
-  endpoint at{peer_.host_text(), static_cast<std::uint16_t>(port)};
-  address to = peer_;
-  to.set_port(at.port);
-  if (c.option("host", text)) {
-    at.host.assign(text.data(), text.size());
-    if (at.host.empty() || resolve(at, to, false)) return reply_error("bad-argument", "cannot resolve host");
-  }
-  std::string id;
-  if (c.option("id", text)) id.assign(text.data(), text.size());
-  if (!id.empty() && srv.backends.known(id)) {
-    srv.backends.set_address(id, at, to, now);
-    srv.backends.set_weight(id, weight);
-    srv.backends.set_online(id, true, now);
-    srv.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
-  } else {
-    // A balancer that restarted does not know the agent: it rejoins under its old id.
-    std::string wanted = id;
-    if (auto e = srv.backends.add(at, &to, weight, true, &id, now, wanted)) {
-      reply_error("refused", e.message());
-      return;
-    }
-    srv.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
-  }
-  heartbeat_ms_ = heartbeat;
-  bind_agent(id);
-  reply("ok id=" + id + "\n");
-}
-
-inline void admin_connection::bind_agent(const std::string& id) {
-  if (agent_ && bound_id_ != id) {
-    auto it = owner_.agents.find(bound_id_);
-    if (it != owner_.agents.end() && it->second == this) owner_.agents.erase(it);
-  }
-  bound_id_ = id;
-  agent_ = true;
-  owner_.agents[id] = this;  // a newer connection takes over from a stale one
-  owner_.offline_since.erase(id);
-  loop_.schedule(clock_, last_heard_ + idle_limit());
 }
 
 }  // namespace detail
@@ -4886,31 +5305,31 @@ HARMONY_DEF std::error_code server::add_backend(std::string_view address, int we
 inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
-  if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
-  detail::address to;
-  if (auto e = detail::resolve(at, to, false)) return e;
-  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
+  if (at.port == 0) return make_error_code(errc::bad_option);  // the registry judges the weight
+  detail::resolved_address to;
+  if (auto e = detail::resolve(at, to)) return e;
+  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.set_weight(id, weight);
+  return impl_->backends.lock()->set_weight(id, weight);
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.drain(id, on, detail::now_ms());
+  return impl_->backends.lock()->drain(id, on, detail::now_ms());
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
-  if (limit < -1) return make_error_code(errc::bad_option);
+  if (limit < min_concurrency || limit > max_concurrency) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   if (impl_->running) impl_->apply_concurrency(limit);
   else impl_->concurrency.store(limit, std::memory_order_relaxed);
   return {};
 }
 
-HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
@@ -5121,7 +5540,7 @@ HARMONY_DEF std::error_code client::close() {
 }
 
 HARMONY_DEF std::error_code client::set_weight(int weight) {
-  if (weight <= 0 || weight > detail::selector::max_weight) return make_error_code(errc::bad_option);
+  if (weight < min_weight || weight > max_weight) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   impl* p = impl_.get();
   if (!p->running) {

@@ -190,9 +190,8 @@ TEST_CASE("weights: one range, parsed in one place") {
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
-  detail::registry r(algorithm::roundrobin, duration(1000), false);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   std::string static_id, agent_id;
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &static_id, 0));
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, true, &agent_id, 0));
@@ -230,9 +229,8 @@ TEST_CASE("registry: ids are random hex, eligibility follows drain, port and ack
 }
 
 TEST_CASE("registry: persistence keeps a client on its backend until it leaves") {
-  detail::registry r(algorithm::roundrobin, duration(60000), true);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(60000), true, {}, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   std::string ids[3];
   for (auto& id : ids) REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &id, 0));
   std::map<std::string, std::string> first;
@@ -271,9 +269,8 @@ TEST_CASE("registry: the affinity table stays bounded") {
   detail::registry_limits limits;
   limits.affinity_entries = 100;
   limits.affinity_ttl_ms = 1000;
-  detail::registry r(algorithm::roundrobin, duration(60000), true, limits);
-  detail::address a;
-  REQUIRE_FALSE(detail::resolve(endpoint{"127.0.0.1", 9}, a, false));
+  detail::registry r(algorithm::roundrobin, duration(60000), true, limits, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
   REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, nullptr, 0));
   for (int i = 0; i < 1000; ++i) {
     detail::pick_result p;
@@ -400,4 +397,748 @@ TEST_CASE("line splitter and command parser") {
   CHECK(detail::legacy_weight("0") == 500);
   CHECK(detail::legacy_weight("") == 500);
   CHECK(detail::legacy_weight("99999999999") == 500);
+}
+
+// ============================================================================
+// Policy as plain types (issue #9): the resolved address, the affinity table,
+// the wait queue, the registry without sockets, and the admin command handler
+// for both dialects, all without a socket.
+// ============================================================================
+
+TEST_CASE("resolved address: plain bytes, converted to the OS form and back unchanged") {
+  auto v4 = detail::resolved_address::v4(10, 1, 2, 3, 8080);
+  CHECK(v4.valid());
+  CHECK(v4.host_key() == std::string("\x0a\x01\x02\x03", 4));
+  CHECK(v4.with_port(80).port == 80);
+  CHECK(v4.with_port(80).host_key() == v4.host_key());
+  CHECK(v4 != v4.with_port(80));
+  CHECK(detail::to_resolved(detail::to_os_address(v4)) == v4);
+  CHECK(detail::to_os_address(v4).to_endpoint().to_string() == "10.1.2.3:8080");
+  detail::resolved_address v6;
+  v6.family = detail::ip_family::v6;
+  v6.bytes[15] = 1;
+  v6.port = 443;
+  CHECK(v6.host_key().size() == 16);
+  CHECK(detail::to_resolved(detail::to_os_address(v6)) == v6);
+  CHECK(detail::to_os_address(v6).to_endpoint().to_string() == "[::1]:443");
+  CHECK_FALSE(detail::resolved_address{}.valid());
+  CHECK(detail::resolved_address{}.host_key().empty());
+  CHECK(detail::to_os_address(detail::resolved_address{}).length == 0);
+}
+
+TEST_CASE("affinity table: remembers, expires after the idle TTL, and prunes") {
+  detail::affinity_table t({/*entries*/ 4, /*ttl_ms*/ 100});
+  CHECK(t.find("a", 0) == nullptr);
+  t.remember("a", detail::lease{1, 7}, 0);
+  REQUIRE(t.find("a", 50) != nullptr);
+  CHECK(*t.find("a", 50) == detail::lease{1, 7});
+  CHECK(t.find("a", 100) != nullptr);  // exactly the TTL idle: still there
+  CHECK(t.find("a", 101) == nullptr);  // longer: expired, even before a prune
+  t.remember("a", detail::lease{2, 0}, 90);  // use refreshes the entry and may change its backend
+  CHECK(*t.find("a", 150) == detail::lease{2, 0});
+  CHECK(t.size() == 1);
+  t.remember("b", detail::lease{3, 0}, 95);
+  CHECK(t.prune(192) == 1);  // "a" (used at 90) is idle 102 ms, "b" (95) only 97
+  CHECK(t.size() == 1);
+  CHECK(t.find("b", 195) != nullptr);
+  CHECK(t.prune(196) == 1);
+  CHECK(t.size() == 0);
+  CHECK_FALSE(t.forget("b"));
+  t.remember("b", detail::lease{3, 0}, 300);
+  CHECK(t.forget("b"));
+  CHECK(t.size() == 0);
+}
+
+TEST_CASE("affinity table: a full table makes room, oldest half first when nothing expired") {
+  detail::affinity_table t({/*entries*/ 10, /*ttl_ms*/ 1000000});
+  for (int i = 0; i < 10; ++i) t.remember(std::to_string(i), detail::lease{static_cast<std::uint32_t>(i), 0}, i);
+  CHECK(t.size() == 10);
+  t.remember("new", detail::lease{99, 0}, 100);  // full: the older half and the median (0..5) go
+  CHECK(t.size() == 5);
+  for (int i = 0; i < 6; ++i) CHECK(t.find(std::to_string(i), 100) == nullptr);
+  for (int i = 6; i < 10; ++i) CHECK(t.find(std::to_string(i), 100) != nullptr);
+  CHECK(t.find("new", 100) != nullptr);
+  // Re-remembering a present key never prunes.
+  for (int i = 0; i < 5; ++i) t.remember("x" + std::to_string(i), detail::lease{0, 0}, 101);
+  CHECK(t.size() == 10);
+  t.remember("6", detail::lease{1, 1}, 102);
+  CHECK(t.size() == 10);
+  CHECK(*t.find("6", 102) == detail::lease{1, 1});
+  // Expired entries go first: only they, when that makes room.
+  detail::affinity_table u({/*entries*/ 4, /*ttl_ms*/ 10});
+  u.remember("old1", {}, 0);
+  u.remember("old2", {}, 0);
+  u.remember("new1", {}, 15);
+  u.remember("new2", {}, 15);
+  u.remember("new3", {}, 20);
+  CHECK(u.size() == 3);
+  CHECK(u.find("old1", 20) == nullptr);
+  CHECK(u.find("new1", 20) != nullptr);
+  // However many clients come, the table stays bounded.
+  detail::affinity_table w({/*entries*/ 100, /*ttl_ms*/ 1000000});
+  for (int i = 0; i < 10000; ++i) {
+    w.remember(std::to_string(i), {}, i);
+    REQUIRE(w.size() <= 100);
+  }
+  CHECK(w.bounds().entries == 100);
+}
+
+namespace {
+struct waiter {
+  int n = 0;
+  detail::wait_hook<waiter> hook;
+};
+using waiter_queue = detail::wait_queue<waiter, &waiter::hook>;
+}  // namespace
+
+TEST_CASE("wait queue: FIFO, removal from anywhere, length") {
+  waiter w[5];
+  for (int i = 0; i < 5; ++i) w[i].n = i;
+  waiter_queue q;
+  CHECK(q.empty());
+  CHECK(q.pop() == nullptr);
+  CHECK(q.oldest() == nullptr);
+  for (int i = 0; i < 5; ++i) CHECK(q.push(&w[i], 100 + i));
+  CHECK(q.size() == 5);
+  CHECK_FALSE(q.push(&w[2], 200));  // already waiting: no change
+  CHECK(q.size() == 5);
+  CHECK(q.oldest() == &w[0]);
+  CHECK(q.oldest_since() == 100);
+  CHECK(waiter_queue::contains(&w[2]));
+  CHECK(q.remove(&w[2]));  // the middle
+  CHECK_FALSE(waiter_queue::contains(&w[2]));
+  CHECK_FALSE(q.remove(&w[2]));
+  CHECK(q.remove(&w[4]));  // the tail
+  CHECK(q.remove(&w[0]));  // the head
+  CHECK(q.size() == 2);
+  CHECK(q.oldest_since() == 101);
+  CHECK(q.pop() == &w[1]);
+  CHECK(q.push(&w[0], 300));  // rejoins at the back
+  CHECK(q.pop() == &w[3]);
+  CHECK(q.pop() == &w[0]);
+  CHECK(q.pop() == nullptr);
+  CHECK(q.empty());
+  CHECK(q.push(&w[4], 400));  // after emptying, the links start afresh
+  CHECK(q.oldest() == &w[4]);
+  CHECK(q.pop() == &w[4]);
+}
+
+TEST_CASE("wait queue: agrees with a model under random operations") {
+  std::vector<waiter> pool(64);
+  for (std::size_t i = 0; i < pool.size(); ++i) pool[i].n = static_cast<int>(i);
+  waiter_queue q;
+  std::deque<waiter*> model;
+  std::mt19937 gen(5);
+  for (int step = 0; step < 20000; ++step) {
+    waiter* x = &pool[gen() % pool.size()];
+    bool in_model = std::find(model.begin(), model.end(), x) != model.end();
+    switch (gen() % 3) {
+      case 0:
+        REQUIRE(q.push(x, step) == !in_model);
+        if (!in_model) model.push_back(x);
+        break;
+      case 1:
+        REQUIRE(q.remove(x) == in_model);
+        if (in_model) model.erase(std::find(model.begin(), model.end(), x));
+        break;
+      default: {
+        waiter* got = q.pop();
+        REQUIRE(got == (model.empty() ? nullptr : model.front()));
+        if (!model.empty()) model.pop_front();
+      }
+    }
+    REQUIRE(q.size() == model.size());
+    REQUIRE(q.oldest() == (model.empty() ? nullptr : model.front()));
+  }
+}
+
+namespace {
+// Ids 000…001, 000…002, … in place of the OS random source.
+detail::id_generator counting_ids(std::uint64_t start = 1) {
+  auto next = std::make_shared<std::uint64_t>(start);
+  return [next] {
+    static const char digits[] = "0123456789ABCDEF";
+    std::string id(32, '0');
+    std::uint64_t v = (*next)++;
+    for (int i = 31; v; --i, v >>= 4) id[static_cast<std::size_t>(i)] = digits[v & 15];
+    return id;
+  };
+}
+std::string nth_id(std::uint64_t n) { return counting_ids(n)(); }
+}  // namespace
+
+TEST_CASE("registry without sockets: injected ids, the one weight range, leases, states") {
+  detail::registry_limits limits;
+  limits.backends = 3;
+  detail::registry r(algorithm::roundrobin, duration(1000), false, limits, counting_ids());
+  auto at = detail::resolved_address::v4(192, 0, 2, 1, 80);
+  std::string id;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.1", 80}, &at, 500, true, &id, 0));
+  CHECK(id == nth_id(1));
+  // Weights: [min_weight, max_weight], the same for add and set_weight.
+  CHECK(r.add(endpoint{"192.0.2.1", 80}, &at, 0, false, nullptr, 0) == errc::bad_option);
+  CHECK(r.add(endpoint{"192.0.2.1", 80}, &at, max_weight + 1, false, nullptr, 0) == errc::bad_option);
+  CHECK_FALSE(r.set_weight(id, max_weight));
+  CHECK(r.set_weight(id, max_weight + 1) == errc::bad_option);
+  CHECK(r.set_weight(id, min_weight - 1) == errc::bad_option);
+  CHECK_FALSE(r.set_weight(id, min_weight));
+  CHECK(r.list(0).at(0).weight == min_weight);
+  // A wanted id is kept when it is well formed and free.
+  std::string wanted = "0123456789ABCDEF0123456789ABCDEF", got;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.2", 0}, &at, 500, true, &got, 0, wanted));
+  CHECK(got == wanted);
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.3", 0}, &at, 500, true, &got, 0, wanted));  // taken: a fresh one
+  CHECK(got == nth_id(2));
+  CHECK(r.add(endpoint{"192.0.2.4", 80}, &at, 500, true, nullptr, 0) == errc::too_many_backends);
+  CHECK(r.size() == 3);
+  // The states a listing shows.
+  auto state = [&](const std::string& which, std::int64_t now) {
+    for (auto& b : r.list(now))
+      if (b.id == which) return b.state;
+    return std::string("gone");
+  };
+  CHECK(state(id, 0) == "up");
+  CHECK(state(wanted, 0) == "no-port");
+  CHECK(state(id, 1001) == "expired");
+  CHECK_FALSE(r.ack(id, 1001));
+  CHECK(state(id, 1001) == "up");
+  CHECK_FALSE(r.drain(id, true, 1001));
+  CHECK(state(id, 1001) == "draining");
+  CHECK_FALSE(r.drain(id, false, 1001));
+  CHECK_FALSE(r.set_online(id, false, 1001));
+  CHECK(state(id, 1001) == "offline");
+  CHECK_FALSE(r.set_online(id, true, 1500));  // counts as an ack
+  CHECK(state(id, 2400) == "up");
+  // A pick hands out the stored address and a lease; a stale lease is harmless.
+  detail::pick_result p;
+  REQUIRE(r.pick(2400, "", {}, p));
+  CHECK(p.to == at);
+  CHECK(r.id_of(p.chosen) == id);
+  CHECK(r.list(2400).at(0).active == 1);
+  REQUIRE_FALSE(r.remove(id));
+  CHECK(r.id_of(p.chosen).empty());
+  r.release(p.chosen, true);  // the slot's old generation: no effect
+  std::string again;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.9", 81}, &at, 500, false, &again, 2400));  // reuses the slot
+  CHECK(r.id_of(p.chosen).empty());
+  for (auto& b : r.list(2400))
+    if (b.id == again) CHECK((b.active == 0 && b.failures == 0));
+  // set_address makes a backend routable once it has a port.
+  REQUIRE_FALSE(r.set_address(wanted, endpoint{"192.0.2.2", 8080}, at.with_port(8080), 2400));
+  CHECK(state(wanted, 2400) == "expired");  // registered at 0, never acked since
+  REQUIRE_FALSE(r.ack(wanted, 2400));
+  CHECK(state(wanted, 2400) == "up");
+  endpoint where;
+  CHECK(r.address_of(wanted, where));
+  CHECK(where.to_string() == "192.0.2.2:8080");
+  CHECK_FALSE(r.address_of("nope", where));
+  CHECK(r.known(wanted));
+  CHECK_FALSE(r.known("nope"));
+}
+
+TEST_CASE("registry: a generator that repeats itself fails the add instead of hanging") {
+  detail::registry r(algorithm::leastconn, duration(1000), false, {}, [] { return std::string(32, 'A'); });
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  CHECK(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  detail::registry none(algorithm::leastconn, duration(1000), false, {}, nullptr);
+  CHECK(none.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+}
+
+TEST_CASE("registry: persistence uses the affinity table and honours its idle TTL") {
+  detail::registry_limits limits;
+  limits.affinity_ttl_ms = 100;
+  detail::registry r(algorithm::roundrobin, duration(1000000), true, limits, counting_ids());
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  for (int i = 0; i < 2; ++i) REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  detail::pick_result p;
+  REQUIRE(r.pick(0, "client", {}, p));
+  std::string first = r.id_of(p.chosen);
+  r.release(p.chosen, false);
+  REQUIRE(r.pick(50, "client", {}, p));  // round-robin alone would alternate
+  CHECK(r.id_of(p.chosen) == first);
+  r.release(p.chosen, false);
+  REQUIRE(r.pick(150, "client", {}, p));  // idle exactly the TTL: still sticky, and refreshed
+  CHECK(r.id_of(p.chosen) == first);
+  r.release(p.chosen, false);
+  CHECK(r.affinity_size() == 1);
+  // Idle past the TTL: placed afresh by the selector, whose turn is the other backend.
+  REQUIRE(r.pick(251, "client", {}, p));
+  CHECK(r.id_of(p.chosen) != first);
+  CHECK(r.affinity_size() == 1);
+}
+
+TEST_CASE("locked registry: loops on several threads pick and release safely") {
+  detail::locked<detail::registry> shared(algorithm::leastconn, duration(60000), true, detail::registry_limits{},
+                                          counting_ids());
+  auto at = detail::resolved_address::v4(127, 0, 0, 1, 80);
+  for (int i = 0; i < 3; ++i) REQUIRE_FALSE(shared.lock()->add(endpoint{"127.0.0.1", 80}, &at, 500, false, nullptr, 0));
+  std::vector<std::thread> threads;
+  std::atomic<int> picked{0};
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2000; ++i) {
+        detail::pick_result p;
+        if (shared.lock()->pick(i, std::to_string(t * 100 + i % 50), {}, p)) {
+          ++picked;
+          shared.lock()->release(p.chosen, false);
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(picked == 8000);
+  for (auto& b : shared.lock()->list(0)) CHECK(b.active == 0);
+}
+
+namespace {
+// The admin command handler on a registry of its own, with plain-value services.
+struct admin_bench final : detail::admin_services {
+  detail::locked<detail::registry> backends;
+  detail::logger log;  // silent
+  std::int64_t now = 1000;
+  server_stats counters;
+  int limit = -1;
+  std::vector<std::string> resolved;  // hosts asked for
+
+  explicit admin_bench(detail::registry_limits limits = {})
+      : backends(algorithm::roundrobin, duration(60000), false, limits, counting_ids()) {}
+
+  server_stats stats() override { return counters; }
+  int concurrency() override { return limit; }
+  std::error_code resolve(const endpoint& at, detail::resolved_address& out) override {
+    resolved.push_back(at.host);
+    if (at.host == "unresolvable") return make_error_code(errc::resolve_failed);
+    out = detail::resolved_address::v4(198, 51, 100, 7, at.port);
+    return {};
+  }
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out) override {
+    endpoint at;
+    if (auto e = parse_endpoint(address, at)) return e;
+    if (at.port == 0) return make_error_code(errc::bad_option);
+    auto to = detail::resolved_address::v4(198, 51, 100, 8, at.port);
+    return backends.lock()->add(at, &to, weight, false, id_out, now);
+  }
+
+  detail::admin_result feed(detail::admin_protocol& p, std::string_view bytes) {
+    detail::admin_context ctx{backends, *this, log, now};
+    return p.feed(bytes, ctx);
+  }
+  std::string say(detail::admin_protocol& p, std::string_view bytes) { return feed(p, bytes).text(); }
+  std::vector<backend_info> list() { return backends.lock()->list(now); }
+};
+
+// A connection from 203.0.113.5:40000 (the agent's own admin connection).
+detail::admin_protocol from_agent(detail::admin_protocol::config c = {}) {
+  return detail::admin_protocol(detail::resolved_address::v4(203, 0, 113, 5, 40000), "203.0.113.5", c);
+}
+
+bool has_effect(const detail::admin_result& r, detail::admin_effect::kind k) {
+  for (auto& e : r.effects)
+    if (e.what == k) return true;
+  return false;
+}
+const detail::admin_effect* only_effect(const detail::admin_result& r) {
+  return r.effects.size() == 1 ? &r.effects[0] : nullptr;
+}
+}  // namespace
+
+TEST_CASE("legacy commands: the harmony.js register cycle, echoed byte for byte, however it is split") {
+  const std::string request = "NID::BAL:1000:SPORT:11081:";
+  const std::string id = nth_id(1);
+  for (std::size_t piece : {request.size(), std::size_t(1), std::size_t(3), std::size_t(7)}) {
+    CAPTURE(piece);
+    admin_bench bench;
+    auto p = from_agent();
+    std::vector<std::string> replies;
+    for (std::size_t at = 0; at < request.size(); at += piece) {
+      auto r = bench.feed(p, std::string_view(request).substr(at, piece));
+      CHECK(r.effects.empty());
+      replies.insert(replies.end(), r.replies.begin(), r.replies.end());
+    }
+    // One write per message answered, as harmony.js's server wrote them.
+    CHECK(replies == std::vector<std::string>{"NID:" + id + ":", "BAL:1000:", "SPORT:11081:"});
+    CHECK(p.current_dialect() == detail::dialect::legacy);
+    CHECK(p.bound_id() == id);
+    CHECK_FALSE(p.agent());
+    auto list = bench.list();
+    REQUIRE(list.size() == 1);
+    CHECK(list[0].id == id);
+    CHECK(list[0].address.to_string() == "203.0.113.5:11081");  // the peer's host, the agent's port
+    CHECK(list[0].weight == 1000);
+    CHECK(list[0].state == "up");
+    detail::pick_result pick;
+    REQUIRE(bench.backends.lock()->pick(bench.now, "", {}, pick));
+    CHECK(pick.to == detail::resolved_address::v4(203, 0, 113, 5, 11081));
+    // BYE: no reply, a graceful end, and nothing more is read.
+    auto bye = bench.feed(p, "BYE:ACK:" + id + ":");
+    CHECK(bye.replies.empty());
+    REQUIRE(only_effect(bye));
+    CHECK(bye.effects[0].what == detail::admin_effect::kind::end);
+    CHECK(bye.effects[0].graceful);
+    CHECK(std::string(bye.effects[0].why) == "BYE");
+    CHECK(p.ended());
+    CHECK(bench.feed(p, "ACK:" + id + ":").replies.empty());
+  }
+}
+
+TEST_CASE("legacy commands: the ack cycle, unknown ids, BID, and a backend without a port") {
+  admin_bench bench;
+  auto first = from_agent();
+  bench.say(first, "NID::");
+  const std::string id = nth_id(1);
+  CHECK(bench.list().at(0).state == "no-port");  // registered, no SPORT yet
+  bench.say(first, "SPORT:9000:");
+  bench.now += 60001;  // past the host timeout
+  CHECK(bench.list().at(0).state == "expired");
+  auto again = from_agent();
+  auto r = bench.feed(again, "ACK:" + id + ":ID:" + id + ":");
+  CHECK(r.replies == std::vector<std::string>{"ACK:" + id + ":", "ID:" + id + ":"});
+  CHECK(r.effects.empty());
+  CHECK(again.bound_id() == id);
+  CHECK(bench.list().at(0).state == "up");
+  // An unknown id: ACK echoed and ignored, ID answered with BID, nothing bound.
+  const std::string stranger = nth_id(99);
+  auto lost = from_agent();
+  CHECK(bench.say(lost, "ACK:" + stranger + ":ID:" + stranger + ":") ==
+        "ACK:" + stranger + ":BID:" + stranger + ":");
+  CHECK(lost.bound_id().empty());
+  // Unbound BAL and SPORT are echoed and change nothing.
+  CHECK(bench.say(lost, "BAL:900:SPORT:1:") == "BAL:900:SPORT:1:");
+  CHECK(bench.list().size() == 1);
+  CHECK(bench.list().at(0).weight == 500);
+  // Empty tokens between messages are skipped, also first (":" opens the dialect).
+  auto colon = from_agent();
+  CHECK(bench.say(colon, "::ACK:" + id + ":::") == "ACK:" + id + ":");
+  CHECK(colon.current_dialect() == detail::dialect::legacy);
+}
+
+TEST_CASE("legacy commands: BAL keeps harmony.js's echo and its 500 for anything but a weight") {
+  const std::pair<const char*, int> cases[] = {
+      {"1000", 1000}, {"1", 1}, {"1048576", max_weight}, {"heavy", 500}, {"0", 500},
+      {"", 500},      {"12abc", 500}, {"-5", 500},       {"1048577", 500}, {"99999999999999999999999", 500},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.first);
+    admin_bench bench;
+    auto p = from_agent();
+    bench.say(p, "NID::");
+    std::string bal = std::string("BAL:") + c.first + ":";
+    CHECK(bench.say(p, bal) == bal);
+    CHECK(bench.list().at(0).weight == c.second);
+  }
+}
+
+TEST_CASE("legacy commands: SPORT sets the port only for a number up to 65535, and counts as an ack") {
+  admin_bench bench;
+  auto p = from_agent();
+  bench.say(p, "NID::");
+  for (const char* bad : {"http", "65536", "", "-1"}) {
+    std::string sport = std::string("SPORT:") + bad + ":";
+    CHECK(bench.say(p, sport) == sport);
+    CHECK(bench.list().at(0).state == "no-port");
+  }
+  bench.now += 50000;
+  CHECK(bench.say(p, "SPORT:65535:") == "SPORT:65535:");
+  bench.now += 50000;  // 100 s after NID, 50 s after SPORT: within the host timeout
+  CHECK(bench.list().at(0).address.to_string() == "203.0.113.5:65535");
+  CHECK(bench.list().at(0).state == "up");
+}
+
+TEST_CASE("legacy commands: close() sends CLOSE then ID, and both are echoed") {
+  admin_bench bench;
+  auto reg = from_agent();
+  bench.say(reg, "NID::BAL:1000:SPORT:11081:");
+  const std::string id = nth_id(1);
+  auto p = from_agent();
+  auto r = bench.feed(p, "CLOSE:" + id + ":ID:" + id + ":");
+  CHECK(r.replies == std::vector<std::string>{"CLOSE:" + id + ":", "ID:" + id + ":"});
+  CHECK(r.effects.empty());  // the agent leaves the connection open: the idle timeout ends it
+  CHECK(bench.list().empty());
+  CHECK(p.closed_id() == id);
+  CHECK(p.bound_id().empty());
+  // On the connection that registered it, CLOSE unbinds it too.
+  admin_bench b2;
+  auto q = from_agent();
+  b2.say(q, "NID::");
+  CHECK(b2.say(q, "CLOSE:" + id + ":") == "CLOSE:" + id + ":");
+  CHECK(q.bound_id().empty());
+  CHECK(b2.say(q, "BAL:7:") == "BAL:7:");  // nothing bound any more
+  // CLOSE of an unknown id is echoed and remembers nothing.
+  auto u = from_agent();
+  CHECK(b2.say(u, "CLOSE:" + nth_id(5) + ":") == "CLOSE:" + nth_id(5) + ":");
+  CHECK(u.closed_id().empty());
+  CHECK(b2.say(u, "ID:" + nth_id(5) + ":") == "BID:" + nth_id(5) + ":");
+}
+
+TEST_CASE("legacy commands: refusals and malformed input end the connection") {
+  // The backend limit: no reply, an immediate end.
+  detail::registry_limits one;
+  one.backends = 1;
+  admin_bench bench(one);
+  auto a = from_agent();
+  bench.say(a, "NID::");
+  auto b = from_agent();
+  auto r = bench.feed(b, "NID::BAL:5:");
+  CHECK(r.replies.empty());
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::end);
+  CHECK_FALSE(r.effects[0].graceful);
+  CHECK(std::string(r.effects[0].why) == "registration refused");
+  // An unknown command after a good one: the good one is answered, then the end.
+  auto c = from_agent();
+  r = bench.feed(c, "ACK:X:HELLO:there:");
+  CHECK(r.replies == std::vector<std::string>{"ACK:X:"});
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "malformed legacy message");
+  CHECK_FALSE(r.effects[0].graceful);
+  // An oversized token.
+  auto d = from_agent();
+  r = bench.feed(d, "ACK:" + std::string(300, 'A'));
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "malformed legacy message");
+  // With a secret set and legacy not allowed, the dialect itself is refused.
+  detail::admin_protocol::config strict;
+  strict.refuse_legacy = true;
+  admin_bench fresh;
+  auto e = from_agent(strict);
+  r = fresh.feed(e, "NID::");
+  CHECK(r.replies.empty());
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "legacy dialect refused");
+  CHECK_FALSE(r.effects[0].graceful);
+  CHECK(fresh.list().empty());
+  // ...but the native dialect is not.
+  auto f = from_agent(strict);
+  CHECK(fresh.say(f, "ping\n") == "pong\n");
+}
+
+TEST_CASE("native commands: register, ping, weight, close for an agent") {
+  admin_bench bench;
+  auto p = from_agent();
+  CHECK(bench.say(p, "hello harmony/1\n") == "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                                                 std::to_string(HARMONY_VERSION_MINOR) + "." +
+                                                 std::to_string(HARMONY_VERSION_PATCH) + " auth=none\n");
+  CHECK(p.current_dialect() == detail::dialect::native);
+  CHECK(bench.say(p, "ping\n") == "pong\n");  // not an agent yet: nothing to ack
+  CHECK(bench.say(p, "weight 900\n") == "err not-registered register first\n");
+  CHECK(bench.say(p, "close\n") == "err not-registered register first\n");
+  // register's arguments.
+  const char* weight_error = "err bad-argument weight must be a number from 1 to 1048576\n";
+  CHECK(bench.say(p, "register\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=0\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=65536\n") == "err bad-argument register needs port=1..65535\n");
+  CHECK(bench.say(p, "register port=80 weight=0\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 weight=1048577\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 weight=x\n") == weight_error);
+  CHECK(bench.say(p, "register port=80 heartbeat=soon\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
+  CHECK(bench.say(p, "register port=80 heartbeat=0\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
+  CHECK(bench.say(p, "register port=80 host=unresolvable\n") == "err bad-argument cannot resolve host\n");
+  CHECK(bench.list().empty());
+  CHECK_FALSE(p.agent());
+  // A registration: the peer's host, the given port; the connection becomes the agent's.
+  auto r = bench.feed(p, "register port=8080 weight=700 heartbeat=1s\n");
+  const std::string id = nth_id(1);
+  CHECK(r.text() == "ok id=" + id + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::bind_agent);
+  CHECK(r.effects[0].id == id);
+  CHECK(r.effects[0].previous.empty());
+  CHECK(p.agent());
+  CHECK(p.bound_id() == id);
+  CHECK(p.heartbeat_ms() == 1000);
+  auto list = bench.list();
+  REQUIRE(list.size() == 1);
+  CHECK(list[0].address.to_string() == "203.0.113.5:8080");
+  CHECK(list[0].weight == 700);
+  CHECK(list[0].state == "up");
+  // ping acks an agent.
+  bench.now += 60001;
+  CHECK(bench.list().at(0).state == "expired");
+  CHECK(bench.say(p, "ping\n") == "pong\n");
+  CHECK(bench.list().at(0).state == "up");
+  // weight.
+  CHECK(bench.say(p, "weight\n") == "err usage weight W\n");
+  CHECK(bench.say(p, "weight 0\n") == weight_error);
+  CHECK(bench.say(p, "weight 900\n") == "ok weight=900\n");
+  CHECK(bench.list().at(0).weight == 900);
+  // Registering again on the same connection under another id moves the agent.
+  r = bench.feed(p, "register port=8081 host=backend.example\n");
+  const std::string second = nth_id(2);
+  CHECK(r.text() == "ok id=" + second + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].id == second);
+  CHECK(r.effects[0].previous == id);
+  CHECK(bench.resolved.back() == "backend.example");
+  CHECK(p.heartbeat_ms() == 0);
+  // close deregisters the connection's own backend.
+  r = bench.feed(p, "close\n");
+  CHECK(r.text() == "ok closed id=" + second + "\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::unbind_agent);
+  CHECK(r.effects[0].id == second);
+  CHECK_FALSE(p.agent());
+  CHECK(p.bound_id().empty());
+  CHECK(bench.list().size() == 1);
+  CHECK(bench.say(p, "close\n") == "err not-registered register first\n");
+}
+
+TEST_CASE("native commands: an agent rejoins under its id, known or not") {
+  admin_bench bench;
+  auto p = from_agent();
+  bench.say(p, "register port=80\n");
+  const std::string id = nth_id(1);
+  CHECK(bench.backends.lock()->set_online(id, false, bench.now) == std::error_code());
+  CHECK(bench.list().at(0).state == "offline");
+  // A new connection with the known id: the same backend, online, re-addressed and re-weighted.
+  auto q = from_agent();
+  auto r = bench.feed(q, "register port=81 id=" + id + " weight=3\n");
+  CHECK(r.text() == "ok id=" + id + "\n");
+  CHECK(r.effects.at(0).previous.empty());
+  auto list = bench.list();
+  REQUIRE(list.size() == 1);
+  CHECK(list[0].state == "up");
+  CHECK(list[0].weight == 3);
+  CHECK(list[0].address.port == 81);
+  // A balancer that never knew it keeps a well-formed free id, and replaces a bad one.
+  admin_bench restarted;
+  auto s = from_agent();
+  const std::string old = "0123456789ABCDEF0123456789ABCDEF";
+  CHECK(restarted.say(s, "register port=80 id=" + old + "\n") == "ok id=" + old + "\n");
+  auto t = from_agent();
+  CHECK(restarted.say(t, "register port=80 id=not-an-id\n") == "ok id=" + nth_id(1) + "\n");
+  // The backend limit refuses.
+  detail::registry_limits one;
+  one.backends = 1;
+  admin_bench full(one);
+  auto u = from_agent();
+  full.say(u, "register port=80\n");
+  auto v = from_agent();
+  r = full.feed(v, "register port=80\n");
+  CHECK(r.text() == "err refused backend limit reached\n");
+  CHECK(r.effects.empty());
+  CHECK_FALSE(v.agent());
+}
+
+TEST_CASE("native commands: the operator's list, stats, add, remove, set-weight, drain") {
+  admin_bench bench;
+  auto op = from_agent();
+  CHECK(bench.say(op, "list\n") == "ok backends=0\n");
+  CHECK(bench.say(op, "add\n") == "err usage add HOST:PORT [weight=W]\n");
+  CHECK(bench.say(op, "add nohost\n") ==
+        "err bad-argument malformed address (expected HOST:PORT or [IPv6]:PORT)\n");
+  CHECK(bench.say(op, "add 127.0.0.1:80 weight=x\n") ==
+        "err bad-argument weight must be a number from 1 to 1048576\n");
+  CHECK(bench.say(op, "add 127.0.0.1:0\n") == "err bad-argument invalid option value\n");
+  const std::string a = nth_id(1), b = nth_id(2);
+  CHECK(bench.say(op, "add 127.0.0.1:80 weight=300\n") == "ok id=" + a + "\n");
+  CHECK(bench.say(op, "add [::1]:81\n") == "ok id=" + b + "\n");
+  CHECK(bench.say(op, "list\n") == "backend id=" + a +
+                                       " address=127.0.0.1:80 weight=300 active=0 total=0 failures=0 state=up\n"
+                                       "backend id=" + b +
+                                       " address=[::1]:81 weight=500 active=0 total=0 failures=0 state=up\n"
+                                       "ok backends=2\n");
+  bench.counters.accepted = 10;
+  bench.counters.active = 2;
+  bench.counters.queued = 3;
+  bench.counters.unavailable = 4;
+  bench.counters.connect_failures = 5;
+  bench.counters.bytes_in = 6;
+  bench.counters.bytes_out = 7;
+  bench.counters.bytes_spliced = 8;
+  bench.limit = 12;
+  CHECK(bench.say(op, "stats\n") ==
+        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 "
+        "backends=2 concurrency=12\n");
+  // set-weight, drain, undrain, remove, with their usage and unknown-backend errors.
+  CHECK(bench.say(op, "set-weight " + a + "\n") == "err usage set-weight ID W\n");
+  CHECK(bench.say(op, "set-weight " + a + " 0\n") == "err bad-argument weight must be a number from 1 to 1048576\n");
+  CHECK(bench.say(op, "set-weight nope 5\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "set-weight " + a + " 1500\n") == "ok weight=1500\n");
+  CHECK(bench.list().at(0).weight == 1500);
+  CHECK(bench.say(op, "drain\n") == "err usage drain ID | undrain ID\n");
+  CHECK(bench.say(op, "drain nope\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "drain " + a + "\n") == "ok\n");
+  CHECK(bench.list().at(0).state == "draining");
+  CHECK(bench.say(op, "undrain " + a + "\n") == "ok\n");
+  CHECK(bench.list().at(0).state == "up");
+  CHECK(bench.say(op, "remove\n") == "err usage remove ID\n");
+  CHECK(bench.say(op, "remove " + a + " extra\n") == "err usage remove ID\n");
+  CHECK(bench.say(op, "remove " + a + "\n") == "ok\n");
+  CHECK(bench.say(op, "remove " + a + "\n") == "err unknown-backend unknown backend id\n");
+  CHECK(bench.say(op, "list\n").rfind("ok backends=1\n") != std::string::npos);
+  CHECK_FALSE(op.agent());
+}
+
+TEST_CASE("native commands: concurrency, help, quit, comments, unknown commands, long lines") {
+  admin_bench bench;
+  auto op = from_agent();
+  CHECK(bench.say(op, "concurrency\n") == "ok concurrency=-1\n");
+  auto r = bench.feed(op, "concurrency 5\n");
+  CHECK(r.text() == "ok concurrency=5\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].what == detail::admin_effect::kind::set_concurrency);
+  CHECK(r.effects[0].limit == 5);
+  // Commands later in the same read see the limit the earlier one set.
+  r = bench.feed(op, "concurrency 0\nconcurrency\nstats\n");
+  CHECK(r.replies.at(1) == "ok concurrency=0\n");
+  CHECK(r.replies.at(2).find(" concurrency=0\n") != std::string::npos);
+  r = bench.feed(op, "concurrency -1\n");
+  CHECK(r.text() == "ok concurrency=-1\n");
+  CHECK(r.effects.at(0).limit == -1);
+  std::string too_many = "concurrency " + std::to_string(static_cast<long long>(max_concurrency) + 1) + "\n";
+  for (const std::string& bad : {std::string("concurrency x\n"), std::string("concurrency -2\n"), too_many}) {
+    r = bench.feed(op, bad);
+    CHECK(r.text() == "err bad-argument concurrency is -1 (no limit), 0 (paused) or N\n");
+    CHECK(r.effects.empty());
+  }
+  // help lists the commands, then ok.
+  std::string help = bench.say(op, "help\n");
+  CHECK(help.rfind("# harmony/1 admin commands", 0) == 0);
+  CHECK(help.find("# register port=P") != std::string::npos);
+  CHECK(help.size() > 4);
+  CHECK(help.substr(help.size() - 4) == "\nok\n");
+  // Comments and blank lines get no answer; CRLF is accepted.
+  CHECK(bench.feed(op, "# a note\n\n   \n").replies.empty());
+  CHECK(bench.say(op, "ping\r\n") == "pong\n");
+  CHECK(bench.say(op, "frobnicate now\n") == "err unknown-command 'frobnicate' (try 'help')\n");
+  CHECK(bench.say(op, std::string(100, 'z') + "\n") ==
+        "err unknown-command '" + std::string(64, 'z') + "' (try 'help')\n");
+  // quit and bye: ok bye, a graceful end, and the rest of the read is ignored.
+  for (const char* word : {"quit", "bye"}) {
+    auto q = from_agent();
+    r = bench.feed(q, std::string(word) + "\nping\n");
+    CHECK(r.text() == "ok bye\n");
+    REQUIRE(only_effect(r));
+    CHECK(r.effects[0].what == detail::admin_effect::kind::end);
+    CHECK(r.effects[0].graceful);
+    CHECK(std::string(r.effects[0].why) == "quit");
+    CHECK(bench.feed(q, "ping\n").replies.empty());
+  }
+  // A line over the limit: the error, then a graceful end.
+  auto l = from_agent();
+  r = bench.feed(l, std::string(5000, 'x'));
+  CHECK(r.text() == "err line-too-long lines are limited to 4096 bytes\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].graceful);
+  CHECK(std::string(r.effects[0].why) == "line too long");
+  CHECK_FALSE(has_effect(bench.feed(l, "ping\n"), detail::admin_effect::kind::end));
+}
+
+TEST_CASE("admin dialect: undecided first bytes are held, then judged") {
+  admin_bench bench;
+  auto p = from_agent();
+  CHECK(bench.feed(p, "N").replies.empty());  // could still be NID:
+  CHECK(p.current_dialect() == detail::dialect::undecided);
+  CHECK(bench.say(p, "ID::") == "NID:" + nth_id(1) + ":");
+  auto q = from_agent();
+  CHECK(bench.feed(q, "pi").replies.empty());  // native, but no line yet
+  CHECK(q.current_dialect() == detail::dialect::native);
+  CHECK(bench.say(q, "ng\n") == "pong\n");
+  // Sixteen upper-case bytes that still look like a legacy prefix are native.
+  auto r = from_agent();
+  CHECK(bench.feed(r, "CLOS").replies.empty());
+  CHECK(r.current_dialect() == detail::dialect::undecided);
+  auto s = from_agent();
+  bench.feed(s, std::string(16, 'A'));
+  CHECK(s.current_dialect() == detail::dialect::native);
 }

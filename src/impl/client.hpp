@@ -185,7 +185,7 @@ HARMONY_DEF std::error_code client::close() {
 }
 
 HARMONY_DEF std::error_code client::set_weight(int weight) {
-  if (weight <= 0 || weight > detail::selector::max_weight) return make_error_code(errc::bad_option);
+  if (weight < min_weight || weight > max_weight) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   impl* p = impl_.get();
   if (!p->running) {

@@ -142,11 +142,13 @@ inline command_line parse_command(std::string_view line) {
   return c;
 }
 
-// harmony.js's BAL: a positive number is the weight, anything else means 500.
+// harmony.js's BAL: a number in [min_weight, max_weight] (>>types) is the weight;
+// anything else means default_weight (500), as in harmony.js for a non-number:
+// no digits, other characters, 0, and a number above max_weight too (the agent
+// cannot be told "too heavy": the reply must echo its text). Never an error.
 inline int legacy_weight(std::string_view text) noexcept {
-  std::uint64_t w = 0;
-  if (!parse_uint(text, 1000000, w) || w == 0) return 500;
-  return static_cast<int>(w);
+  int w = default_weight;
+  return parse_weight(text, w) ? default_weight : w;
 }
 
 }  // namespace detail

@@ -230,7 +230,8 @@ inline void session::start_attempt() {
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
   std::error_code e;
-  switch (backend_.connect(pick.to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+  address to = to_os_address(pick.to);
+  switch (backend_.connect(to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
     case io_status::failed: return attempt_failed(e);
     case io_status::done:
       up_.begin += static_cast<std::uint32_t>(sent);

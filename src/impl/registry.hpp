@@ -1,19 +1,14 @@
 namespace harmony {
 namespace detail {
 
-// >>registry  the shared backend table
-// The backend table every event loop shares. One mutex guards it: a pick, a
-// release and an admin change each take it once, briefly.
-struct lease {
-  std::uint32_t slot = selector::npos;
-  std::uint32_t generation = 0;
-  bool valid() const noexcept { return slot != selector::npos; }
-  bool operator==(const lease& o) const noexcept { return slot == o.slot && generation == o.generation; }
-};
-
+// >>registry  the backend table: sans-IO, shared between loops through locked<>
+// The backend table. It holds no OS type: addresses are resolved_address, ids
+// come from an injected generator, and it has no lock of its own. Every event
+// loop shares one, so the server keeps it in a locked<registry> and each call
+// site takes the lock, once and briefly, for a pick, a release or an admin change.
 struct pick_result {
   lease chosen;
-  address to;
+  resolved_address to;
 };
 
 struct registry_limits {
@@ -22,22 +17,67 @@ struct registry_limits {
   std::int64_t affinity_ttl_ms = 3600000;
 };
 
+// Makes a new backend id (32 uppercase hex digits, see is_backend_id). The server
+// injects the OS random source; tests inject a counter.
+using id_generator = std::function<std::string()>;
+
+// A value of T reached only under its mutex: lock() returns a guard that acts as
+// a pointer to T and unlocks when it goes, e.g. `backends.lock()->pick(...)`.
+template <class T>
+class locked {
+ public:
+  template <class... Args>
+  explicit locked(Args&&... args) : value_(std::forward<Args>(args)...) {}
+  locked(const locked&) = delete;
+  locked& operator=(const locked&) = delete;
+
+  class guard {
+   public:
+    guard(std::mutex& m, T& v) : lock_(m), value_(v) {}
+    T* operator->() const noexcept { return &value_; }
+    T& operator*() const noexcept { return value_; }
+
+   private:
+    std::unique_lock<std::mutex> lock_;
+    T& value_;
+  };
+  guard lock() { return guard(mutex_, value_); }
+
+ private:
+  std::mutex mutex_;
+  T value_;
+};
+
 class registry {
  public:
   using limits = registry_limits;
-  registry(algorithm a, duration host_timeout, bool persistent, limits l = limits{})
-      : selector_(a), host_timeout_ms_(host_timeout.count()), persistent_(persistent), limits_(l) {}
+  registry(algorithm a, duration host_timeout, bool persistent, limits l, id_generator make_id)
+      : selector_(a),
+        host_timeout_ms_(host_timeout.count()),
+        persistent_(persistent),
+        limits_(l),
+        affinities_(affinity_table::limits{l.affinity_entries, l.affinity_ttl_ms}),
+        make_id_(std::move(make_id)) {}
+
+  // Whether a weight is in the one range the library accepts (>>types).
+  static bool valid_weight(int weight) noexcept { return weight >= min_weight && weight <= max_weight; }
 
   // Adds a backend. `expires`: it must ack within the host timeout to stay eligible
   // (registered agents); static backends added through the API never expire.
   // `wanted_id`: an id the backend already had (an agent rejoining a balancer
   // that restarted), kept when no other backend has it.
-  std::error_code add(const endpoint& at, const address* resolved, int weight, bool expires, std::string* id_out,
-                      std::int64_t now, std::string_view wanted_id = {}) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::error_code add(const endpoint& at, const resolved_address* resolved, int weight, bool expires,
+                      std::string* id_out, std::int64_t now, std::string_view wanted_id = {}) {
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     if (by_id_.size() >= limits_.backends) return make_error_code(errc::too_many_backends);
     if (!wanted_id.empty() && (!is_backend_id(wanted_id) || by_id_.count(std::string(wanted_id))))
       wanted_id = {};
+    std::string id(wanted_id);
+    // A generator that keeps repeating itself must not hang the balancer.
+    for (int tries = 0; id.empty() || by_id_.count(id); ++tries) {
+      if (tries == 64 || !make_id_) return make_error_code(errc::bad_option);
+      id = make_id_();
+    }
     std::uint32_t slot;
     if (!free_slots_.empty()) {
       slot = free_slots_.back();
@@ -51,9 +91,7 @@ class registry {
     r = record{};
     r.generation = generation;
     r.used = true;
-    if (!wanted_id.empty()) r.id.assign(wanted_id.data(), wanted_id.size());
-    else do r.id = random_id();
-      while (by_id_.count(r.id));
+    r.id = std::move(id);
     r.at = at;
     if (resolved) {
       r.to = *resolved;
@@ -69,7 +107,6 @@ class registry {
   }
 
   std::error_code remove(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
@@ -83,7 +120,7 @@ class registry {
   }
 
   std::error_code set_weight(std::string_view id, int weight) {
-    if (weight <= 0) return make_error_code(errc::bad_option);
+    if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
       selector_.set_weight(slot, weight);
@@ -95,7 +132,8 @@ class registry {
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
-  std::error_code set_address(std::string_view id, const endpoint& at, const address& resolved, std::int64_t now) {
+  std::error_code set_address(std::string_view id, const endpoint& at, const resolved_address& resolved,
+                              std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
       r.at = at;
       r.to = resolved;
@@ -117,45 +155,35 @@ class registry {
   }
 
   // The address a backend registered from, to derive where it serves.
-  bool address_of(std::string_view id, endpoint& at) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
     if (!find(id, slot)) return false;
     at = records_[slot].at;
     return true;
   }
 
-  bool known(std::string_view id) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  bool known(std::string_view id) const {
     std::uint32_t slot;
     return find(id, slot);
   }
 
-  void set_algorithm(algorithm a) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    selector_.set_algorithm(a);
-  }
+  void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
   // Chooses a backend for a client (by its host key) and counts the connection
-  // against it. `tried` lists earlier failed attempts of this connection.
+  // against it. `tried` lists earlier failed attempts of this connection. With
+  // persistence, the client's remembered backend comes first while it is eligible
+  // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
         if (l.slot == slot && l.generation == records_[slot].generation) return true;
       return false;
     };
-    affinity* sticky = nullptr;
-    if (persistent_ && !client_key.empty()) {
-      auto it = affinities_.find(std::string(client_key));
-      if (it != affinities_.end()) {
-        sticky = &it->second;
-        const lease& l = sticky->backend;
-        if (l.slot < records_.size() && records_[l.slot].generation == l.generation && eligible(l.slot, now) &&
-            !was_tried(l.slot))
-          chosen = l.slot;
-      }
+    bool sticky = persistent_ && !client_key.empty();
+    if (sticky) {
+      const lease* l = affinities_.find(client_key, now);
+      if (l && current(*l) && eligible(l->slot, now) && !was_tried(l->slot)) chosen = l->slot;
     }
     if (chosen == selector::npos) {
       chosen = selector_.pick([&](std::uint32_t slot) {
@@ -170,36 +198,21 @@ class registry {
     selector_.set_active(chosen, r.active);
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
-    if (persistent_ && !client_key.empty()) {
-      if (!sticky) {
-        if (affinities_.size() >= limits_.affinity_entries) prune_affinities(now);
-        sticky = &affinities_[std::string(client_key)];
-      }
-      sticky->backend = out.chosen;
-      sticky->last_used = now;
-    }
+    if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
   }
 
   void release(const lease& l, bool failed) {
-    if (!l.valid()) return;
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot >= records_.size()) return;
+    if (!l.valid() || !current(l)) return;
     record& r = records_[l.slot];
-    if (r.generation != l.generation) return;
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
     selector_.set_active(l.slot, r.active);
   }
 
-  std::string id_of(const lease& l) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (l.slot < records_.size() && records_[l.slot].generation == l.generation) return records_[l.slot].id;
-    return {};
-  }
+  std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
 
-  std::vector<backend_info> list(std::int64_t now) {
-    std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<backend_info> list(std::int64_t now) const {
     std::vector<backend_info> out;
     out.reserve(by_id_.size());
     for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
@@ -220,42 +233,31 @@ class registry {
     return out;
   }
 
-  std::size_t size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return by_id_.size();
-  }
-  std::size_t affinity_size() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return affinities_.size();
-  }
+  std::size_t size() const noexcept { return by_id_.size(); }
+  std::size_t affinity_size() const noexcept { return affinities_.size(); }
 
  private:
   struct record {
     std::string id;
     endpoint at;
-    address to;
+    resolved_address to;
     bool used = false;
     bool routable = false;
     bool draining = false;
     bool expires = false;
     bool online = true;
-    int weight = 500;
+    int weight = default_weight;
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
     std::uint32_t generation = 0;
   };
-  struct affinity {
-    lease backend;
-    std::int64_t last_used = 0;
-  };
 
-  // Changes one backend under the lock, then re-judges its eligibility at `now`
-  // (a negative `now` leaves eligibility alone).
+  // Changes one backend, then re-judges its eligibility at `now` (a negative
+  // `now` leaves eligibility alone).
   template <class Change>
   std::error_code update(std::string_view id, std::int64_t now, Change&& change) {
-    std::lock_guard<std::mutex> lock(mutex_);
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     change(records_[slot], slot);
@@ -268,6 +270,10 @@ class registry {
     if (it == by_id_.end()) return false;
     slot = it->second;
     return true;
+  }
+  // Whether a lease still names the backend it was taken from.
+  bool current(const lease& l) const noexcept {
+    return l.slot < records_.size() && records_[l.slot].generation == l.generation;
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
@@ -286,30 +292,16 @@ class registry {
     if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
     else selector_.erase(slot);
   }
-  // Drops idle entries; if none is idle, the oldest half goes.
-  void prune_affinities(std::int64_t now) {
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = now - it->second.last_used > limits_.affinity_ttl_ms ? affinities_.erase(it) : std::next(it);
-    if (affinities_.size() < limits_.affinity_entries) return;
-    std::vector<std::int64_t> ages;
-    ages.reserve(affinities_.size());
-    for (auto& e : affinities_) ages.push_back(e.second.last_used);
-    auto middle = ages.begin() + static_cast<std::ptrdiff_t>(ages.size() / 2);
-    std::nth_element(ages.begin(), middle, ages.end());
-    std::int64_t cut = *middle;
-    for (auto it = affinities_.begin(); it != affinities_.end();)
-      it = it->second.last_used <= cut ? affinities_.erase(it) : std::next(it);
-  }
 
-  std::mutex mutex_;
   selector selector_;
   std::int64_t host_timeout_ms_;
   bool persistent_;
   limits limits_;
+  affinity_table affinities_;
+  id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
   std::unordered_map<std::string, std::uint32_t> by_id_;
-  std::unordered_map<std::string, affinity> affinities_;
 };
 
 }  // namespace detail

@@ -12,8 +12,6 @@ namespace detail {
 class selector {
  public:
   static constexpr std::uint32_t npos = 0xffffffffu;
-  // Weights above this are clamped, so that every product below fits 63 bits.
-  static constexpr int max_weight = 1 << 20;
   enum class verdict { take, skip, evict };
 
   explicit selector(algorithm a = algorithm::leastconn) : algorithm_(a) {}
@@ -105,8 +103,10 @@ class selector {
     std::uint32_t pos = npos;
   };
 
+  // The registry admits only weights in [min_weight, max_weight] (>>types); the
+  // clamp merely keeps every product below within 63 bits should one slip through.
   static void set_weight_only(item& it, int weight) {
-    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, 1), max_weight));
+    std::uint64_t w = static_cast<std::uint64_t>(std::min(std::max(weight, min_weight), max_weight));
     if (w == it.weight) return;
     it.ticks = it.ticks * w / it.weight;  // keep the pass where it was
     it.weight = w;

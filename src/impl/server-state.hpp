@@ -10,7 +10,7 @@ struct server::impl {
   explicit impl(server_options o)
       : options(std::move(o)),
         log{options.log, options.level},
-        backends(options.balance, options.host_timeout, options.persistent, limits_of(options)),
+        backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {}
 
   static detail::registry_limits limits_of(const server_options& o) {
@@ -42,7 +42,7 @@ struct server::impl {
 
   server_options options;
   detail::logger log;
-  detail::registry backends;
+  detail::locked<detail::registry> backends;  // shared by every loop: lock() for each use
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};

@@ -126,31 +126,31 @@ HARMONY_DEF std::error_code server::add_backend(std::string_view address, int we
 inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
-  if (weight <= 0 || at.port == 0) return make_error_code(errc::bad_option);
-  detail::address to;
-  if (auto e = detail::resolve(at, to, false)) return e;
-  return backends.add(at, &to, weight, false, id_out, detail::now_ms());
+  if (at.port == 0) return make_error_code(errc::bad_option);  // the registry judges the weight
+  detail::resolved_address to;
+  if (auto e = detail::resolve(at, to)) return e;
+  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.remove(id); }
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.set_weight(id, weight);
+  return impl_->backends.lock()->set_weight(id, weight);
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.drain(id, on, detail::now_ms());
+  return impl_->backends.lock()->drain(id, on, detail::now_ms());
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
-  if (limit < -1) return make_error_code(errc::bad_option);
+  if (limit < min_concurrency || limit > max_concurrency) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   if (impl_->running) impl_->apply_concurrency(limit);
   else impl_->concurrency.store(limit, std::memory_order_relaxed);
   return {};
 }
 
-HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.list(detail::now_ms()); }
+HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);

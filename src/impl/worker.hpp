@@ -130,10 +130,10 @@ inline void worker::adopt(socket_handle fd, const address& peer) {
 }
 
 inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
-  return owner_.backends.pick(loop_.now(), client_key, tried, out);
+  return owner_.backends.lock()->pick(loop_.now(), client_key, tried, out);
 }
-inline void worker::release(const lease& backend, bool failed) { owner_.backends.release(backend, failed); }
-inline std::string worker::backend_id(const lease& backend) { return owner_.backends.id_of(backend); }
+inline void worker::release(const lease& backend, bool failed) { owner_.backends.lock()->release(backend, failed); }
+inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
 inline bool worker::take_slot() { return owner_.try_take_slot(); }
 

@@ -1,0 +1,407 @@
+namespace harmony {
+namespace detail {
+
+// >>commands  sans-IO admin command handling, both dialects: bytes in, reply and effects out
+// What an admin connection means, apart from moving its bytes. admin_protocol
+// holds one connection's protocol state (dialect, parsers, the backend it speaks
+// for, whether it is an agent and its heartbeat, who the peer is) and turns the
+// bytes read into the bytes to write plus a few effects for the I/O layer
+// (>>admin) to apply. It changes the registry itself, under its lock, and
+// reaches the rest of the balancer only through admin_services.
+
+// What commands need of the balancer beyond the registry. The server implements
+// it; tests implement it with plain values.
+class admin_services {
+ public:
+  virtual server_stats stats() = 0;  // `stats`
+  virtual int concurrency() = 0;     // `stats`, `concurrency`
+  // Resolves `register host=H` (may block: it runs on the admin loop, as before).
+  virtual std::error_code resolve(const endpoint& at, resolved_address& out) = 0;
+  // `add HOST:PORT [weight=W]`: a static backend, as server::add_backend.
+  virtual std::error_code add_static(std::string_view address, int weight, std::string* id_out) = 0;
+
+ protected:
+  ~admin_services() = default;
+};
+
+// What a command does beyond its reply; the I/O layer applies these in order,
+// after queueing the reply.
+struct admin_effect {
+  enum class kind {
+    end,              // end the connection, after the reply is sent when `graceful`; `why` is logged
+    bind_agent,       // this connection is now the live connection of agent `id`; `previous`,
+                      // when not empty, is the agent it spoke for before
+    unbind_agent,     // agent `id` deregistered itself: forget its connection
+    set_concurrency,  // apply `limit` as the concurrency limit
+  };
+  kind what = kind::end;
+  std::string id;
+  std::string previous;
+  int limit = 0;
+  bool graceful = false;
+  const char* why = "";
+};
+
+struct admin_result {
+  // The replies, in order, one write each: one per message answered, as the
+  // balancer always wrote them (a harmony.js agent reads what it gets as it comes).
+  std::vector<std::string> replies;
+  std::vector<admin_effect> effects;  // in order, after the replies
+
+  // All the reply bytes as one string.
+  std::string text() const {
+    std::string all;
+    for (const std::string& r : replies) all += r;
+    return all;
+  }
+};
+
+// Everything a command reads or changes besides the connection's own state.
+struct admin_context {
+  locked<registry>& backends;
+  admin_services& services;
+  const logger& log;
+  std::int64_t now;
+};
+
+class admin_protocol {
+ public:
+  struct config {
+    bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
+    std::size_t max_line = 4096;
+  };
+
+  // `peer`: the address the connection comes from; `peer_host`: its host as text.
+  admin_protocol(resolved_address peer, std::string peer_host, config c)
+      : config_(c), peer_(peer), peer_host_(std::move(peer_host)), lines_(c.max_line) {}
+  admin_protocol(resolved_address peer, std::string peer_host) : admin_protocol(peer, std::move(peer_host), config{}) {}
+
+  // Bytes read from the connection: tells the dialect from the first bytes, splits
+  // them into messages or lines and answers each. After an `end` effect the rest
+  // of the input, now and later, is ignored.
+  admin_result feed(std::string_view bytes, admin_context& ctx) {
+    admin_result out;
+    if (ended_) return out;
+    std::string held;
+    if (dialect_ == dialect::undecided) {
+      first_bytes_.append(bytes.data(), bytes.size());
+      dialect_ = detect_dialect(first_bytes_);
+      if (dialect_ == dialect::undecided) {
+        if (first_bytes_.size() < 16) return out;
+        dialect_ = dialect::native;
+      }
+      held.swap(first_bytes_);
+      bytes = held;
+      if (dialect_ == dialect::legacy && config_.refuse_legacy) {
+        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set", peer_name().c_str());
+        end(out, "legacy dialect refused", false);
+        return out;
+      }
+    }
+    if (dialect_ == dialect::legacy) {
+      bool ok = legacy_.feed(bytes, [&](std::string_view command, std::string_view argument) {
+        if (!ended_) legacy_message(command, argument, ctx, out);
+      });
+      if (!ok && !ended_) {
+        ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
+        end(out, "malformed legacy message", false);
+      }
+      return out;
+    }
+    bool ok = lines_.feed(bytes, [&](std::string_view line) {
+      if (!ended_) native_line(line, ctx, out);
+    });
+    if (!ok && !ended_) {
+      error(out, "line-too-long", "lines are limited to " + std::to_string(config_.max_line) + " bytes");
+      end(out, "line too long", true);
+    }
+    return out;
+  }
+
+  // One harmony.js message. Every reply but BID and NID echoes the request byte
+  // for byte: the agent matches replies as text.
+  void legacy_message(std::string_view command, std::string_view argument, admin_context& ctx, admin_result& out) {
+    std::string echo;
+    echo.reserve(command.size() + argument.size() + 2);
+    echo.append(command.data(), command.size()).append(":").append(argument.data(), argument.size()).append(":");
+    if (command == "BYE") return end(out, "BYE", true);
+    if (command == "NID") {
+      // The backend lives at this connection's peer address; SPORT gives its port.
+      endpoint at{peer_host_, 0};
+      std::string id;
+      if (auto e = ctx.backends.lock()->add(at, &peer_, default_weight, true, &id, ctx.now)) {
+        ctx.log(log_level::warn, "legacy registration from %s refused: %s", at.host.c_str(), e.message().c_str());
+        return end(out, "registration refused", false);
+      }
+      bound_id_ = id;
+      ctx.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+      return append(out, "NID:" + id + ":");
+    }
+    if (command == "ID") {
+      std::string id(argument);
+      // harmony.js's close() sends CLOSE then ID for the same id on one connection
+      // and expects both echoed.
+      if (id == closed_id_) return append(out, echo);
+      if (!ctx.backends.lock()->known(id)) return append(out, "BID:" + id + ":");
+      bound_id_ = id;
+      return append(out, echo);
+    }
+    if (command == "BAL") {
+      if (!bound_id_.empty()) ctx.backends.lock()->set_weight(bound_id_, legacy_weight(argument));
+      return append(out, echo);
+    }
+    if (command == "SPORT") {
+      std::uint64_t port = 0;
+      endpoint at;
+      if (!bound_id_.empty() && parse_uint(argument, 65535, port)) {
+        auto r = ctx.backends.lock();
+        if (r->address_of(bound_id_, at)) {
+          at.port = static_cast<std::uint16_t>(port);
+          r->set_address(bound_id_, at, peer_.with_port(at.port), ctx.now);
+          r->ack(bound_id_, ctx.now);
+        }
+      }
+      return append(out, echo);
+    }
+    if (command == "ACK") {
+      ctx.backends.lock()->ack(argument, ctx.now);  // an unknown id is answered all the same
+      return append(out, echo);
+    }
+    if (command == "CLOSE") {
+      if (!ctx.backends.lock()->remove(argument)) {
+        ctx.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+        closed_id_.assign(argument.data(), argument.size());
+        if (bound_id_ == closed_id_) bound_id_.clear();
+      }
+      return append(out, echo);
+    }
+  }
+
+  // One harmony/1 line.
+  void native_line(std::string_view line, admin_context& ctx, admin_result& out) {
+    command_line c = parse_command(line);
+    if (c.verb.empty() || c.verb.front() == '#') return;
+    auto need_args = [&](std::size_t n, const char* usage) {
+      if (c.args.size() == n) return true;
+      error(out, "usage", usage);
+      return false;
+    };
+    auto answer = [&](std::error_code e, const std::string& ok_text) {
+      if (!e) return append(out, ok_text.empty() ? "ok\n" : "ok " + ok_text + "\n");
+      const char* code =
+          e == errc::unknown_backend ? "unknown-backend" : e == errc::bad_option ? "bad-argument" : "failed";
+      error(out, code, e.message());
+    };
+    auto weight_of = [&](std::string_view text, int& w) {
+      if (!parse_weight(text, w)) return true;
+      error(out, "bad-argument", weight_range());
+      return false;
+    };
+
+    if (c.verb == "hello") {
+      return append(out, "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                             std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) +
+                             " auth=none\n");
+    }
+    if (c.verb == "ping") {
+      if (agent_) ctx.backends.lock()->ack(bound_id_, ctx.now);
+      return append(out, "pong\n");
+    }
+    if (c.verb == "register") return command_register(c, ctx, out);
+    if (c.verb == "weight") {
+      int w = 0;
+      if (!need_args(1, "weight W") || !weight_of(c.args[0], w)) return;
+      if (bound_id_.empty()) return error(out, "not-registered", "register first");
+      return answer(ctx.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
+    }
+    if (c.verb == "close") {
+      if (bound_id_.empty()) return error(out, "not-registered", "register first");
+      std::string id = bound_id_;
+      admin_effect unbind;
+      unbind.what = admin_effect::kind::unbind_agent;
+      unbind.id = id;
+      out.effects.push_back(std::move(unbind));
+      agent_ = false;
+      bound_id_.clear();
+      ctx.log(log_level::info, "backend %s deregistered", id.c_str());
+      return answer(ctx.backends.lock()->remove(id), "closed id=" + id);
+    }
+    if (c.verb == "list") {
+      auto list = ctx.backends.lock()->list(ctx.now);
+      std::string text;
+      for (const auto& b : list)
+        text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
+                " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
+                " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
+      text += "ok backends=" + std::to_string(list.size()) + "\n";
+      return append(out, text);
+    }
+    if (c.verb == "stats") {
+      server_stats s = ctx.services.stats();
+      std::size_t backends = ctx.backends.lock()->size();
+      return append(out, "ok accepted=" + std::to_string(s.accepted) + " active=" + std::to_string(s.active) +
+                             " queued=" + std::to_string(s.queued) + " unavailable=" + std::to_string(s.unavailable) +
+                             " connect_failures=" + std::to_string(s.connect_failures) +
+                             " bytes_in=" + std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
+                             " bytes_spliced=" + std::to_string(s.bytes_spliced) +
+                             " backends=" + std::to_string(backends) +
+                             " concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
+    }
+    if (c.verb == "add") {
+      if (!need_args(1, "add HOST:PORT [weight=W]")) return;
+      int w = default_weight;
+      std::string_view wtext;
+      if (c.option("weight", wtext) && !weight_of(wtext, w)) return;
+      std::string id;
+      std::error_code e = ctx.services.add_static(c.args[0], w, &id);
+      if (e == errc::bad_address || e == errc::resolve_failed) return error(out, "bad-argument", e.message());
+      return answer(e, "id=" + id);
+    }
+    if (c.verb == "remove") {
+      if (!need_args(1, "remove ID")) return;
+      return answer(ctx.backends.lock()->remove(c.args[0]), "");
+    }
+    if (c.verb == "set-weight") {
+      int w = 0;
+      if (!need_args(2, "set-weight ID W") || !weight_of(c.args[1], w)) return;
+      return answer(ctx.backends.lock()->set_weight(c.args[0], w), "weight=" + std::to_string(w));
+    }
+    if (c.verb == "drain" || c.verb == "undrain") {
+      if (!need_args(1, "drain ID | undrain ID")) return;
+      return answer(ctx.backends.lock()->drain(c.args[0], c.verb == "drain", ctx.now), "");
+    }
+    if (c.verb == "concurrency") {
+      if (c.args.empty()) return append(out, "ok concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
+      long long v = 0;
+      if (parse_integer(c.args[0], min_concurrency, max_concurrency, v))
+        return error(out, "bad-argument", "concurrency is -1 (no limit), 0 (paused) or N");
+      int limit = static_cast<int>(v);
+      admin_effect set;
+      set.what = admin_effect::kind::set_concurrency;
+      set.limit = limit;
+      out.effects.push_back(std::move(set));
+      return append(out, "ok concurrency=" + std::to_string(limit) + "\n");
+    }
+    if (c.verb == "help") return append(out, std::string(help_text()) + "ok\n");
+    if (c.verb == "quit" || c.verb == "bye") {
+      append(out, "ok bye\n");
+      return end(out, "quit", true);
+    }
+    std::string verb(c.verb.substr(0, 64));
+    error(out, "unknown-command", "'" + verb + "' (try 'help')");
+  }
+
+  static const char* help_text() noexcept {
+    return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
+           "# hello [harmony/1]                      protocol version\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# ping                                   agent heartbeat (answer: pong)\n"
+           "# weight W                               agent: change its own weight\n"
+           "# close                                  agent: deregister now\n"
+           "# list                                   backends with state, weight, connections\n"
+           "# stats                                  balancer counters\n"
+           "# add HOST:PORT [weight=W]               add a static backend\n"
+           "# remove ID | set-weight ID W | drain ID | undrain ID\n"
+           "# concurrency [N]                        show or set the concurrency limit\n"
+           "# quit\n";
+  }
+
+  dialect current_dialect() const noexcept { return dialect_; }
+  const std::string& bound_id() const noexcept { return bound_id_; }    // the backend it speaks for
+  const std::string& closed_id() const noexcept { return closed_id_; }  // deregistered here (legacy CLOSE)
+  bool agent() const noexcept { return agent_; }  // a native agent: its connection is its liveness
+  std::int64_t heartbeat_ms() const noexcept { return heartbeat_ms_; }
+  bool ended() const noexcept { return ended_; }
+  const resolved_address& peer() const noexcept { return peer_; }
+  const std::string& peer_host() const noexcept { return peer_host_; }
+
+ private:
+  void command_register(const command_line& c, admin_context& ctx, admin_result& out) {
+    std::string_view text;
+    std::uint64_t port = 0;
+    if (!c.option("port", text) || !parse_uint(text, 65535, port) || port == 0)
+      return error(out, "bad-argument", "register needs port=1..65535");
+    int weight = default_weight;
+    if (c.option("weight", text) && parse_weight(text, weight)) return error(out, "bad-argument", weight_range());
+    std::int64_t heartbeat = 0;
+    if (c.option("heartbeat", text)) {
+      duration d{};
+      if (parse_duration(text, d) || d.count() <= 0)
+        return error(out, "bad-argument", "heartbeat is a duration, e.g. 20s");
+      heartbeat = d.count();
+    }
+    endpoint at{peer_host_, static_cast<std::uint16_t>(port)};
+    resolved_address to = peer_.with_port(at.port);
+    if (c.option("host", text)) {
+      at.host.assign(text.data(), text.size());
+      if (at.host.empty() || ctx.services.resolve(at, to)) return error(out, "bad-argument", "cannot resolve host");
+    }
+    std::string id;
+    if (c.option("id", text)) id.assign(text.data(), text.size());
+    {
+      auto r = ctx.backends.lock();
+      if (!id.empty() && r->known(id)) {
+        r->set_address(id, at, to, ctx.now);
+        r->set_weight(id, weight);
+        r->set_online(id, true, ctx.now);
+        ctx.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
+                weight);
+      } else {
+        // A balancer that restarted does not know the agent: it rejoins under its old id.
+        std::string wanted = id;
+        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
+        ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+      }
+    }
+    admin_effect bind;
+    bind.what = admin_effect::kind::bind_agent;
+    bind.id = id;
+    if (agent_ && bound_id_ != id) bind.previous = bound_id_;
+    out.effects.push_back(std::move(bind));
+    heartbeat_ms_ = heartbeat;
+    bound_id_ = id;
+    agent_ = true;
+    append(out, "ok id=" + id + "\n");
+  }
+
+  // The limit in force once the effects so far are applied.
+  static int concurrency(admin_context& ctx, const admin_result& out) {
+    for (auto it = out.effects.rbegin(); it != out.effects.rend(); ++it)
+      if (it->what == admin_effect::kind::set_concurrency) return it->limit;
+    return ctx.services.concurrency();
+  }
+  static std::string weight_range() {
+    return "weight must be a number from " + std::to_string(min_weight) + " to " + std::to_string(max_weight);
+  }
+  static void append(admin_result& out, std::string text) { out.replies.push_back(std::move(text)); }
+  static void error(admin_result& out, std::string_view code, std::string_view message) {
+    std::string line = "err ";
+    line.append(code.data(), code.size()).append(" ").append(message.data(), message.size()).append("\n");
+    out.replies.push_back(std::move(line));
+  }
+  void end(admin_result& out, const char* why, bool graceful) {
+    ended_ = true;
+    admin_effect e;
+    e.what = admin_effect::kind::end;
+    e.graceful = graceful;
+    e.why = why;
+    out.effects.push_back(std::move(e));
+  }
+  std::string peer_name() const { return endpoint{peer_host_, peer_.port}.to_string(); }
+
+  config config_;
+  resolved_address peer_;
+  std::string peer_host_;
+  dialect dialect_ = dialect::undecided;
+  std::string first_bytes_;
+  legacy_parser legacy_;
+  line_splitter lines_;
+  std::string bound_id_;
+  std::string closed_id_;
+  bool agent_ = false;
+  std::int64_t heartbeat_ms_ = 0;
+  bool ended_ = false;
+};
+
+}  // namespace detail
+}  // namespace harmony
