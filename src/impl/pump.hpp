@@ -125,8 +125,7 @@ class session final : public connection_owner {
   void close(bool reset);
 
   phase current_phase() const noexcept { return phase_; }
-  session* queue_next = nullptr;
-  session* queue_prev = nullptr;
+  wait_hook<session> waiting;  // its place in the wait queue for a slot (>>wait-queue)
 
  private:
   struct direction {

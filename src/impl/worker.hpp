@@ -54,7 +54,7 @@ class worker final : public session_host {
 
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
-  std::size_t waiting() const noexcept { return queue_length_; }
+  std::size_t waiting() const noexcept { return queue_.size(); }
 
   relay_counters stats;
 
@@ -101,9 +101,7 @@ class worker final : public session_host {
   std::vector<std::unique_ptr<session>> sessions_;
   std::vector<session*> free_sessions_;
   std::size_t next_worker_ = 0;
-  session* queue_head_ = nullptr;
-  session* queue_tail_ = nullptr;
-  std::size_t queue_length_ = 0;
+  wait_queue<session, &session::waiting> queue_;
 };
 
 inline session* worker::make_session() {
@@ -139,36 +137,24 @@ inline bool worker::take_slot() { return owner_.try_take_slot(); }
 
 inline void worker::give_slot() {
   owner_.proxied.fetch_sub(1, std::memory_order_relaxed);
-  if (queue_length_) admit_waiting();
+  if (!queue_.empty()) admit_waiting();
   else if (owner_.waiting.load(std::memory_order_relaxed) > 0) owner_.wake_queues();
 }
 
 inline bool worker::wait_for_slot(session& s) {
-  if (queue_length_ >= settings_.queue_limit) return false;
-  s.queue_next = nullptr;
-  s.queue_prev = queue_tail_;
-  if (queue_tail_) queue_tail_->queue_next = &s;
-  else queue_head_ = &s;
-  queue_tail_ = &s;
-  ++queue_length_;
+  if (queue_.size() >= settings_.queue_limit || !queue_.push(&s, loop_.now())) return false;
   owner_.waiting.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
 inline void worker::stop_waiting(session& s) {
-  if (s.queue_prev) s.queue_prev->queue_next = s.queue_next;
-  else queue_head_ = s.queue_next;
-  if (s.queue_next) s.queue_next->queue_prev = s.queue_prev;
-  else queue_tail_ = s.queue_prev;
-  s.queue_next = s.queue_prev = nullptr;
-  --queue_length_;
-  owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
+  if (queue_.remove(&s)) owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
 }
 
 inline void worker::admit_waiting() {
-  while (queue_head_ && owner_.try_take_slot()) {
-    session* s = queue_head_;
-    stop_waiting(*s);
+  while (!queue_.empty() && owner_.try_take_slot()) {
+    session* s = queue_.pop();
+    owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
     s->admitted();
   }
 }
