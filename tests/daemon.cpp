@@ -2,6 +2,8 @@
 // traffic through the daemon and its agent subcommand.
 #include "support.hpp"
 
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 
@@ -178,6 +180,22 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   process version({"--version"});
   CHECK(version.wait() == 0);
   CHECK(version.output().rfind("harmonyd 0.", 0) == 0);
+}
+
+TEST_CASE("README documents every flag that --help lists") {
+  std::ifstream file("README.md");
+  REQUIRE_MESSAGE(file.good(), "run the tests from the repository's root");
+  std::string readme((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  process help({"--help"});
+  REQUIRE(help.wait() == 0);
+  std::size_t flags = 0;
+  for (const auto& entry : help_entries(help.output())) {
+    std::string flag = entry.first.substr(0, entry.first.find(' '));  // "--listen HOST:PORT" -> "--listen"
+    ++flags;
+    INFO(flag << " is in --help but not in README.md");
+    CHECK(readme.find("`" + flag) != std::string::npos);
+  }
+  CHECK(flags > 20);
 }
 
 TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit code 2") {
