@@ -110,11 +110,11 @@ TEST_CASE("round-robin also honours weights") {
 }
 
 TEST_CASE("leastconn sends new connections to the backend with fewer open ones") {
-  std::atomic<bool> release{false};
+  gate release;
   auto holder = [&](const std::string& name) {
     return [&release, name](const sock& c) {
       c.send_all(name);
-      for (int i = 0; i < 1000 && !release; ++i) std::this_thread::sleep_for(10ms);
+      release.wait();
     };
   };
   backend a(holder("a")), b(holder("b"));
@@ -132,7 +132,7 @@ TEST_CASE("leastconn sends new connections to the backend with fewer open ones")
   }
   CHECK(count["a"] == 5);
   CHECK(count["b"] == 5);
-  release = true;
+  release.open();
 }
 
 TEST_CASE("a backend removed at run time gets no new connections; re-weighting takes effect") {
@@ -210,7 +210,12 @@ TEST_CASE("a backend connect that hangs times out through the error path") {
     ::connect(f.fd(), reinterpret_cast<sockaddr*>(&ss), len);
     fillers.push_back(std::move(f));
   }
-  std::this_thread::sleep_for(50ms);
+  // The queue is full once a filler's handshake has completed (it turns writable).
+  REQUIRE(eventually([&] {
+    for (auto& f : fillers)
+      if (wait_writable(f.fd(), 0)) return true;
+    return false;
+  }));
   auto o = quiet_options();
   o.requeue = 0;
   o.connect_timeout = std::chrono::milliseconds(300);
@@ -305,9 +310,11 @@ TEST_CASE("IPv6 clients and backends work") {
 }
 
 TEST_CASE("a reset from the backend reaches the client as a reset") {
+  // The backend resets once the client says it has the data (tests/relay.cpp has
+  // the same with relay buffers of a few bytes).
   backend b([](const sock& c) {
     c.send_all("partial");
-    std::this_thread::sleep_for(50ms);
+    c.read_n(1);
     set_linger_zero(c.fd());
   });
   running_server s(quiet_options());
@@ -315,6 +322,7 @@ TEST_CASE("a reset from the backend reaches the client as a reset") {
   sock c = connect_to(s.address());
   REQUIRE(c);
   CHECK(c.read_n(7) == "partial");
+  CHECK(c.send_all("k"));
   char buf[16];
   io_result k = recv_some(c.fd(), buf, sizeof buf);
   std::error_code e = last_error();
