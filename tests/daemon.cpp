@@ -336,6 +336,7 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
              "no backend\n", "--log-level", "warn"});
   REQUIRE(eventually([&] { return listening(admin); }));
   std::string id1 = legacy_register(admin, 1000, one.at().port);
+  auto registered = std::chrono::steady_clock::now();  // no later than two's registration
   std::string id2 = legacy_register(admin, 500, two.at().port);
   REQUIRE(id1.size() == 32);
   auto count = tally(listen, 30);
@@ -348,7 +349,12 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
   count = tally(listen, 6);
   CHECK(count["two"] == 6);
   // No more acks: after the host timeout nobody is eligible.
-  std::this_thread::sleep_for(1300ms);
+  admin_session op(admin);
+  REQUIRE(eventually([&] {
+    std::string list = op.call("list");
+    return list.find("id=" + id2) != std::string::npos && list.find("state=expired") != std::string::npos;
+  }, 5000ms));
+  CHECK(std::chrono::steady_clock::now() - registered >= 995ms);
   CHECK(round_trip(listen, "x") == "no backend\n");
   legacy_ack(admin, id2);
   CHECK(name_of(round_trip(listen, "x")) == "two");
