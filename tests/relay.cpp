@@ -8,11 +8,9 @@ using namespace test;
 
 namespace {
 
-// The smallest relay buffer server::start() accepts today: it refuses
-// buffer_bytes below 16. Lower this to 1 once the library does; the sizes below
-// are written as they are meant to run, and sizes that collapse onto the same
-// effective pair are run once.
-constexpr std::size_t min_buffer_bytes = 16;
+// The smallest relay buffer server::start() accepts: one byte. Sizes that
+// collapse onto the same effective pair are run once.
+constexpr std::size_t min_buffer_bytes = 1;
 
 struct relay_size {
   std::size_t buffer;  // server_options::buffer_bytes
@@ -242,11 +240,10 @@ TEST_CASE("tiny relay buffers: a client's reset reaches the backend as a reset, 
   client_resets_after_data(true);
 }
 
-// Known to fail on Linux through buffers (not splice): the balancer passes a reset
-// on by closing with SO_LINGER 0, which discards bytes it has written but the
-// kernel has not sent yet (small writes wait in the send queue: TCP autocorking),
-// so the far end gets the reset early. Run with --no-skip. See the test report.
-TEST_CASE("tiny relay buffers: a reset right behind data loses none of it" * doctest::skip()) {
+// A reset is passed on by closing with SO_LINGER 0, which discards what the
+// kernel still holds of what was written; the relay must deliver everything the
+// failed side sent first, and only then reset.
+TEST_CASE("tiny relay buffers: a reset right behind data loses none of it") {
   SUBCASE("from the backend") { backend_resets_after_data(false); }
   SUBCASE("from the client") { client_resets_after_data(false); }
 }

@@ -24,6 +24,9 @@ class connection_core : public io_handler {
   bool readable() const noexcept { return readable_; }
   // A write still going on: the rest of the last write() that returned pending.
   bool writing() const noexcept { return out_left_ > 0; }
+  // Bytes handed to the system and not yet delivered (sent and acknowledged),
+  // where the system tells; 0 where it does not.
+  std::size_t unsent() const noexcept { return fd_ == invalid_socket ? 0 : unsent_bytes(fd_); }
 
   // Takes an accepted (or otherwise connected) socket; on failure it is closed.
   std::error_code adopt(socket_handle s) {

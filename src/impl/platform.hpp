@@ -57,6 +57,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -170,6 +171,8 @@ inline void set_nodelay(socket_handle s) noexcept {
   BOOL one = TRUE;
   ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&one), sizeof one);
 }
+// Windows does not tell how much of what was sent the peer has yet to acknowledge.
+inline std::size_t unsent_bytes(socket_handle) noexcept { return 0; }
 // Overlapped operations ignore this mode; it makes the plain send/recv calls
 // that the engine also uses return WSAEWOULDBLOCK instead of waiting.
 inline bool set_nonblocking(socket_handle s) noexcept {
@@ -203,6 +206,20 @@ inline void abort_socket(socket_handle s) noexcept {
 inline void set_nodelay(socket_handle s) noexcept {
   int one = 1;
   ::setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+// What the kernel still holds of what was sent on `s`: not yet sent, or not yet
+// acknowledged by the peer. Closing with a reset throws that away. 0 where the
+// system does not tell.
+inline std::size_t unsent_bytes(socket_handle s) noexcept {
+  int n = 0;
+#if defined(FIONWRITE)
+  if (::ioctl(s, FIONWRITE, &n) == 0 && n > 0) return static_cast<std::size_t>(n);
+#elif defined(TIOCOUTQ)
+  if (::ioctl(s, TIOCOUTQ, &n) == 0 && n > 0) return static_cast<std::size_t>(n);
+#else
+  (void)s;
+#endif
+  return 0;
 }
 inline bool set_nonblocking(socket_handle s) noexcept {
   int flags = ::fcntl(s, F_GETFL, 0);

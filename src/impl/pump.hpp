@@ -106,7 +106,9 @@ class replay_window {
 // so an idle connection costs no buffer at all.
 class session final : public connection_owner {
  public:
-  enum class phase { idle, queued, connecting, retrying, relaying, farewell };
+  // passing_reset: one side failed; what it sent before still goes to the
+  // other side, and the reset follows it there.
+  enum class phase { idle, queued, connecting, retrying, relaying, passing_reset, farewell };
 
   explicit session(session_host& host) : host_(host), client_(host.loop()), backend_(host.loop()) {
     client_.set_owner(this);
@@ -153,8 +155,10 @@ class session final : public connection_owner {
   void on_clock();
   void pump();
   bool flow(direction& d, connection& src, connection& dst);
+  io_status send_held(direction& d, connection& dst, std::error_code& error);
   bool fill(direction& d, connection& src);
   void fail(connection& where, std::error_code error);
+  void pass_reset();
   void farewell_pump();
   void release_buffers();
   void took_in(const connection& src, std::size_t n);
@@ -179,6 +183,9 @@ class session final : public connection_owner {
   std::uint64_t received_from_backend_ = 0;
   std::uint64_t spliced_ = 0;
   replay_window replay_;
+  direction* resetting_ = nullptr;  // passing_reset: the direction that still delivers
+  std::int64_t reset_deadline_ = 0;
+  std::int64_t reset_poll_ms_ = 1;
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
@@ -299,6 +306,7 @@ inline void session::on_written(connection& c, std::size_t bytes, std::error_cod
     d.begin += static_cast<std::uint32_t>(bytes);
   }
   put_out(c, bytes);
+  if (phase_ == phase::passing_reset) return error ? close(true) : pass_reset();
   if (error) return fail(c, error);
   if (phase_ == phase::relaying) pump();
 }
@@ -345,6 +353,7 @@ inline void session::on_clock() {
       }
       return loop.schedule(clock_, deadline);
     }
+    case phase::passing_reset: return pass_reset();
     case phase::farewell: return close(false);
     case phase::idle: return;
   }
@@ -386,19 +395,14 @@ inline bool session::flow(direction& d, connection& src, connection& dst) {
   buffer_pool& pool = host_.pool();
   for (;;) {
     if (dst.writing()) return true;  // on_written goes on
-    std::size_t written = 0;
-    std::error_code e;
-    io_status sent = io_status::done;
-#if defined(__linux__)
-    if (d.piped) {
-      sent = dst.write_from(d.pipe, d.piped, written, e);
-      d.piped -= static_cast<std::uint32_t>(written);
-      spliced_ += written;
-    } else
-#endif
-        if (d.begin < d.end) {
-      sent = dst.write(d.data + d.begin, d.end - d.begin, written, e);
-      d.begin += static_cast<std::uint32_t>(written);
+    if (d.holds_bytes()) {
+      std::error_code e;
+      io_status sent = send_held(d, dst, e);
+      if (sent == io_status::failed) {
+        fail(dst, e);
+        return false;
+      }
+      if (sent == io_status::pending) return true;
     } else {
       if (d.data && !(&d == &up_ && replay_.keep(d.end, pool.size(d.large)))) {
         pool.give(d.data, d.large);
@@ -417,15 +421,28 @@ inline bool session::flow(direction& d, connection& src, connection& dst) {
       }
       if (!src.readable()) return true;
       if (!fill(d, src)) return false;
-      continue;
     }
-    put_out(dst, written);
-    if (sent == io_status::failed) {
-      fail(dst, e);
-      return false;
-    }
-    if (sent == io_status::pending) return true;
   }
+}
+
+// Hands what a direction holds (its buffer, or its pipe) to the destination, as
+// far as the destination takes it now.
+inline io_status session::send_held(direction& d, connection& dst, std::error_code& error) {
+  std::size_t written = 0;
+  io_status sent;
+#if defined(__linux__)
+  if (d.piped) {
+    sent = dst.write_from(d.pipe, d.piped, written, error);
+    d.piped -= static_cast<std::uint32_t>(written);
+    spliced_ += written;
+  } else
+#endif
+  {
+    sent = dst.write(d.data + d.begin, d.end - d.begin, written, error);
+    d.begin += static_cast<std::uint32_t>(written);
+  }
+  put_out(dst, written);
+  return sent;
 }
 
 // Reads once from `src` into the direction: through a pipe when it streams and
@@ -478,6 +495,39 @@ inline void session::fail(connection& where, std::error_code error) {
                               : error);
   host_.log()(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
               client_text().c_str(), error.message().c_str());
+  // A reset is passed on as a reset, but only behind the bytes the failed side
+  // sent before it: those still go to the other side first.
+  connection& other = &where == &backend_ ? client_ : backend_;
+  where.close(true);
+  if (phase_ != phase::relaying || !other.is_open()) return close(true);
+  phase_ = phase::passing_reset;
+  resetting_ = &where == &backend_ ? &down_ : &up_;
+  other.want_read(false);
+  reactor& loop = host_.loop();
+  reset_deadline_ = loop.now() + std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms);
+  reset_poll_ms_ = 1;
+  pass_reset();
+}
+
+// Delivers what the failed side sent, waits (briefly, bounded) until the other
+// side's kernel has delivered it too, since a reset discards what it still holds,
+// then resets the other side.
+inline void session::pass_reset() {
+  direction& d = *resetting_;
+  connection& dst = &d == &up_ ? backend_ : client_;
+  while (!dst.writing() && d.holds_bytes()) {
+    std::error_code e;
+    io_status sent = send_held(d, dst, e);
+    if (sent == io_status::failed) return close(true);
+    if (sent == io_status::pending) return;  // on_written goes on
+  }
+  if (dst.writing()) return;
+  reactor& loop = host_.loop();
+  if (dst.unsent() > 0 && loop.now() < reset_deadline_) {
+    loop.schedule(clock_, loop.now() + reset_poll_ms_);
+    reset_poll_ms_ = std::min<std::int64_t>(2 * reset_poll_ms_, 50);
+    return;
+  }
   close(true);
 }
 
