@@ -234,6 +234,7 @@ inline constexpr int min_concurrency = -1;  // -1 no limit, 0 paused, N at most 
 inline constexpr int max_concurrency = std::numeric_limits<int>::max();
 inline constexpr int max_requeue = 1000;
 inline constexpr std::size_t max_queue_limit = 100000000;
+inline constexpr duration max_slow_start{3600000};  // slow_start, from 0 (off) to 1h
 inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
 
 struct server_options {
@@ -253,6 +254,9 @@ struct server_options {
   duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
   duration idle_timeout{600000};    // a proxied connection without traffic is closed
   duration queue_timeout{30000};    // longest wait in the concurrency queue
+  // A backend that joins or comes back ramps its effective weight from 1/16 up to its
+  // weight over this long, so leastconn does not flood it; 0 (the default) is off.
+  duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
@@ -1136,6 +1140,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("workers", o.workers, min_workers, max_workers);
   c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
   c.range("requeue", o.requeue, 0, max_requeue);
+  if (o.slow_start.count() < 0 || o.slow_start > max_slow_start)
+    c.fail(errc::bad_option, "slow_start", "must be from 0s to " + format_duration(max_slow_start));
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
@@ -1881,6 +1887,7 @@ class registry {
     by_id_.erase(records_[slot].id);
     selector_.reset(slot);
     record& r = records_[slot];
+    if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
     r.used = false;
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
@@ -1892,7 +1899,7 @@ class registry {
     if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
-      selector_.set_weight(slot, weight);
+      selector_.set_weight(slot, effective_weight(r, ramp_checked_));
     });
   }
 
@@ -1938,11 +1945,16 @@ class registry {
 
   void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
+  // Slow start: a backend that becomes eligible (joins or comes back) ramps its
+  // effective weight up over this many milliseconds; 0 turns it off.
+  void set_slow_start(std::int64_t ms) { slow_start_ms_ = std::max<std::int64_t>(ms, 0); }
+
   // Chooses a backend for a client (by its host key) and counts the connection
   // against it. `tried` lists earlier failed attempts of this connection. With
   // persistence, the client's remembered backend comes first while it is eligible
   // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+    ramp(now);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
@@ -2020,6 +2032,8 @@ class registry {
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
+    std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
+    bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
   };
 
@@ -2057,9 +2071,46 @@ class registry {
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
-    const record& r = records_[slot];
-    if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
-    else selector_.erase(slot);
+    record& r = records_[slot];
+    if (!eligible(slot, now)) return selector_.erase(slot);
+    if (!selector_.contains(slot)) {  // joins or comes back: its slow start begins
+      r.eligible_since = now;
+      if (slow_start_ms_ > 0 && !r.ramping) {
+        r.ramping = true;
+        ramping_.push_back(slot);
+      }
+    }
+    selector_.insert(slot, effective_weight(r, now), r.active);
+  }
+
+  // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
+  // eligible, then up by sixteenths (few re-weights, each keeps its pass) to the
+  // whole weight after slow_start_ms_.
+  static constexpr std::int64_t ramp_levels = 16;
+  static constexpr std::int64_t ramp_step_ms = 5;  // how often pick() re-weights ramping backends
+  int effective_weight(const record& r, std::int64_t now) const noexcept {
+    std::int64_t elapsed = now - r.eligible_since;
+    if (!r.ramping || slow_start_ms_ <= 0 || elapsed >= slow_start_ms_) return r.weight;
+    std::int64_t level = 1 + std::max<std::int64_t>(elapsed, 0) * (ramp_levels - 1) / slow_start_ms_;
+    return static_cast<int>(std::max<std::int64_t>(min_weight, r.weight * level / ramp_levels));
+  }
+  // Re-weights the ramping backends, at most every ramp_step_ms, so a pick stays
+  // O(log n) but for the few backends in their slow start.
+  void ramp(std::int64_t now) {
+    if (ramping_.empty() || (now >= ramp_checked_ && now - ramp_checked_ < ramp_step_ms)) return;
+    ramp_checked_ = now;
+    for (std::size_t i = 0; i < ramping_.size();) {
+      std::uint32_t slot = ramping_[i];
+      record& r = records_[slot];
+      if (selector_.contains(slot)) selector_.set_weight(slot, effective_weight(r, now));
+      if (now - r.eligible_since < slow_start_ms_) {
+        ++i;
+        continue;
+      }
+      r.ramping = false;
+      ramping_[i] = ramping_.back();
+      ramping_.pop_back();
+    }
   }
 
   selector selector_;
@@ -2070,6 +2121,9 @@ class registry {
   id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
+  std::int64_t slow_start_ms_ = 0;
+  std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
+  std::vector<std::uint32_t> ramping_;     // slots in their slow start
   std::unordered_map<std::string, std::uint32_t> by_id_;
 };
 
@@ -4800,7 +4854,9 @@ struct server::impl {
       : options(std::move(o)),
         log{options.log, options.level},
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
-        concurrency(options.concurrency) {}
+        concurrency(options.concurrency) {
+    backends.lock()->set_slow_start(options.slow_start.count());
+  }
 
   static detail::registry_limits limits_of(const server_options& o) {
     detail::registry_limits l;

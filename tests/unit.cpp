@@ -194,7 +194,7 @@ TEST_CASE("weights: one range, parsed in one place") {
 
 // ============================================================================
 // Weights that hold (leastconn between stride order and load), short-term
-// fairness. Sans-IO: connections are simulated by set_active.
+// fairness, slow start. Sans-IO: connections are simulated by set_active.
 // ============================================================================
 namespace {
 using verdict = detail::selector::verdict;
@@ -235,6 +235,14 @@ int longest_run(detail::selector& s, int n, std::map<std::uint32_t, int>& counts
   return longest;
 }
 
+detail::id_generator weights_ids() {
+  auto n = std::make_shared<int>(0);
+  return [n] {
+    char hex[33];
+    std::snprintf(hex, sizeof hex, "%032X", ++*n);
+    return std::string(hex);
+  };
+}
 }  // namespace
 
 TEST_CASE("leastconn: weights hold when each connection ends only after the next ones start") {
@@ -384,6 +392,75 @@ TEST_CASE("short-term fairness: after a skewed burst no backend gets a run of pi
   CHECK(counts[2] <= 11);
   // Every slot taken since sits within one stride of now.
   for (std::uint32_t x = 0; x < 3; ++x) CHECK(t.lead(x) >= -1);
+}
+
+TEST_CASE("slow start: a backend that joins or comes back ramps its weight up over the duration") {
+  auto run = [](std::int64_t slow_start) {
+    detail::registry_limits limits;
+    detail::registry r(algorithm::leastconn, duration(60000), false, limits, weights_ids());
+    r.set_slow_start(slow_start);
+    auto at = detail::resolved_address::v4(192, 0, 2, 1, 80);
+    std::string old_id, fresh_id;
+    REQUIRE_FALSE(r.add(endpoint{"192.0.2.1", 80}, &at, 500, false, &old_id, 0));
+    // Past the old backend's own ramp, the fresh one joins at 10 s.
+    std::vector<detail::lease> none;
+    detail::pick_result p;
+    REQUIRE(r.pick(slow_start + 1, {}, none, p));
+    r.release(p.chosen, false);
+    REQUIRE_FALSE(r.add(endpoint{"192.0.2.2", 80}, &at, 500, false, &fresh_id, 10000));
+    // The fresh backend's share of 320 sequential picks at a moment `t` ms after it joined.
+    auto share_at = [&](std::int64_t t) {
+      int fresh = 0;
+      for (int i = 0; i < 320; ++i) {
+        REQUIRE(r.pick(10000 + t, {}, none, p));
+        if (r.id_of(p.chosen) == fresh_id) ++fresh;
+        r.release(p.chosen, false);
+      }
+      return fresh;
+    };
+    std::vector<int> shares;
+    for (std::int64_t t : {0, 500, 1000, 1600, 5000}) shares.push_back(share_at(t));
+    // Drained and back: the ramp starts again.
+    REQUIRE_FALSE(r.drain(fresh_id, true, 20000));
+    REQUIRE_FALSE(r.drain(fresh_id, false, 20000));
+    shares.push_back(share_at(10000));
+    return shares;
+  };
+  // Over 1600 ms: 1/16 at first (31 against 500: 19 of 320), 5/16 at 500 ms (156:
+  // 76), 10/16 at 1 s (312: 123), the whole weight from 1.6 s on (160).
+  auto ramped = run(1600);
+  CAPTURE(ramped[0]);
+  CAPTURE(ramped[1]);
+  CAPTURE(ramped[2]);
+  CHECK(ramped[0] >= 17);
+  CHECK(ramped[0] <= 22);
+  CHECK(ramped[1] >= 73);
+  CHECK(ramped[1] <= 79);
+  CHECK(ramped[2] >= 120);
+  CHECK(ramped[2] <= 126);
+  CHECK(ramped[3] >= 158);
+  CHECK(ramped[3] <= 162);
+  CHECK(ramped[4] >= 159);
+  CHECK(ramped[4] <= 161);
+  CHECK(ramped[5] >= 17);
+  CHECK(ramped[5] <= 22);
+  // Off: the whole weight at once.
+  auto off = run(0);
+  for (int share : off) CHECK(share == 160);
+}
+
+TEST_CASE("slow start: one option, checked with the others") {
+  server_options o;
+  CHECK(o.slow_start == duration(0));
+  CHECK_FALSE(check(o));
+  o.slow_start = max_slow_start;
+  CHECK_FALSE(check(o));
+  option_problem problem;
+  o.slow_start = max_slow_start + duration(1);
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(std::string(problem.option) == "slow_start");
+  o.slow_start = duration(-1);
+  CHECK(check(o) == errc::bad_option);
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
