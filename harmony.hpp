@@ -235,6 +235,7 @@ inline constexpr int min_concurrency = -1;  // -1 no limit, 0 paused, N at most 
 inline constexpr int max_concurrency = std::numeric_limits<int>::max();
 inline constexpr int max_requeue = 1000;
 inline constexpr std::size_t max_queue_limit = 100000000;
+inline constexpr duration max_slow_start{3600000};  // slow_start, from 0 (off) to 1h
 inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
 
 struct server_options {
@@ -254,6 +255,9 @@ struct server_options {
   duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
   duration idle_timeout{600000};    // a proxied connection without traffic is closed
   duration queue_timeout{30000};    // longest wait in the concurrency queue
+  // A backend that joins or comes back ramps its effective weight from 1/16 up to its
+  // weight over this long, so leastconn does not flood it; 0 (the default) is off.
+  duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
@@ -1154,6 +1158,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("workers", o.workers, min_workers, max_workers);
   c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
   c.range("requeue", o.requeue, 0, max_requeue);
+  if (o.slow_start.count() < 0 || o.slow_start > max_slow_start)
+    c.fail(errc::bad_option, "slow_start", "must be from 0s to " + format_duration(max_slow_start));
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
@@ -1286,8 +1292,20 @@ namespace detail {
 // picked (stride scheduling): picking the smallest pass spreads picks smoothly in
 // proportion to weight, as smooth weighted round-robin does, but from a heap.
 // A pass is kept exactly, as ticks/weight, so equal passes tie exactly.
-// leastconn orders first by active/weight, so concurrent load goes to the least
-// loaded backend and equally loaded ones (e.g. all idle) split by weight.
+//
+// roundrobin takes the smallest pass. leastconn takes it too, unless that backend
+// holds at least one whole connection more than its weighted fair share of the
+// open connections plus the one being placed, i.e. active - 1 >= (A + 1) * w / W
+// (A open in all, W the total weight): then it takes the backend with the fewest
+// open connections per unit of weight, which is never over its share. So a
+// connection still tearing down never costs a backend its turn (weights hold for
+// short sequential traffic), while a slow backend that piles up connections is
+// passed over. Two indexed heaps, one by pass and one by load, keep it O(log n).
+//
+// Short-term fairness: a backend passed over (for load or by the judge) lags the
+// virtual time "now" (the largest pass taken so far); when it is next taken its pass
+// is first raised to within one stride of now, so it gets one pick, not a run of
+// catch-up picks, and nobody else is starved meanwhile. A newcomer starts at now.
 class selector {
  public:
   static constexpr std::uint32_t npos = 0xffffffffu;
@@ -1297,39 +1315,39 @@ class selector {
 
   void set_algorithm(algorithm a) {
     algorithm_ = a;
-    for (std::size_t i = heap_.size() / 2 + 1; i-- > 0;)
-      if (i < heap_.size()) sift_down(i);
+    // The load heap is kept only for leastconn.
+    heaps_[by_load].clear();
+    if (uses_load())
+      for (std::uint32_t slot : heaps_[by_pass]) push(by_load, slot);
   }
   algorithm get_algorithm() const noexcept { return algorithm_; }
-  std::size_t size() const noexcept { return heap_.size(); }
-  bool contains(std::uint32_t slot) const noexcept { return slot < items_.size() && items_[slot].pos != npos; }
+  std::size_t size() const noexcept { return heaps_[by_pass].size(); }
+  bool contains(std::uint32_t slot) const noexcept {
+    return slot < items_.size() && items_[slot].pos[by_pass] != npos;
+  }
 
   // Makes a slot eligible. A newcomer starts at the current virtual time, so it
   // neither floods with catch-up picks nor waits behind everyone.
   void insert(std::uint32_t slot, int weight, int active) {
+    if (contains(slot)) {
+      set_weight(slot, weight);
+      set_active(slot, active);
+      return;
+    }
     if (slot >= items_.size()) items_.resize(slot + 1);
     item& it = items_[slot];
     set_weight_only(it, weight);
-    it.active = active;
-    if (it.pos != npos) return fix(it.pos);
-    // ticks/weight >= now_ticks/now_weight, rounded up.
-    std::uint64_t floor_ticks = (now_ticks_ * static_cast<std::uint64_t>(it.weight) + now_weight_ - 1) / now_weight_;
-    it.ticks = std::max(it.ticks, floor_ticks);
-    it.pos = static_cast<std::uint32_t>(heap_.size());
-    heap_.push_back(slot);
-    sift_up(it.pos);
+    it.active = std::max(active, 0);
+    it.ticks = std::max(it.ticks, ticks_at_now(it.weight));
+    total_weight_ += it.weight;
+    total_active_ += static_cast<std::uint64_t>(it.active);
+    link(slot);
   }
   void erase(std::uint32_t slot) {
     if (!contains(slot)) return;
-    std::uint32_t pos = items_[slot].pos;
-    items_[slot].pos = npos;
-    std::uint32_t last = heap_.back();
-    heap_.pop_back();
-    if (pos < heap_.size()) {
-      heap_[pos] = last;
-      items_[last].pos = pos;
-      fix(pos);
-    }
+    unlink(slot);
+    total_weight_ -= items_[slot].weight;
+    total_active_ -= static_cast<std::uint64_t>(items_[slot].active);
   }
   // Forgets a slot entirely (it may be reused by another backend).
   void reset(std::uint32_t slot) {
@@ -1338,49 +1356,78 @@ class selector {
   }
   void set_weight(std::uint32_t slot, int weight) {
     if (slot >= items_.size()) return;
-    set_weight_only(items_[slot], weight);
-    if (contains(slot)) fix(items_[slot].pos);
+    item& it = items_[slot];
+    bool in = contains(slot);
+    if (in) total_weight_ -= it.weight;
+    set_weight_only(it, weight);
+    if (!in) return;
+    total_weight_ += it.weight;
+    fix_all(slot);
   }
   void set_active(std::uint32_t slot, int active) {
     if (slot >= items_.size()) return;
-    items_[slot].active = active;
-    if (contains(slot)) fix(items_[slot].pos);
+    item& it = items_[slot];
+    active = std::max(active, 0);
+    if (!contains(slot)) {
+      it.active = active;
+      return;
+    }
+    total_active_ = total_active_ - static_cast<std::uint64_t>(it.active) + static_cast<std::uint64_t>(active);
+    it.active = active;
+    if (uses_load()) fix(by_load, it.pos[by_load]);
   }
 
   // Returns the best slot that `judge` takes, or npos. Slots judged `skip` stay
-  // eligible; `evict` removes them. The chosen slot is charged one pick.
+  // eligible; `evict` removes them. The chosen slot is charged one pick. `judge`
+  // may be asked twice about a slot in one pick and must answer the same.
   template <class Judge>
   std::uint32_t pick(Judge&& judge) {
-    std::uint32_t chosen = npos;
     std::uint32_t aside_small[8];
     std::vector<std::uint32_t> aside_big;
     std::size_t aside = 0;
-    while (!heap_.empty()) {
-      std::uint32_t top = heap_.front();
-      verdict v = judge(top);
-      if (v == verdict::take) {
-        chosen = top;
-        break;
-      }
-      erase(top);
-      if (v == verdict::skip) {
+    auto first_taken = [&](int h) {
+      while (!heaps_[h].empty()) {
+        std::uint32_t top = heaps_[h].front();
+        verdict v = judge(top);
+        if (v == verdict::take) return top;
+        if (v == verdict::evict) {
+          erase(top);
+          continue;
+        }
+        unlink(top);  // aside for this pick only; it still counts in the totals
         if (aside < 8) aside_small[aside++] = top;
         else aside_big.push_back(top);
       }
-    }
-    for (std::size_t i = 0; i < aside; ++i) reinsert(aside_small[i]);
-    for (std::uint32_t s : aside_big) reinsert(s);
+      return npos;
+    };
+    std::uint32_t chosen = first_taken(by_pass);
+    // The least loaded slot is never over its share, and the chosen one is in
+    // the load heap too, so this finds a slot.
+    if (chosen != npos && uses_load() && over_share(items_[chosen])) chosen = first_taken(by_load);
+    for (std::size_t i = 0; i < aside; ++i) link(aside_small[i]);
+    for (std::uint32_t s : aside_big) link(s);
     if (chosen != npos) charge(chosen);
     return chosen;
   }
 
+  // The pass of a slot relative to now, in strides of that slot (pass - now) * weight,
+  // rounded down: -1 or more for every slot by the time it is taken. For tests.
+  std::int64_t lead(std::uint32_t slot) const noexcept {
+    if (slot >= items_.size()) return 0;
+    const item& it = items_[slot];
+    return static_cast<std::int64_t>(it.ticks) - static_cast<std::int64_t>(ticks_at_now(it.weight));
+  }
+
  private:
+  enum : int { by_pass = 0, by_load = 1 };
   struct item {
     std::uint64_t weight = 1;
     std::uint64_t ticks = 0;  // pass = ticks / weight
     int active = 0;
-    std::uint32_t pos = npos;
+    std::uint32_t pos[2] = {npos, npos};  // in heaps_[by_pass], heaps_[by_load]
   };
+
+  bool uses_load() const noexcept { return algorithm_ == algorithm::leastconn; }
 
   // The registry admits only weights in [min_weight, max_weight] (>>types); the
   // clamp merely keeps every product below within 63 bits should one slip through.
@@ -1390,25 +1437,52 @@ class selector {
     it.ticks = it.ticks * w / it.weight;  // keep the pass where it was
     it.weight = w;
   }
-  void reinsert(std::uint32_t slot) {
-    item& it = items_[slot];
-    it.pos = static_cast<std::uint32_t>(heap_.size());
-    heap_.push_back(slot);
-    sift_up(it.pos);
+  // The smallest ticks at weight w whose pass is not before now.
+  std::uint64_t ticks_at_now(std::uint64_t w) const noexcept {
+    return (now_ticks_ * w + now_weight_ - 1) / now_weight_;
+  }
+  // At least one whole connection over its weighted share of the open connections
+  // plus the one being placed: active - 1 >= (A + 1) * w / W. Counts are capped at
+  // 2^24 (far above any descriptor limit) to keep the products within 64 bits.
+  bool over_share(const item& it) const noexcept {
+    constexpr std::uint64_t cap = std::uint64_t{1} << 24;
+    std::uint64_t mine = std::min<std::uint64_t>(static_cast<std::uint64_t>(it.active), cap);
+    if (mine == 0) return false;
+    std::uint64_t all = std::min(total_active_, cap);
+    return (mine - 1) * total_weight_ >= (all + 1) * it.weight;
   }
   void charge(std::uint32_t slot) {
     item& it = items_[slot];
+    // A slot that fell behind (passed over for load, or by the judge) comes back
+    // within one stride of now instead of taking a run of catch-up picks.
+    std::uint64_t at_now = ticks_at_now(it.weight);
+    if (it.ticks + 1 < at_now) it.ticks = at_now - 1;
     if (it.ticks * now_weight_ > now_ticks_ * it.weight) {
       now_ticks_ = it.ticks;
       now_weight_ = it.weight;
     }
     ++it.ticks;
-    fix(it.pos);
+    fix_all(slot);
   }
-  bool before(std::uint32_t a, std::uint32_t b) const noexcept {
+
+  void link(std::uint32_t slot) {
+    push(by_pass, slot);
+    if (uses_load()) push(by_load, slot);
+  }
+  void unlink(std::uint32_t slot) {
+    remove(by_pass, slot);
+    if (uses_load()) remove(by_load, slot);
+  }
+  void fix_all(std::uint32_t slot) {
+    fix(by_pass, items_[slot].pos[by_pass]);
+    if (uses_load()) fix(by_load, items_[slot].pos[by_load]);
+  }
+
+  // Whether slot a goes before slot b in heap h.
+  bool before(int h, std::uint32_t a, std::uint32_t b) const noexcept {
     const item& x = items_[a];
     const item& y = items_[b];
-    if (algorithm_ == algorithm::leastconn) {
+    if (h == by_load) {
       std::uint64_t lx = static_cast<std::uint64_t>(x.active) * y.weight;
       std::uint64_t ly = static_cast<std::uint64_t>(y.active) * x.weight;
       if (lx != ly) return lx < ly;
@@ -1419,42 +1493,61 @@ class selector {
     if (x.weight != y.weight) return x.weight > y.weight;
     return a < b;
   }
-  void fix(std::uint32_t pos) {
-    std::uint32_t slot = heap_[pos];
-    sift_up(pos);
-    sift_down(items_[slot].pos);
+  void push(int h, std::uint32_t slot) {
+    items_[slot].pos[h] = static_cast<std::uint32_t>(heaps_[h].size());
+    heaps_[h].push_back(slot);
+    sift_up(h, items_[slot].pos[h]);
   }
-  void place(std::size_t pos, std::uint32_t slot) {
-    heap_[pos] = slot;
-    items_[slot].pos = static_cast<std::uint32_t>(pos);
+  void remove(int h, std::uint32_t slot) {
+    std::vector<std::uint32_t>& heap = heaps_[h];
+    std::uint32_t pos = items_[slot].pos[h];
+    items_[slot].pos[h] = npos;
+    std::uint32_t last = heap.back();
+    heap.pop_back();
+    if (pos < heap.size()) {
+      place(h, pos, last);
+      fix(h, pos);
+    }
   }
-  void sift_up(std::size_t pos) {
-    std::uint32_t slot = heap_[pos];
+  void fix(int h, std::uint32_t pos) {
+    std::uint32_t slot = heaps_[h][pos];
+    sift_up(h, pos);
+    sift_down(h, items_[slot].pos[h]);
+  }
+  void place(int h, std::size_t pos, std::uint32_t slot) {
+    heaps_[h][pos] = slot;
+    items_[slot].pos[h] = static_cast<std::uint32_t>(pos);
+  }
+  void sift_up(int h, std::size_t pos) {
+    std::uint32_t slot = heaps_[h][pos];
     while (pos > 0) {
       std::size_t parent = (pos - 1) / 2;
-      if (!before(slot, heap_[parent])) break;
-      place(pos, heap_[parent]);
+      if (!before(h, slot, heaps_[h][parent])) break;
+      place(h, pos, heaps_[h][parent]);
       pos = parent;
     }
-    place(pos, slot);
+    place(h, pos, slot);
   }
-  void sift_down(std::size_t pos) {
-    std::uint32_t slot = heap_[pos];
+  void sift_down(int h, std::size_t pos) {
+    const std::vector<std::uint32_t>& heap = heaps_[h];
+    std::uint32_t slot = heap[pos];
     for (;;) {
       std::size_t child = 2 * pos + 1;
-      if (child >= heap_.size()) break;
-      if (child + 1 < heap_.size() && before(heap_[child + 1], heap_[child])) ++child;
-      if (!before(heap_[child], slot)) break;
-      place(pos, heap_[child]);
+      if (child >= heap.size()) break;
+      if (child + 1 < heap.size() && before(h, heap[child + 1], heap[child])) ++child;
+      if (!before(h, heap[child], slot)) break;
+      place(h, pos, heap[child]);
       pos = child;
     }
-    place(pos, slot);
+    place(h, pos, slot);
   }
 
   algorithm algorithm_;
   std::vector<item> items_;
-  std::vector<std::uint32_t> heap_;
-  std::uint64_t now_ticks_ = 0;  // the virtual time: the largest pass picked so far
+  std::vector<std::uint32_t> heaps_[2];
+  std::uint64_t total_weight_ = 0;  // of the slots in the heaps
+  std::uint64_t total_active_ = 0;
+  std::uint64_t now_ticks_ = 0;  // the virtual time: the largest pass taken so far
   std::uint64_t now_weight_ = 1;
 };
 
@@ -1812,6 +1905,7 @@ class registry {
     by_id_.erase(records_[slot].id);
     selector_.reset(slot);
     record& r = records_[slot];
+    if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
     r.used = false;
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
@@ -1823,7 +1917,7 @@ class registry {
     if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
-      selector_.set_weight(slot, weight);
+      selector_.set_weight(slot, effective_weight(r, ramp_checked_));
     });
   }
 
@@ -1869,11 +1963,16 @@ class registry {
 
   void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
+  // Slow start: a backend that becomes eligible (joins or comes back) ramps its
+  // effective weight up over this many milliseconds; 0 turns it off.
+  void set_slow_start(std::int64_t ms) { slow_start_ms_ = std::max<std::int64_t>(ms, 0); }
+
   // Chooses a backend for a client (by its host key) and counts the connection
   // against it. `tried` lists earlier failed attempts of this connection. With
   // persistence, the client's remembered backend comes first while it is eligible
   // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+    ramp(now);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
@@ -1951,6 +2050,8 @@ class registry {
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
+    std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
+    bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
   };
 
@@ -1988,9 +2089,46 @@ class registry {
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
-    const record& r = records_[slot];
-    if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
-    else selector_.erase(slot);
+    record& r = records_[slot];
+    if (!eligible(slot, now)) return selector_.erase(slot);
+    if (!selector_.contains(slot)) {  // joins or comes back: its slow start begins
+      r.eligible_since = now;
+      if (slow_start_ms_ > 0 && !r.ramping) {
+        r.ramping = true;
+        ramping_.push_back(slot);
+      }
+    }
+    selector_.insert(slot, effective_weight(r, now), r.active);
+  }
+
+  // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
+  // eligible, then up by sixteenths (few re-weights, each keeps its pass) to the
+  // whole weight after slow_start_ms_.
+  static constexpr std::int64_t ramp_levels = 16;
+  static constexpr std::int64_t ramp_step_ms = 5;  // how often pick() re-weights ramping backends
+  int effective_weight(const record& r, std::int64_t now) const noexcept {
+    std::int64_t elapsed = now - r.eligible_since;
+    if (!r.ramping || slow_start_ms_ <= 0 || elapsed >= slow_start_ms_) return r.weight;
+    std::int64_t level = 1 + std::max<std::int64_t>(elapsed, 0) * (ramp_levels - 1) / slow_start_ms_;
+    return static_cast<int>(std::max<std::int64_t>(min_weight, r.weight * level / ramp_levels));
+  }
+  // Re-weights the ramping backends, at most every ramp_step_ms, so a pick stays
+  // O(log n) but for the few backends in their slow start.
+  void ramp(std::int64_t now) {
+    if (ramping_.empty() || (now >= ramp_checked_ && now - ramp_checked_ < ramp_step_ms)) return;
+    ramp_checked_ = now;
+    for (std::size_t i = 0; i < ramping_.size();) {
+      std::uint32_t slot = ramping_[i];
+      record& r = records_[slot];
+      if (selector_.contains(slot)) selector_.set_weight(slot, effective_weight(r, now));
+      if (now - r.eligible_since < slow_start_ms_) {
+        ++i;
+        continue;
+      }
+      r.ramping = false;
+      ramping_[i] = ramping_.back();
+      ramping_.pop_back();
+    }
   }
 
   selector selector_;
@@ -2001,6 +2139,9 @@ class registry {
   id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
+  std::int64_t slow_start_ms_ = 0;
+  std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
+  std::vector<std::uint32_t> ramping_;     // slots in their slow start
   std::unordered_map<std::string, std::uint32_t> by_id_;
 };
 
@@ -4719,7 +4860,9 @@ struct server::impl {
       : options(std::move(o)),
         log{options.log, options.level},
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
-        concurrency(options.concurrency) {}
+        concurrency(options.concurrency) {
+    backends.lock()->set_slow_start(options.slow_start.count());
+  }
 
   static detail::registry_limits limits_of(const server_options& o) {
     detail::registry_limits l;

@@ -177,12 +177,15 @@ double bench_selector(algorithm a, std::uint32_t n, std::uint64_t seed) {
 // are open: the cost a proxied connection pays at both ends. Persistence off.
 double bench_registry(algorithm a, std::uint32_t n, std::uint64_t seed) {
   rng r(seed);
-  harmony::detail::registry reg(a, harmony::duration(60000), /*persistent=*/false);
+  harmony::detail::registry_limits limits;
+  limits.backends = n;
+  harmony::detail::registry reg(a, harmony::duration(60000), /*persistent=*/false, limits,
+                                harmony::detail::random_id);
   const std::int64_t now = harmony::detail::now_ms();
   for (std::uint32_t i = 0; i < n; ++i) {
     harmony::endpoint at{"127.0.0.1", static_cast<std::uint16_t>(10000 + i)};
-    harmony::detail::address to;
-    if (harmony::detail::resolve(at, to, false)) fail("cannot resolve 127.0.0.1");
+    harmony::detail::resolved_address to;
+    if (harmony::detail::resolve(at, to)) fail("cannot resolve 127.0.0.1");
     std::string id;
     if (reg.add(at, &to, mixed_weight(r), /*expires=*/false, &id, now)) fail("registry::add failed");
   }

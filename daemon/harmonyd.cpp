@@ -395,6 +395,8 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::connect_timeout>, show_duration<B, &server_options::connect_timeout>},
     {"idle-timeout", "DUR", "close proxied connections idle this long", "idle_timeout",
      set_duration<B, &server_options::idle_timeout>, show_duration<B, &server_options::idle_timeout>},
+    {"slow-start", "DUR", "a backend that joins or comes back ramps up its\nweight over DUR (0s: off)", "slow_start",
+     set_duration<B, &server_options::slow_start>, show_duration<B, &server_options::slow_start>},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",

@@ -143,6 +143,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--host-timeout DUR", duration(so.host_timeout)},
       {"--connect-timeout DUR", duration(so.connect_timeout)},
       {"--idle-timeout DUR", duration(so.idle_timeout)},
+      {"--slow-start DUR", duration(so.slow_start)},
       {"--workers N", std::to_string(so.workers)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},

@@ -96,6 +96,79 @@ TEST_CASE("weights 1000:500 split sequential short connections 2:1") {
   CHECK(count["heavy"] <= 210);
 }
 
+// A backend that answers at once, then keeps its side open a moment after the
+// client closed: the connection still tears down when the next one is placed.
+backend::handler lingering(std::string name, std::chrono::milliseconds linger) {
+  return [name, linger](const sock& s) {
+    s.send_all(name);
+    std::string rest;
+    s.read_to_eof(rest);  // the client's close, passed on by the balancer
+    std::this_thread::sleep_for(linger);
+  };
+}
+
+TEST_CASE("weights 1000:500 hold 2:1 when the backend closes a moment after the client") {
+  // At once (the connection usually still tears down when the next one is placed),
+  // a moment later (the one before), and later still (several at a time).
+  for (auto linger : {0ms, 2ms, 20ms}) {
+    CAPTURE(linger.count());
+    backend heavy(lingering("heavy", linger)), light(lingering("light", linger));
+    auto o = quiet_options();
+    o.persistent = false;
+    running_server s(o);
+    s.add(heavy, 1000);
+    s.add(light, 500);
+    std::map<std::string, int> count;
+    for (int i = 0; i < 300; ++i) {
+      sock c = connect_to(s.address());
+      REQUIRE(c);
+      c.send_all("x");
+      ++count[c.read_n(5)];  // then the client closes first
+    }
+    CHECK(count["heavy"] + count["light"] == 300);
+    CAPTURE(count["heavy"]);
+    CAPTURE(count["light"]);
+    // 2:1 within 15%.
+    CHECK(count["heavy"] * 10 >= count["light"] * 17);
+    CHECK(count["heavy"] * 10 <= count["light"] * 23);
+  }
+}
+
+TEST_CASE("leastconn gives a backend that answers after 300 ms clearly less of 16 parallel clients") {
+  auto answer = [](std::string name, std::chrono::milliseconds after) {
+    return [name, after](const sock& c) {
+      std::this_thread::sleep_for(after);
+      c.send_all(name);
+    };
+  };
+  backend slow(answer("slow", 300ms)), fast(answer("fast", 0ms));
+  auto o = quiet_options();
+  o.persistent = false;
+  running_server s(o);
+  s.add(slow, 500);
+  s.add(fast, 500);
+  std::atomic<int> slow_count{0}, fast_count{0}, failed{0};
+  std::vector<std::thread> clients;
+  const auto until = std::chrono::steady_clock::now() + 1500ms;
+  for (int t = 0; t < 16; ++t)
+    clients.emplace_back([&] {
+      for (int i = 0; i < 400 && std::chrono::steady_clock::now() < until; ++i) {
+        sock c = connect_to(s.address());
+        std::string reply = c ? c.read_n(4) : std::string();
+        if (reply == "slow") ++slow_count;
+        else if (reply == "fast") ++fast_count;
+        else ++failed;
+      }
+    });
+  for (auto& t : clients) t.join();
+  CAPTURE(slow_count.load());
+  CAPTURE(fast_count.load());
+  CHECK(failed == 0);
+  CHECK(slow_count > 0);
+  // Equal weights, but the slow one is passed over once it holds more than its share.
+  CHECK(slow_count * 5 < fast_count);
+}
+
 TEST_CASE("round-robin also honours weights") {
   backend heavy(named("heavy")), light(named("light"));
   auto o = quiet_options();

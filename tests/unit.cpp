@@ -108,19 +108,22 @@ TEST_CASE("round-robin splits exactly by weight and smoothly") {
   CHECK(longest == 2);
 }
 
-TEST_CASE("leastconn: idle backends split by weight, busy ones are avoided") {
+TEST_CASE("leastconn: idle backends split by weight, one over its share is avoided") {
   detail::selector s(algorithm::leastconn);
   s.insert(0, 1000, 0);
   s.insert(1, 500, 0);
   auto counts = picks(s, 300);
   CHECK(counts[0] == 200);
   CHECK(counts[1] == 100);
-  // With load: slot 0 has 4 open at weight 1000 (0.004), slot 1 has 1 at 500 (0.002).
-  s.set_active(0, 4);
-  s.set_active(1, 1);
+  // With load: slot 0 (first by pass) has 6 of 6 open, over its share of 7 by more
+  // than one (5 * 1500 >= 7 * 1000): the less loaded slot 1 is taken.
+  s.set_active(0, 6);
+  s.set_active(1, 0);
   auto slot = s.pick([](std::uint32_t) { return detail::selector::verdict::take; });
   CHECK(slot == 1);
-  s.set_active(1, 3);  // 0.006 now
+  // 4 of 5: within one connection of its share (3 * 1500 < 6 * 1000), it is taken.
+  s.set_active(0, 4);
+  s.set_active(1, 1);
   slot = s.pick([](std::uint32_t) { return detail::selector::verdict::take; });
   CHECK(slot == 0);
 }
@@ -188,6 +191,277 @@ TEST_CASE("weights: one range, parsed in one place") {
     CHECK_MESSAGE(parse_weight(bad, w) == errc::bad_option, bad);
   CHECK(default_weight >= min_weight);
   CHECK(default_weight <= max_weight);
+}
+
+// ============================================================================
+// Weights that hold (leastconn between stride order and load), short-term
+// fairness, slow start. Sans-IO: connections are simulated by set_active.
+// ============================================================================
+namespace {
+using verdict = detail::selector::verdict;
+auto take_all = [](std::uint32_t) { return verdict::take; };
+
+// Sequential connections whose teardown overlaps the next ones: connection i is
+// released only after pick i + overlap. Returns the picks per slot.
+std::map<std::uint32_t, int> overlapping_picks(detail::selector& s, int n, int overlap) {
+  std::map<std::uint32_t, int> counts, active;
+  std::vector<std::uint32_t> open;
+  for (int i = 0; i < n; ++i) {
+    auto slot = s.pick(take_all);
+    REQUIRE(slot != detail::selector::npos);
+    ++counts[slot];
+    s.set_active(slot, ++active[slot]);
+    open.push_back(slot);
+    if (static_cast<int>(open.size()) > overlap) {
+      std::uint32_t done = open.front();
+      open.erase(open.begin());
+      s.set_active(done, --active[done]);
+    }
+  }
+  return counts;
+}
+
+// The longest run of one slot among `n` sequential picks (each released at once).
+int longest_run(detail::selector& s, int n, std::map<std::uint32_t, int>& counts) {
+  int run = 0, longest = 0;
+  std::uint32_t last = detail::selector::npos;
+  for (int i = 0; i < n; ++i) {
+    auto slot = s.pick(take_all);
+    REQUIRE(slot != detail::selector::npos);
+    ++counts[slot];
+    run = slot == last ? run + 1 : 1;
+    last = slot;
+    longest = std::max(longest, run);
+  }
+  return longest;
+}
+
+detail::id_generator weights_ids() {
+  auto n = std::make_shared<int>(0);
+  return [n] {
+    char hex[33];
+    std::snprintf(hex, sizeof hex, "%032X", ++*n);
+    return std::string(hex);
+  };
+}
+}  // namespace
+
+TEST_CASE("leastconn: weights hold when each connection ends only after the next ones start") {
+  for (int overlap : {1, 2, 3}) {
+    CAPTURE(overlap);
+    detail::selector s(algorithm::leastconn);
+    s.insert(0, 1000, 0);
+    s.insert(1, 500, 0);
+    auto counts = overlapping_picks(s, 300, overlap);
+    CHECK(counts[0] == 200);
+    CHECK(counts[1] == 100);
+  }
+  // Three backends, a deeper overlap: still exactly by weight.
+  detail::selector t(algorithm::leastconn);
+  t.insert(0, 1000, 0);
+  t.insert(1, 500, 0);
+  t.insert(2, 500, 0);
+  auto counts = overlapping_picks(t, 400, 4);
+  CHECK(counts[0] == 200);
+  CHECK(counts[1] == 100);
+  CHECK(counts[2] == 100);
+}
+
+TEST_CASE("leastconn: a backend whose connections never end gets fewer") {
+  // Equal weights; slot 0 never finishes, slot 1 finishes after the next pick.
+  detail::selector s(algorithm::leastconn);
+  s.insert(0, 500, 0);
+  s.insert(1, 500, 0);
+  int stuck = 0, fast_open = 0;
+  std::map<std::uint32_t, int> counts;
+  for (int i = 0; i < 200; ++i) {
+    auto slot = s.pick(take_all);
+    ++counts[slot];
+    if (fast_open > 0) s.set_active(1, --fast_open);
+    if (slot == 0) s.set_active(0, ++stuck);
+    else s.set_active(1, ++fast_open);
+  }
+  // Over its share by a whole connection at 4 open (3 * 1000 >= (4 + 1 + 1) * 500):
+  // it keeps those 4 and gets no more.
+  CHECK(counts[0] == 4);
+  CHECK(counts[1] == 196);
+  // A heavier backend may hold proportionally more before it is passed over.
+  detail::selector t(algorithm::leastconn);
+  t.insert(0, 1000, 0);
+  t.insert(1, 500, 0);
+  stuck = 0;
+  fast_open = 0;
+  counts.clear();
+  for (int i = 0; i < 200; ++i) {
+    auto slot = t.pick(take_all);
+    ++counts[slot];
+    if (fast_open > 0) t.set_active(1, --fast_open);
+    if (slot == 0) t.set_active(0, ++stuck);
+    else t.set_active(1, ++fast_open);
+  }
+  CHECK(counts[0] > 4);
+  CHECK(counts[0] <= 8);
+}
+
+TEST_CASE("leastconn: 16 parallel clients give a slow backend clearly less") {
+  // Discrete time: a connection to slot 0 lasts 30 steps, to slot 1 one step;
+  // each of 16 clients connects again as soon as its connection ends.
+  detail::selector s(algorithm::leastconn);
+  s.insert(0, 500, 0);
+  s.insert(1, 500, 0);
+  std::vector<std::pair<int, std::uint32_t>> open;  // (step it ends, slot)
+  int active[2] = {0, 0};
+  std::map<std::uint32_t, int> counts;
+  for (int step = 0; step < 300; ++step) {
+    for (std::size_t i = 0; i < open.size();) {
+      if (open[i].first > step) {
+        ++i;
+        continue;
+      }
+      std::uint32_t slot = open[i].second;
+      s.set_active(slot, --active[slot]);
+      open[i] = open.back();
+      open.pop_back();
+    }
+    while (open.size() < 16) {
+      auto slot = s.pick(take_all);
+      ++counts[slot];
+      s.set_active(slot, ++active[slot]);
+      open.emplace_back(step + (slot == 0 ? 30 : 1), slot);
+    }
+  }
+  CHECK(counts[0] * 20 < counts[1]);
+  CHECK(counts[0] > 0);  // passed over, not shut out
+}
+
+TEST_CASE("leastconn: one over its share is passed over for the least loaded") {
+  detail::selector s(algorithm::leastconn);
+  s.insert(0, 1000, 0);
+  s.insert(1, 500, 0);
+  s.insert(2, 500, 0);
+  // Slot 0 first by pass, 2 open: 1 * 2000 >= (3 + 1) * 1000 is false: taken.
+  s.set_active(0, 2);
+  s.set_active(2, 1);
+  CHECK(s.pick(take_all) == 0);
+  // Slot 1 next by pass with 3 open of 6: 2 * 2000 >= 7 * 500, over: the least
+  // loaded (slot 2, 1 open per 500) is taken instead.
+  s.set_active(0, 2);
+  s.set_active(1, 3);
+  s.set_active(2, 1);
+  CHECK(s.pick(take_all) == 2);
+  // A slot judged skip or evict is never the fallback either.
+  auto slot = s.pick([](std::uint32_t x) { return x == 2 ? verdict::skip : verdict::take; });
+  CHECK(slot == 0);
+  // roundrobin ignores load.
+  detail::selector r(algorithm::roundrobin);
+  r.insert(0, 500, 10);
+  r.insert(1, 500, 0);
+  CHECK(r.pick(take_all) == 0);
+}
+
+TEST_CASE("short-term fairness: after a skewed burst no backend gets a run of picks") {
+  // A burst during which slot 1 was over its share: the picks went to slot 0.
+  detail::selector s(algorithm::leastconn);
+  s.insert(0, 500, 0);
+  s.insert(1, 500, 0);
+  s.set_active(1, 10);
+  auto burst = picks(s, 40);
+  CHECK(burst[0] == 40);
+  s.set_active(1, 0);
+  // Slot 1 lags by 20 strides but comes back within one stride of now: the next
+  // 20 sequential picks alternate instead of going 19:1 to it.
+  CHECK(s.lead(1) < -1);
+  std::map<std::uint32_t, int> counts;
+  CHECK(longest_run(s, 20, counts) <= 2);
+  CHECK(counts[0] >= 9);
+  CHECK(counts[1] >= 9);
+  CHECK(s.lead(0) >= -1);
+  CHECK(s.lead(1) >= -1);
+
+  // The same when the judge skipped a backend for a while (retries elsewhere).
+  detail::selector t(algorithm::roundrobin);
+  t.insert(0, 1000, 0);
+  t.insert(1, 500, 0);
+  t.insert(2, 500, 0);
+  for (int i = 0; i < 60; ++i)
+    CHECK(t.pick([](std::uint32_t x) { return x == 2 ? verdict::skip : verdict::take; }) != 2);
+  counts.clear();
+  CHECK(longest_run(t, 40, counts) <= 2);
+  CHECK(counts[0] >= 19);
+  CHECK(counts[0] <= 21);
+  CHECK(counts[2] >= 9);
+  CHECK(counts[2] <= 11);
+  // Every slot taken since sits within one stride of now.
+  for (std::uint32_t x = 0; x < 3; ++x) CHECK(t.lead(x) >= -1);
+}
+
+TEST_CASE("slow start: a backend that joins or comes back ramps its weight up over the duration") {
+  auto run = [](std::int64_t slow_start) {
+    detail::registry_limits limits;
+    detail::registry r(algorithm::leastconn, duration(60000), false, limits, weights_ids());
+    r.set_slow_start(slow_start);
+    auto at = detail::resolved_address::v4(192, 0, 2, 1, 80);
+    std::string old_id, fresh_id;
+    REQUIRE_FALSE(r.add(endpoint{"192.0.2.1", 80}, &at, 500, false, &old_id, 0));
+    // Past the old backend's own ramp, the fresh one joins at 10 s.
+    std::vector<detail::lease> none;
+    detail::pick_result p;
+    REQUIRE(r.pick(slow_start + 1, {}, none, p));
+    r.release(p.chosen, false);
+    REQUIRE_FALSE(r.add(endpoint{"192.0.2.2", 80}, &at, 500, false, &fresh_id, 10000));
+    // The fresh backend's share of 320 sequential picks at a moment `t` ms after it joined.
+    auto share_at = [&](std::int64_t t) {
+      int fresh = 0;
+      for (int i = 0; i < 320; ++i) {
+        REQUIRE(r.pick(10000 + t, {}, none, p));
+        if (r.id_of(p.chosen) == fresh_id) ++fresh;
+        r.release(p.chosen, false);
+      }
+      return fresh;
+    };
+    std::vector<int> shares;
+    for (std::int64_t t : {0, 500, 1000, 1600, 5000}) shares.push_back(share_at(t));
+    // Drained and back: the ramp starts again.
+    REQUIRE_FALSE(r.drain(fresh_id, true, 20000));
+    REQUIRE_FALSE(r.drain(fresh_id, false, 20000));
+    shares.push_back(share_at(10000));
+    return shares;
+  };
+  // Over 1600 ms: 1/16 at first (31 against 500: 19 of 320), 5/16 at 500 ms (156:
+  // 76), 10/16 at 1 s (312: 123), the whole weight from 1.6 s on (160).
+  auto ramped = run(1600);
+  CAPTURE(ramped[0]);
+  CAPTURE(ramped[1]);
+  CAPTURE(ramped[2]);
+  CHECK(ramped[0] >= 17);
+  CHECK(ramped[0] <= 22);
+  CHECK(ramped[1] >= 73);
+  CHECK(ramped[1] <= 79);
+  CHECK(ramped[2] >= 120);
+  CHECK(ramped[2] <= 126);
+  CHECK(ramped[3] >= 158);
+  CHECK(ramped[3] <= 162);
+  CHECK(ramped[4] >= 159);
+  CHECK(ramped[4] <= 161);
+  CHECK(ramped[5] >= 17);
+  CHECK(ramped[5] <= 22);
+  // Off: the whole weight at once.
+  auto off = run(0);
+  for (int share : off) CHECK(share == 160);
+}
+
+TEST_CASE("slow start: one option, checked with the others") {
+  server_options o;
+  CHECK(o.slow_start == duration(0));
+  CHECK_FALSE(check(o));
+  o.slow_start = max_slow_start;
+  CHECK_FALSE(check(o));
+  option_problem problem;
+  o.slow_start = max_slow_start + duration(1);
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(std::string(problem.option) == "slow_start");
+  o.slow_start = duration(-1);
+  CHECK(check(o) == errc::bad_option);
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {

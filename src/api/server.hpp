@@ -33,6 +33,7 @@ inline constexpr int min_concurrency = -1;  // -1 no limit, 0 paused, N at most 
 inline constexpr int max_concurrency = std::numeric_limits<int>::max();
 inline constexpr int max_requeue = 1000;
 inline constexpr std::size_t max_queue_limit = 100000000;
+inline constexpr duration max_slow_start{3600000};  // slow_start, from 0 (off) to 1h
 inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
 
 struct server_options {
@@ -52,6 +53,9 @@ struct server_options {
   duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
   duration idle_timeout{600000};    // a proxied connection without traffic is closed
   duration queue_timeout{30000};    // longest wait in the concurrency queue
+  // A backend that joins or comes back ramps its effective weight from 1/16 up to its
+  // weight over this long, so leastconn does not flood it; 0 (the default) is off.
+  duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams

@@ -178,6 +178,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("workers", o.workers, min_workers, max_workers);
   c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
   c.range("requeue", o.requeue, 0, max_requeue);
+  if (o.slow_start.count() < 0 || o.slow_start > max_slow_start)
+    c.fail(errc::bad_option, "slow_start", "must be from 0s to " + format_duration(max_slow_start));
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);

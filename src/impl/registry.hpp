@@ -112,6 +112,7 @@ class registry {
     by_id_.erase(records_[slot].id);
     selector_.reset(slot);
     record& r = records_[slot];
+    if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
     r.used = false;
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
@@ -123,7 +124,7 @@ class registry {
     if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
-      selector_.set_weight(slot, weight);
+      selector_.set_weight(slot, effective_weight(r, ramp_checked_));
     });
   }
 
@@ -169,11 +170,16 @@ class registry {
 
   void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
 
+  // Slow start: a backend that becomes eligible (joins or comes back) ramps its
+  // effective weight up over this many milliseconds; 0 turns it off.
+  void set_slow_start(std::int64_t ms) { slow_start_ms_ = std::max<std::int64_t>(ms, 0); }
+
   // Chooses a backend for a client (by its host key) and counts the connection
   // against it. `tried` lists earlier failed attempts of this connection. With
   // persistence, the client's remembered backend comes first while it is eligible
   // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
+    ramp(now);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
@@ -251,6 +257,8 @@ class registry {
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
+    std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
+    bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
   };
 
@@ -288,9 +296,46 @@ class registry {
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
-    const record& r = records_[slot];
-    if (eligible(slot, now)) selector_.insert(slot, r.weight, r.active);
-    else selector_.erase(slot);
+    record& r = records_[slot];
+    if (!eligible(slot, now)) return selector_.erase(slot);
+    if (!selector_.contains(slot)) {  // joins or comes back: its slow start begins
+      r.eligible_since = now;
+      if (slow_start_ms_ > 0 && !r.ramping) {
+        r.ramping = true;
+        ramping_.push_back(slot);
+      }
+    }
+    selector_.insert(slot, effective_weight(r, now), r.active);
+  }
+
+  // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
+  // eligible, then up by sixteenths (few re-weights, each keeps its pass) to the
+  // whole weight after slow_start_ms_.
+  static constexpr std::int64_t ramp_levels = 16;
+  static constexpr std::int64_t ramp_step_ms = 5;  // how often pick() re-weights ramping backends
+  int effective_weight(const record& r, std::int64_t now) const noexcept {
+    std::int64_t elapsed = now - r.eligible_since;
+    if (!r.ramping || slow_start_ms_ <= 0 || elapsed >= slow_start_ms_) return r.weight;
+    std::int64_t level = 1 + std::max<std::int64_t>(elapsed, 0) * (ramp_levels - 1) / slow_start_ms_;
+    return static_cast<int>(std::max<std::int64_t>(min_weight, r.weight * level / ramp_levels));
+  }
+  // Re-weights the ramping backends, at most every ramp_step_ms, so a pick stays
+  // O(log n) but for the few backends in their slow start.
+  void ramp(std::int64_t now) {
+    if (ramping_.empty() || (now >= ramp_checked_ && now - ramp_checked_ < ramp_step_ms)) return;
+    ramp_checked_ = now;
+    for (std::size_t i = 0; i < ramping_.size();) {
+      std::uint32_t slot = ramping_[i];
+      record& r = records_[slot];
+      if (selector_.contains(slot)) selector_.set_weight(slot, effective_weight(r, now));
+      if (now - r.eligible_since < slow_start_ms_) {
+        ++i;
+        continue;
+      }
+      r.ramping = false;
+      ramping_[i] = ramping_.back();
+      ramping_.pop_back();
+    }
   }
 
   selector selector_;
@@ -301,6 +346,9 @@ class registry {
   id_generator make_id_;
   std::vector<record> records_;
   std::vector<std::uint32_t> free_slots_;
+  std::int64_t slow_start_ms_ = 0;
+  std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
+  std::vector<std::uint32_t> ramping_;     // slots in their slow start
   std::unordered_map<std::string, std::uint32_t> by_id_;
 };
 

@@ -11,7 +11,9 @@ struct server::impl {
       : options(std::move(o)),
         log{options.log, options.level},
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
-        concurrency(options.concurrency) {}
+        concurrency(options.concurrency) {
+    backends.lock()->set_slow_start(options.slow_start.count());
+  }
 
   static detail::registry_limits limits_of(const server_options& o) {
     detail::registry_limits l;
