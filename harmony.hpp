@@ -321,6 +321,7 @@ class server {
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
+  // The same with a connection limit and the backup role (backend_options).
   std::error_code add_backend(std::string_view address, const backend_options& options, std::string* id_out = nullptr);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
