@@ -22,6 +22,8 @@
 //   >>net-address    sans-IO resolved address: family, 16 address bytes, port
 //   >>os-address     the portable resolved address to and from the OS socket address
 //   >>selector       sans-IO backend selection (weighted least-connections, round-robin)
+//   >>sampler        sans-IO weighted random choice: a small PRNG, a Fenwick tree, power of two choices
+//   >>maglev         sans-IO consistent hashing: a Maglev lookup table keyed by backend address
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
@@ -166,7 +168,12 @@ std::error_code parse_weight(std::string_view text, int& out);
 enum class algorithm {
   leastconn,   // minimise active/weight; ties go by smooth weighted round-robin
   roundrobin,  // smooth weighted round-robin
+  random,      // weighted power of two choices: two drawn by weight, the less loaded taken
+  hash,        // consistent hashing of the client address (Maglev table), the same on every balancer
 };
+// The Maglev lookup table of `hash`: a prime number of entries, shared out among the
+// backends in proportion to their weights.
+inline constexpr std::uint32_t hash_table_size = 65537;
 std::error_code parse_algorithm(std::string_view text, algorithm& out);
 const char* to_string(algorithm a) noexcept;
 
@@ -207,14 +214,31 @@ struct backend_info {
   std::string id;
   endpoint address;
   int weight = 0;
+  int maxconn = 0;              // at most this many open connections; 0: no limit
+  bool backup = false;          // serves only while no primary backend can
   int active = 0;               // proxied connections open now
   std::uint64_t total = 0;      // connections ever sent
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
-  // "up" (eligible), "draining", "expired" (no ack within the host timeout),
-  // "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
+  // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
   std::string state;
+};
+
+// The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
+inline constexpr int max_maxconn = std::numeric_limits<int>::max();
+
+// How a static backend takes traffic (server::add_backend).
+struct backend_options {
+  int weight = default_weight;  // min_weight … max_weight
+  // A backend with maxconn open connections gets no new one until one ends; when
+  // every backend that could serve is at its limit, new connections wait in the
+  // concurrency queue (queue_timeout, queue_limit). 0: no limit.
+  int maxconn = 0;
+  // Backups get connections only while no primary backend can take one (none is
+  // eligible, or every eligible one is at its maxconn).
+  bool backup = false;
 };
 
 struct server_stats {
@@ -302,6 +326,8 @@ class server {
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
+  // The same with a connection limit and the backup role (backend_options).
+  std::error_code add_backend(std::string_view address, const backend_options& options, std::string* id_out = nullptr);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.
@@ -1082,6 +1108,8 @@ HARMONY_DEF std::error_code parse_weight(std::string_view text, int& out) {
 HARMONY_DEF std::error_code parse_algorithm(std::string_view text, algorithm& out) {
   if (text == "leastconn") out = algorithm::leastconn;
   else if (text == "roundrobin") out = algorithm::roundrobin;
+  else if (text == "random") out = algorithm::random;
+  else if (text == "hash") out = algorithm::hash;
   else return make_error_code(errc::bad_option);
   return {};
 }
@@ -1090,6 +1118,8 @@ HARMONY_DEF const char* to_string(algorithm a) noexcept {
   switch (a) {
     case algorithm::leastconn: return "leastconn";
     case algorithm::roundrobin: return "roundrobin";
+    case algorithm::random: return "random";
+    case algorithm::hash: return "hash";
   }
   return "?";
 }
@@ -1557,6 +1587,287 @@ class selector {
 namespace harmony {
 namespace detail {
 
+// >>sampler  sans-IO weighted random choice: a small PRNG, a Fenwick tree, power of two choices
+// `random` draws backends with probability proportional to their weight. The
+// weights live in a Fenwick (binary indexed) tree over the registry's slots, so
+// that setting one weight and drawing one slot are both O(log n). The random
+// source is injected: the registry owns one fast_random, seeded once from the
+// OS CSPRNG when the server is made (tests seed it with a constant).
+
+// splitmix64 (Steele, Lea, Flood 2014): 64 bits of state, one multiply-xorshift
+// chain per number; statistically sound for drawing backends, not for secrets.
+class fast_random {
+ public:
+  explicit fast_random(std::uint64_t seed = 0x9E3779B97F4A7C15ULL) noexcept : state_(seed) {}
+  void seed(std::uint64_t s) noexcept { state_ = s; }
+  std::uint64_t next() noexcept {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [0, n), n > 0, without modulo bias (rejects the uneven tail).
+  std::uint64_t below(std::uint64_t n) noexcept {
+    std::uint64_t limit = ~std::uint64_t{0} - (~std::uint64_t{0} % n);
+    for (;;) {
+      std::uint64_t x = next();
+      if (x < limit) return x % n;
+    }
+  }
+
+ private:
+  std::uint64_t state_;
+};
+
+// A weight per slot (0: not drawn) and draws in proportion to them.
+class weighted_sampler {
+ public:
+  static constexpr std::uint32_t npos = 0xffffffffu;
+
+  std::uint64_t total() const noexcept { return total_; }
+  std::uint64_t weight(std::uint32_t slot) const noexcept { return slot < weights_.size() ? weights_[slot] : 0; }
+
+  // Sets a slot's weight; 0 takes it out of the draw.
+  void set(std::uint32_t slot, std::uint64_t weight) {
+    if (slot >= weights_.size()) {
+      if (weight == 0) return;
+      grow(slot + 1);
+    }
+    std::uint64_t old = weights_[slot];
+    if (old == weight) return;
+    weights_[slot] = weight;
+    total_ += weight;
+    total_ -= old;
+    // Two's complement: adding (weight - old) mod 2^64 is the signed change.
+    std::uint64_t delta = weight - old;
+    for (std::size_t i = slot + 1; i <= capacity_; i += i & (~i + 1)) tree_[i] += delta;
+  }
+
+  // The slot whose share of [0, total) holds `point` (point < total), O(log n).
+  std::uint32_t find(std::uint64_t point) const noexcept {
+    if (point >= total_) return npos;
+    std::size_t pos = 0;
+    for (std::size_t step = capacity_; step > 0; step >>= 1) {
+      std::size_t next = pos + step;
+      if (next <= capacity_ && tree_[next] <= point) {
+        pos = next;
+        point -= tree_[next];
+      }
+    }
+    return static_cast<std::uint32_t>(pos);  // tree index pos + 1 is slot pos
+  }
+
+  // One slot drawn with probability weight/total, or npos when every weight is 0.
+  std::uint32_t draw(fast_random& random) const noexcept {
+    return total_ == 0 ? npos : find(random.below(total_));
+  }
+
+ private:
+  // Capacity is a power of two, so that find() can descend by halving steps.
+  void grow(std::size_t at_least) {
+    std::size_t cap = capacity_ ? capacity_ : 8;
+    while (cap < at_least) cap *= 2;
+    weights_.resize(cap, 0);
+    capacity_ = cap;
+    tree_.assign(cap + 1, 0);
+    for (std::size_t i = 1; i <= cap; ++i) {
+      tree_[i] += weights_[i - 1];
+      std::size_t parent = i + (i & (~i + 1));
+      if (parent <= cap) tree_[parent] += tree_[i];
+    }
+  }
+
+  std::vector<std::uint64_t> weights_;
+  std::vector<std::uint64_t> tree_;  // 1-based Fenwick tree over weights_
+  std::size_t capacity_ = 0;
+  std::uint64_t total_ = 0;
+};
+
+// Weighted power of two choices (Mitzenmacher): draws two distinct slots by
+// weight that `judge` takes and returns the one `less_loaded` prefers (the
+// first on a tie), the only one when just one is left, or npos. Slots judged
+// `skip` are set aside for this pick; `evict` takes them out of the sampler for
+// good (the caller re-adds them when they come back). O(log n) per draw.
+template <class Judge, class LessLoaded>
+std::uint32_t pick_two(weighted_sampler& sampler, fast_random& random, Judge&& judge, LessLoaded&& less_loaded) {
+  using verdict = selector::verdict;
+  struct aside {
+    std::uint32_t slot;
+    std::uint64_t weight;
+  };
+  aside small[8];
+  std::vector<aside> big;
+  std::size_t n = 0;
+  auto put_aside = [&](std::uint32_t slot) {
+    aside a{slot, sampler.weight(slot)};
+    if (n < 8) small[n++] = a;
+    else big.push_back(a);
+    sampler.set(slot, 0);
+  };
+  auto one = [&]() -> std::uint32_t {
+    for (;;) {
+      std::uint32_t s = sampler.draw(random);
+      if (s == weighted_sampler::npos) return s;
+      verdict v = judge(s);
+      if (v == verdict::take) return s;
+      if (v == verdict::skip) put_aside(s);
+      else sampler.set(s, 0);
+    }
+  };
+  std::uint32_t first = one();
+  std::uint32_t second = weighted_sampler::npos;
+  if (first != weighted_sampler::npos) {
+    put_aside(first);  // the second must be another slot
+    second = one();
+  }
+  for (std::size_t i = 0; i < n; ++i) sampler.set(small[i].slot, small[i].weight);
+  for (const aside& a : big) sampler.set(a.slot, a.weight);
+  if (second == weighted_sampler::npos) return first;
+  return less_loaded(second, first) ? second : first;
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>maglev  sans-IO consistent hashing: a Maglev lookup table keyed by backend address
+// `hash` maps a client address to a backend through a Maglev lookup table
+// (Eisenbud et al., "Maglev: A Fast and Reliable Software Network Load
+// Balancer", NSDI 2016). Every backend has its own permutation of the M
+// entries (M prime), derived from its key alone: entry j is
+// (offset + j * skip) mod M. Backends take turns, each claiming the next entry
+// of its permutation that is still free, until the table is full; a backend of
+// twice the weight takes twice the turns (stride order: the smallest
+// (turns + 1) / weight goes next). Since the keys are the backends' addresses
+// and the turn order is decided by sorted keys, every balancer with the same
+// backend set builds the same table, whatever order the backends came in; and
+// since each permutation is the backend's own, removing one backend moves its
+// entries only, and few others. A pick is a hash and a lookup; the table is
+// rebuilt only when the backend set or a weight changes.
+
+// 64-bit FNV-1a: the same on every platform and compiler (std::hash is not).
+inline std::uint64_t fnv1a64(std::string_view bytes, std::uint64_t h = 14695981039346656037ULL) noexcept {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  return h;
+}
+
+// The splitmix64 finaliser: spreads FNV's weak low bits over all 64.
+inline std::uint64_t mix64(std::uint64_t z) noexcept {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+// A backend's key: family, address bytes and port of where it is reached, the
+// same bytes on every balancer that resolves the same address.
+inline std::string backend_key(const resolved_address& to) {
+  std::string key;
+  key.reserve(19);
+  key.push_back(static_cast<char>(to.family));
+  key.append(reinterpret_cast<const char*>(to.bytes), to.host_size());
+  key.push_back(static_cast<char>(to.port >> 8));
+  key.push_back(static_cast<char>(to.port & 0xff));
+  return key;
+}
+
+class maglev_table {
+ public:
+  static constexpr std::uint32_t npos = 0xffffffffu;
+  // How many lookups a pick may make (seeds 0, 1, …) before it gives up on the table.
+  static constexpr unsigned max_attempts = 8;
+
+  struct member {
+    std::string key;           // backend_key(), or any bytes naming the backend the same everywhere
+    std::uint32_t slot = 0;    // what lookup() returns for it
+    std::uint64_t weight = 1;  // at least 1
+  };
+
+  // `size` must be prime (hash_table_size by default) for every skip to reach every entry.
+  explicit maglev_table(std::uint32_t size = hash_table_size) : size_(size < 2 ? 2 : size) {}
+
+  std::uint32_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return members_.empty(); }
+  // The members in canonical (key) order, and the table as indices into them.
+  const std::vector<member>& members() const noexcept { return members_; }
+  const std::vector<std::uint32_t>& entries() const noexcept { return entries_; }
+
+  // Where backend `key`'s permutation starts and how it steps: offset in [0, M), skip in [1, M).
+  std::uint32_t offset(std::string_view key) const noexcept {
+    return static_cast<std::uint32_t>(mix64(fnv1a64(key) ^ 0x6F6666736574ULL) % size_);
+  }
+  std::uint32_t skip(std::string_view key) const noexcept {
+    return static_cast<std::uint32_t>(mix64(fnv1a64(key) ^ 0x736B6970ULL) % (size_ - 1) + 1);
+  }
+
+  // Builds the table for these members; their order does not matter. O(M log n).
+  void build(std::vector<member> members) {
+    members_ = std::move(members);
+    std::sort(members_.begin(), members_.end(), [](const member& a, const member& b) {
+      return a.key != b.key ? a.key < b.key : a.slot < b.slot;
+    });
+    entries_.clear();
+    if (members_.empty()) return;
+    entries_.assign(size_, npos);
+    struct turn {
+      std::uint64_t taken = 0;  // entries claimed so far
+      std::uint64_t weight = 1;
+      std::uint32_t at = 0;     // the next place in its permutation
+      std::uint32_t skip = 1;
+    };
+    std::vector<turn> turns(members_.size());
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      turns[i].weight = std::max<std::uint64_t>(1, members_[i].weight);
+      turns[i].at = offset(members_[i].key);
+      turns[i].skip = skip(members_[i].key);
+    }
+    // A heap of member indices, the next to take a turn on top: smallest
+    // (taken + 1) / weight, compared exactly; ties go to the lower index.
+    auto later = [&](std::uint32_t a, std::uint32_t b) {
+      std::uint64_t x = (turns[a].taken + 1) * turns[b].weight, y = (turns[b].taken + 1) * turns[a].weight;
+      return x != y ? x > y : a > b;
+    };
+    std::vector<std::uint32_t> heap(members_.size());
+    for (std::uint32_t i = 0; i < heap.size(); ++i) heap[i] = i;
+    std::make_heap(heap.begin(), heap.end(), later);
+    for (std::uint32_t filled = 0; filled < size_; ++filled) {
+      std::pop_heap(heap.begin(), heap.end(), later);
+      std::uint32_t i = heap.back();
+      turn& t = turns[i];
+      while (entries_[t.at] != npos) {
+        t.at += t.skip;  // both below M, so one subtraction is the modulo
+        if (t.at >= size_) t.at -= size_;
+      }
+      entries_[t.at] = i;
+      ++t.taken;
+      std::push_heap(heap.begin(), heap.end(), later);
+    }
+  }
+
+  // The backend (slot) for a client key at `attempt` 0, 1, …: each attempt is an
+  // independent lookup, the client's next preference when the first cannot serve.
+  std::uint32_t lookup(std::string_view client_key, unsigned attempt = 0) const noexcept {
+    if (entries_.empty()) return npos;
+    std::uint64_t h = mix64(fnv1a64(client_key) + 0x9E3779B97F4A7C15ULL * attempt);
+    return members_[entries_[h % size_]].slot;
+  }
+
+ private:
+  std::uint32_t size_;
+  std::vector<member> members_;
+  std::vector<std::uint32_t> entries_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
 // >>codec  sans-IO admin protocol: dialect detection, legacy tokens, native lines
 // The admin protocol as pure functions and resumable parsers over caller bytes:
 // no sockets, no allocation beyond the partial token or line they keep.
@@ -1802,6 +2113,9 @@ namespace detail {
 struct pick_result {
   lease chosen;
   resolved_address to;
+  // No pick, but only because the backends that could serve are at their maxconn:
+  // the connection may wait for a release instead of being turned away.
+  bool full = false;
 };
 
 struct registry_limits {
@@ -1845,12 +2159,14 @@ class registry {
  public:
   using limits = registry_limits;
   registry(algorithm a, duration host_timeout, bool persistent, limits l, id_generator make_id)
-      : selector_(a),
+      : algorithm_(a),
         host_timeout_ms_(host_timeout.count()),
         persistent_(persistent),
         limits_(l),
         affinities_(affinity_table::limits{l.affinity_entries, l.affinity_ttl_ms}),
-        make_id_(std::move(make_id)) {}
+        make_id_(std::move(make_id)) {
+    for (tier& t : tiers_) t.picks.set_algorithm(heap_algorithm(a));
+  }
 
   // Whether a weight is in the one range the library accepts (>>types).
   static bool valid_weight(int weight) noexcept { return weight >= min_weight && weight <= max_weight; }
@@ -1903,9 +2219,12 @@ class registry {
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
-    selector_.reset(slot);
     record& r = records_[slot];
     if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
+    r.ramping = false;
+    r.listed = false;
+    place(slot);
+    tiers_[r.backup].picks.reset(slot);
     r.used = false;
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
@@ -1917,7 +2236,8 @@ class registry {
     if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
-      selector_.set_weight(slot, effective_weight(r, ramp_checked_));
+      tiers_[r.backup].picks.set_weight(slot, effective_weight(r, ramp_checked_));
+      place(slot);
     });
   }
 
@@ -1961,7 +2281,45 @@ class registry {
     return find(id, slot);
   }
 
-  void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
+  // Switches the algorithm of every later pick (open connections stay where they are).
+  void set_algorithm(algorithm a) {
+    algorithm_ = a;
+    for (tier& t : tiers_) {
+      t.picks.set_algorithm(heap_algorithm(a));
+      t.table_dirty = true;
+    }
+  }
+  algorithm get_algorithm() const noexcept { return algorithm_; }
+
+  // Seeds the random source of `random` (the server does so once, from the OS CSPRNG).
+  void seed(std::uint64_t s) noexcept { random_.seed(s); }
+
+  // A backend's connection limit: at `maxconn` open connections (0: no limit) it
+  // gets no new ones until one ends.
+  std::error_code set_maxconn(std::string_view id, int maxconn) {
+    if (maxconn < 0 || maxconn > max_maxconn) return make_error_code(errc::bad_option);
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      r.maxconn = maxconn;
+      r.full = at_limit(r);
+      place(slot);
+    });
+  }
+
+  // A backup backend serves only while no primary one can: none is eligible, or
+  // every eligible one is at its maxconn.
+  std::error_code set_backup(std::string_view id, bool backup) {
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      if (r.backup == backup) return;
+      bool listed = r.listed;
+      r.listed = false;  // leaves the old tier entirely, then joins the new one
+      place(slot);
+      tiers_[r.backup].picks.reset(slot);
+      r.backup = backup;
+      r.listed = listed;
+      place(slot);
+      for (tier& t : tiers_) t.table_dirty = true;  // r.hashed speaks of the old tier's table
+    });
+  }
 
   // Slow start: a backend that becomes eligible (joins or comes back) ramps its
   // effective weight up over this many milliseconds; 0 turns it off.
@@ -1979,34 +2337,47 @@ class registry {
         if (l.slot == slot && l.generation == records_[slot].generation) return true;
       return false;
     };
+    out.full = false;
+    rebuild_tables();
     bool sticky = persistent_ && !client_key.empty();
     if (sticky) {
       const lease* l = affinities_.find(client_key, now);
-      if (l && current(*l) && eligible(l->slot, now) && !was_tried(l->slot)) chosen = l->slot;
+      if (l && current(*l) && eligible(l->slot, now) && !records_[l->slot].full && !was_tried(l->slot))
+        chosen = l->slot;
     }
     if (chosen == selector::npos) {
-      chosen = selector_.pick([&](std::uint32_t slot) {
-        if (!eligible(slot, now)) return selector::verdict::evict;
-        return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
-      });
-      if (chosen == selector::npos) return false;
+      chosen = choose(now, client_key, was_tried);
+      if (chosen == selector::npos) {
+        out.full = full_ > tried_and_full(tried);  // one it has not tried may make room
+        return false;
+      }
     }
     record& r = records_[chosen];
     ++r.active;
     ++r.total;
-    selector_.set_active(chosen, r.active);
+    tiers_[r.backup].picks.set_active(chosen, r.active);
+    if (at_limit(r)) {
+      r.full = true;
+      place(chosen);
+    }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
     if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
   }
 
-  void release(const lease& l, bool failed) {
-    if (!l.valid() || !current(l)) return;
+  // Ends a connection's count against its backend. True when that made room on a
+  // backend that was at its maxconn: connections waiting for one may go now.
+  bool release(const lease& l, bool failed) {
+    if (!l.valid() || !current(l)) return false;
     record& r = records_[l.slot];
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
-    selector_.set_active(l.slot, r.active);
+    tiers_[r.backup].picks.set_active(l.slot, r.active);
+    if (!r.full || at_limit(r)) return false;
+    r.full = false;
+    place(l.slot);
+    return true;
   }
 
   std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
@@ -2021,10 +2392,12 @@ class registry {
       b.id = r.id;
       b.address = r.at;
       b.weight = r.weight;
+      b.maxconn = r.maxconn;
+      b.backup = r.backup;
       b.active = r.active;
       b.total = r.total;
       b.failures = r.failures;
-      b.eligible = eligible(slot, now);
+      b.eligible = eligible(slot, now) && !r.full;
       b.draining = r.draining;
       b.state = state_of(slot, now);
       out.push_back(std::move(b));
@@ -2046,6 +2419,15 @@ class registry {
     bool expires = false;
     bool online = true;
     int weight = default_weight;
+    int maxconn = 0;      // 0: no limit
+    bool backup = false;  // in the backup tier
+    bool full = false;    // at its maxconn
+    // Where place() last put it: eligible when last judged, and in the hash table
+    // (with which weight), so that the table is rebuilt only when these change.
+    bool listed = false;
+    bool hashed = false;
+    int hashed_weight = 0;
+    bool counted_full = false;  // counted in full_
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
@@ -2086,24 +2468,27 @@ class registry {
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
     if (r.draining) return "draining";
+    if (r.full) return "full";
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
     record& r = records_[slot];
-    if (!eligible(slot, now)) return selector_.erase(slot);
-    if (!selector_.contains(slot)) {  // joins or comes back: its slow start begins
+    bool was_listed = r.listed;
+    r.listed = eligible(slot, now);
+    if (r.listed && !was_listed) {  // joins or comes back: its slow start begins
       r.eligible_since = now;
       if (slow_start_ms_ > 0 && !r.ramping) {
         r.ramping = true;
         ramping_.push_back(slot);
       }
     }
-    selector_.insert(slot, effective_weight(r, now), r.active);
+    place(slot, now);
   }
 
   // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
   // eligible, then up by sixteenths (few re-weights, each keeps its pass) to the
-  // whole weight after slow_start_ms_.
+  // whole weight after slow_start_ms_. It shapes leastconn, roundrobin and random;
+  // hash keeps its table (a consistent mapping does not ramp).
   static constexpr std::int64_t ramp_levels = 16;
   static constexpr std::int64_t ramp_step_ms = 5;  // how often pick() re-weights ramping backends
   int effective_weight(const record& r, std::int64_t now) const noexcept {
@@ -2120,18 +2505,143 @@ class registry {
     for (std::size_t i = 0; i < ramping_.size();) {
       std::uint32_t slot = ramping_[i];
       record& r = records_[slot];
-      if (selector_.contains(slot)) selector_.set_weight(slot, effective_weight(r, now));
-      if (now - r.eligible_since < slow_start_ms_) {
+      bool done = now - r.eligible_since >= slow_start_ms_;
+      if (done) r.ramping = false;
+      place(slot, now);
+      if (!done) {
         ++i;
         continue;
       }
-      r.ramping = false;
       ramping_[i] = ramping_.back();
       ramping_.pop_back();
     }
   }
 
-  selector selector_;
+  // ---- The algorithms. Each tier (primaries, backups) keeps every structure a pick
+  // may use, for the backends in it that can take a connection now (eligible when
+  // last judged and below their maxconn): the heap of leastconn and roundrobin, the
+  // weights of random; and, with hash, the Maglev table of its eligible backends
+  // (full ones stay in it: a pick passes over them without a rebuild).
+  struct tier {
+    selector picks;
+    weighted_sampler weights;
+    maglev_table table;
+    bool table_dirty = false;
+  };
+  static algorithm heap_algorithm(algorithm a) noexcept {
+    return a == algorithm::roundrobin ? algorithm::roundrobin : algorithm::leastconn;
+  }
+  std::size_t tried_and_full(const std::vector<lease>& tried) const noexcept {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < tried.size(); ++i) {
+      const lease& l = tried[i];
+      bool again = false;  // a lease may be listed twice
+      for (std::size_t j = 0; j < i; ++j) again = again || tried[j].slot == l.slot;
+      if (!again && current(l) && records_[l.slot].counted_full) ++n;
+    }
+    return n;
+  }
+  static bool at_limit(const record& r) noexcept { return r.maxconn > 0 && r.active >= r.maxconn; }
+
+  // Puts a slot where its flags (listed, full, backup) say, in every structure
+  // of its tier, and keeps the count of listed backends at their limit.
+  // `now` times the slow start; without one, the last time ramp() looked.
+  void place(std::uint32_t slot) { place(slot, ramp_checked_); }
+  void place(std::uint32_t slot, std::int64_t now) {
+    record& r = records_[slot];
+    tier& t = tiers_[r.backup];
+    bool counted = r.listed && r.full;
+    if (counted != r.counted_full) {
+      r.counted_full = counted;
+      if (counted) ++full_;
+      else --full_;
+    }
+    if (r.listed && !r.full) {
+      int weight = effective_weight(r, now);
+      t.picks.insert(slot, weight, r.active);
+      t.weights.set(slot, static_cast<std::uint64_t>(weight));
+    } else {
+      t.picks.erase(slot);
+      t.weights.set(slot, 0);
+    }
+    if (r.hashed != r.listed || (r.listed && r.hashed_weight != r.weight)) t.table_dirty = true;
+  }
+
+  // Rebuilds the Maglev tables whose membership or weights changed, with hash only.
+  // A change only marks its table; the next pick rebuilds it, once however many
+  // changes came in between (a build is O(M log n), about 2 ms for M = 65537).
+  void rebuild_tables() {
+    if (algorithm_ != algorithm::hash) return;
+    for (int which = 0; which < 2; ++which) {
+      tier& t = tiers_[which];
+      if (!t.table_dirty) continue;
+      t.table_dirty = false;
+      std::vector<maglev_table::member> members;
+      for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
+        record& r = records_[slot];
+        if (r.backup != (which == 1)) continue;
+        r.hashed = r.used && r.listed;
+        r.hashed_weight = r.weight;
+        if (r.hashed)
+          members.push_back(maglev_table::member{backend_key(r.to), slot, static_cast<std::uint64_t>(r.weight)});
+      }
+      t.table.build(std::move(members));
+    }
+  }
+
+  // A backend for a new connection: from the primaries, else from the backups.
+  template <class Tried>
+  std::uint32_t choose(std::int64_t now, std::string_view client_key, Tried&& was_tried) {
+    std::uint32_t chosen = choose_in(tiers_[0], now, client_key, was_tried);
+    if (chosen == selector::npos) chosen = choose_in(tiers_[1], now, client_key, was_tried);
+    return chosen;
+  }
+
+  template <class Tried>
+  std::uint32_t choose_in(tier& t, std::int64_t now, std::string_view client_key, Tried&& was_tried) {
+    std::vector<std::uint32_t> expired;  // found ineligible since last judged: placed once the pick is done
+    auto judge = [&](std::uint32_t slot) {
+      if (!eligible(slot, now)) {
+        expired.push_back(slot);
+        return selector::verdict::evict;
+      }
+      return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
+    };
+    std::uint32_t chosen = selector::npos;
+    if (algorithm_ == algorithm::random) {
+      chosen = pick_two(t.weights, random_, judge, [&](std::uint32_t a, std::uint32_t b) {
+        const record& x = records_[a];
+        const record& y = records_[b];
+        return static_cast<std::uint64_t>(x.active) * static_cast<std::uint64_t>(y.weight) <
+               static_cast<std::uint64_t>(y.active) * static_cast<std::uint64_t>(x.weight);
+      });
+    } else if (algorithm_ == algorithm::hash && !client_key.empty()) {
+      chosen = choose_hashed(t, client_key, judge);
+      if (chosen == selector::npos) chosen = t.picks.pick(judge);  // every preference tried: the least loaded
+    } else {
+      chosen = t.picks.pick(judge);
+    }
+    for (std::uint32_t slot : expired) refresh(slot, now);
+    return chosen;
+  }
+
+  // The client's first preference in the table that can serve, trying at most
+  // maglev_table::max_attempts lookups; npos when none could.
+  template <class Judge>
+  std::uint32_t choose_hashed(tier& t, std::string_view client_key, Judge& judge) {
+    for (unsigned attempt = 0; attempt < maglev_table::max_attempts; ++attempt) {
+      std::uint32_t slot = t.table.lookup(client_key, attempt);
+      if (slot == maglev_table::npos) return slot;
+      if (records_[slot].full || !records_[slot].listed) continue;
+      if (judge(slot) == selector::verdict::take) return slot;
+    }
+    return selector::npos;
+  }
+
+  algorithm algorithm_;
+  tier tiers_[2];  // primaries, backups
+  std::size_t full_ = 0;  // listed backends at their maxconn
+  fast_random random_;
   std::int64_t host_timeout_ms_;
   bool persistent_;
   limits limits_;
@@ -2382,7 +2892,8 @@ class admin_protocol {
       for (const auto& b : list)
         text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
-                " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
+                " failures=" + std::to_string(b.failures) + " state=" + b.state +
+                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
     }
@@ -2444,7 +2955,7 @@ class admin_protocol {
   static const char* help_text() noexcept {
     return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
            "# hello [harmony/1]                      protocol version\n"
-           "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
            "# close                                  agent: deregister now\n"
@@ -2473,6 +2984,9 @@ class admin_protocol {
       return error(out, "bad-argument", "register needs port=1..65535");
     int weight = default_weight;
     if (c.option("weight", text) && parse_weight(text, weight)) return error(out, "bad-argument", weight_range());
+    long long maxconn = 0;  // absent: no limit
+    if (c.option("maxconn", text) && parse_integer(text, 0, max_maxconn, maxconn))
+      return error(out, "bad-argument", "maxconn is 0 (no limit) to " + std::to_string(max_maxconn));
     std::int64_t heartbeat = 0;
     if (c.option("heartbeat", text)) {
       duration d{};
@@ -2502,6 +3016,7 @@ class admin_protocol {
         if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
         ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
+      r->set_maxconn(id, static_cast<int>(maxconn));
     }
     admin_effect bind;
     bind.what = admin_effect::kind::bind_agent;
@@ -2594,6 +3109,21 @@ class wait_queue {
     if (tail_) (tail_->*Hook).next = x;
     else head_ = x;
     tail_ = x;
+    ++length_;
+    return true;
+  }
+
+  // Puts `x` back as the oldest element, keeping the time it first joined
+  // (`since`), e.g. one that was let go and could not proceed; false if queued.
+  bool push_front(T* x) {
+    wait_hook<T>& h = x->*Hook;
+    if (h.queued) return false;
+    h.prev = nullptr;
+    h.next = head_;
+    h.queued = true;
+    if (head_) (head_->*Hook).prev = x;
+    else tail_ = x;
+    head_ = x;
     ++length_;
     return true;
   }
@@ -4290,6 +4820,10 @@ class session_host {
   virtual void give_slot() = 0;
   // The wait queue for a slot: false when it is full.
   virtual bool wait_for_slot(session& s) = 0;
+  // Every backend that could serve is at its maxconn: gives back the session's slot
+  // and queues it until a release makes room, at the head with its first wait time
+  // when `keep_place` (it was queued before); false when the queue is full.
+  virtual bool wait_for_backend(session& s, bool keep_place) = 0;
   virtual void stop_waiting(session& s) = 0;
   // The session has ended and may serve the next client.
   virtual void recycle(session& s) = 0;
@@ -4374,6 +4908,7 @@ class session final : public connection_owner {
   void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
   void start_attempt();
+  void wait_for_backend();
   void connected();
   bool read_ahead();
   void attempt_failed(std::error_code why);
@@ -4402,6 +4937,7 @@ class session final : public connection_owner {
   std::vector<lease> tried_;
   int attempts_ = 0;
   bool holds_slot_ = false;
+  bool queued_before_ = false;  // it has waited in the queue: waiting.since is when it began
   address peer_;
   timer clock_;
   std::int64_t last_activity_ = 0;
@@ -4423,6 +4959,7 @@ inline void session::start(socket_handle fd, const address& peer) {
   tried_.clear();
   attempts_ = 0;
   holds_slot_ = false;
+  queued_before_ = false;
   peer_ = peer;
   sent_to_backend_ = received_from_backend_ = spliced_ = 0;
   replay_.reset();
@@ -4441,8 +4978,20 @@ inline void session::start(socket_handle fd, const address& peer) {
     return start_attempt();
   }
   if (!host_.wait_for_slot(*this)) return unavailable(make_error_code(errc::queue_full));
+  queued_before_ = true;
   phase_ = phase::queued;
   loop.schedule(clock_, loop.now() + host_.settings().queue_timeout_ms);
+}
+
+// The backends are all at their maxconn: wait for one to make room, within the
+// queue's bounds, counting the time already waited for a slot.
+inline void session::wait_for_backend() {
+  holds_slot_ = false;  // the host takes it back
+  if (!host_.wait_for_backend(*this, queued_before_)) return unavailable(make_error_code(errc::queue_full));
+  queued_before_ = true;
+  phase_ = phase::queued;
+  reactor& loop = host_.loop();
+  loop.schedule(clock_, waiting.since + host_.settings().queue_timeout_ms);
 }
 
 inline void session::admitted() {
@@ -4455,8 +5004,10 @@ inline void session::start_attempt() {
   reactor& loop = host_.loop();
   pick_result pick;
   std::string key = peer_.host_key();
-  if (!host_.pick(key, tried_, pick))
+  if (!host_.pick(key, tried_, pick)) {
+    if (pick.full) return wait_for_backend();
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
+  }
   current_ = pick.chosen;
   phase_ = phase::connecting;
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
@@ -4862,6 +5413,11 @@ struct server::impl {
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {
     backends.lock()->set_slow_start(options.slow_start.count());
+    // `random` draws from a fast PRNG; its seed is the one thing it needs from the CSPRNG.
+    std::uint64_t seed = 0;
+    if (!detail::random_bytes(&seed, sizeof seed))
+      seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    backends.lock()->seed(seed);
   }
 
   static detail::registry_limits limits_of(const server_options& o) {
@@ -4889,7 +5445,12 @@ struct server::impl {
     concurrency.store(limit, std::memory_order_relaxed);
     wake_queues();
   }
-  std::error_code add_static(std::string_view address, int weight, std::string* id_out);
+  std::error_code add_static(std::string_view address, const backend_options& options, std::string* id_out);
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out) {
+    backend_options o;
+    o.weight = weight;
+    return add_static(address, o, id_out);
+  }
 
   server_options options;
   detail::logger log;
@@ -4988,6 +5549,7 @@ class worker final : public session_host {
   bool take_slot() override;
   void give_slot() override;
   bool wait_for_slot(session& s) override;
+  bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
   void recycle(session& s) override { free_sessions_.push_back(&s); }
 
@@ -5041,7 +5603,13 @@ inline void worker::adopt(socket_handle fd, const address& peer) {
 inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
   return owner_.backends.lock()->pick(loop_.now(), client_key, tried, out);
 }
-inline void worker::release(const lease& backend, bool failed) { owner_.backends.lock()->release(backend, failed); }
+// A release that makes room on a backend at its maxconn lets the waiting
+// connections try again, on every loop, after this turn (never from inside it:
+// an admitted connection may itself release at once).
+inline void worker::release(const lease& backend, bool failed) {
+  if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
+    owner_.wake_queues();
+}
 inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
 inline bool worker::take_slot() { return owner_.try_take_slot(); }
@@ -5058,6 +5626,16 @@ inline bool worker::wait_for_slot(session& s) {
   return true;
 }
 
+// The slot goes back without waking the queue: what its waiters lack is room on
+// a backend, and the release that makes some wakes them (worker::release).
+inline bool worker::wait_for_backend(session& s, bool keep_place) {
+  owner_.proxied.fetch_sub(1, std::memory_order_relaxed);
+  if (queue_.size() >= settings_.queue_limit) return false;
+  if (!(keep_place ? queue_.push_front(&s) : queue_.push(&s, loop_.now()))) return false;
+  owner_.waiting.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 inline void worker::stop_waiting(session& s) {
   if (queue_.remove(&s)) owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -5067,6 +5645,8 @@ inline void worker::admit_waiting() {
     session* s = queue_.pop();
     owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
     s->admitted();
+    // Back at the head: every backend is at its maxconn, so the rest would wait too.
+    if (queue_.contains(s)) break;
   }
 }
 
@@ -5436,13 +6016,26 @@ HARMONY_DEF std::error_code server::add_backend(std::string_view address, int we
   return impl_->add_static(address, weight, id_out);
 }
 
-inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
+HARMONY_DEF std::error_code server::add_backend(std::string_view address, const backend_options& options,
+                                                std::string* id_out) {
+  return impl_->add_static(address, options, id_out);
+}
+
+inline std::error_code server::impl::add_static(std::string_view address, const backend_options& options,
+                                                std::string* id_out) {
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
   if (at.port == 0) return make_error_code(errc::bad_option);  // the registry judges the weight
+  if (options.maxconn < 0 || options.maxconn > max_maxconn) return make_error_code(errc::bad_option);
   detail::resolved_address to;
   if (auto e = detail::resolve(at, to)) return e;
-  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
+  std::string id;
+  auto r = backends.lock();
+  if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
+  r->set_maxconn(id, options.maxconn);
+  r->set_backup(id, options.backup);
+  if (id_out) *id_out = id;
+  return {};
 }
 
 HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }

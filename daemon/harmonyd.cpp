@@ -207,7 +207,7 @@ std::string unescape(const std::string& text) {
 
 struct static_backend {
   std::string address;
-  int weight = harmony::default_weight;
+  harmony::backend_options options;
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -331,7 +331,7 @@ template <class Settings>
 constexpr flag<Settings> log_level_flag{"log-level", "LEVEL", "trace, debug, info, warn, error, off", nullptr,
                                         set_log_level<Settings>, show_log_level<Settings>};
 
-// HOST:PORT[,weight=N]
+// HOST:PORT[,weight=N][,maxconn=N][,backup]
 std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   static_backend b;
   auto comma = text.find(',');
@@ -339,10 +339,21 @@ std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   while (comma != std::string::npos) {
     auto next = text.find(',', comma + 1);
     std::string option = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
-    if (option.rfind("weight=", 0) != 0) return "unknown option " + quoted(option) + " (expected weight=N)";
-    if (harmony::parse_weight(option.substr(7), b.weight))
-      return "weight " + quoted(option.substr(7)) + " is not a number from " + std::to_string(harmony::min_weight) +
-             " to " + std::to_string(harmony::max_weight);
+    if (option.rfind("weight=", 0) == 0) {
+      if (harmony::parse_weight(option.substr(7), b.options.weight))
+        return "weight " + quoted(option.substr(7)) + " is not a number from " + std::to_string(harmony::min_weight) +
+               " to " + std::to_string(harmony::max_weight);
+    } else if (option.rfind("maxconn=", 0) == 0) {
+      long long n = 0;
+      if (harmony::parse_integer(option.substr(8), 0, harmony::max_maxconn, n))
+        return "maxconn " + quoted(option.substr(8)) + " is not a number from 0 (no limit) to " +
+               std::to_string(harmony::max_maxconn);
+      b.options.maxconn = static_cast<int>(n);
+    } else if (option == "backup") {
+      b.options.backup = true;
+    } else {
+      return "unknown option " + quoted(option) + " (expected weight=N, maxconn=N or backup)";
+    }
     comma = next;
   }
   s.backends.push_back(b);
@@ -363,11 +374,19 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B& d) { return d.options.admin.empty() ? std::string("none") : d.options.admin; }},
-    {"backend", "HOST:PORT[,weight=N]", "a static backend, repeatable", nullptr, add_backend_flag,
-     [](const B&) { return "weight " + std::to_string(static_backend{}.weight); }},
-    {"algorithm", "NAME", "leastconn or roundrobin", "balance",
+    {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup]",
+     "a static backend, repeatable; maxconn: at most N open connections\n"
+     "(0: no limit); backup: used only while no other backend can serve",
+     nullptr, add_backend_flag,
+     [](const B&) {
+       harmony::backend_options d;
+       return "weight " + std::to_string(d.weight) + ", maxconn " + std::to_string(d.maxconn);
+     }},
+    {"algorithm", "NAME", "leastconn, roundrobin, random (power of two choices)\nor hash (consistent, on the client address)",
+     "balance",
      [](B& s, const std::string& v) {
-       if (harmony::parse_algorithm(v, s.options.balance)) return "unknown algorithm " + quoted(v) + " (leastconn, roundrobin)";
+       if (harmony::parse_algorithm(v, s.options.balance))
+         return "unknown algorithm " + quoted(v) + " (leastconn, roundrobin, random, hash)";
        return std::string();
      },
      [](const B& d) { return std::string(harmony::to_string(d.options.balance)); }},
@@ -531,11 +550,13 @@ int run_balancer(int argc, char** argv) {
   harmony::server balancer(s.options);
   for (const auto& b : s.backends) {
     std::string id;
-    if (auto e = balancer.add_backend(b.address, b.weight, &id)) {
+    if (auto e = balancer.add_backend(b.address, b.options, &id)) {
       std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
       return 2;
     }
-    note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.weight) + " id " + id);
+    note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
+                                       (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
+                                       (b.options.backup ? " backup" : "") + " id " + id);
   }
   return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
 }

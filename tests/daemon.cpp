@@ -131,7 +131,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   const std::map<std::string, std::string> balancer = {
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
-      {"--backend HOST:PORT[,weight=N]", "weight " + std::to_string(harmony::default_weight)},
+      {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup]",
+       "weight " + std::to_string(harmony::default_weight) + ", maxconn " + std::to_string(harmony::backend_options{}.maxconn)},
       {"--algorithm NAME", harmony::to_string(so.balance)},
       {"--persistent", so.persistent ? "(default)" : ""},
       {"--no-persistent", so.persistent ? "" : "(default)"},
@@ -217,6 +218,9 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--backend", "127.0.0.1:80,weight=heavy"}, "--backend: weight 'heavy' " + weights},
            {{"--backend", "127.0.0.1:80,weight=" + std::to_string(harmony::max_weight + 1)}, "--backend: weight"},
            {{"--backend", "127.0.0.1:80,color=red"}, "--backend: unknown option 'color=red'"},
+           {{"--backend", "127.0.0.1:80,maxconn=-1"}, "--backend: maxconn '-1' is not a number from 0 (no limit) to"},
+           {{"--backend", "127.0.0.1:80,maxconn=lots"}, "--backend: maxconn 'lots' is not a number"},
+           {{"--backend", "127.0.0.1:80,backup=yes"}, "--backend: unknown option 'backup=yes'"},
            {{"--algorithm", "fastest"}, "--algorithm: unknown algorithm 'fastest'"},
            {{"--persistent=no"}, "--persistent: takes no value"},
            {{"--concurrency", "-2"}, "--concurrency: " + range(harmony::min_concurrency, harmony::max_concurrency)},
@@ -379,4 +383,52 @@ TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTER
   CHECK(agent.wait() == 0);
   CHECK(op.call("list").find("ok backends=0") != std::string::npos);
   CHECK(round_trip(listen, "x") == "none\n");
+}
+
+// ---- More algorithms (issue 12) from the command line.
+
+TEST_CASE("harmonyd --algorithm hash: two daemons with the backends in another order agree; maxconn and backup parse") {
+  backend a(named("a")), b(named("b")), c(named("c")), k(named("k"));
+  std::string listen1 = free_address(), admin1 = free_address(), listen2 = free_address(), admin2 = free_address();
+  process one({"--listen", listen1, "--admin", admin1, "--algorithm", "hash", "--no-persistent", "--backend",
+               a.address(), "--backend", b.address() + ",weight=1000", "--backend", c.address() + ",maxconn=50",
+               "--backend", k.address() + ",backup", "--log-level", "warn"});
+  process two({"--listen", listen2, "--admin", admin2, "--algorithm", "hash", "--no-persistent", "--backend",
+               k.address() + ",backup", "--backend", c.address() + ",maxconn=50", "--backend", a.address(),
+               "--backend", b.address() + ",weight=1000", "--log-level", "warn"});
+  REQUIRE(eventually([&] { return listening(admin1) && listening(admin2); }));
+  std::set<std::string> used;
+  for (int x = 2; x <= 40; ++x) {
+    std::string from = "127.0.0." + std::to_string(x);
+    std::string got = name_of(round_trip(listen1, "x", from.c_str()));
+    used.insert(got);
+    CHECK(name_of(round_trip(listen2, "x", from.c_str())) == got);
+    CHECK(name_of(round_trip(listen1, "x", from.c_str())) == got);
+  }
+  CHECK(used == std::set<std::string>{"a", "b", "c"});  // never the backup while primaries serve
+  sock op = connect_to(admin1);
+  op.set_timeout(3s);
+  op.send_all("list\nquit\n");
+  std::string list = op.read_all();
+  CHECK(list.find("maxconn=50 backup=no") != std::string::npos);
+  CHECK(list.find("maxconn=0 backup=yes") != std::string::npos);
+  one.signal(polite_stop());
+  two.signal(polite_stop());
+  CHECK(one.wait() == 0);
+  CHECK(two.wait() == 0);
+}
+
+TEST_CASE("harmonyd --algorithm random splits by weight") {
+  backend heavy(named("h")), light(named("l"));
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--algorithm", "random", "--backend", heavy.address() + ",weight=1000",
+             "--backend", light.address() + ",weight=500", "--no-persistent", "--log-level", "warn"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  auto count = tally(listen, 150);
+  INFO("h " << count["h"] << " l " << count["l"]);
+  CHECK(count["h"] + count["l"] == 150);
+  CHECK(count["h"] > 75);
+  CHECK(count["h"] < 125);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
 }

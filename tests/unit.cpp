@@ -464,6 +464,537 @@ TEST_CASE("slow start: one option, checked with the others") {
   CHECK(check(o) == errc::bad_option);
 }
 
+// ============================================================================
+// More algorithms (issue 12): random (weighted sampler, power of two choices),
+// hash (Maglev table), per-backend maxconn and backup backends. Sans-IO.
+// ============================================================================
+
+namespace {
+using maglev_member = detail::maglev_table::member;
+
+std::string key_of(int i) { return detail::backend_key(detail::resolved_address::v4(10, 0, 0, static_cast<std::uint8_t>(i), 80)); }
+
+// Members 10.0.0.1 … 10.0.0.n, slot i - 1, weight `weight`.
+std::vector<maglev_member> maglev_members(int n, std::uint64_t weight = 500) {
+  std::vector<maglev_member> m;
+  for (int i = 1; i <= n; ++i) m.push_back(maglev_member{key_of(i), static_cast<std::uint32_t>(i - 1), weight});
+  return m;
+}
+
+// The backend key each entry of a table names: comparable across tables whose
+// slots differ.
+std::vector<std::string> entry_keys(const detail::maglev_table& t) {
+  std::vector<std::string> keys;
+  for (std::uint32_t e : t.entries()) keys.push_back(t.members()[e].key);
+  return keys;
+}
+
+std::map<std::string, int> entry_counts(const detail::maglev_table& t) {
+  std::map<std::string, int> counts;
+  for (const std::string& k : entry_keys(t)) ++counts[k];
+  return counts;
+}
+
+// A registry of static backends 10.0.0.i:80 (i = 1 … n, in `order`), with weights from `weight_of`.
+struct algo_registry {
+  detail::registry r;
+  std::map<int, std::string> ids;  // by host number
+  explicit algo_registry(algorithm a, bool persistent = false)
+      : r(a, duration(1000), persistent, {}, detail::random_id) {}
+  std::string add(int i, int weight = 500, std::int64_t now = 0, bool expires = false) {
+    auto to = detail::resolved_address::v4(10, 0, 0, static_cast<std::uint8_t>(i), 80);
+    std::string id;
+    REQUIRE_FALSE(r.add(endpoint{"10.0.0." + std::to_string(i), 80}, &to, weight, expires, &id, now));
+    ids[i] = id;
+    return id;
+  }
+  // The host number a pick went to, or 0.
+  int pick(std::string_view client, std::int64_t now = 0, detail::lease* kept = nullptr,
+           const std::vector<detail::lease>& tried = {}, bool* full = nullptr) {
+    detail::pick_result p;
+    bool ok = r.pick(now, client, tried, p);
+    if (full) *full = p.full;
+    if (!ok) return 0;
+    if (kept) *kept = p.chosen;
+    else r.release(p.chosen, false);
+    return p.to.bytes[3];
+  }
+};
+
+std::string client_key(std::uint32_t n) {
+  auto a = detail::resolved_address::v4(172, 16, static_cast<std::uint8_t>(n >> 8), static_cast<std::uint8_t>(n), 0);
+  return a.host_key();
+}
+
+struct queued_thing {
+  int n = 0;
+  detail::wait_hook<queued_thing> hook;
+};
+}  // namespace
+
+TEST_CASE("fast random: deterministic from its seed, unbiased bounds") {
+  detail::fast_random a(42), b(42), c(43);
+  bool differ = false;
+  for (int i = 0; i < 100; ++i) {
+    std::uint64_t x = a.next();
+    CHECK(x == b.next());
+    differ = differ || x != c.next();
+  }
+  CHECK(differ);
+  int counts[3] = {};
+  for (int i = 0; i < 30000; ++i) {
+    std::uint64_t v = a.below(3);
+    REQUIRE(v < 3);
+    ++counts[v];
+  }
+  for (int k : counts) CHECK((k > 9500 && k < 10500));
+  CHECK(a.below(1) == 0);
+}
+
+TEST_CASE("weighted sampler: Fenwick prefix sums agree with a linear model under random changes") {
+  detail::weighted_sampler s;
+  std::vector<std::uint64_t> model;
+  std::mt19937 rng(7);
+  for (int round = 0; round < 2000; ++round) {
+    std::uint32_t slot = rng() % 300;  // grows past its first capacities
+    std::uint64_t w = rng() % 4 == 0 ? 0 : rng() % 1000 + 1;
+    s.set(slot, w);
+    if (slot >= model.size()) model.resize(slot + 1, 0);
+    model[slot] = w;
+    std::uint64_t total = 0;
+    for (auto x : model) total += x;
+    REQUIRE(s.total() == total);
+    if (total == 0) {
+      CHECK(s.find(0) == detail::weighted_sampler::npos);
+      continue;
+    }
+    std::uint64_t point = (static_cast<std::uint64_t>(rng()) << 20 ^ rng()) % total;
+    std::uint32_t expect = 0;
+    for (std::uint64_t acc = 0; expect < model.size(); ++expect) {
+      acc += model[expect];
+      if (point < acc) break;
+    }
+    REQUIRE(s.find(point) == expect);
+    CHECK(s.find(total) == detail::weighted_sampler::npos);
+  }
+  // The edges: the first and last point of one slot's share.
+  detail::weighted_sampler e;
+  e.set(0, 3);
+  e.set(5, 2);
+  CHECK(e.find(0) == 0);
+  CHECK(e.find(2) == 0);
+  CHECK(e.find(3) == 5);
+  CHECK(e.find(4) == 5);
+  e.set(0, 0);
+  CHECK(e.find(0) == 5);
+}
+
+TEST_CASE("weighted sampler: draws in proportion to weight") {
+  detail::weighted_sampler s;
+  detail::fast_random random(1);
+  s.set(0, 1000);
+  s.set(1, 500);
+  s.set(2, 500);
+  s.set(3, 0);
+  std::map<std::uint32_t, int> counts;
+  for (int i = 0; i < 40000; ++i) ++counts[s.draw(random)];
+  CHECK(counts[0] > 19000);
+  CHECK(counts[0] < 21000);
+  CHECK(counts[1] > 9400);
+  CHECK(counts[2] > 9400);
+  CHECK(counts.count(3) == 0);
+}
+
+TEST_CASE("power of two choices: the less loaded of two distinct draws; skips set aside and restored") {
+  using verdict = detail::selector::verdict;
+  detail::weighted_sampler s;
+  detail::fast_random random(3);
+  for (std::uint32_t i = 0; i < 4; ++i) s.set(i, 100);
+  int load[4] = {5, 0, 5, 5};
+  auto less = [&](std::uint32_t a, std::uint32_t b) { return load[a] < load[b]; };
+  auto take = [](std::uint32_t) { return verdict::take; };
+  int idle = 0;
+  for (int i = 0; i < 1000; ++i) idle += detail::pick_two(s, random, take, less) == 1;
+  // Slot 1 is taken whenever it is one of the two distinct draws: 1 - (3/4 * 2/3) = 1/2.
+  CHECK(idle > 430);
+  CHECK(idle < 570);
+  // Distinct: with two slots and the second always less loaded, both are drawn every time.
+  detail::weighted_sampler two;
+  two.set(0, 1);
+  two.set(1, 1000);
+  int zero = 0;
+  for (int i = 0; i < 200; ++i)
+    zero += detail::pick_two(two, random, take, [](std::uint32_t a, std::uint32_t) { return a == 0; }) == 0;
+  CHECK(zero == 200);
+  // Skipped slots are never returned and get their weights back; evicted ones do not.
+  std::uint64_t before = s.total();
+  for (int i = 0; i < 200; ++i) {
+    std::uint32_t got = detail::pick_two(s, random, [](std::uint32_t x) { return x == 1 ? verdict::skip : verdict::take; }, less);
+    REQUIRE(got != 1);
+    REQUIRE(got != detail::weighted_sampler::npos);
+  }
+  CHECK(s.total() == before);
+  CHECK(detail::pick_two(s, random, [](std::uint32_t x) { return x == 2 ? verdict::take : verdict::skip; }, less) == 2);
+  CHECK(detail::pick_two(s, random, [](std::uint32_t x) { return x == 3 ? verdict::take : verdict::evict; }, less) == 3);
+  CHECK(s.total() == 100);
+  CHECK(detail::pick_two(s, random, [](std::uint32_t) { return verdict::skip; }, less) == detail::weighted_sampler::npos);
+  CHECK(s.total() == 100);
+}
+
+TEST_CASE("maglev: a stable hash and permutations that visit every entry once") {
+  CHECK(detail::fnv1a64("") == 14695981039346656037ULL);
+  CHECK(detail::fnv1a64("a") == 0xaf63dc4c8601ec8cULL);  // the published FNV-1a test vector
+  CHECK(detail::fnv1a64("foobar") == 0x85944171f73967e8ULL);
+  CHECK(detail::backend_key(detail::resolved_address::v4(10, 0, 0, 1, 0x1F90)) == std::string("\x01\x0a\x00\x00\x01\x1f\x90", 7));
+  for (std::uint32_t m : {13u, 251u, 65537u}) {
+    detail::maglev_table t(m);
+    for (int i = 1; i <= 20; ++i) {
+      std::string key = key_of(i);
+      std::uint32_t offset = t.offset(key), skip = t.skip(key);
+      REQUIRE(offset < m);
+      REQUIRE(skip >= 1);
+      REQUIRE(skip < m);
+      std::vector<bool> seen(m, false);
+      std::uint64_t at = offset;
+      for (std::uint32_t j = 0; j < m; ++j, at = (at + skip) % m) {
+        REQUIRE_FALSE(seen[at]);
+        seen[at] = true;
+      }
+    }
+  }
+  // Different keys start and step differently.
+  detail::maglev_table t;
+  std::set<std::uint32_t> offsets;
+  for (int i = 1; i <= 50; ++i) offsets.insert(t.offset(key_of(i)));
+  CHECK(offsets.size() >= 49);
+}
+
+TEST_CASE("maglev: a full table, balanced across backends, weights honoured") {
+  detail::maglev_table t;
+  t.build(maglev_members(7));
+  REQUIRE(t.entries().size() == hash_table_size);
+  auto counts = entry_counts(t);
+  REQUIRE(counts.size() == 7);
+  const double fair = hash_table_size / 7.0;
+  for (auto& c : counts) CHECK_MESSAGE(std::abs(c.second - fair) < 0.02 * fair, c.second);
+  // Weights 1000 : 500 : 250 take 4 : 2 : 1 of the entries.
+  auto m = maglev_members(3);
+  m[0].weight = 1000;
+  m[1].weight = 500;
+  m[2].weight = 250;
+  t.build(m);
+  counts = entry_counts(t);
+  CHECK(std::abs(counts[key_of(1)] - hash_table_size * 4.0 / 7) < 0.01 * hash_table_size);
+  CHECK(std::abs(counts[key_of(2)] - hash_table_size * 2.0 / 7) < 0.01 * hash_table_size);
+  CHECK(std::abs(counts[key_of(3)] - hash_table_size * 1.0 / 7) < 0.01 * hash_table_size);
+  // Lookups spread clients the same way, and an empty table has nothing.
+  t.build(maglev_members(4));
+  std::map<std::uint32_t, int> clients;
+  for (std::uint32_t c = 0; c < 20000; ++c) ++clients[t.lookup(client_key(c))];
+  for (auto& c : clients) CHECK((c.second > 4500 && c.second < 5500));
+  t.build({});
+  CHECK(t.empty());
+  CHECK(t.lookup(client_key(1)) == detail::maglev_table::npos);
+}
+
+TEST_CASE("maglev: the same table whatever order the backends come in, whatever their slots") {
+  auto m = maglev_members(9);
+  m[2].weight = 1000;
+  detail::maglev_table a, b;
+  a.build(m);
+  auto shuffled = m;
+  std::mt19937 rng(11);
+  std::shuffle(shuffled.begin(), shuffled.end(), rng);
+  for (std::size_t i = 0; i < shuffled.size(); ++i) shuffled[i].slot = static_cast<std::uint32_t>(100 + i);
+  b.build(shuffled);
+  CHECK(entry_keys(a) == entry_keys(b));
+  CHECK(a.entries() == b.entries());
+  // So every client goes to the same backend by address.
+  for (std::uint32_t c = 0; c < 1000; ++c)
+    for (unsigned attempt = 0; attempt < 3; ++attempt) {
+      std::uint32_t x = a.lookup(client_key(c), attempt), y = b.lookup(client_key(c), attempt);
+      REQUIRE(m[x].key == shuffled[y - 100].key);
+    }
+}
+
+TEST_CASE("maglev: removing a backend moves its entries and few others") {
+  for (int n : {5, 10, 40}) {
+    detail::maglev_table before, after;
+    auto m = maglev_members(n);
+    before.build(m);
+    const std::string gone = m[1].key;
+    m.erase(m.begin() + 1);
+    after.build(m);
+    auto x = entry_keys(before), y = entry_keys(after);
+    std::size_t others = 0, stayed = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (x[i] == gone) {
+        CHECK(y[i] != gone);
+        continue;
+      }
+      ++others;
+      stayed += x[i] == y[i];
+    }
+    CHECK_MESSAGE(stayed >= 0.97 * others, n, " backends: ", stayed, " of ", others, " stayed");
+  }
+}
+
+TEST_CASE("wait queue: push_front puts one back at the head with its first time") {
+  queued_thing w[3];
+  detail::wait_queue<queued_thing, &queued_thing::hook> q;
+  REQUIRE(q.push(&w[0], 10));
+  REQUIRE(q.push(&w[1], 20));
+  CHECK(q.pop() == &w[0]);
+  CHECK(q.push_front(&w[0]));
+  CHECK_FALSE(q.push_front(&w[0]));
+  CHECK(q.oldest() == &w[0]);
+  CHECK(q.oldest_since() == 10);
+  CHECK(q.size() == 2);
+  CHECK(q.pop() == &w[0]);
+  CHECK(q.pop() == &w[1]);
+  CHECK(q.push_front(&w[2]));  // into an empty queue
+  CHECK(q.push(&w[1], 30));
+  CHECK(q.pop() == &w[2]);
+  CHECK(q.pop() == &w[1]);
+  CHECK(q.empty());
+}
+
+TEST_CASE("registry, random: weights honoured, a loaded backend avoided") {
+  algo_registry g(algorithm::random);
+  g.r.seed(5);
+  g.add(1, 1000);
+  g.add(2, 500);
+  g.add(3, 500);
+  // Idle backends tie at zero load, so the first draw, by weight, decides: 2 : 1 : 1.
+  std::map<int, int> counts;
+  for (int i = 0; i < 4000; ++i) ++counts[g.pick("")];
+  CHECK(counts[1] > 1800);
+  CHECK(counts[1] < 2200);
+  CHECK(counts[2] > 800);
+  CHECK(counts[3] > 800);
+  // Backend 1 holds 20 open connections: every pair holds a less loaded one, which wins.
+  // (random itself would never load it so: round-robin does, for the test.)
+  g.r.set_algorithm(algorithm::roundrobin);
+  std::vector<detail::lease> held;
+  for (int tries = 0; held.size() < 20 && tries < 1000; ++tries) {
+    detail::lease l;
+    if (g.pick("", 0, &l) == 1) held.push_back(l);
+    else g.r.release(l, false);
+  }
+  REQUIRE(held.size() == 20);
+  g.r.set_algorithm(algorithm::random);
+  counts.clear();
+  for (int i = 0; i < 1000; ++i) ++counts[g.pick("")];
+  CHECK(counts[1] == 0);
+  CHECK(counts[2] > 400);
+  CHECK(counts[3] > 400);
+  for (auto& l : held) g.r.release(l, false);
+}
+
+TEST_CASE("registry, hash: a client keeps its backend, other registries agree, removal moves only its clients") {
+  algo_registry a(algorithm::hash), b(algorithm::hash);
+  const int order_a[] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const int order_b[] = {8, 3, 5, 1, 7, 2, 6, 4};
+  for (int i : order_a) a.add(i, i == 3 ? 1000 : 500);
+  b.add(99);  // a backend added and removed first: the slots differ too
+  for (int i : order_b) b.add(i, i == 3 ? 1000 : 500);
+  REQUIRE_FALSE(b.r.remove(b.ids[99]));
+  std::map<std::uint32_t, int> first;
+  std::map<int, int> spread;
+  for (std::uint32_t c = 0; c < 4000; ++c) {
+    int x = a.pick(client_key(c));
+    REQUIRE(x != 0);
+    REQUIRE(a.pick(client_key(c)) == x);
+    REQUIRE(b.pick(client_key(c)) == x);
+    first[c] = x;
+    ++spread[x];
+  }
+  CHECK(spread.size() == 8);
+  CHECK(spread[3] > spread[1] * 3 / 2);  // twice the weight
+  // Removing backend 5 moves its clients only.
+  REQUIRE_FALSE(a.r.remove(a.ids[5]));
+  std::size_t others = 0, stayed = 0;
+  for (auto& [c, x] : first) {
+    int now = a.pick(client_key(c));
+    if (x == 5) {
+      CHECK(now != 5);
+      continue;
+    }
+    ++others;
+    stayed += now == x;
+  }
+  CHECK(stayed >= 0.97 * others);
+  // A drained backend's clients move, and come back when it does.
+  REQUIRE_FALSE(a.r.drain(a.ids[2], true, 0));
+  std::uint32_t on_two = 0;
+  while (first[on_two] != 2) ++on_two;
+  CHECK(a.pick(client_key(on_two)) != 2);
+  REQUIRE_FALSE(a.r.drain(a.ids[2], false, 0));
+  CHECK(a.pick(client_key(on_two)) == 2);
+}
+
+TEST_CASE("registry, hash: a tried or full backend gives way to the client's next preference") {
+  algo_registry g(algorithm::hash);
+  for (int i = 1; i <= 6; ++i) g.add(i);
+  std::string key = client_key(77);
+  detail::lease l;
+  int home = g.pick(key, 0, &l);
+  REQUIRE(home != 0);
+  std::vector<detail::lease> tried{l};
+  g.r.release(l, true);
+  int next = g.pick(key, 0, nullptr, tried);
+  CHECK(next != home);
+  CHECK(g.pick(key, 0, nullptr, tried) == next);  // the next preference is stable too
+  // maxconn 1 on the home backend: while its one connection is open, the client goes next door.
+  REQUIRE_FALSE(g.r.set_maxconn(g.ids[home], 1));
+  detail::lease held;
+  REQUIRE(g.pick(key, 0, &held) == home);
+  CHECK(g.pick(key) == next);
+  CHECK(g.r.release(held, false));  // room again
+  CHECK(g.pick(key) == home);
+  // Every backend tried: the table gives up after its bounded lookups and nothing is left.
+  tried.clear();
+  for (int i = 1; i <= 6; ++i) {
+    detail::lease t;
+    REQUIRE(g.pick(key, 0, &t, tried) != 0);
+    tried.push_back(t);
+  }
+  bool full = true;
+  CHECK(g.pick(key, 0, nullptr, tried, &full) == 0);
+  CHECK_FALSE(full);
+  // An empty key (no client address) still gets a backend.
+  CHECK(g.pick("") != 0);
+}
+
+TEST_CASE("registry, hash: an expired backend leaves the table at the next pick") {
+  algo_registry g(algorithm::hash);
+  for (int i = 1; i <= 4; ++i) g.add(i, 500, 0, /*expires=*/true);
+  std::map<std::uint32_t, int> home;
+  for (std::uint32_t c = 0; c < 400; ++c) home[c] = g.pick(client_key(c), 0);
+  for (int i = 1; i <= 4; ++i)
+    if (i != 4) REQUIRE_FALSE(g.r.ack(g.ids[i], 900));
+  // At 1500 backend 4 has not acked for 1500 ms > 1000: its clients move, the rest stay.
+  for (auto& [c, x] : home) {
+    int now = g.pick(client_key(c), 1500);
+    if (x == 4) CHECK(now != 4);
+    else CHECK(now == x);
+  }
+}
+
+TEST_CASE("registry: maxconn holds, reports full, and a release makes room") {
+  for (algorithm a : {algorithm::leastconn, algorithm::roundrobin, algorithm::random, algorithm::hash}) {
+    std::string name = to_string(a);
+    CAPTURE(name);
+    algo_registry g(a);
+    g.add(1);
+    g.add(2);
+    REQUIRE_FALSE(g.r.set_maxconn(g.ids[1], 2));
+    REQUIRE_FALSE(g.r.set_maxconn(g.ids[2], 1));
+    CHECK(g.r.set_maxconn(g.ids[2], -1) == errc::bad_option);
+    CHECK(g.r.set_maxconn("nope", 1) == errc::unknown_backend);
+    std::vector<detail::lease> open(3);
+    std::map<int, int> got;
+    for (std::uint32_t i = 0; i < 3; ++i) ++got[g.pick(client_key(i), 0, &open[i])];
+    CHECK(got[1] == 2);
+    CHECK(got[2] == 1);
+    bool full = false;
+    CHECK(g.pick(client_key(9), 0, nullptr, {}, &full) == 0);
+    CHECK(full);
+    auto list = g.r.list(0);
+    for (auto& b : list) {
+      CHECK(b.state == "full");
+      CHECK_FALSE(b.eligible);
+    }
+    CHECK(g.r.release(open[0], false));  // it was at its limit
+    int again = g.pick(client_key(9), 0, &open[0]);
+    CHECK(again != 0);
+    CHECK(g.pick(client_key(9), 0, nullptr, {}, &full) == 0);
+    // Raising the limit makes room at once; 0 lifts it.
+    REQUIRE_FALSE(g.r.set_maxconn(g.ids[2], 0));
+    CHECK(g.pick(client_key(9)) == 2);
+    for (auto& l : open) g.r.release(l, false);
+  }
+}
+
+TEST_CASE("registry: a full remembered backend yields; no backend at all is not full") {
+  algo_registry g(algorithm::leastconn, /*persistent=*/true);
+  g.add(1);
+  g.add(2);
+  std::string key = client_key(1);
+  detail::lease l;
+  int home = g.pick(key, 0, &l);
+  REQUIRE_FALSE(g.r.set_maxconn(g.ids[home], 1));
+  CHECK(g.pick(key) == 3 - home);  // its backend is full: placed elsewhere
+  g.r.release(l, false);
+  bool full = true;
+  algo_registry empty(algorithm::hash);
+  CHECK(empty.pick(key, 0, nullptr, {}, &full) == 0);
+  CHECK_FALSE(full);
+  empty.add(1);
+  REQUIRE_FALSE(empty.r.drain(empty.ids[1], true, 0));
+  CHECK(empty.pick(key, 0, nullptr, {}, &full) == 0);
+  CHECK_FALSE(full);
+}
+
+TEST_CASE("registry: backups serve only while no primary can") {
+  for (algorithm a : {algorithm::leastconn, algorithm::roundrobin, algorithm::random, algorithm::hash}) {
+    std::string name = to_string(a);
+    CAPTURE(name);
+    algo_registry g(a);
+    g.add(1);
+    g.add(2);
+    g.add(3);
+    REQUIRE_FALSE(g.r.set_backup(g.ids[3], true));
+    for (std::uint32_t c = 0; c < 200; ++c) REQUIRE(g.pick(client_key(c)) != 3);
+    // Primaries at their limit: the backup takes the overflow.
+    REQUIRE_FALSE(g.r.set_maxconn(g.ids[1], 1));
+    REQUIRE_FALSE(g.r.set_maxconn(g.ids[2], 1));
+    std::vector<detail::lease> open(2);
+    std::set<int> primaries;
+    for (std::uint32_t c = 0; c < 2; ++c) primaries.insert(g.pick(client_key(c), 0, &open[c]));
+    CHECK(primaries == std::set<int>{1, 2});
+    CHECK(g.pick(client_key(5)) == 3);
+    g.r.release(open[0], false);
+    CHECK(g.pick(client_key(5)) != 3);
+    g.r.release(open[1], false);
+    // Primaries gone: the backup serves; one primary back: it serves again.
+    REQUIRE_FALSE(g.r.drain(g.ids[1], true, 0));
+    REQUIRE_FALSE(g.r.remove(g.ids[2]));
+    for (std::uint32_t c = 0; c < 50; ++c) REQUIRE(g.pick(client_key(c)) == 3);
+    REQUIRE_FALSE(g.r.drain(g.ids[1], false, 0));
+    for (std::uint32_t c = 0; c < 50; ++c) REQUIRE(g.pick(client_key(c)) == 1);
+    // A backup turned primary joins the rotation; the listing says which is which.
+    REQUIRE_FALSE(g.r.set_backup(g.ids[3], false));
+    std::set<int> seen;
+    for (std::uint32_t c = 0; c < 200; ++c) seen.insert(g.pick(client_key(c)));
+    CHECK(seen.size() == 2);
+    CHECK(seen.count(1) == 1);
+    CHECK(seen.count(3) == 1);
+    REQUIRE_FALSE(g.r.set_backup(g.ids[1], true));
+    for (auto& b : g.r.list(0)) CHECK(b.backup == (b.id == g.ids[1]));
+  }
+}
+
+TEST_CASE("registry: switching algorithm at run time keeps every backend reachable") {
+  algo_registry g(algorithm::leastconn);
+  for (int i = 1; i <= 3; ++i) g.add(i);
+  for (algorithm a : {algorithm::hash, algorithm::random, algorithm::roundrobin, algorithm::hash}) {
+    g.r.set_algorithm(a);
+    CHECK(g.r.get_algorithm() == a);
+    std::set<int> seen;
+    for (std::uint32_t c = 0; c < 300; ++c) seen.insert(g.pick(client_key(c)));
+    CHECK(seen == std::set<int>{1, 2, 3});
+  }
+  algorithm parsed = algorithm::leastconn;
+  REQUIRE_FALSE(parse_algorithm("random", parsed));
+  CHECK(parsed == algorithm::random);
+  REQUIRE_FALSE(parse_algorithm("hash", parsed));
+  CHECK(parsed == algorithm::hash);
+  CHECK(std::string(to_string(algorithm::random)) == "random");
+  CHECK(std::string(to_string(algorithm::hash)) == "hash");
+  CHECK(parse_algorithm("maglev", parsed) == errc::bad_option);
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
@@ -1460,9 +1991,9 @@ TEST_CASE("native commands: the operator's list, stats, add, remove, set-weight,
   CHECK(bench.say(op, "add 127.0.0.1:80 weight=300\n") == "ok id=" + a + "\n");
   CHECK(bench.say(op, "add [::1]:81\n") == "ok id=" + b + "\n");
   CHECK(bench.say(op, "list\n") == "backend id=" + a +
-                                       " address=127.0.0.1:80 weight=300 active=0 total=0 failures=0 state=up\n"
+                                       " address=127.0.0.1:80 weight=300 active=0 total=0 failures=0 state=up maxconn=0 backup=no\n"
                                        "backend id=" + b +
-                                       " address=[::1]:81 weight=500 active=0 total=0 failures=0 state=up\n"
+                                       " address=[::1]:81 weight=500 active=0 total=0 failures=0 state=up maxconn=0 backup=no\n"
                                        "ok backends=2\n");
   bench.counters.accepted = 10;
   bench.counters.active = 2;

@@ -5,14 +5,31 @@ struct backend_info {
   std::string id;
   endpoint address;
   int weight = 0;
+  int maxconn = 0;              // at most this many open connections; 0: no limit
+  bool backup = false;          // serves only while no primary backend can
   int active = 0;               // proxied connections open now
   std::uint64_t total = 0;      // connections ever sent
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
-  // "up" (eligible), "draining", "expired" (no ack within the host timeout),
-  // "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
+  // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
   std::string state;
+};
+
+// The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
+inline constexpr int max_maxconn = std::numeric_limits<int>::max();
+
+// How a static backend takes traffic (server::add_backend).
+struct backend_options {
+  int weight = default_weight;  // min_weight … max_weight
+  // A backend with maxconn open connections gets no new one until one ends; when
+  // every backend that could serve is at its limit, new connections wait in the
+  // concurrency queue (queue_timeout, queue_limit). 0: no limit.
+  int maxconn = 0;
+  // Backups get connections only while no primary backend can take one (none is
+  // eligible, or every eligible one is at its maxconn).
+  bool backup = false;
 };
 
 struct server_stats {
@@ -100,6 +117,8 @@ class server {
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
+  // The same with a connection limit and the backup role (backend_options).
+  std::error_code add_backend(std::string_view address, const backend_options& options, std::string* id_out = nullptr);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.

@@ -32,7 +32,12 @@ std::error_code parse_weight(std::string_view text, int& out);
 enum class algorithm {
   leastconn,   // minimise active/weight; ties go by smooth weighted round-robin
   roundrobin,  // smooth weighted round-robin
+  random,      // weighted power of two choices: two drawn by weight, the less loaded taken
+  hash,        // consistent hashing of the client address (Maglev table), the same on every balancer
 };
+// The Maglev lookup table of `hash`: a prime number of entries, shared out among the
+// backends in proportion to their weights.
+inline constexpr std::uint32_t hash_table_size = 65537;
 std::error_code parse_algorithm(std::string_view text, algorithm& out);
 const char* to_string(algorithm a) noexcept;
 

@@ -232,7 +232,8 @@ class admin_protocol {
       for (const auto& b : list)
         text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
-                " failures=" + std::to_string(b.failures) + " state=" + b.state + "\n";
+                " failures=" + std::to_string(b.failures) + " state=" + b.state +
+                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
     }
@@ -294,7 +295,7 @@ class admin_protocol {
   static const char* help_text() noexcept {
     return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
            "# hello [harmony/1]                      protocol version\n"
-           "# register port=P [id=ID] [host=H] [weight=W] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
            "# close                                  agent: deregister now\n"
@@ -323,6 +324,9 @@ class admin_protocol {
       return error(out, "bad-argument", "register needs port=1..65535");
     int weight = default_weight;
     if (c.option("weight", text) && parse_weight(text, weight)) return error(out, "bad-argument", weight_range());
+    long long maxconn = 0;  // absent: no limit
+    if (c.option("maxconn", text) && parse_integer(text, 0, max_maxconn, maxconn))
+      return error(out, "bad-argument", "maxconn is 0 (no limit) to " + std::to_string(max_maxconn));
     std::int64_t heartbeat = 0;
     if (c.option("heartbeat", text)) {
       duration d{};
@@ -352,6 +356,7 @@ class admin_protocol {
         if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
         ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
+      r->set_maxconn(id, static_cast<int>(maxconn));
     }
     admin_effect bind;
     bind.what = admin_effect::kind::bind_agent;

@@ -102,6 +102,8 @@ HARMONY_DEF std::error_code parse_weight(std::string_view text, int& out) {
 HARMONY_DEF std::error_code parse_algorithm(std::string_view text, algorithm& out) {
   if (text == "leastconn") out = algorithm::leastconn;
   else if (text == "roundrobin") out = algorithm::roundrobin;
+  else if (text == "random") out = algorithm::random;
+  else if (text == "hash") out = algorithm::hash;
   else return make_error_code(errc::bad_option);
   return {};
 }
@@ -110,6 +112,8 @@ HARMONY_DEF const char* to_string(algorithm a) noexcept {
   switch (a) {
     case algorithm::leastconn: return "leastconn";
     case algorithm::roundrobin: return "roundrobin";
+    case algorithm::random: return "random";
+    case algorithm::hash: return "hash";
   }
   return "?";
 }

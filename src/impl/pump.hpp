@@ -64,6 +64,10 @@ class session_host {
   virtual void give_slot() = 0;
   // The wait queue for a slot: false when it is full.
   virtual bool wait_for_slot(session& s) = 0;
+  // Every backend that could serve is at its maxconn: gives back the session's slot
+  // and queues it until a release makes room, at the head with its first wait time
+  // when `keep_place` (it was queued before); false when the queue is full.
+  virtual bool wait_for_backend(session& s, bool keep_place) = 0;
   virtual void stop_waiting(session& s) = 0;
   // The session has ended and may serve the next client.
   virtual void recycle(session& s) = 0;
@@ -148,6 +152,7 @@ class session final : public connection_owner {
   void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
   void start_attempt();
+  void wait_for_backend();
   void connected();
   bool read_ahead();
   void attempt_failed(std::error_code why);
@@ -176,6 +181,7 @@ class session final : public connection_owner {
   std::vector<lease> tried_;
   int attempts_ = 0;
   bool holds_slot_ = false;
+  bool queued_before_ = false;  // it has waited in the queue: waiting.since is when it began
   address peer_;
   timer clock_;
   std::int64_t last_activity_ = 0;
@@ -197,6 +203,7 @@ inline void session::start(socket_handle fd, const address& peer) {
   tried_.clear();
   attempts_ = 0;
   holds_slot_ = false;
+  queued_before_ = false;
   peer_ = peer;
   sent_to_backend_ = received_from_backend_ = spliced_ = 0;
   replay_.reset();
@@ -215,8 +222,20 @@ inline void session::start(socket_handle fd, const address& peer) {
     return start_attempt();
   }
   if (!host_.wait_for_slot(*this)) return unavailable(make_error_code(errc::queue_full));
+  queued_before_ = true;
   phase_ = phase::queued;
   loop.schedule(clock_, loop.now() + host_.settings().queue_timeout_ms);
+}
+
+// The backends are all at their maxconn: wait for one to make room, within the
+// queue's bounds, counting the time already waited for a slot.
+inline void session::wait_for_backend() {
+  holds_slot_ = false;  // the host takes it back
+  if (!host_.wait_for_backend(*this, queued_before_)) return unavailable(make_error_code(errc::queue_full));
+  queued_before_ = true;
+  phase_ = phase::queued;
+  reactor& loop = host_.loop();
+  loop.schedule(clock_, waiting.since + host_.settings().queue_timeout_ms);
 }
 
 inline void session::admitted() {
@@ -229,8 +248,10 @@ inline void session::start_attempt() {
   reactor& loop = host_.loop();
   pick_result pick;
   std::string key = peer_.host_key();
-  if (!host_.pick(key, tried_, pick))
+  if (!host_.pick(key, tried_, pick)) {
+    if (pick.full) return wait_for_backend();
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
+  }
   current_ = pick.chosen;
   phase_ = phase::connecting;
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;

@@ -9,6 +9,9 @@ namespace detail {
 struct pick_result {
   lease chosen;
   resolved_address to;
+  // No pick, but only because the backends that could serve are at their maxconn:
+  // the connection may wait for a release instead of being turned away.
+  bool full = false;
 };
 
 struct registry_limits {
@@ -52,12 +55,14 @@ class registry {
  public:
   using limits = registry_limits;
   registry(algorithm a, duration host_timeout, bool persistent, limits l, id_generator make_id)
-      : selector_(a),
+      : algorithm_(a),
         host_timeout_ms_(host_timeout.count()),
         persistent_(persistent),
         limits_(l),
         affinities_(affinity_table::limits{l.affinity_entries, l.affinity_ttl_ms}),
-        make_id_(std::move(make_id)) {}
+        make_id_(std::move(make_id)) {
+    for (tier& t : tiers_) t.picks.set_algorithm(heap_algorithm(a));
+  }
 
   // Whether a weight is in the one range the library accepts (>>types).
   static bool valid_weight(int weight) noexcept { return weight >= min_weight && weight <= max_weight; }
@@ -110,9 +115,12 @@ class registry {
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
-    selector_.reset(slot);
     record& r = records_[slot];
     if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
+    r.ramping = false;
+    r.listed = false;
+    place(slot);
+    tiers_[r.backup].picks.reset(slot);
     r.used = false;
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
@@ -124,7 +132,8 @@ class registry {
     if (!valid_weight(weight)) return make_error_code(errc::bad_option);
     return update(id, -1, [&](record& r, std::uint32_t slot) {
       r.weight = weight;
-      selector_.set_weight(slot, effective_weight(r, ramp_checked_));
+      tiers_[r.backup].picks.set_weight(slot, effective_weight(r, ramp_checked_));
+      place(slot);
     });
   }
 
@@ -168,7 +177,45 @@ class registry {
     return find(id, slot);
   }
 
-  void set_algorithm(algorithm a) { selector_.set_algorithm(a); }
+  // Switches the algorithm of every later pick (open connections stay where they are).
+  void set_algorithm(algorithm a) {
+    algorithm_ = a;
+    for (tier& t : tiers_) {
+      t.picks.set_algorithm(heap_algorithm(a));
+      t.table_dirty = true;
+    }
+  }
+  algorithm get_algorithm() const noexcept { return algorithm_; }
+
+  // Seeds the random source of `random` (the server does so once, from the OS CSPRNG).
+  void seed(std::uint64_t s) noexcept { random_.seed(s); }
+
+  // A backend's connection limit: at `maxconn` open connections (0: no limit) it
+  // gets no new ones until one ends.
+  std::error_code set_maxconn(std::string_view id, int maxconn) {
+    if (maxconn < 0 || maxconn > max_maxconn) return make_error_code(errc::bad_option);
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      r.maxconn = maxconn;
+      r.full = at_limit(r);
+      place(slot);
+    });
+  }
+
+  // A backup backend serves only while no primary one can: none is eligible, or
+  // every eligible one is at its maxconn.
+  std::error_code set_backup(std::string_view id, bool backup) {
+    return update(id, -1, [&](record& r, std::uint32_t slot) {
+      if (r.backup == backup) return;
+      bool listed = r.listed;
+      r.listed = false;  // leaves the old tier entirely, then joins the new one
+      place(slot);
+      tiers_[r.backup].picks.reset(slot);
+      r.backup = backup;
+      r.listed = listed;
+      place(slot);
+      for (tier& t : tiers_) t.table_dirty = true;  // r.hashed speaks of the old tier's table
+    });
+  }
 
   // Slow start: a backend that becomes eligible (joins or comes back) ramps its
   // effective weight up over this many milliseconds; 0 turns it off.
@@ -186,34 +233,47 @@ class registry {
         if (l.slot == slot && l.generation == records_[slot].generation) return true;
       return false;
     };
+    out.full = false;
+    rebuild_tables();
     bool sticky = persistent_ && !client_key.empty();
     if (sticky) {
       const lease* l = affinities_.find(client_key, now);
-      if (l && current(*l) && eligible(l->slot, now) && !was_tried(l->slot)) chosen = l->slot;
+      if (l && current(*l) && eligible(l->slot, now) && !records_[l->slot].full && !was_tried(l->slot))
+        chosen = l->slot;
     }
     if (chosen == selector::npos) {
-      chosen = selector_.pick([&](std::uint32_t slot) {
-        if (!eligible(slot, now)) return selector::verdict::evict;
-        return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
-      });
-      if (chosen == selector::npos) return false;
+      chosen = choose(now, client_key, was_tried);
+      if (chosen == selector::npos) {
+        out.full = full_ > tried_and_full(tried);  // one it has not tried may make room
+        return false;
+      }
     }
     record& r = records_[chosen];
     ++r.active;
     ++r.total;
-    selector_.set_active(chosen, r.active);
+    tiers_[r.backup].picks.set_active(chosen, r.active);
+    if (at_limit(r)) {
+      r.full = true;
+      place(chosen);
+    }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
     if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
   }
 
-  void release(const lease& l, bool failed) {
-    if (!l.valid() || !current(l)) return;
+  // Ends a connection's count against its backend. True when that made room on a
+  // backend that was at its maxconn: connections waiting for one may go now.
+  bool release(const lease& l, bool failed) {
+    if (!l.valid() || !current(l)) return false;
     record& r = records_[l.slot];
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
-    selector_.set_active(l.slot, r.active);
+    tiers_[r.backup].picks.set_active(l.slot, r.active);
+    if (!r.full || at_limit(r)) return false;
+    r.full = false;
+    place(l.slot);
+    return true;
   }
 
   std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
@@ -228,10 +288,12 @@ class registry {
       b.id = r.id;
       b.address = r.at;
       b.weight = r.weight;
+      b.maxconn = r.maxconn;
+      b.backup = r.backup;
       b.active = r.active;
       b.total = r.total;
       b.failures = r.failures;
-      b.eligible = eligible(slot, now);
+      b.eligible = eligible(slot, now) && !r.full;
       b.draining = r.draining;
       b.state = state_of(slot, now);
       out.push_back(std::move(b));
@@ -253,6 +315,15 @@ class registry {
     bool expires = false;
     bool online = true;
     int weight = default_weight;
+    int maxconn = 0;      // 0: no limit
+    bool backup = false;  // in the backup tier
+    bool full = false;    // at its maxconn
+    // Where place() last put it: eligible when last judged, and in the hash table
+    // (with which weight), so that the table is rebuilt only when these change.
+    bool listed = false;
+    bool hashed = false;
+    int hashed_weight = 0;
+    bool counted_full = false;  // counted in full_
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
@@ -293,24 +364,27 @@ class registry {
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
     if (r.draining) return "draining";
+    if (r.full) return "full";
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
     record& r = records_[slot];
-    if (!eligible(slot, now)) return selector_.erase(slot);
-    if (!selector_.contains(slot)) {  // joins or comes back: its slow start begins
+    bool was_listed = r.listed;
+    r.listed = eligible(slot, now);
+    if (r.listed && !was_listed) {  // joins or comes back: its slow start begins
       r.eligible_since = now;
       if (slow_start_ms_ > 0 && !r.ramping) {
         r.ramping = true;
         ramping_.push_back(slot);
       }
     }
-    selector_.insert(slot, effective_weight(r, now), r.active);
+    place(slot, now);
   }
 
   // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
   // eligible, then up by sixteenths (few re-weights, each keeps its pass) to the
-  // whole weight after slow_start_ms_.
+  // whole weight after slow_start_ms_. It shapes leastconn, roundrobin and random;
+  // hash keeps its table (a consistent mapping does not ramp).
   static constexpr std::int64_t ramp_levels = 16;
   static constexpr std::int64_t ramp_step_ms = 5;  // how often pick() re-weights ramping backends
   int effective_weight(const record& r, std::int64_t now) const noexcept {
@@ -327,18 +401,143 @@ class registry {
     for (std::size_t i = 0; i < ramping_.size();) {
       std::uint32_t slot = ramping_[i];
       record& r = records_[slot];
-      if (selector_.contains(slot)) selector_.set_weight(slot, effective_weight(r, now));
-      if (now - r.eligible_since < slow_start_ms_) {
+      bool done = now - r.eligible_since >= slow_start_ms_;
+      if (done) r.ramping = false;
+      place(slot, now);
+      if (!done) {
         ++i;
         continue;
       }
-      r.ramping = false;
       ramping_[i] = ramping_.back();
       ramping_.pop_back();
     }
   }
 
-  selector selector_;
+  // ---- The algorithms. Each tier (primaries, backups) keeps every structure a pick
+  // may use, for the backends in it that can take a connection now (eligible when
+  // last judged and below their maxconn): the heap of leastconn and roundrobin, the
+  // weights of random; and, with hash, the Maglev table of its eligible backends
+  // (full ones stay in it: a pick passes over them without a rebuild).
+  struct tier {
+    selector picks;
+    weighted_sampler weights;
+    maglev_table table;
+    bool table_dirty = false;
+  };
+  static algorithm heap_algorithm(algorithm a) noexcept {
+    return a == algorithm::roundrobin ? algorithm::roundrobin : algorithm::leastconn;
+  }
+  std::size_t tried_and_full(const std::vector<lease>& tried) const noexcept {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < tried.size(); ++i) {
+      const lease& l = tried[i];
+      bool again = false;  // a lease may be listed twice
+      for (std::size_t j = 0; j < i; ++j) again = again || tried[j].slot == l.slot;
+      if (!again && current(l) && records_[l.slot].counted_full) ++n;
+    }
+    return n;
+  }
+  static bool at_limit(const record& r) noexcept { return r.maxconn > 0 && r.active >= r.maxconn; }
+
+  // Puts a slot where its flags (listed, full, backup) say, in every structure
+  // of its tier, and keeps the count of listed backends at their limit.
+  // `now` times the slow start; without one, the last time ramp() looked.
+  void place(std::uint32_t slot) { place(slot, ramp_checked_); }
+  void place(std::uint32_t slot, std::int64_t now) {
+    record& r = records_[slot];
+    tier& t = tiers_[r.backup];
+    bool counted = r.listed && r.full;
+    if (counted != r.counted_full) {
+      r.counted_full = counted;
+      if (counted) ++full_;
+      else --full_;
+    }
+    if (r.listed && !r.full) {
+      int weight = effective_weight(r, now);
+      t.picks.insert(slot, weight, r.active);
+      t.weights.set(slot, static_cast<std::uint64_t>(weight));
+    } else {
+      t.picks.erase(slot);
+      t.weights.set(slot, 0);
+    }
+    if (r.hashed != r.listed || (r.listed && r.hashed_weight != r.weight)) t.table_dirty = true;
+  }
+
+  // Rebuilds the Maglev tables whose membership or weights changed, with hash only.
+  // A change only marks its table; the next pick rebuilds it, once however many
+  // changes came in between (a build is O(M log n), about 2 ms for M = 65537).
+  void rebuild_tables() {
+    if (algorithm_ != algorithm::hash) return;
+    for (int which = 0; which < 2; ++which) {
+      tier& t = tiers_[which];
+      if (!t.table_dirty) continue;
+      t.table_dirty = false;
+      std::vector<maglev_table::member> members;
+      for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
+        record& r = records_[slot];
+        if (r.backup != (which == 1)) continue;
+        r.hashed = r.used && r.listed;
+        r.hashed_weight = r.weight;
+        if (r.hashed)
+          members.push_back(maglev_table::member{backend_key(r.to), slot, static_cast<std::uint64_t>(r.weight)});
+      }
+      t.table.build(std::move(members));
+    }
+  }
+
+  // A backend for a new connection: from the primaries, else from the backups.
+  template <class Tried>
+  std::uint32_t choose(std::int64_t now, std::string_view client_key, Tried&& was_tried) {
+    std::uint32_t chosen = choose_in(tiers_[0], now, client_key, was_tried);
+    if (chosen == selector::npos) chosen = choose_in(tiers_[1], now, client_key, was_tried);
+    return chosen;
+  }
+
+  template <class Tried>
+  std::uint32_t choose_in(tier& t, std::int64_t now, std::string_view client_key, Tried&& was_tried) {
+    std::vector<std::uint32_t> expired;  // found ineligible since last judged: placed once the pick is done
+    auto judge = [&](std::uint32_t slot) {
+      if (!eligible(slot, now)) {
+        expired.push_back(slot);
+        return selector::verdict::evict;
+      }
+      return was_tried(slot) ? selector::verdict::skip : selector::verdict::take;
+    };
+    std::uint32_t chosen = selector::npos;
+    if (algorithm_ == algorithm::random) {
+      chosen = pick_two(t.weights, random_, judge, [&](std::uint32_t a, std::uint32_t b) {
+        const record& x = records_[a];
+        const record& y = records_[b];
+        return static_cast<std::uint64_t>(x.active) * static_cast<std::uint64_t>(y.weight) <
+               static_cast<std::uint64_t>(y.active) * static_cast<std::uint64_t>(x.weight);
+      });
+    } else if (algorithm_ == algorithm::hash && !client_key.empty()) {
+      chosen = choose_hashed(t, client_key, judge);
+      if (chosen == selector::npos) chosen = t.picks.pick(judge);  // every preference tried: the least loaded
+    } else {
+      chosen = t.picks.pick(judge);
+    }
+    for (std::uint32_t slot : expired) refresh(slot, now);
+    return chosen;
+  }
+
+  // The client's first preference in the table that can serve, trying at most
+  // maglev_table::max_attempts lookups; npos when none could.
+  template <class Judge>
+  std::uint32_t choose_hashed(tier& t, std::string_view client_key, Judge& judge) {
+    for (unsigned attempt = 0; attempt < maglev_table::max_attempts; ++attempt) {
+      std::uint32_t slot = t.table.lookup(client_key, attempt);
+      if (slot == maglev_table::npos) return slot;
+      if (records_[slot].full || !records_[slot].listed) continue;
+      if (judge(slot) == selector::verdict::take) return slot;
+    }
+    return selector::npos;
+  }
+
+  algorithm algorithm_;
+  tier tiers_[2];  // primaries, backups
+  std::size_t full_ = 0;  // listed backends at their maxconn
+  fast_random random_;
   std::int64_t host_timeout_ms_;
   bool persistent_;
   limits limits_;

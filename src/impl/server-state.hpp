@@ -13,6 +13,11 @@ struct server::impl {
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {
     backends.lock()->set_slow_start(options.slow_start.count());
+    // `random` draws from a fast PRNG; its seed is the one thing it needs from the CSPRNG.
+    std::uint64_t seed = 0;
+    if (!detail::random_bytes(&seed, sizeof seed))
+      seed = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    backends.lock()->seed(seed);
   }
 
   static detail::registry_limits limits_of(const server_options& o) {
@@ -40,7 +45,12 @@ struct server::impl {
     concurrency.store(limit, std::memory_order_relaxed);
     wake_queues();
   }
-  std::error_code add_static(std::string_view address, int weight, std::string* id_out);
+  std::error_code add_static(std::string_view address, const backend_options& options, std::string* id_out);
+  std::error_code add_static(std::string_view address, int weight, std::string* id_out) {
+    backend_options o;
+    o.weight = weight;
+    return add_static(address, o, id_out);
+  }
 
   server_options options;
   detail::logger log;

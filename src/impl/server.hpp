@@ -123,13 +123,26 @@ HARMONY_DEF std::error_code server::add_backend(std::string_view address, int we
   return impl_->add_static(address, weight, id_out);
 }
 
-inline std::error_code server::impl::add_static(std::string_view address, int weight, std::string* id_out) {
+HARMONY_DEF std::error_code server::add_backend(std::string_view address, const backend_options& options,
+                                                std::string* id_out) {
+  return impl_->add_static(address, options, id_out);
+}
+
+inline std::error_code server::impl::add_static(std::string_view address, const backend_options& options,
+                                                std::string* id_out) {
   endpoint at;
   if (auto e = parse_endpoint(address, at)) return e;
   if (at.port == 0) return make_error_code(errc::bad_option);  // the registry judges the weight
+  if (options.maxconn < 0 || options.maxconn > max_maxconn) return make_error_code(errc::bad_option);
   detail::resolved_address to;
   if (auto e = detail::resolve(at, to)) return e;
-  return backends.lock()->add(at, &to, weight, false, id_out, detail::now_ms());
+  std::string id;
+  auto r = backends.lock();
+  if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
+  r->set_maxconn(id, options.maxconn);
+  r->set_backup(id, options.backup);
+  if (id_out) *id_out = id;
+  return {};
 }
 
 HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }

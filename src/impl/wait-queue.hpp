@@ -40,6 +40,21 @@ class wait_queue {
     return true;
   }
 
+  // Puts `x` back as the oldest element, keeping the time it first joined
+  // (`since`), e.g. one that was let go and could not proceed; false if queued.
+  bool push_front(T* x) {
+    wait_hook<T>& h = x->*Hook;
+    if (h.queued) return false;
+    h.prev = nullptr;
+    h.next = head_;
+    h.queued = true;
+    if (head_) (head_->*Hook).prev = x;
+    else tail_ = x;
+    head_ = x;
+    ++length_;
+    return true;
+  }
+
   // Takes `x` out wherever it is; false if it was not queued.
   bool remove(T* x) {
     wait_hook<T>& h = x->*Hook;

@@ -77,6 +77,7 @@ class worker final : public session_host {
   bool take_slot() override;
   void give_slot() override;
   bool wait_for_slot(session& s) override;
+  bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
   void recycle(session& s) override { free_sessions_.push_back(&s); }
 
@@ -130,7 +131,13 @@ inline void worker::adopt(socket_handle fd, const address& peer) {
 inline bool worker::pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
   return owner_.backends.lock()->pick(loop_.now(), client_key, tried, out);
 }
-inline void worker::release(const lease& backend, bool failed) { owner_.backends.lock()->release(backend, failed); }
+// A release that makes room on a backend at its maxconn lets the waiting
+// connections try again, on every loop, after this turn (never from inside it:
+// an admitted connection may itself release at once).
+inline void worker::release(const lease& backend, bool failed) {
+  if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
+    owner_.wake_queues();
+}
 inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
 inline bool worker::take_slot() { return owner_.try_take_slot(); }
@@ -147,6 +154,16 @@ inline bool worker::wait_for_slot(session& s) {
   return true;
 }
 
+// The slot goes back without waking the queue: what its waiters lack is room on
+// a backend, and the release that makes some wakes them (worker::release).
+inline bool worker::wait_for_backend(session& s, bool keep_place) {
+  owner_.proxied.fetch_sub(1, std::memory_order_relaxed);
+  if (queue_.size() >= settings_.queue_limit) return false;
+  if (!(keep_place ? queue_.push_front(&s) : queue_.push(&s, loop_.now()))) return false;
+  owner_.waiting.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
 inline void worker::stop_waiting(session& s) {
   if (queue_.remove(&s)) owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -156,6 +173,8 @@ inline void worker::admit_waiting() {
     session* s = queue_.pop();
     owner_.waiting.fetch_sub(1, std::memory_order_relaxed);
     s->admitted();
+    // Back at the head: every backend is at its maxconn, so the rest would wait too.
+    if (queue_.contains(s)) break;
   }
 }
 
