@@ -208,6 +208,7 @@ std::string unescape(const std::string& text) {
 struct static_backend {
   std::string address;
   int weight = harmony::default_weight;
+  bool resolve = false;  // ,resolve: every address of the name, followed (server::add_backend_name)
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -331,7 +332,7 @@ template <class Settings>
 constexpr flag<Settings> log_level_flag{"log-level", "LEVEL", "trace, debug, info, warn, error, off", nullptr,
                                         set_log_level<Settings>, show_log_level<Settings>};
 
-// HOST:PORT[,weight=N]
+// HOST:PORT[,weight=N][,resolve]
 std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   static_backend b;
   auto comma = text.find(',');
@@ -339,7 +340,12 @@ std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   while (comma != std::string::npos) {
     auto next = text.find(',', comma + 1);
     std::string option = text.substr(comma + 1, next == std::string::npos ? std::string::npos : next - comma - 1);
-    if (option.rfind("weight=", 0) != 0) return "unknown option " + quoted(option) + " (expected weight=N)";
+    if (option == "resolve") {
+      b.resolve = true;
+      comma = next;
+      continue;
+    }
+    if (option.rfind("weight=", 0) != 0) return "unknown option " + quoted(option) + " (expected weight=N or resolve)";
     if (harmony::parse_weight(option.substr(7), b.weight))
       return "weight " + quoted(option.substr(7)) + " is not a number from " + std::to_string(harmony::min_weight) +
              " to " + std::to_string(harmony::max_weight);
@@ -363,7 +369,7 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B& d) { return d.options.admin.empty() ? std::string("none") : d.options.admin; }},
-    {"backend", "HOST:PORT[,weight=N]", "a static backend, repeatable", nullptr, add_backend_flag,
+    {"backend", "HOST:PORT[,weight=N][,resolve]", "a static backend, repeatable; resolve: every address\nof the name HOST, followed (see --resolve-interval)", nullptr, add_backend_flag,
      [](const B&) { return "weight " + std::to_string(static_backend{}.weight); }},
     {"algorithm", "NAME", "leastconn or roundrobin", "balance",
      [](B& s, const std::string& v) {
@@ -395,6 +401,8 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::connect_timeout>, show_duration<B, &server_options::connect_timeout>},
     {"idle-timeout", "DUR", "close proxied connections idle this long", "idle_timeout",
      set_duration<B, &server_options::idle_timeout>, show_duration<B, &server_options::idle_timeout>},
+    {"resolve-interval", "DUR", "how often ,resolve names are resolved again", "resolve_interval",
+     set_duration<B, &server_options::resolve_interval>, show_duration<B, &server_options::resolve_interval>},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
@@ -529,6 +537,15 @@ int run_balancer(int argc, char** argv) {
   harmony::server balancer(s.options);
   for (const auto& b : s.backends) {
     std::string id;
+    if (b.resolve) {
+      if (auto e = balancer.add_backend_name(b.address, b.weight)) {
+        std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
+        return 2;
+      }
+      note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.weight) +
+                                         ", resolved every " + harmony::format_duration(s.options.resolve_interval));
+      continue;
+    }
     if (auto e = balancer.add_backend(b.address, b.weight, &id)) {
       std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
       return 2;
