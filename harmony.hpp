@@ -693,9 +693,11 @@ struct address {
   endpoint to_endpoint() const { return endpoint{host_text(), port()}; }
 };
 
-inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+// getaddrinfo for TCP, IPv4 and IPv6 (no AI_ADDRCONFIG: with only loopback up both
+// families still come back). The list, to free with freeaddrinfo, or nullptr.
+inline addrinfo* lookup_stream(const endpoint& ep, bool passive) {
 #if defined(_WIN32)
-  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
+  if (!winsock_ready()) return nullptr;
 #endif
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -703,8 +705,13 @@ inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   addrinfo* list = nullptr;
   std::string port = std::to_string(ep.port);
-  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-    return make_error_code(errc::resolve_failed);
+  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0) return nullptr;
+  return list;
+}
+
+inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+  addrinfo* list = lookup_stream(ep, passive);
+  if (!list) return make_error_code(errc::resolve_failed);
   std::memcpy(&out.storage, list->ai_addr, list->ai_addrlen);
   out.length = static_cast<socklen_t>(list->ai_addrlen);
   ::freeaddrinfo(list);
@@ -4880,21 +4887,12 @@ namespace harmony {
 namespace detail {
 
 // >>resolver  the server's resolver thread: getaddrinfo off the event loops
-// Every address a host name has for TCP, IPv4 and IPv6 (no AI_ADDRCONFIG: a
-// balancer with only loopback up still gets both families), in the resolver's order.
+// Every address a host name has for TCP, IPv4 and IPv6, in the resolver's order.
 inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_address>& out) {
   out.clear();
-#if defined(_WIN32)
-  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
-#endif
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* list = nullptr;
-  std::string port = std::to_string(at.port);
-  if (::getaddrinfo(at.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-    return make_error_code(errc::resolve_failed);
+  if (at.host.empty()) return make_error_code(errc::resolve_failed);
+  addrinfo* list = lookup_stream(at, false);
+  if (!list) return make_error_code(errc::resolve_failed);
   for (addrinfo* i = list; i; i = i->ai_next) {
     if (i->ai_family != AF_INET && i->ai_family != AF_INET6) continue;
     address a;

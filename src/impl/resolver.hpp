@@ -4,21 +4,12 @@ namespace harmony {
 namespace detail {
 
 // >>resolver  the server's resolver thread: getaddrinfo off the event loops
-// Every address a host name has for TCP, IPv4 and IPv6 (no AI_ADDRCONFIG: a
-// balancer with only loopback up still gets both families), in the resolver's order.
+// Every address a host name has for TCP, IPv4 and IPv6, in the resolver's order.
 inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_address>& out) {
   out.clear();
-#if defined(_WIN32)
-  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
-#endif
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_NUMERICSERV;
-  addrinfo* list = nullptr;
-  std::string port = std::to_string(at.port);
-  if (::getaddrinfo(at.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-    return make_error_code(errc::resolve_failed);
+  if (at.host.empty()) return make_error_code(errc::resolve_failed);
+  addrinfo* list = lookup_stream(at, false);
+  if (!list) return make_error_code(errc::resolve_failed);
   for (addrinfo* i = list; i; i = i->ai_next) {
     if (i->ai_family != AF_INET && i->ai_family != AF_INET6) continue;
     address a;
