@@ -27,6 +27,7 @@
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
+//   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
 //   >>commands       sans-IO admin command handling, both dialects: bytes in, reply and effects out
 //   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>engine         the contract every engine implements: poller, connection, acceptor
@@ -40,6 +41,7 @@
 //   >>iocp           the connection and the acceptor of the completion engine (Windows)
 //   >>stream         a buffered byte stream on a connection, for the admin port and the agent
 //   >>pump           the proxy core: two connections, both directions, backpressure, half-close
+//   >>resolver       the server's resolver thread: getaddrinfo off the event loops
 //   >>server-state   the state a server shares between its loops
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
@@ -224,6 +226,8 @@ struct backend_info {
   // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
   // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
   std::string state;
+  // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
+  std::string source;
 };
 
 // The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
@@ -261,6 +265,11 @@ inline constexpr int max_requeue = 1000;
 inline constexpr std::size_t max_queue_limit = 100000000;
 inline constexpr duration max_slow_start{3600000};  // slow_start, from 0 (off) to 1h
 inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
+// How often the names of add_backend_name are resolved again. 5 s is the TTL CoreDNS
+// gives a Kubernetes headless service's records (Consul DNS gives 0 by default).
+inline constexpr duration default_resolve_interval{5000};
+inline constexpr duration min_resolve_interval{100};
+inline constexpr duration max_resolve_interval{86400000};
 
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
@@ -283,6 +292,7 @@ struct server_options {
   // weight over this long, so leastconn does not flood it; 0 (the default) is off.
   duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
+  duration resolve_interval = default_resolve_interval;  // names of add_backend_name are resolved again this often
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
   // Linux: a streaming direction moves socket to pipe to socket inside the kernel
@@ -328,6 +338,16 @@ class server {
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
   // The same with a connection limit and the backup role (backend_options).
   std::error_code add_backend(std::string_view address, const backend_options& options, std::string* id_out = nullptr);
+  // Backends from DNS. `address` is NAME:PORT: every address NAME resolves to (IPv4 and
+  // IPv6, getaddrinfo) is a static backend with that port and weight, and the name is
+  // resolved again every resolve_interval on a thread of the server's own, never on an
+  // event loop. An address that appears is added; one that disappears gets no new
+  // connections (state "draining") and is removed once its last connection has ended;
+  // when resolution fails the last good set is kept (logged once when it starts failing
+  // and once when it recovers). backends() shows each one with `source` = NAME:PORT.
+  // Callable before start() and while running (the name is resolved at once then).
+  // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
+  std::error_code add_backend_name(std::string_view address, int weight = default_weight);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.
@@ -721,9 +741,11 @@ struct address {
   endpoint to_endpoint() const { return endpoint{host_text(), port()}; }
 };
 
-inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+// getaddrinfo for TCP, IPv4 and IPv6 (no AI_ADDRCONFIG: with only loopback up both
+// families still come back). The list, to free with freeaddrinfo, or nullptr.
+inline addrinfo* lookup_stream(const endpoint& ep, bool passive) {
 #if defined(_WIN32)
-  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
+  if (!winsock_ready()) return nullptr;
 #endif
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -731,8 +753,13 @@ inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   addrinfo* list = nullptr;
   std::string port = std::to_string(ep.port);
-  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-    return make_error_code(errc::resolve_failed);
+  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0) return nullptr;
+  return list;
+}
+
+inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+  addrinfo* list = lookup_stream(ep, passive);
+  if (!list) return make_error_code(errc::resolve_failed);
   std::memcpy(&out.storage, list->ai_addr, list->ai_addrlen);
   out.length = static_cast<socklen_t>(list->ai_addrlen);
   ::freeaddrinfo(list);
@@ -1193,6 +1220,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
+    c.fail(errc::bad_option, "resolve_interval",
+           "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
   return c.done();
 }
 
@@ -2380,6 +2410,16 @@ class registry {
     return true;
   }
 
+  // Backends from DNS (>>discovery): the NAME:PORT a backend was resolved from,
+  // shown by list(); and a backend's open connections, negative for an unknown id.
+  std::error_code set_source(std::string_view id, std::string source) {
+    return update(id, -1, [&](record& r, std::uint32_t) { r.source = std::move(source); });
+  }
+  int active_of(std::string_view id) const {
+    std::uint32_t slot;
+    return find(id, slot) ? records_[slot].active : -1;
+  }
+
   std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
 
   std::vector<backend_info> list(std::int64_t now) const {
@@ -2400,6 +2440,7 @@ class registry {
       b.eligible = eligible(slot, now) && !r.full;
       b.draining = r.draining;
       b.state = state_of(slot, now);
+      b.source = r.source;
       out.push_back(std::move(b));
     }
     return out;
@@ -2435,6 +2476,7 @@ class registry {
     std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
     bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
+    std::string source;  // backends from DNS: the NAME:PORT it came from
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -2653,6 +2695,144 @@ class registry {
   std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
   std::vector<std::uint32_t> ramping_;     // slots in their slow start
   std::unordered_map<std::string, std::uint32_t> by_id_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>discovery  backends from DNS: what a name's new address set changes (sans-IO)
+// One name's backends (server::add_backend_name). Each resolution of the name is
+// compared with the set before it, and the answer is what the registry must do:
+// add a backend for an address that appeared, drain one whose address went, restore
+// one whose address came back while it drained, re-weight one whose weight changed
+// (an SRV record's weight), and, at a sweep, remove the drained ones whose last
+// connection has ended. A failed resolution changes nothing: the last good set is
+// kept. It holds no OS type and does no I/O; the server applies its changes to the
+// registry on an event loop.
+struct discovered_address {
+  resolved_address to;
+  int weight = default_weight;
+};
+
+class discovery {
+ public:
+  struct change {
+    enum class kind { add, drain, restore, reweight, remove };
+    kind what = kind::add;
+    resolved_address to;
+    int weight = default_weight;
+    std::string id;  // the backend concerned; empty for add
+  };
+  struct outcome {
+    std::vector<change> changes;
+    // Whether the name's state changed between resolving and failing: the one time
+    // to log it (the first failure, and the first success after failures).
+    bool news = false;
+  };
+
+  // A successful resolution: `fresh` is every address the name has now (repeats count once).
+  outcome resolved(const std::vector<discovered_address>& fresh) {
+    outcome out;
+    out.news = state_ == state::failing;
+    state_ = state::resolving;
+    std::vector<bool> seen(members_.size(), false);
+    for (const discovered_address& a : fresh) {
+      std::size_t i = find(a.to);
+      if (i < seen.size() && seen[i]) continue;  // a repeat
+      if (i == members_.size()) {
+        members_.push_back(member{a.to, a.weight, std::string(), false});
+        seen.push_back(true);
+        out.changes.push_back(change{change::kind::add, a.to, a.weight, std::string()});
+        continue;
+      }
+      seen[i] = true;
+      member& m = members_[i];
+      if (m.gone) {
+        m.gone = false;
+        out.changes.push_back(change{change::kind::restore, m.to, m.weight, m.id});
+      }
+      if (m.weight != a.weight) {
+        m.weight = a.weight;
+        out.changes.push_back(change{change::kind::reweight, m.to, m.weight, m.id});
+      }
+    }
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      member& m = members_[i];
+      if (seen[i] || m.gone) continue;
+      m.gone = true;
+      out.changes.push_back(change{change::kind::drain, m.to, m.weight, m.id});
+    }
+    return out;
+  }
+
+  // A failed resolution: the set stays as it is.
+  outcome failed() {
+    outcome out;
+    out.news = state_ != state::failing;
+    state_ = state::failing;
+    return out;
+  }
+
+  // The id of the backend added for `to` (after an add change). An address whose
+  // add failed stays unbound and is retried at the next resolution.
+  void bind(const resolved_address& to, std::string id) {
+    std::size_t i = find(to);
+    if (i < members_.size()) members_[i].id = std::move(id);
+  }
+
+  // Removes what has finished: a drained member whose backend has no open connection
+  // left (a remove change), and silently forgets a member whose backend is unknown
+  // (its add failed, or it was removed by other means), so that the next resolution
+  // adds it again if the name still has it. `active(id)` is the backend's count of
+  // open connections, negative when there is no such backend.
+  template <class Active>
+  std::vector<change> sweep(Active&& active) {
+    std::vector<change> out;
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      member& m = members_[i];
+      int open = m.id.empty() ? -1 : active(std::string_view(m.id));
+      if (open < 0) continue;
+      if (m.gone && open == 0) {
+        out.push_back(change{change::kind::remove, m.to, m.weight, m.id});
+        continue;
+      }
+      if (kept != i) members_[kept] = std::move(m);
+      ++kept;
+    }
+    members_.resize(kept);
+    return out;
+  }
+
+  bool failing() const noexcept { return state_ == state::failing; }
+  // Members that get new connections (not gone), and all of them.
+  std::size_t live() const noexcept {
+    std::size_t n = 0;
+    for (const member& m : members_) n += m.gone ? 0 : 1;
+    return n;
+  }
+  std::size_t size() const noexcept { return members_.size(); }
+
+ private:
+  struct member {
+    resolved_address to;
+    int weight;
+    std::string id;
+    bool gone;  // no longer in the name's set: drained, removed at a sweep once idle
+  };
+  enum class state { unknown, resolving, failing };
+
+  std::size_t find(const resolved_address& to) const noexcept {
+    for (std::size_t i = 0; i < members_.size(); ++i)
+      if (members_[i].to == to) return i;
+    return members_.size();
+  }
+
+  std::vector<member> members_;
+  state state_ = state::unknown;
 };
 
 }  // namespace detail
@@ -2893,7 +3073,8 @@ class admin_protocol {
         text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
                 " failures=" + std::to_string(b.failures) + " state=" + b.state +
-                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") + "\n";
+                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") +
+                (b.source.empty() ? std::string() : " source=" + b.source) + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
     }
@@ -5398,6 +5579,136 @@ inline void session::close(bool reset) {
 }  // namespace detail
 }  // namespace harmony
 
+#include <condition_variable>
+
+namespace harmony {
+namespace detail {
+
+// >>resolver  the server's resolver thread: getaddrinfo off the event loops
+// Every address a host name has for TCP, IPv4 and IPv6, in the resolver's order.
+inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_address>& out) {
+  out.clear();
+  if (at.host.empty()) return make_error_code(errc::resolve_failed);
+  addrinfo* list = lookup_stream(at, false);
+  if (!list) return make_error_code(errc::resolve_failed);
+  for (addrinfo* i = list; i; i = i->ai_next) {
+    if (i->ai_family != AF_INET && i->ai_family != AF_INET6) continue;
+    address a;
+    std::memcpy(&a.storage, i->ai_addr, std::min<std::size_t>(i->ai_addrlen, sizeof a.storage));
+    a.length = static_cast<socklen_t>(i->ai_addrlen);
+    out.push_back(to_resolved(a));
+  }
+  ::freeaddrinfo(list);
+  return out.empty() ? make_error_code(errc::resolve_failed) : std::error_code{};
+}
+
+// One name to resolve, and what a resolution of it gave.
+struct resolver_name {
+  endpoint at;
+  int weight = default_weight;
+};
+struct resolution {
+  std::size_t index = 0;  // the name's place in the order names were given
+  resolver_name name;
+  std::error_code error;
+  std::vector<resolved_address> addresses;
+};
+
+// How long stop() waits for a lookup in progress before it leaves the thread to
+// end on its own (getaddrinfo cannot be interrupted).
+inline constexpr duration resolver_stop_wait{1000};
+
+// One thread per server that resolves every name, then again every interval (at
+// once when a name is added), and hands each result to `deliver` — on that thread,
+// so deliver only posts it to an event loop. Everything the thread touches is in a
+// state it shares, so a thread left behind by stop() touches nothing of its owner's
+// and never delivers again.
+class resolver {
+ public:
+  using lookup_function = std::function<std::error_code(const endpoint&, std::vector<resolved_address>&)>;
+  using deliver_function = std::function<void(resolution)>;
+
+  resolver(duration interval, lookup_function lookup, deliver_function deliver) : state_(std::make_shared<state>()) {
+    state_->interval = interval;
+    state_->lookup = std::move(lookup);
+    state_->deliver = std::move(deliver);
+  }
+  ~resolver() { stop(resolver_stop_wait); }
+  resolver(const resolver&) = delete;
+  resolver& operator=(const resolver&) = delete;
+
+  void start(std::vector<resolver_name> names) {
+    state_->names = std::move(names);
+    std::shared_ptr<state> s = state_;
+    thread_ = std::thread([s] { run(*s); });
+  }
+
+  // Adds a name; it is resolved at once.
+  void add(resolver_name name) {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->names.push_back(std::move(name));
+    state_->wake = true;
+    state_->changed.notify_all();
+  }
+
+  // Stops and joins the thread. When a lookup is still running after `bound`, the
+  // thread is detached instead and ends when the lookup returns, delivering nothing:
+  // returns false then. Idempotent.
+  bool stop(duration bound) {
+    if (!thread_.joinable()) return true;
+    bool done;
+    {
+      std::unique_lock<std::mutex> lock(state_->mutex);
+      state_->stopping = true;
+      state_->changed.notify_all();
+      done = state_->changed.wait_for(lock, bound, [this] { return state_->done; });
+    }
+    if (done) thread_.join();
+    else thread_.detach();
+    return done;
+  }
+
+ private:
+  struct state {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<resolver_name> names;
+    duration interval{};
+    lookup_function lookup;
+    deliver_function deliver;
+    bool wake = false;
+    bool stopping = false;
+    bool done = false;
+  };
+
+  static void run(state& s) {
+    block_sigpipe_on_this_thread();  // a lookup over TCP writes to a socket
+    std::unique_lock<std::mutex> lock(s.mutex);
+    while (!s.stopping) {
+      s.wake = false;
+      std::vector<resolver_name> names = s.names;
+      for (std::size_t i = 0; i < names.size() && !s.stopping; ++i) {
+        resolution r;
+        r.index = i;
+        r.name = names[i];
+        lock.unlock();
+        r.error = s.lookup(r.name.at, r.addresses);
+        lock.lock();
+        if (!s.stopping) s.deliver(std::move(r));  // under the lock: stop() then knows none follows
+      }
+      s.changed.wait_for(lock, s.interval, [&] { return s.stopping || s.wake; });
+    }
+    s.done = true;
+    s.changed.notify_all();
+  }
+
+  std::shared_ptr<state> state_;
+  std::thread thread_;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
 namespace harmony {
 
 namespace detail {
@@ -5451,6 +5762,11 @@ struct server::impl {
     o.weight = weight;
     return add_static(address, o, id_out);
   }
+  // Backends from DNS: the names, the resolver thread, and applying what it found.
+  std::error_code add_name(std::string_view address, int weight);
+  void start_resolver();  // under lifecycle, once the loops are open
+  void stop_resolver();
+  void apply(const detail::resolution& r);  // on the first loop
 
   server_options options;
   detail::logger log;
@@ -5460,6 +5776,9 @@ struct server::impl {
   std::atomic<std::int64_t> waiting{0};
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
+  std::vector<detail::resolver_name> names;      // under lifecycle
+  std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
+  std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only
   std::vector<std::thread> threads;
   std::mutex lifecycle;
   bool running = false;
@@ -5947,10 +6266,96 @@ inline std::error_code server::impl::open() {
   }
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  if (!names.empty()) start_resolver();
   return {};
 }
 
+// The resolver's results are applied on the first loop, one name at a time.
+inline void server::impl::start_resolver() {
+  detail::reactor* loop = &workers.front()->loop();
+  resolver = std::make_unique<detail::resolver>(options.resolve_interval, detail::lookup_all,
+                                                [this, loop](detail::resolution r) {
+                                                  loop->post([this, r = std::move(r)] { apply(r); });
+                                                });
+  resolver->start(names);
+}
+
+inline std::error_code server::impl::add_name(std::string_view address, int weight) {
+  endpoint at;
+  if (auto e = parse_endpoint(address, at)) return e;
+  if (at.port == 0 || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  std::lock_guard<std::mutex> lock(lifecycle);
+  names.push_back(detail::resolver_name{at, weight});
+  if (resolver) resolver->add(names.back());
+  else if (running) start_resolver();
+  return {};
+}
+
+inline void server::impl::apply(const detail::resolution& r) {
+  if (discoveries.size() <= r.index) discoveries.resize(r.index + 1);
+  detail::discovery& d = discoveries[r.index];
+  std::string name = r.name.at.to_string();
+  detail::discovery::outcome o;
+  if (r.error) {
+    o = d.failed();
+    if (o.news)
+      log(log_level::warn, "%s does not resolve (%s): keeping its %zu backends", name.c_str(), r.error.message().c_str(),
+          d.live());
+  } else {
+    std::vector<detail::discovered_address> fresh;
+    for (const auto& a : r.addresses) fresh.push_back(detail::discovered_address{a, r.name.weight});
+    o = d.resolved(fresh);
+    if (o.news) log(log_level::info, "%s resolves again", name.c_str());
+  }
+  using kind = detail::discovery::change::kind;
+  std::vector<std::string> notes;
+  {
+    auto table = backends.lock();
+    std::int64_t now = detail::now_ms();
+    for (const auto& c : o.changes) {
+      std::string at = detail::to_os_address(c.to).to_endpoint().to_string();
+      switch (c.what) {
+        case kind::add: {
+          std::string id;
+          std::error_code e = table->add(detail::to_os_address(c.to).to_endpoint(), &c.to, c.weight, false, &id, now);
+          if (!e) {
+            table->set_source(id, name);
+            d.bind(c.to, id);
+            notes.push_back("backend " + at + " from " + name + " added, id " + id);
+          } else {
+            notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
+          }
+          break;
+        }
+        case kind::drain:
+          table->drain(c.id, true, now);
+          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          break;
+        case kind::restore:
+          table->drain(c.id, false, now);
+          notes.push_back("backend " + at + " is back in " + name);
+          break;
+        case kind::reweight: table->set_weight(c.id, c.weight); break;
+        case kind::remove: break;
+      }
+    }
+    for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
+      table->remove(c.id);
+      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
+                      " removed: its connections have ended");
+    }
+  }
+  for (const auto& n : notes) log(log_level::info, "%s", n.c_str());
+}
+
+inline void server::impl::stop_resolver() {
+  if (resolver && !resolver->stop(detail::resolver_stop_wait))
+    log(log_level::warn, "a name lookup is still running: its thread is left to end on its own");
+  resolver.reset();
+}
+
 inline void server::impl::close_all() {
+  stop_resolver();  // before the loops it delivers to go
   for (auto& w : workers) w->loop().stop();
   for (auto& t : threads)
     if (t.joinable()) t.join();
@@ -6036,6 +6441,10 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
   r->set_backup(id, options.backup);
   if (id_out) *id_out = id;
   return {};
+}
+
+HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, int weight) {
+  return impl_->add_name(address, weight);
 }
 
 HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }

@@ -208,6 +208,7 @@ std::string unescape(const std::string& text) {
 struct static_backend {
   std::string address;
   harmony::backend_options options;
+  bool resolve = false;  // ,resolve: every address of the name, followed (server::add_backend_name)
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -331,7 +332,7 @@ template <class Settings>
 constexpr flag<Settings> log_level_flag{"log-level", "LEVEL", "trace, debug, info, warn, error, off", nullptr,
                                         set_log_level<Settings>, show_log_level<Settings>};
 
-// HOST:PORT[,weight=N][,maxconn=N][,backup]
+// HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]
 std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   static_backend b;
   auto comma = text.find(',');
@@ -351,8 +352,10 @@ std::string add_backend_flag(balancer_settings& s, const std::string& text) {
       b.options.maxconn = static_cast<int>(n);
     } else if (option == "backup") {
       b.options.backup = true;
+    } else if (option == "resolve") {
+      b.resolve = true;
     } else {
-      return "unknown option " + quoted(option) + " (expected weight=N, maxconn=N or backup)";
+      return "unknown option " + quoted(option) + " (expected weight=N, maxconn=N, backup or resolve)";
     }
     comma = next;
   }
@@ -374,9 +377,10 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B& d) { return d.options.admin.empty() ? std::string("none") : d.options.admin; }},
-    {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup]",
+    {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
      "a static backend, repeatable; maxconn: at most N open connections\n"
-     "(0: no limit); backup: used only while no other backend can serve",
+     "(0: no limit); backup: used only while no other backend can serve;\n"
+     "resolve: every address of the name HOST, followed (see --resolve-interval)",
      nullptr, add_backend_flag,
      [](const B&) {
        harmony::backend_options d;
@@ -416,6 +420,8 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::idle_timeout>, show_duration<B, &server_options::idle_timeout>},
     {"slow-start", "DUR", "a backend that joins or comes back ramps up its\nweight over DUR (0s: off)", "slow_start",
      set_duration<B, &server_options::slow_start>, show_duration<B, &server_options::slow_start>},
+    {"resolve-interval", "DUR", "how often ,resolve names are resolved again", "resolve_interval",
+     set_duration<B, &server_options::resolve_interval>, show_duration<B, &server_options::resolve_interval>},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
@@ -550,6 +556,20 @@ int run_balancer(int argc, char** argv) {
   harmony::server balancer(s.options);
   for (const auto& b : s.backends) {
     std::string id;
+    if (b.resolve) {
+      if (b.options.maxconn != 0 || b.options.backup) {
+        std::fprintf(stderr, "harmonyd: --backend: '%s': maxconn and backup are not yet taken with resolve\n",
+                     b.address.c_str());
+        return 2;
+      }
+      if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
+        std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
+        return 2;
+      }
+      note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
+                                         ", resolved every " + harmony::format_duration(s.options.resolve_interval));
+      continue;
+    }
     if (auto e = balancer.add_backend(b.address, b.options, &id)) {
       std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
       return 2;

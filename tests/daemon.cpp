@@ -7,6 +7,8 @@
 #include <map>
 #include <sstream>
 
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -33,8 +35,11 @@ int polite_stop() {
 // A child process we started; killed by its PID when the test ends.
 class process {
  public:
-  explicit process(std::vector<std::string> args, bool capture = true) {
+  // Runs harmonyd with `args`, or with `launcher` given, that program (found on the
+  // PATH) with `launcher`'s arguments, then harmonyd and `args`.
+  explicit process(std::vector<std::string> args, bool capture = true, std::vector<std::string> launcher = {}) {
     args.insert(args.begin(), harmonyd_path());
+    args.insert(args.begin(), launcher.begin(), launcher.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(&a[0]);
     argv.push_back(nullptr);
@@ -46,7 +51,7 @@ class process {
       posix_spawn_file_actions_adddup2(&actions, out[1], 2);
       posix_spawn_file_actions_addclose(&actions, out[0]);
     }
-    if (::posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    if (::posix_spawnp(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
     posix_spawn_file_actions_destroy(&actions);
     if (out[1] >= 0) ::close(out[1]);
     output_fd_ = out[0];
@@ -73,19 +78,38 @@ class process {
     }
     return -1;
   }
+  // Everything it wrote, to its end (call once it has exited).
   std::string output() {
     std::string s;
+    s.swap(seen_);
     if (output_fd_ < 0) return s;
     char b[4096];
     ssize_t k;
     while ((k = ::read(output_fd_, b, sizeof b)) > 0) s.append(b, static_cast<std::size_t>(k));
     return s;
   }
+  // Whether its output, while it runs, comes to contain `text` within `limit`
+  // (kept for output()); true at once for what it already wrote.
+  bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms) {
+    auto end = std::chrono::steady_clock::now() + limit;
+    while (seen_.find(text) == std::string::npos) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+      if (output_fd_ < 0 || left.count() <= 0) return false;
+      pollfd p{output_fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char b[4096];
+      ssize_t k = ::read(output_fd_, b, sizeof b);
+      if (k <= 0) return false;
+      seen_.append(b, static_cast<std::size_t>(k));
+    }
+    return true;
+  }
 
  private:
   pid_t pid_ = -1;
   int output_fd_ = -1;
   bool exited_ = false;
+  std::string seen_;  // what wrote() has read
 };
 
 std::string free_address() {
@@ -131,7 +155,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   const std::map<std::string, std::string> balancer = {
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
-      {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup]",
+      {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
        "weight " + std::to_string(harmony::default_weight) + ", maxconn " + std::to_string(harmony::backend_options{}.maxconn)},
       {"--algorithm NAME", harmony::to_string(so.balance)},
       {"--persistent", so.persistent ? "(default)" : ""},
@@ -145,6 +169,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--connect-timeout DUR", duration(so.connect_timeout)},
       {"--idle-timeout DUR", duration(so.idle_timeout)},
       {"--slow-start DUR", duration(so.slow_start)},
+      {"--resolve-interval DUR", duration(so.resolve_interval)},
       {"--workers N", std::to_string(so.workers)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},
@@ -221,6 +246,10 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--backend", "127.0.0.1:80,maxconn=-1"}, "--backend: maxconn '-1' is not a number from 0 (no limit) to"},
            {{"--backend", "127.0.0.1:80,maxconn=lots"}, "--backend: maxconn 'lots' is not a number"},
            {{"--backend", "127.0.0.1:80,backup=yes"}, "--backend: unknown option 'backup=yes'"},
+           {{"--backend", "svc:80,resolv"}, "--backend: unknown option 'resolv'"},
+           {{"--backend", "svc:0,resolve"}, "--backend: 'svc:0'"},
+           {{"--resolve-interval", "often"}, "--resolve-interval: 'often' is not a duration"},
+           {{"--resolve-interval", "10ms"}, "--resolve-interval: must be from 100ms to 24h"},
            {{"--algorithm", "fastest"}, "--algorithm: unknown algorithm 'fastest'"},
            {{"--persistent=no"}, "--persistent: takes no value"},
            {{"--concurrency", "-2"}, "--concurrency: " + range(harmony::min_concurrency, harmony::max_concurrency)},
@@ -431,4 +460,151 @@ TEST_CASE("harmonyd --algorithm random splits by weight") {
   CHECK(count["h"] < 125);
   d.signal(polite_stop());
   CHECK(d.wait() == 0);
+// ==== Backends from DNS: harmonyd follows a name whose addresses change ====
+// harmonyd runs in a private mount namespace whose /etc/hosts is a file the test
+// rewrites (in place: the bind mount follows the inode). Needs root and util-linux
+// unshare; the native daemon only (under Wine, Windows resolves names its own way).
+
+namespace {
+
+// Why the namespace test cannot run here, or empty.
+std::string hosts_namespace_missing() {
+  if (::geteuid() != 0) return "not root (a private mount namespace needs it)";
+  if (harmonyd_path().find("wine") != std::string::npos) return "harmonyd runs under Wine";
+  bool found = false;
+  for (const char* dir : {"/usr/bin/", "/bin/", "/usr/sbin/", "/sbin/"})
+    found = found || ::access((std::string(dir) + "unshare").c_str(), X_OK) == 0;
+  if (!found) return "util-linux unshare is missing";
+  return {};
+}
+
+// Rewrites the file in place: same inode, new content.
+void rewrite(const std::string& path, const std::string& content) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  REQUIRE(fd >= 0);
+  REQUIRE(::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+  ::close(fd);
+}
+
+// Says its name on a line at once, then echoes until the client's FIN.
+backend::handler greeting(std::string name) {
+  return [name](const sock& s) {
+    if (s.send_all(name + "\n")) echo(s);
+  };
+}
+
+// A connection through the balancer, opened and greeted: the name of its backend.
+std::string greeted_by(const sock& c) {
+  std::string line = c.read_n(4);
+  return line.substr(0, line.find('\n'));
+}
+
+// The lines of `list` that name `address`, with the state each one has.
+std::string state_of(admin_session& op, const std::string& address) {
+  std::string list = op.call("list");
+  std::istringstream in(list);
+  std::string line, states;
+  while (std::getline(in, line))
+    if (line.find(" address=" + address + " ") != std::string::npos) {
+      auto at = line.find(" state=");
+      states += line.substr(at + 7, line.find(' ', at + 7) - at - 7) + ";";
+    }
+  return states;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd --backend NAME:PORT,resolve follows the name's addresses; a failure keeps the last set") {
+  std::string missing = hosts_namespace_missing();
+  if (!missing.empty()) {
+    MESSAGE("skipped: " << missing);
+    return;
+  }
+  // Backends "one" on 127.0.0.1 and "two" on 127.0.0.2, on one port.
+  std::unique_ptr<backend> one, two;
+  for (int tries = 0; tries < 20 && !(one && one->listening()); ++tries) {
+    two = std::make_unique<backend>(greeting("two"), "127.0.0.2");
+    one = std::make_unique<backend>(greeting("one"), "127.0.0.1", two->at().port);  // may be taken: again
+  }
+  REQUIRE(one->listening());
+  REQUIRE(two->listening());
+  std::string port = std::to_string(one->at().port);
+  std::string name = "svc.harmony.test";
+  char dir_template[] = "/tmp/harmony-hosts-XXXXXX";
+  REQUIRE(::mkdtemp(dir_template));
+  std::string dir = dir_template, hosts = dir + "/hosts";
+  const std::string base = "127.0.0.1 localhost\n";
+  rewrite(hosts, base + "127.0.0.1 " + name + "\n");
+
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--backend", name + ":" + port + ",weight=700,resolve",
+             "--resolve-interval", "100ms", "--no-persistent", "--log-level", "info"},
+            true, {"unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   "mount --bind \"$0\" /etc/hosts && exec \"$@\"", hosts});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  admin_session op(admin);
+  std::string at1 = "127.0.0.1:" + port, at2 = "127.0.0.2:" + port;
+  REQUIRE(eventually([&] { return state_of(op, at1) == "up;"; }));
+  std::string list = op.call("list");
+  CHECK(list.find("weight=700") != std::string::npos);
+  CHECK(list.find("source=" + name + ":" + port + "\n") != std::string::npos);
+  CHECK(state_of(op, at2).empty());
+
+  // A connection that stays open on 127.0.0.1 while the name moves away from it.
+  sock held = connect_to(listen);
+  REQUIRE(held);
+  REQUIRE(greeted_by(held) == "one");
+
+  // Two addresses: new connections go to both.
+  rewrite(hosts, base + "127.0.0.1 " + name + "\n127.0.0.2 " + name + "\n");
+  REQUIRE(eventually([&] { return state_of(op, at2) == "up;"; }));
+  CHECK(state_of(op, at1) == "up;");
+  std::map<std::string, int> count;
+  for (int i = 0; i < 20; ++i) {
+    sock c = connect_to(listen);
+    ++count[greeted_by(c)];
+  }
+  CHECK(count["one"] > 0);
+  CHECK(count["two"] > 0);
+  CHECK(count["one"] + count["two"] == 20);
+
+  // Only 127.0.0.2: 127.0.0.1 drains (its open connection keeps working), then goes.
+  rewrite(hosts, base + "127.0.0.2 " + name + "\n");
+  REQUIRE(eventually([&] { return state_of(op, at1) == "draining;"; }));
+  int before = one->accepted();
+  for (int i = 0; i < 10; ++i) {
+    sock c = connect_to(listen);
+    CHECK(greeted_by(c) == "two");
+  }
+  CHECK(one->accepted() == before);
+  REQUIRE(held.send_all("still here"));
+  CHECK(held.read_n(10) == "still here");
+  CHECK(state_of(op, at1) == "draining;");  // kept while its connection is open
+  held.shutdown_send();
+  std::string rest;
+  held.read_to_eof(rest);
+  held.reset();
+  CHECK(eventually([&] { return state_of(op, at1).empty(); }));  // removed once idle
+
+  // The name is gone from the file: the last good set stays, and that is logged once.
+  rewrite(hosts, base);
+  CHECK(d.wrote(name + ":" + port + " does not resolve"));
+  std::this_thread::sleep_for(500ms);  // five intervals of failures (only their absence is checked)
+  CHECK(state_of(op, at2) == "up;");
+  {
+    sock c = connect_to(listen);
+    CHECK(greeted_by(c) == "two");
+  }
+  rewrite(hosts, base + "127.0.0.2 " + name + "\n");
+  CHECK(d.wrote(name + ":" + port + " resolves again"));
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  std::string out = d.output();
+  std::size_t failures = 0;
+  for (std::size_t at = out.find("does not resolve"); at != std::string::npos; at = out.find("does not resolve", at + 1))
+    ++failures;
+  CHECK_MESSAGE(failures == 1, out);
+  CHECK(out.find("backend " + at1 + " is gone from " + name) != std::string::npos);
+  ::unlink(hosts.c_str());
+  ::rmdir(dir.c_str());
 }

@@ -293,9 +293,9 @@ inline sock connect_to(const std::string& address, const char* source = nullptr)
   return connect_to(ep, source);
 }
 
-inline sock listen_on(const char* host, harmony::endpoint& bound, int backlog = 128) {
+inline sock listen_on(const char* host, harmony::endpoint& bound, int backlog = 128, std::uint16_t port = 0) {
   socklen_t len = 0;
-  sockaddr_storage ss = make_address(harmony::endpoint{host, 0}, len);
+  sockaddr_storage ss = make_address(harmony::endpoint{host, port}, len);
   sock s(::socket(ss.ss_family, SOCK_STREAM, 0));
 #if !defined(_WIN32)
   // (On Windows this would let a second socket share the port.)
@@ -332,8 +332,14 @@ inline std::string random_bytes(std::size_t n, unsigned seed) {
 class backend {
  public:
   using handler = std::function<void(const sock&)>;
-  explicit backend(handler h, const char* host = "127.0.0.1") : handler_(std::move(h)) {
-    listener_ = listen_on(host, at_);
+  // `port` 0: an ephemeral one. A given port that is taken leaves the backend
+  // not listening (listening() is false) rather than failing the test.
+  explicit backend(handler h, const char* host = "127.0.0.1", std::uint16_t port = 0) : handler_(std::move(h)) {
+    listener_ = listen_on(host, at_, 128, port);
+    if (port != 0 && !listener_) {
+      stopped_ = true;
+      return;
+    }
     REQUIRE(listener_);
     thread_ = std::thread([this] { accept_loop(); });
   }
@@ -359,6 +365,7 @@ class backend {
   const harmony::endpoint& at() const { return at_; }
   // For socket options the accepted connections inherit.
   socket_t listening_socket() const { return listener_.fd(); }
+  bool listening() const { return static_cast<bool>(listener_); }
   int accepted() const { return accepted_.load(); }
 
  private:

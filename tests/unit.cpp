@@ -7,7 +7,9 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 
@@ -193,8 +195,7 @@ TEST_CASE("weights: one range, parsed in one place") {
   CHECK(default_weight <= max_weight);
 }
 
-// ============================================================================
-// Weights that hold (leastconn between stride order and load), short-term
+// =====================================================================// Weights that hold (leastconn between stride order and load), short-term
 // fairness, slow start. Sans-IO: connections are simulated by set_active.
 // ============================================================================
 namespace {
@@ -993,6 +994,235 @@ TEST_CASE("registry: switching algorithm at run time keeps every backend reachab
   CHECK(std::string(to_string(algorithm::random)) == "random");
   CHECK(std::string(to_string(algorithm::hash)) == "hash");
   CHECK(parse_algorithm("maglev", parsed) == errc::bad_option);
+=======
+// ==== Backends from DNS: the discovery diff, the registry's source, the resolver thread ====
+
+namespace {
+using change_kind = detail::discovery::change::kind;
+detail::discovered_address dns(std::uint8_t last, int weight = 500) {
+  return detail::discovered_address{detail::resolved_address::v4(127, 0, 0, last, 8080), weight};
+}
+// The changes as text, e.g. "add .1 drain .2", in the order given.
+std::string describe(const std::vector<detail::discovery::change>& changes) {
+  static const char* names[] = {"add", "drain", "restore", "reweight", "remove"};
+  std::string out;
+  for (const auto& c : changes) {
+    if (!out.empty()) out += ' ';
+    out += std::string(names[static_cast<int>(c.what)]) + " ." + std::to_string(c.to.bytes[3]);
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("discovery: appeared addresses are added, gone ones drained, then removed once idle") {
+  detail::discovery d;
+  auto o = d.resolved({dns(1), dns(1), dns(2)});  // a repeated address counts once
+  CHECK(describe(o.changes) == "add .1 add .2");
+  CHECK_FALSE(o.news);  // the first resolution is no change of state
+  d.bind(dns(1).to, "ONE");
+  d.bind(dns(2).to, "TWO");
+  CHECK(d.resolved({dns(2), dns(1)}).changes.empty());  // the same set in another order
+  o = d.resolved({dns(2), dns(3)});
+  REQUIRE(describe(o.changes) == "add .3 drain .1");
+  CHECK(o.changes[1].id == "ONE");
+  d.bind(dns(3).to, "THREE");
+  CHECK(d.live() == 2);
+  CHECK(d.size() == 3);
+  std::map<std::string, int> active{{"ONE", 1}, {"TWO", 0}, {"THREE", 0}};
+  auto count = [&](std::string_view id) {
+    auto it = active.find(std::string(id));
+    return it == active.end() ? -1 : it->second;
+  };
+  CHECK(d.sweep(count).empty());  // .1 still has a connection open; live ones stay whatever their load
+  CHECK(d.resolved({dns(2), dns(3)}).changes.empty());  // a drained address is drained once
+  active["ONE"] = 0;
+  auto removed = d.sweep(count);
+  REQUIRE(describe(removed) == "remove .1");
+  CHECK(removed[0].id == "ONE");
+  CHECK(d.size() == 2);
+  CHECK(d.sweep(count).empty());
+  // Back after its removal: a new backend.
+  CHECK(describe(d.resolved({dns(1), dns(2), dns(3)}).changes) == "add .1");
+}
+
+TEST_CASE("discovery: an address back while draining is restored; weights follow; unknown ids are re-added") {
+  detail::discovery d;
+  d.resolved({dns(1), dns(2)});
+  d.bind(dns(1).to, "ONE");
+  d.bind(dns(2).to, "TWO");
+  CHECK(describe(d.resolved({dns(2)}).changes) == "drain .1");
+  auto o = d.resolved({dns(1, 700), dns(2)});
+  REQUIRE(describe(o.changes) == "restore .1 reweight .1");
+  CHECK(o.changes[0].id == "ONE");
+  CHECK(o.changes[1].weight == 700);
+  // TWO was removed by other means (an operator), and .1's add never got an id.
+  auto count = [](std::string_view id) { return id == "ONE" ? 0 : -1; };
+  CHECK(d.sweep(count).empty());  // forgotten silently, not "removed"
+  CHECK(d.size() == 1);
+  CHECK(describe(d.resolved({dns(1, 700), dns(2)}).changes) == "add .2");
+  detail::discovery unbound;
+  unbound.resolved({dns(4)});  // its add failed: no bind
+  CHECK(unbound.sweep(count).empty());
+  CHECK(describe(unbound.resolved({dns(4)}).changes) == "add .4");  // tried again
+}
+
+TEST_CASE("discovery: a failed resolution keeps the last good set and is news once per change of state") {
+  detail::discovery d;
+  auto o = d.failed();
+  CHECK(o.news);  // failing from the start: said once
+  CHECK(o.changes.empty());
+  CHECK_FALSE(d.failed().news);
+  o = d.resolved({dns(1)});
+  CHECK(o.news);  // resolves again
+  CHECK(describe(o.changes) == "add .1");
+  d.bind(dns(1).to, "ONE");
+  CHECK_FALSE(d.resolved({dns(1)}).news);
+  o = d.failed();
+  CHECK(o.news);
+  CHECK(o.changes.empty());
+  CHECK(d.failing());
+  CHECK_FALSE(d.failed().news);
+  CHECK(d.live() == 1);  // nothing drained by failures
+  CHECK(d.sweep([](std::string_view) { return 0; }).empty());
+  o = d.resolved({dns(1)});
+  CHECK(o.news);
+  CHECK(o.changes.empty());
+  CHECK_FALSE(d.failing());
+}
+
+TEST_CASE("registry: a backend's source name shows in list; active_of counts its open connections") {
+  detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
+  std::string id, other;
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &id, 0));
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &other, 0));
+  CHECK_FALSE(r.set_source(id, "svc.example:9"));
+  CHECK(r.set_source("NOPE", "x") == errc::unknown_backend);
+  auto list = r.list(0);
+  REQUIRE(list.size() == 2);
+  for (const auto& b : list) CHECK(b.source == (b.id == id ? "svc.example:9" : ""));
+  CHECK(r.active_of(id) == 0);
+  CHECK(r.active_of("NOPE") < 0);
+  detail::pick_result p;
+  REQUIRE(r.pick(0, {}, {}, p));
+  std::string picked = r.id_of(p.chosen);
+  CHECK(r.active_of(picked) == 1);
+  r.release(p.chosen, false);
+  CHECK(r.active_of(picked) == 0);
+}
+
+TEST_CASE("server_options::resolve_interval is checked against its range") {
+  server_options o;
+  CHECK(o.resolve_interval == default_resolve_interval);
+  CHECK_FALSE(check(o));
+  option_problem problem;
+  for (duration bad : {duration(0), min_resolve_interval - duration(1), max_resolve_interval + duration(1)}) {
+    o.resolve_interval = bad;
+    CHECK(check(o, &problem) == errc::bad_option);
+    CHECK(std::string(problem.option) == "resolve_interval");
+    CHECK(problem.reason == "must be from 100ms to 24h");
+  }
+  o.resolve_interval = min_resolve_interval;
+  CHECK_FALSE(check(o));
+  server s(o);
+  CHECK(s.add_backend_name("nowhere", 500) == errc::bad_address);
+  CHECK(s.add_backend_name("localhost:0", 500) == errc::bad_option);
+  CHECK(s.add_backend_name("localhost:80", 0) == errc::bad_option);
+  CHECK_FALSE(s.add_backend_name("localhost:80"));
+}
+
+namespace {
+// What a resolver delivered, and a lookup the test controls: it answers at once,
+// or holds until released. Shared, because a thread stop() leaves behind may use it later.
+struct fake_dns {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<detail::resolution> delivered;
+  std::map<std::string, int> lookups;
+  bool hold = false;
+  bool holding = false;
+
+  static detail::resolver::lookup_function lookup(std::shared_ptr<fake_dns> f) {
+    return [f](const endpoint& at, std::vector<detail::resolved_address>& out) {
+      std::unique_lock<std::mutex> lock(f->mutex);
+      ++f->lookups[at.host];
+      f->holding = f->hold;
+      f->changed.notify_all();
+      f->changed.wait_for(lock, std::chrono::seconds(10), [&] { return !f->hold; });
+      f->holding = false;
+      if (at.host == "missing") return make_error_code(errc::resolve_failed);
+      out = {detail::resolved_address::v4(127, 0, 0, 1, at.port)};
+      return std::error_code{};
+    };
+  }
+  static detail::resolver::deliver_function deliver(std::shared_ptr<fake_dns> f) {
+    return [f](detail::resolution r) {
+      std::lock_guard<std::mutex> lock(f->mutex);
+      f->delivered.push_back(std::move(r));
+      f->changed.notify_all();
+    };
+  }
+  template <class Condition>
+  bool wait(Condition c, int ms = 5000) {
+    std::unique_lock<std::mutex> lock(mutex);
+    return changed.wait_for(lock, std::chrono::milliseconds(ms), [&] { return c(); });
+  }
+};
+}  // namespace
+
+TEST_CASE("resolver: every name at once, again each interval and when one is added; stop joins") {
+  auto f = std::make_shared<fake_dns>();
+  detail::resolver r(duration(200), fake_dns::lookup(f), fake_dns::deliver(f));
+  r.start({detail::resolver_name{endpoint{"a", 1}, 500}, detail::resolver_name{endpoint{"missing", 2}, 700}});
+  REQUIRE(f->wait([&] { return f->delivered.size() >= 2; }));
+  {
+    std::lock_guard<std::mutex> lock(f->mutex);
+    CHECK(f->delivered[0].index == 0);
+    CHECK(f->delivered[0].name.at.host == "a");
+    CHECK_FALSE(f->delivered[0].error);
+    REQUIRE(f->delivered[0].addresses.size() == 1);
+    CHECK(f->delivered[0].addresses[0].port == 1);
+    CHECK(f->delivered[1].index == 1);
+    CHECK(f->delivered[1].name.weight == 700);
+    CHECK(f->delivered[1].error == errc::resolve_failed);
+  }
+  CHECK(f->wait([&] { return f->lookups["a"] >= 2; }));  // the interval
+  CHECK(r.stop(duration(5000)));
+  // An added name is resolved at once, not after the interval.
+  auto g = std::make_shared<fake_dns>();
+  detail::resolver hourly(duration(3600000), fake_dns::lookup(g), fake_dns::deliver(g));
+  hourly.start({detail::resolver_name{endpoint{"a", 1}, 500}});
+  REQUIRE(g->wait([&] { return g->delivered.size() == 1; }));
+  hourly.add(detail::resolver_name{endpoint{"b", 3}, 500});
+  CHECK(g->wait([&] { return g->lookups["b"] == 1 && g->delivered.size() == 3; }));  // both names again
+  CHECK(hourly.stop(duration(5000)));
+  std::size_t after = f->delivered.size();
+  CHECK(r.stop(duration(0)));  // idempotent
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // longer than the interval: nothing more
+  std::lock_guard<std::mutex> lock(f->mutex);
+  CHECK(f->delivered.size() == after);
+}
+
+TEST_CASE("resolver: stop() does not hang on a lookup that does not return, and nothing is delivered after") {
+  auto f = std::make_shared<fake_dns>();
+  f->hold = true;
+  auto r = std::make_unique<detail::resolver>(duration(100), fake_dns::lookup(f), fake_dns::deliver(f));
+  r->start({detail::resolver_name{endpoint{"slow", 1}, 500}});
+  REQUIRE(f->wait([&] { return f->holding; }));
+  auto began = std::chrono::steady_clock::now();
+  CHECK_FALSE(r->stop(duration(200)));  // left to end on its own
+  r.reset();
+  CHECK(std::chrono::steady_clock::now() - began < std::chrono::seconds(2));
+  {
+    std::lock_guard<std::mutex> lock(f->mutex);
+    f->hold = false;
+    f->changed.notify_all();
+  }
+  CHECK(f->wait([&] { return !f->holding; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the lookup has returned: give a delivery time to show
+  std::lock_guard<std::mutex> lock(f->mutex);
+  CHECK(f->delivered.empty());
+  CHECK(f->lookups["slow"] == 1);
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {

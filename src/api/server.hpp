@@ -15,6 +15,8 @@ struct backend_info {
   // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
   // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
   std::string state;
+  // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
+  std::string source;
 };
 
 // The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
@@ -52,6 +54,11 @@ inline constexpr int max_requeue = 1000;
 inline constexpr std::size_t max_queue_limit = 100000000;
 inline constexpr duration max_slow_start{3600000};  // slow_start, from 0 (off) to 1h
 inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer_bytes (at least 1), bulk_buffer_bytes
+// How often the names of add_backend_name are resolved again. 5 s is the TTL CoreDNS
+// gives a Kubernetes headless service's records (Consul DNS gives 0 by default).
+inline constexpr duration default_resolve_interval{5000};
+inline constexpr duration min_resolve_interval{100};
+inline constexpr duration max_resolve_interval{86400000};
 
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
@@ -74,6 +81,7 @@ struct server_options {
   // weight over this long, so leastconn does not flood it; 0 (the default) is off.
   duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
+  duration resolve_interval = default_resolve_interval;  // names of add_backend_name are resolved again this often
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
   // Linux: a streaming direction moves socket to pipe to socket inside the kernel
@@ -119,6 +127,16 @@ class server {
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
   // The same with a connection limit and the backup role (backend_options).
   std::error_code add_backend(std::string_view address, const backend_options& options, std::string* id_out = nullptr);
+  // Backends from DNS. `address` is NAME:PORT: every address NAME resolves to (IPv4 and
+  // IPv6, getaddrinfo) is a static backend with that port and weight, and the name is
+  // resolved again every resolve_interval on a thread of the server's own, never on an
+  // event loop. An address that appears is added; one that disappears gets no new
+  // connections (state "draining") and is removed once its last connection has ended;
+  // when resolution fails the last good set is kept (logged once when it starts failing
+  // and once when it recovers). backends() shows each one with `source` = NAME:PORT.
+  // Callable before start() and while running (the name is resolved at once then).
+  // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
+  std::error_code add_backend_name(std::string_view address, int weight = default_weight);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.

@@ -233,7 +233,8 @@ class admin_protocol {
         text += "backend id=" + b.id + " address=" + b.address.to_string() + " weight=" + std::to_string(b.weight) +
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
                 " failures=" + std::to_string(b.failures) + " state=" + b.state +
-                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") + "\n";
+                " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") +
+                (b.source.empty() ? std::string() : " source=" + b.source) + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
     }

@@ -187,6 +187,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
+    c.fail(errc::bad_option, "resolve_interval",
+           "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
   return c.done();
 }
 

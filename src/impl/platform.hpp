@@ -292,9 +292,11 @@ struct address {
   endpoint to_endpoint() const { return endpoint{host_text(), port()}; }
 };
 
-inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+// getaddrinfo for TCP, IPv4 and IPv6 (no AI_ADDRCONFIG: with only loopback up both
+// families still come back). The list, to free with freeaddrinfo, or nullptr.
+inline addrinfo* lookup_stream(const endpoint& ep, bool passive) {
 #if defined(_WIN32)
-  if (!winsock_ready()) return make_error_code(errc::resolve_failed);
+  if (!winsock_ready()) return nullptr;
 #endif
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -302,8 +304,13 @@ inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   addrinfo* list = nullptr;
   std::string port = std::to_string(ep.port);
-  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0 || !list)
-    return make_error_code(errc::resolve_failed);
+  if (::getaddrinfo(ep.host.empty() ? nullptr : ep.host.c_str(), port.c_str(), &hints, &list) != 0) return nullptr;
+  return list;
+}
+
+inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
+  addrinfo* list = lookup_stream(ep, passive);
+  if (!list) return make_error_code(errc::resolve_failed);
   std::memcpy(&out.storage, list->ai_addr, list->ai_addrlen);
   out.length = static_cast<socklen_t>(list->ai_addrlen);
   ::freeaddrinfo(list);

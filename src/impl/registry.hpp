@@ -276,6 +276,16 @@ class registry {
     return true;
   }
 
+  // Backends from DNS (>>discovery): the NAME:PORT a backend was resolved from,
+  // shown by list(); and a backend's open connections, negative for an unknown id.
+  std::error_code set_source(std::string_view id, std::string source) {
+    return update(id, -1, [&](record& r, std::uint32_t) { r.source = std::move(source); });
+  }
+  int active_of(std::string_view id) const {
+    std::uint32_t slot;
+    return find(id, slot) ? records_[slot].active : -1;
+  }
+
   std::string id_of(const lease& l) const { return current(l) ? records_[l.slot].id : std::string(); }
 
   std::vector<backend_info> list(std::int64_t now) const {
@@ -296,6 +306,7 @@ class registry {
       b.eligible = eligible(slot, now) && !r.full;
       b.draining = r.draining;
       b.state = state_of(slot, now);
+      b.source = r.source;
       out.push_back(std::move(b));
     }
     return out;
@@ -331,6 +342,7 @@ class registry {
     std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
     bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
+    std::string source;  // backends from DNS: the NAME:PORT it came from
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative

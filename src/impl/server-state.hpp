@@ -51,6 +51,11 @@ struct server::impl {
     o.weight = weight;
     return add_static(address, o, id_out);
   }
+  // Backends from DNS: the names, the resolver thread, and applying what it found.
+  std::error_code add_name(std::string_view address, int weight);
+  void start_resolver();  // under lifecycle, once the loops are open
+  void stop_resolver();
+  void apply(const detail::resolution& r);  // on the first loop
 
   server_options options;
   detail::logger log;
@@ -60,6 +65,9 @@ struct server::impl {
   std::atomic<std::int64_t> waiting{0};
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
+  std::vector<detail::resolver_name> names;      // under lifecycle
+  std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
+  std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only
   std::vector<std::thread> threads;
   std::mutex lifecycle;
   bool running = false;

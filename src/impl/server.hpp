@@ -54,10 +54,96 @@ inline std::error_code server::impl::open() {
   }
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  if (!names.empty()) start_resolver();
   return {};
 }
 
+// The resolver's results are applied on the first loop, one name at a time.
+inline void server::impl::start_resolver() {
+  detail::reactor* loop = &workers.front()->loop();
+  resolver = std::make_unique<detail::resolver>(options.resolve_interval, detail::lookup_all,
+                                                [this, loop](detail::resolution r) {
+                                                  loop->post([this, r = std::move(r)] { apply(r); });
+                                                });
+  resolver->start(names);
+}
+
+inline std::error_code server::impl::add_name(std::string_view address, int weight) {
+  endpoint at;
+  if (auto e = parse_endpoint(address, at)) return e;
+  if (at.port == 0 || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  std::lock_guard<std::mutex> lock(lifecycle);
+  names.push_back(detail::resolver_name{at, weight});
+  if (resolver) resolver->add(names.back());
+  else if (running) start_resolver();
+  return {};
+}
+
+inline void server::impl::apply(const detail::resolution& r) {
+  if (discoveries.size() <= r.index) discoveries.resize(r.index + 1);
+  detail::discovery& d = discoveries[r.index];
+  std::string name = r.name.at.to_string();
+  detail::discovery::outcome o;
+  if (r.error) {
+    o = d.failed();
+    if (o.news)
+      log(log_level::warn, "%s does not resolve (%s): keeping its %zu backends", name.c_str(), r.error.message().c_str(),
+          d.live());
+  } else {
+    std::vector<detail::discovered_address> fresh;
+    for (const auto& a : r.addresses) fresh.push_back(detail::discovered_address{a, r.name.weight});
+    o = d.resolved(fresh);
+    if (o.news) log(log_level::info, "%s resolves again", name.c_str());
+  }
+  using kind = detail::discovery::change::kind;
+  std::vector<std::string> notes;
+  {
+    auto table = backends.lock();
+    std::int64_t now = detail::now_ms();
+    for (const auto& c : o.changes) {
+      std::string at = detail::to_os_address(c.to).to_endpoint().to_string();
+      switch (c.what) {
+        case kind::add: {
+          std::string id;
+          std::error_code e = table->add(detail::to_os_address(c.to).to_endpoint(), &c.to, c.weight, false, &id, now);
+          if (!e) {
+            table->set_source(id, name);
+            d.bind(c.to, id);
+            notes.push_back("backend " + at + " from " + name + " added, id " + id);
+          } else {
+            notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
+          }
+          break;
+        }
+        case kind::drain:
+          table->drain(c.id, true, now);
+          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          break;
+        case kind::restore:
+          table->drain(c.id, false, now);
+          notes.push_back("backend " + at + " is back in " + name);
+          break;
+        case kind::reweight: table->set_weight(c.id, c.weight); break;
+        case kind::remove: break;
+      }
+    }
+    for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
+      table->remove(c.id);
+      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
+                      " removed: its connections have ended");
+    }
+  }
+  for (const auto& n : notes) log(log_level::info, "%s", n.c_str());
+}
+
+inline void server::impl::stop_resolver() {
+  if (resolver && !resolver->stop(detail::resolver_stop_wait))
+    log(log_level::warn, "a name lookup is still running: its thread is left to end on its own");
+  resolver.reset();
+}
+
 inline void server::impl::close_all() {
+  stop_resolver();  // before the loops it delivers to go
   for (auto& w : workers) w->loop().stop();
   for (auto& t : threads)
     if (t.joinable()) t.join();
@@ -143,6 +229,10 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
   r->set_backup(id, options.backup);
   if (id_out) *id_out = id;
   return {};
+}
+
+HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, int weight) {
+  return impl_->add_name(address, weight);
 }
 
 HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
