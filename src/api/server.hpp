@@ -10,8 +10,9 @@ struct backend_info {
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
-  // "up" (eligible), "draining", "expired" (no ack within the host timeout),
-  // "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  // "up" (eligible), "draining", "down" (its agent reports it down), "expired" (no ack
+  // within the host timeout), "offline" (its agent's connection dropped), "no-port" (no
+  // service port yet)
   std::string state;
 };
 

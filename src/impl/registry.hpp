@@ -154,6 +154,26 @@ class registry {
     });
   }
 
+  // ---- Reported by the backend's agent (`report`, issue 12). Minimal on purpose:
+  // set_maxconn only stores the limit; enforcing it in pick() is the registry's
+  // per-backend maxconn work, with which the lead merges this.
+  std::error_code set_maxconn(std::string_view id, int maxconn) {
+    if (maxconn < 0 || maxconn > max_maxconn) return make_error_code(errc::bad_option);
+    return update(id, -1, [&](record& r, std::uint32_t) { r.maxconn = maxconn; });
+  }
+  bool maxconn_of(std::string_view id, int& out) const {
+    std::uint32_t slot;
+    if (!find(id, slot)) return false;
+    out = records_[slot].maxconn;
+    return true;
+  }
+  // The agent's own readiness: drain and down get no new connections (open ones
+  // finish), ready is eligible again. Independent of an operator's drain.
+  std::error_code set_readiness(std::string_view id, readiness state, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) { r.reported = state; });
+  }
+  // ---- end of the agent's report
+
   // The address a backend registered from, to derive where it serves.
   bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
@@ -252,6 +272,8 @@ class registry {
     std::uint64_t failures = 0;
     std::int64_t last_ack = 0;
     std::uint32_t generation = 0;
+    int maxconn = 0;                        // reported by the agent; 0: no limit (issue 12)
+    readiness reported = readiness::ready;  // reported by the agent (issue 12)
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -277,14 +299,16 @@ class registry {
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
-    return r.used && r.routable && r.online && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+    return r.used && r.routable && r.online && !r.draining && r.reported == readiness::ready &&
+           (!r.expires || now - r.last_ack <= host_timeout_ms_);
   }
   const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     if (!r.routable) return "no-port";
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
-    if (r.draining) return "draining";
+    if (r.reported == readiness::down) return "down";
+    if (r.draining || r.reported == readiness::drain) return "draining";
     return "up";
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
