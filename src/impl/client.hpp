@@ -213,10 +213,21 @@ struct client::impl {
     loop.stop();
   }
 
-  // On the loop thread: `line` to every registered link.
-  void tell_registered(const std::string& line) {
-    for (auto& l : links)
-      if (l->phase == state::registered) l->io.write(line);
+  // set_weight, set_state, set_maxconn: `apply` changes the options (remembered for
+  // later registrations) and `line` tells every balancer registered now.
+  template <class Apply>
+  std::error_code change(Apply apply, std::string line) {
+    std::lock_guard<std::mutex> lock(lifecycle);
+    if (!running) {
+      apply(*this);
+      return {};
+    }
+    loop.post([this, apply, line] {
+      apply(*this);
+      for (auto& l : links)
+        if (l->phase == state::registered) l->io.write(line);
+    });
+    return {};
   }
 
   void set_registered(link& l, bool on) {
@@ -289,52 +300,28 @@ HARMONY_DEF std::error_code client::close() {
 
 HARMONY_DEF std::error_code client::set_weight(int weight) {
   if (weight < min_weight || weight > max_weight) return make_error_code(errc::bad_option);
-  std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  impl* p = impl_.get();
-  if (!p->running) {
-    p->options.weight = weight;
-    return {};
-  }
-  p->loop.post([p, weight] {
-    p->options.weight = weight;
-    p->tell_registered("weight " + std::to_string(weight) + "\n");
-  });
-  return {};
+  return impl_->change([weight](impl& p) { p.options.weight = weight; }, "weight " + std::to_string(weight) + "\n");
 }
 
 HARMONY_DEF std::error_code client::set_state(readiness state) {
   if (state != readiness::ready && state != readiness::drain && state != readiness::down)
     return make_error_code(errc::bad_option);
-  std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  impl* p = impl_.get();
-  if (!p->running) {
-    p->options.state = state;
-    p->reported = true;
-    return {};
-  }
-  p->loop.post([p, state] {
-    p->options.state = state;
-    p->reported = true;
-    p->tell_registered(std::string("report state=") + to_string(state) + "\n");
-  });
-  return {};
+  return impl_->change(
+      [state](impl& p) {
+        p.options.state = state;
+        p.reported = true;
+      },
+      std::string("report state=") + to_string(state) + "\n");
 }
 
 HARMONY_DEF std::error_code client::set_maxconn(int maxconn) {
   if (maxconn < 0 || maxconn > max_maxconn) return make_error_code(errc::bad_option);
-  std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  impl* p = impl_.get();
-  if (!p->running) {
-    p->options.maxconn = maxconn;
-    p->reported = true;
-    return {};
-  }
-  p->loop.post([p, maxconn] {
-    p->options.maxconn = maxconn;
-    p->reported = true;
-    p->tell_registered("report maxconn=" + std::to_string(maxconn) + "\n");
-  });
-  return {};
+  return impl_->change(
+      [maxconn](impl& p) {
+        p.options.maxconn = maxconn;
+        p.reported = true;
+      },
+      "report maxconn=" + std::to_string(maxconn) + "\n");
 }
 
 HARMONY_DEF std::string client::id() const { return impl_->id(); }
