@@ -33,6 +33,7 @@
 //   >>reactor        one event loop: the engine's poller, timers, posted tasks, releases
 //   >>pools          relay buffers and splice pipes, taken only while bytes are in flight
 //   >>acceptor       what the engines' acceptors share
+//   >>connection-core what the connections of both engine families share
 //   >>readiness      the connection and the acceptor of the readiness engines (epoll, poll)
 //   >>iocp           the connection and the acceptor of the completion engine (Windows)
 //   >>stream         a buffered byte stream on a connection, for the admin port and the agent
@@ -3493,6 +3494,176 @@ class acceptor_base : public io_handler {
 }  // namespace detail
 }  // namespace harmony
 
+namespace harmony {
+namespace detail {
+
+// >>connection-core  what the connections of both engine families share
+// The state every connection keeps and the calls that are the same on every
+// engine: taking a socket, reading with recv, writing with send until the socket
+// is full, the FIN after the last write, closing. Where the engines differ (what
+// a short read means, how the rest of a write goes out, what to watch) the
+// engine's connection (>>readiness, >>iocp) says so through a few hooks:
+//   interest_now(), update_interest()  what the poller must watch now
+//   short_read()                       a read returned less than asked
+//   write_later(rest, n)               the socket took only part of a write
+//   forget_writes()                    engine state of a pending write, on close
+template <class Engine>
+class connection_core : public io_handler {
+ public:
+  connection_core(const connection_core&) = delete;
+  connection_core& operator=(const connection_core&) = delete;
+
+  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
+  bool is_open() const noexcept { return fd_ != invalid_socket; }
+  bool connecting() const noexcept { return connecting_; }
+  // Whether a read may find something (or the end, or an error) now.
+  bool readable() const noexcept { return readable_; }
+  // A write still going on: the rest of the last write() that returned pending.
+  bool writing() const noexcept { return out_left_ > 0; }
+
+  // Takes an accepted (or otherwise connected) socket; on failure it is closed.
+  std::error_code adopt(socket_handle s) {
+    self().start(s);
+    if (std::error_code e = loop_.add(fd_, this, self().interest_now())) return abandon(e);
+    return {};
+  }
+
+  // Whether the owner is told when the connection becomes readable.
+  void want_read(bool on) {
+    if (want_read_ == on) return;
+    want_read_ = on;
+    self().update_interest();
+  }
+
+  // Writes [data, data + n). `done`: all written now. `pending`: `written` went
+  // now and the rest goes when the socket takes it; the bytes must stay where
+  // they are until on_written. `failed`: `error` says why.
+  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
+    written = 0;
+    while (written < n) {
+      auto r = send_some(fd_, data + written, n - written);
+      if (r >= 0) {
+        written += static_cast<std::size_t>(r);
+        // A short send means the socket is full: waiting beats another call.
+        if (written < n) return self().write_later(data + written, n - written);
+        continue;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) return self().write_later(data + written, n - written);
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return io_status::failed;
+    }
+    return io_status::done;
+  }
+
+  // Sends a FIN once every write has gone out.
+  void shutdown_send() {
+    if (fd_ == invalid_socket) return;
+    if (writing()) {
+      shutdown_pending_ = true;
+      return;
+    }
+    ::shutdown(fd_, SHUT_WR);
+  }
+
+  // Closes now (cancelling what is in flight); with `reset`, the peer gets a reset
+  // instead of a FIN. Nothing is reported after it; the owner is released
+  // through reactor::retire.
+  void close(bool reset) {
+    if (fd_ == invalid_socket) return;
+    loop_.remove(fd_);
+    if (reset) abort_socket(fd_);
+    else close_socket(fd_);
+    fd_ = invalid_socket;
+    retired = true;
+    connecting_ = false;
+    out_ = nullptr;
+    out_left_ = 0;
+    self().forget_writes();
+  }
+
+ protected:
+  explicit connection_core(reactor& loop) : loop_(loop) {}
+  ~connection_core() = default;  // the engine's connection closes: its hooks are gone by now
+
+  Engine& self() noexcept { return static_cast<Engine&>(*this); }
+
+  // Engines that keep more state extend this (and call it first).
+  void start(socket_handle s) {
+    fd_ = s;
+    retired = false;
+    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+  }
+  std::error_code abandon(std::error_code e) {
+    close_socket(fd_);
+    fd_ = invalid_socket;
+    connecting_ = false;
+    return e;
+  }
+
+  // recv into [into, into + n): bytes, the end (0), nothing for now or a failure (-1).
+  read_result receive(char* into, std::size_t n, std::error_code& error) {
+    if (at_end_) return 0;
+    for (;;) {
+      auto r = recv_some(fd_, into, n);
+      if (r > 0) {
+        if (static_cast<std::size_t>(r) < n) self().short_read();
+        return r;
+      }
+      if (r == 0) {
+        at_end_ = true;
+        return 0;
+      }
+      int e = last_socket_error();
+      if (would_block(e)) {
+        readable_ = false;
+        return -1;
+      }
+      if (e == EINTR) continue;
+      error = system_error_code(e);
+      return -1;
+    }
+  }
+
+  // The rest of a write is to go out later, from `rest`.
+  void keep_rest(const char* rest, std::size_t n) noexcept {
+    out_ = rest;
+    out_left_ = n;
+    out_done_ = 0;
+  }
+  // The pending write has ended; the FIN asked for meanwhile goes now.
+  void wrote(std::error_code e) {
+    std::size_t n = out_done_;
+    out_ = nullptr;
+    out_left_ = out_done_ = 0;
+    self().forget_writes();
+    self().update_interest();
+    if (!e && shutdown_pending_ && fd_ != invalid_socket) {
+      shutdown_pending_ = false;
+      ::shutdown(fd_, SHUT_WR);
+    }
+    owner_->on_written(self(), n, e);
+  }
+
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
+  socket_handle fd_ = invalid_socket;
+  bool readable_ = false;
+  bool at_end_ = false;  // the end of the stream was read (or is known to be next)
+  bool connecting_ = false;
+  bool want_read_ = false;
+  bool shutdown_pending_ = false;
+  const char* out_ = nullptr;  // the rest of a pending write
+  std::size_t out_left_ = 0;
+  std::size_t out_done_ = 0;   // of it, written since write() returned
+};
+
+}  // namespace detail
+}  // namespace harmony
+
 #if !defined(HARMONY_USE_IOCP)
 namespace harmony {
 namespace detail {
@@ -3503,26 +3674,13 @@ namespace detail {
 // the connection, which tells the owner when all of it is out. With epoll every
 // socket is registered once for everything (edge-triggered) and the connection
 // remembers what it was told; with poll it states what it waits for.
-class connection final : public io_handler {
+class connection final : public connection_core<connection> {
  public:
-  explicit connection(reactor& loop) : loop_(loop) {}
-  connection(const connection&) = delete;
-  connection& operator=(const connection&) = delete;
+  explicit connection(reactor& loop) : connection_core(loop) {}
   ~connection() { close(false); }
 
-  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
   // The completion engine releases connections in groups; readiness needs none.
   void share_release_with(connection&) noexcept {}
-
-  bool is_open() const noexcept { return fd_ != invalid_socket; }
-  bool connecting() const noexcept { return connecting_; }
-
-  // Takes an accepted (or otherwise connected) socket; on failure it is closed.
-  std::error_code adopt(socket_handle s) {
-    start(s);
-    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
-    return {};
-  }
 
   // Starts a connect. `early` bytes, when given, are sent as soon as the socket
   // takes them: only a connected socket takes bytes, so a send that succeeds
@@ -3558,75 +3716,13 @@ class connection final : public io_handler {
     return connecting_ ? io_status::pending : io_status::done;
   }
 
-  // Whether a read may find something (or the end, or an error) now.
-  bool readable() const noexcept { return readable_; }
-  // Whether the owner is told when the connection becomes readable.
-  void want_read(bool on) {
-    if (want_read_ == on) return;
-    want_read_ = on;
-    update_interest();
-  }
-
-  read_result read(char* into, std::size_t n, std::error_code& error) {
-    if (at_end_) return 0;
-    for (;;) {
-      auto r = recv_some(fd_, into, n);
-      if (r > 0) {
-        // With edge-triggered readiness a short read means "drained". If the
-        // peer's FIN had already arrived, nothing can follow: the next read is
-        // the end of the stream, without a system call. A pending error (a reset
-        // behind the data) raises no further event, so it stays readable until
-        // a read reports it.
-        if (static_cast<std::size_t>(r) < n && !failed_) {
-          if (peer_closed_) at_end_ = true;
-          else readable_ = false;
-        }
-        return r;
-      }
-      if (r == 0) {
-        at_end_ = true;
-        return 0;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) {
-        readable_ = false;
-        return -1;
-      }
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return -1;
-    }
-  }
-
-  // A write still going on: the bytes of the last write() that returned pending.
-  bool writing() const noexcept { return out_left_ > 0; }
-
-  // Writes [data, data + n). `done`: all written now. `pending`: `written` went
-  // now and the rest goes when the socket takes it; the bytes must stay where
-  // they are until on_written. `failed`: `error` says why.
-  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
-    written = 0;
-    while (written < n) {
-      auto r = send_some(fd_, data + written, n - written);
-      if (r >= 0) {
-        written += static_cast<std::size_t>(r);
-        // A short send means the socket is full: waiting beats another call.
-        if (written < n) return wait_to_write(data + written, n - written);
-        continue;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) return wait_to_write(data + written, n - written);
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return io_status::failed;
-    }
-    return io_status::done;
-  }
+  // Bytes (> 0), the end of the stream (0), or nothing for now / a failure (-1).
+  read_result read(char* into, std::size_t n, std::error_code& error) { return receive(into, n, error); }
 
 #if defined(__linux__)
-  // splice(2) into a pipe: bytes (> 0), the end (0), nothing for now or a failure
-  // (-1). A short splice does not prove the socket drained (the pipe may run out
-  // of slots first), so the connection stays readable until a splice finds nothing.
+  // splice(2) into a pipe, with read()'s outcomes. A short splice does not prove
+  // the socket drained (the pipe may run out of slots first), so the connection
+  // stays readable until a splice finds nothing.
   read_result read_into(kernel_pipe& pipe, std::error_code& error) {
     if (at_end_) return 0;
     for (;;) {
@@ -3658,10 +3754,7 @@ class connection final : public io_handler {
       int e = r == 0 ? EPIPE : errno;
       if (would_block(e)) {
         out_pipe_ = &pipe;
-        out_left_ = n - written;
-        out_done_ = 0;
-        update_interest();
-        return io_status::pending;
+        return write_later(nullptr, n - written);
       }
       if (e == EINTR) continue;
       error = system_error_code(e);
@@ -3670,31 +3763,6 @@ class connection final : public io_handler {
     return io_status::done;
   }
 #endif
-
-  // Sends a FIN once every write has gone out.
-  void shutdown_send() {
-    if (fd_ == invalid_socket) return;
-    if (writing()) {
-      shutdown_pending_ = true;
-      return;
-    }
-    ::shutdown(fd_, SHUT_WR);
-  }
-
-  // Closes now; with `reset`, the peer gets a reset instead of a FIN. Nothing is
-  // reported after it; the owner is released through reactor::retire.
-  void close(bool reset) {
-    if (fd_ == invalid_socket) return;
-    loop_.remove(fd_);
-    if (reset) abort_socket(fd_);
-    else close_socket(fd_);
-    fd_ = invalid_socket;
-    retired = true;
-    connecting_ = false;
-    out_ = nullptr;
-    out_left_ = 0;
-    out_pipe_ = nullptr;
-  }
 
   void on_io(unsigned events) override {
     if (events & io_error) failed_ = true;
@@ -3718,20 +3786,12 @@ class connection final : public io_handler {
   }
 
  private:
+  friend class connection_core<connection>;
+
   void start(socket_handle s) {
-    fd_ = s;
-    retired = false;
-    readable_ = peer_closed_ = failed_ = at_end_ = false;
-    connecting_ = want_read_ = shutdown_pending_ = false;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
+    connection_core::start(s);
+    peer_closed_ = failed_ = false;
     out_pipe_ = nullptr;
-  }
-  std::error_code abandon(std::error_code e) {
-    close_socket(fd_);
-    fd_ = invalid_socket;
-    connecting_ = false;
-    return e;
   }
   unsigned interest_now() const noexcept {
     return (want_read_ && !connecting_ ? io_read : 0u) | (connecting_ || writing() ? io_write : 0u);
@@ -3740,13 +3800,21 @@ class connection final : public io_handler {
   void update_interest() {
     if (!poller::edge_triggered && fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
   }
-  io_status wait_to_write(const char* rest, std::size_t n) {
-    out_ = rest;
-    out_left_ = n;
-    out_done_ = 0;
+  // With edge-triggered readiness a short read means "drained". If the peer's FIN
+  // had already arrived, nothing can follow: the next read is the end of the
+  // stream, without a system call. A pending error (a reset behind the data)
+  // raises no further event, so it stays readable until a read reports it.
+  void short_read() noexcept {
+    if (failed_) return;
+    if (peer_closed_) at_end_ = true;
+    else readable_ = false;
+  }
+  io_status write_later(const char* rest, std::size_t n) {
+    keep_rest(rest, n);
     update_interest();
     return io_status::pending;
   }
+  void forget_writes() noexcept { out_pipe_ = nullptr; }
   void go_on_writing() {
     while (out_left_ > 0) {
       ssize_t r;
@@ -3768,32 +3836,9 @@ class connection final : public io_handler {
     }
     wrote({});
   }
-  void wrote(std::error_code e) {
-    std::size_t n = out_done_;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
-    out_pipe_ = nullptr;
-    update_interest();
-    if (!e && shutdown_pending_) {
-      shutdown_pending_ = false;
-      ::shutdown(fd_, SHUT_WR);
-    }
-    owner_->on_written(*this, n, e);
-  }
 
-  reactor& loop_;
-  connection_owner* owner_ = nullptr;
-  socket_handle fd_ = invalid_socket;
-  bool readable_ = false;
   bool peer_closed_ = false;  // the peer's FIN has arrived: no byte follows what is queued
   bool failed_ = false;       // an error is pending on the socket
-  bool at_end_ = false;       // the end of the stream was read (or is known to be next)
-  bool connecting_ = false;
-  bool want_read_ = false;
-  bool shutdown_pending_ = false;
-  const char* out_ = nullptr;   // the rest of a pending write
-  std::size_t out_left_ = 0;
-  std::size_t out_done_ = 0;    // of it, written since write() returned
   kernel_pipe* out_pipe_ = nullptr;  // the source of a pending write from a pipe (splice)
 };
 
@@ -3855,25 +3900,13 @@ namespace detail {
 // the owner's bytes, and its completion tells the owner. Connects are ConnectEx.
 // The kernel owns an operation until its completion is dequeued, so a closed
 // connection is released only when all of its group's operations are back.
-class connection final : public io_handler {
+class connection final : public connection_core<connection> {
  public:
-  explicit connection(reactor& loop) : loop_(loop) {}
-  connection(const connection&) = delete;
-  connection& operator=(const connection&) = delete;
+  explicit connection(reactor& loop) : connection_core(loop) {}
   ~connection() { close(false); }
 
-  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
   // Counts this connection's operations with `leader`'s, whose release waits for both.
   void share_release_with(connection& leader) noexcept { iocp.group = &leader; }
-
-  bool is_open() const noexcept { return fd_ != invalid_socket; }
-  bool connecting() const noexcept { return connecting_; }
-
-  std::error_code adopt(socket_handle s) {
-    start(s);
-    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
-    return {};
-  }
 
   // ConnectEx takes no part of the early bytes here: they go once it completes.
   // Even a connect that fails at once comes back as a completion (pending).
@@ -3892,13 +3925,6 @@ class connection final : public io_handler {
     return io_status::pending;
   }
 
-  bool readable() const noexcept { return readable_; }
-  void want_read(bool on) {
-    if (want_read_ == on) return;
-    want_read_ = on;
-    update_interest();
-  }
-
   read_result read(char* into, std::size_t n, std::error_code& error) {
     // A failed probe carries the socket's error, which plain calls might never report again.
     if (probe_error_) {
@@ -3906,68 +3932,7 @@ class connection final : public io_handler {
       probe_error_ = 0;
       return -1;
     }
-    if (at_end_) return 0;
-    for (;;) {
-      auto r = recv_some(fd_, into, n);
-      if (r > 0) {
-        if (static_cast<std::size_t>(r) < n) readable_ = false;  // the next probe says when there is more
-        return r;
-      }
-      if (r == 0) {
-        at_end_ = true;
-        return 0;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) {
-        readable_ = false;
-        return -1;
-      }
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return -1;
-    }
-  }
-
-  bool writing() const noexcept { return out_left_ > 0; }
-
-  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
-    written = 0;
-    while (written < n) {
-      auto r = send_some(fd_, data + written, n - written);
-      if (r >= 0) {
-        written += static_cast<std::size_t>(r);
-        if (written < n) return send_overlapped(data + written, n - written);
-        continue;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) return send_overlapped(data + written, n - written);
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return io_status::failed;
-    }
-    return io_status::done;
-  }
-
-  void shutdown_send() {
-    if (fd_ == invalid_socket) return;
-    if (writing()) {
-      shutdown_pending_ = true;
-      return;
-    }
-    ::shutdown(fd_, SHUT_WR);
-  }
-
-  // Cancels what is in flight and closes; nothing is reported after it.
-  void close(bool reset) {
-    if (fd_ == invalid_socket) return;
-    loop_.remove(fd_);
-    if (reset) abort_socket(fd_);
-    else close_socket(fd_);
-    fd_ = invalid_socket;
-    retired = true;
-    connecting_ = false;
-    out_ = nullptr;
-    out_left_ = 0;
+    return receive(into, n, error);
   }
 
   void on_complete(io_op& op, int error, std::uint32_t bytes) override {
@@ -3994,54 +3959,25 @@ class connection final : public io_handler {
   }
 
  private:
+  friend class connection_core<connection>;
+
   void start(socket_handle s) {
-    fd_ = s;
-    retired = false;
-    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    connection_core::start(s);
     probe_error_ = 0;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
-  }
-  std::error_code abandon(std::error_code e) {
-    close_socket(fd_);
-    fd_ = invalid_socket;
-    connecting_ = false;
-    return e;
   }
   unsigned interest_now() const noexcept { return want_read_ && !connecting_ ? io_read : 0u; }
   void update_interest() {
     if (fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
   }
-  io_status send_overlapped(const char* rest, std::size_t n) {
-    out_ = rest;
-    out_left_ = n;
-    out_done_ = 0;
+  void short_read() noexcept { readable_ = false; }  // the next probe says when there is more
+  io_status write_later(const char* rest, std::size_t n) {
+    keep_rest(rest, n);
     loop_.engine().send(fd_, this, out_, out_left_);
     return io_status::pending;
   }
-  void wrote(std::error_code e) {
-    std::size_t n = out_done_;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
-    if (!e && shutdown_pending_ && fd_ != invalid_socket) {
-      shutdown_pending_ = false;
-      ::shutdown(fd_, SHUT_WR);
-    }
-    owner_->on_written(*this, n, e);
-  }
+  void forget_writes() noexcept {}
 
-  reactor& loop_;
-  connection_owner* owner_ = nullptr;
-  socket_handle fd_ = invalid_socket;
-  bool readable_ = false;
-  bool at_end_ = false;
-  bool connecting_ = false;
-  bool want_read_ = false;
-  bool shutdown_pending_ = false;
   int probe_error_ = 0;
-  const char* out_ = nullptr;  // the rest of a pending write
-  std::size_t out_left_ = 0;
-  std::size_t out_done_ = 0;   // of it, written since write() returned
 };
 
 // A listening socket on the completion engine. A few AcceptEx wait at once, so

@@ -95,11 +95,13 @@ TEST_CASE("a backend that stops acking expires after the host timeout and return
   o.host_timeout = std::chrono::milliseconds(400);
   o.unavailable = "unavailable\n";
   running_server s(o);
+  auto registered = std::chrono::steady_clock::now();  // no later than the balancer's ack time
   std::string id = legacy_register(admin_of(s), 500, b.at().port);
   REQUIRE(is_id(id));
   CHECK(name_of(round_trip(s.address(), "x")) == "b");
-  std::this_thread::sleep_for(600ms);
-  CHECK(s.srv.backends().at(0).state == "expired");
+  REQUIRE(eventually([&] { return s.srv.backends().at(0).state == "expired"; }, 3000ms));
+  // Not before the host timeout (the balancer's clock counts whole milliseconds).
+  CHECK(std::chrono::steady_clock::now() - registered >= 395ms);
   CHECK(round_trip(s.address(), "x") == "unavailable\n");
   legacy_ack(admin_of(s), id);
   CHECK(s.srv.backends().at(0).state == "up");
@@ -184,14 +186,33 @@ TEST_CASE("the native dialect registers an agent whose connection is its livenes
 }
 
 TEST_CASE("a native agent that goes silent is taken offline after three heartbeats") {
+  // Three heartbeats of 400 ms (a floor of 1 s applies to shorter ones). A second
+  // agent keeps pinging: it must still be up when the silent one goes offline.
   backend b(named("b"));
   running_server s(admin_options());
-  admin_session agent(admin_of(s));
-  REQUIRE(agent.call("register port=" + std::to_string(b.at().port) + " heartbeat=100ms").rfind("ok id=", 0) == 0);
-  CHECK(s.srv.backends().at(0).state == "up");
-  auto start = std::chrono::steady_clock::now();
-  CHECK(eventually([&] { return s.srv.backends().at(0).state == "offline"; }, 3000ms));
-  CHECK(std::chrono::steady_clock::now() - start >= 250ms);
+  admin_session keeper(admin_of(s)), silent(admin_of(s));
+  std::string reg = "register port=" + std::to_string(b.at().port) + " heartbeat=400ms";
+  std::string keeper_reply = keeper.call(reg);
+  REQUIRE(keeper_reply.rfind("ok id=", 0) == 0);
+  std::string keeper_id = keeper_reply.substr(6, 32);
+  auto start = std::chrono::steady_clock::now();  // no later than the silent agent's last word
+  std::string silent_reply = silent.call(reg);
+  REQUIRE(silent_reply.rfind("ok id=", 0) == 0);
+  std::string silent_id = silent_reply.substr(6, 32);
+  auto state_of = [&](const std::string& id) {
+    for (auto& e : s.srv.backends())
+      if (e.id == id) return e.state;
+    return std::string("<gone>");
+  };
+  CHECK(state_of(silent_id) == "up");
+  bool pongs = true;
+  REQUIRE(eventually([&] {
+    pongs = pongs && keeper.call("ping") == "pong\n";
+    return state_of(silent_id) == "offline";
+  }, 3000ms));
+  CHECK(std::chrono::steady_clock::now() - start >= 1195ms);
+  CHECK(pongs);
+  CHECK(state_of(keeper_id) == "up");
 }
 
 TEST_CASE("operator commands: list, stats, set-weight, drain, add, remove, concurrency") {

@@ -63,22 +63,22 @@ TEST_CASE("concurrency N: at most N proxied, the rest wait in order and go as sl
     waiting.push_back(connect_to(s.address()));
     REQUIRE(eventually([&] { return s.srv.stats().queued == static_cast<std::uint64_t>(i + 1); }));
   }
+  // The balancer counts them as queued, so none has been sent on.
   CHECK(h.open() == 2);
-  for (auto& w : waiting) w.set_timeout(200ms);
-  CHECK(waiting[0].read_n(1).empty());  // still waiting
-  // Tag each waiting client by what it sends, to see the order they reach the backend.
-  first.reset();  // frees a slot: the oldest waiter goes
-  waiting[0].set_timeout(3s);
+  for (auto& w : waiting) CHECK(nothing_to_read(w));
+  for (auto& w : waiting) w.set_timeout(3s);
+  first.reset();  // frees a slot: the oldest waiter goes, and only it
   CHECK(waiting[0].read_n(1) == "h");
   CHECK(s.srv.stats().queued == 2);
-  CHECK(waiting[2].read_n(1).empty());  // the newest still waits
+  CHECK(nothing_to_read(waiting[1]));
+  CHECK(nothing_to_read(waiting[2]));
   second.reset();
-  waiting[1].set_timeout(3s);
   CHECK(waiting[1].read_n(1) == "h");
-  CHECK(h.open() == 2);
+  CHECK(s.srv.stats().queued == 1);
+  CHECK(nothing_to_read(waiting[2]));  // the newest still waits
+  CHECK(eventually([&] { return h.open() == 2; }));
   // Raising the limit releases the rest at once.
   REQUIRE_FALSE(s.srv.set_concurrency(-1));
-  waiting[2].set_timeout(3s);
   CHECK(waiting[2].read_n(1) == "h");
   CHECK(s.srv.stats().queued == 0);
 }
@@ -89,14 +89,19 @@ TEST_CASE("concurrency 0 pauses: connections are accepted and wait until resumed
   o.concurrency = 0;
   running_server s(o);
   s.add(b);
-  std::string reply;
+  std::string reply, later;
   std::thread client([&] { reply = round_trip(s.address(), "paused"); });
-  CHECK(eventually([&] { return s.srv.stats().queued == 1; }));
-  std::this_thread::sleep_for(200ms);
+  REQUIRE(eventually([&] { return s.srv.stats().queued == 1; }));
+  // A second client queues behind it: the balancer has handled a later event and
+  // still holds the first (it would have left the queue to be served).
+  std::thread second([&] { later = round_trip(s.address(), "later"); });
+  CHECK(eventually([&] { return s.srv.stats().queued == 2; }));
   CHECK(b.accepted() == 0);
   REQUIRE_FALSE(s.srv.set_concurrency(-1));
   client.join();
+  second.join();
   CHECK(reply == "b:6");
+  CHECK(later == "b:5");
 }
 
 TEST_CASE("the wait queue has a timeout and a length limit, each reported as unavailable") {
@@ -116,13 +121,14 @@ TEST_CASE("the wait queue has a timeout and a length limit, each reported as una
   s.add(h.server());
   sock holder = connect_to(s.address());
   CHECK(holder.read_n(1) == "h");
+  auto start = std::chrono::steady_clock::now();  // before the balancer queues it
   sock queued = connect_to(s.address());
   REQUIRE(eventually([&] { return s.srv.stats().queued == 1; }));
   // The queue is full: the next client is refused at once.
   CHECK(round_trip(s.address(), "x") == "busy: wait queue is full\n");
-  auto start = std::chrono::steady_clock::now();
   CHECK(queued.read_all() == "busy: timed out in the wait queue\n");
-  CHECK(std::chrono::steady_clock::now() - start >= 200ms);
+  // Not before the queue timeout (the balancer's clock counts whole milliseconds).
+  CHECK(std::chrono::steady_clock::now() - start >= 295ms);
   std::lock_guard<std::mutex> lock(m);
   REQUIRE(reasons.size() == 2);
   CHECK(reasons[0] == harmony::errc::queue_full);

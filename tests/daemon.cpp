@@ -2,6 +2,8 @@
 // traffic through the daemon and its agent subcommand.
 #include "support.hpp"
 
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 
@@ -182,6 +184,22 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   CHECK(version.output().rfind("harmonyd 0.", 0) == 0);
 }
 
+TEST_CASE("README documents every flag that --help lists") {
+  std::ifstream file("README.md");
+  REQUIRE_MESSAGE(file.good(), "run the tests from the repository's root");
+  std::string readme((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  process help({"--help"});
+  REQUIRE(help.wait() == 0);
+  std::size_t flags = 0;
+  for (const auto& entry : help_entries(help.output())) {
+    std::string flag = entry.first.substr(0, entry.first.find(' '));  // "--listen HOST:PORT" -> "--listen"
+    ++flags;
+    INFO(flag << " is in --help but not in README.md");
+    CHECK(readme.find("`" + flag) != std::string::npos);
+  }
+  CHECK(flags > 20);
+}
+
 TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit code 2") {
   auto range = [](auto low, auto high) { return "must be from " + std::to_string(low) + " to " + std::to_string(high); };
   const std::string weights = "is not a number from " + std::to_string(harmony::min_weight) + " to " +
@@ -325,6 +343,7 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
              "no backend\n", "--log-level", "warn"});
   REQUIRE(eventually([&] { return listening(admin); }));
   std::string id1 = legacy_register(admin, 1000, one.at().port);
+  auto registered = std::chrono::steady_clock::now();  // no later than two's registration
   std::string id2 = legacy_register(admin, 500, two.at().port);
   REQUIRE(id1.size() == 32);
   auto count = tally(listen, 30);
@@ -337,7 +356,12 @@ TEST_CASE("harmonyd: legacy agents at 1000 and 500 get 2:1; close moves all; sil
   count = tally(listen, 6);
   CHECK(count["two"] == 6);
   // No more acks: after the host timeout nobody is eligible.
-  std::this_thread::sleep_for(1300ms);
+  admin_session op(admin);
+  REQUIRE(eventually([&] {
+    std::string list = op.call("list");
+    return list.find("id=" + id2) != std::string::npos && list.find("state=expired") != std::string::npos;
+  }, 5000ms));
+  CHECK(std::chrono::steady_clock::now() - registered >= 995ms);
   CHECK(round_trip(listen, "x") == "no backend\n");
   legacy_ack(admin, id2);
   CHECK(name_of(round_trip(listen, "x")) == "two");

@@ -1,22 +1,8 @@
-// The proxy core over real loopback sockets: bytes, half-close, backpressure,
-// distribution, and failing backends.
+// The proxy core over real loopback sockets: bytes, half-close,
+// distribution, and failing backends (backpressure and tiny buffers: relay.cpp).
 #include "support.hpp"
 
 using namespace test;
-
-// What the stats must say of splicing: used where asked for and available (Linux),
-// never otherwise.
-void check_splice_use(const harmony::server_stats& st, bool asked) {
-#if defined(__linux__)
-  if (asked) {
-    CHECK(st.bytes_spliced > 0);
-    CHECK(st.bytes_spliced <= st.bytes_in + st.bytes_out);
-    return;
-  }
-#endif
-  (void)asked;
-  CHECK(st.bytes_spliced == 0);
-}
 
 TEST_CASE("many concurrent connections relay 1 MiB each way byte for byte") {
   backend b1(echo), b2(echo);
@@ -97,93 +83,6 @@ TEST_CASE("a backend that half-closes first still receives what the client sends
   CHECK(eventually([&] { return got.load(); }));
 }
 
-TEST_CASE("a client that sends and never reads is held back, and loses nothing") {
-  backend b(echo);
-  auto o = quiet_options();
-  SUBCASE("through buffers") {}
-  SUBCASE("through pipes (splice)") { o.splice = true; }
-  running_server s(o);
-  s.add(b);
-  sock c = connect_to(s.address());
-  REQUIRE(c);
-  set_nonblocking(c.fd(), true);
-  // Push for up to 3 s; with backpressure the pipe fills and send stops accepting.
-  const std::size_t cap = 256u << 20;
-  std::string chunk = random_bytes(65536, 3);
-  std::size_t sent = 0;
-  auto stalled_since = std::chrono::steady_clock::now();
-  auto end = stalled_since + 3s;
-  bool stalled = false;
-  while (sent < cap && std::chrono::steady_clock::now() < end) {
-    std::size_t at = sent % chunk.size();
-    io_result k = send_some(c.fd(), chunk.data() + at, chunk.size() - at);
-    if (k > 0) {
-      sent += static_cast<std::size_t>(k);
-      stalled_since = std::chrono::steady_clock::now();
-      continue;
-    }
-    if (std::chrono::steady_clock::now() - stalled_since > 300ms) {
-      stalled = true;
-      break;
-    }
-    std::this_thread::sleep_for(1ms);
-  }
-  CHECK(stalled);
-  // Kernel buffers on four sockets plus two relay buffers: tens of MiB at most.
-  CHECK(sent < 64u << 20);
-  MESSAGE("bytes accepted before backpressure: " << sent);
-  // Now read everything: every byte comes back in order.
-  set_nonblocking(c.fd(), false);
-  c.set_timeout(10s);
-  std::string back = c.read_n(sent);
-  REQUIRE(back.size() == sent);
-  std::size_t first_difference = sent;
-  for (std::size_t i = 0; i < sent; ++i)
-    if (back[i] != chunk[i % chunk.size()]) {
-      first_difference = i;
-      break;
-    }
-  CHECK(first_difference == sent);
-  c.shutdown_send();
-  std::string rest;
-  CHECK(c.read_to_eof(rest));
-  CHECK(rest.empty());
-  CHECK(eventually([&] { return s.srv.stats().active == 0; }));
-  check_splice_use(s.srv.stats(), o.splice);
-}
-
-TEST_CASE("a backend that never reads holds the client back") {
-  std::atomic<bool> release{false};
-  backend b([&](const sock& c) {
-    for (int i = 0; i < 1000 && !release; ++i) std::this_thread::sleep_for(10ms);
-    std::string all;
-    c.read_to_eof(all);
-    c.send_all(std::to_string(all.size()));
-  });
-  auto o = quiet_options();
-  SUBCASE("through buffers") {}
-  SUBCASE("through pipes (splice)") { o.splice = true; }
-  running_server s(o);
-  s.add(b);
-  sock c = connect_to(s.address());
-  REQUIRE(c);
-  c.set_timeout(500ms);
-  std::string chunk(65536, 'x');
-  std::size_t sent = 0;
-  for (int i = 0; i < 4096; ++i) {  // at most 256 MiB
-    io_result k = send_some(c.fd(), chunk.data(), chunk.size());
-    if (k <= 0) break;  // the send timeout: the path is full
-    sent += static_cast<std::size_t>(k);
-  }
-  CHECK(sent < 64u << 20);
-  release = true;
-  c.set_timeout(10s);
-  c.shutdown_send();
-  CHECK(c.read_all() == std::to_string(sent));
-  // No splice check: until the backend answers, the upload stays in its buffer for a
-  // replay, so whether a pipe is used at all depends on when that buffer fills.
-}
-
 TEST_CASE("weights 1000:500 split sequential short connections 2:1") {
   backend heavy(named("heavy")), light(named("light"));
   auto o = quiet_options();
@@ -211,11 +110,11 @@ TEST_CASE("round-robin also honours weights") {
 }
 
 TEST_CASE("leastconn sends new connections to the backend with fewer open ones") {
-  std::atomic<bool> release{false};
+  gate release;
   auto holder = [&](const std::string& name) {
     return [&release, name](const sock& c) {
       c.send_all(name);
-      for (int i = 0; i < 1000 && !release; ++i) std::this_thread::sleep_for(10ms);
+      release.wait();
     };
   };
   backend a(holder("a")), b(holder("b"));
@@ -233,7 +132,7 @@ TEST_CASE("leastconn sends new connections to the backend with fewer open ones")
   }
   CHECK(count["a"] == 5);
   CHECK(count["b"] == 5);
-  release = true;
+  release.open();
 }
 
 TEST_CASE("a backend removed at run time gets no new connections; re-weighting takes effect") {
@@ -311,7 +210,12 @@ TEST_CASE("a backend connect that hangs times out through the error path") {
     ::connect(f.fd(), reinterpret_cast<sockaddr*>(&ss), len);
     fillers.push_back(std::move(f));
   }
-  std::this_thread::sleep_for(50ms);
+  // The queue is full once a filler's handshake has completed (it turns writable).
+  REQUIRE(eventually([&] {
+    for (auto& f : fillers)
+      if (wait_writable(f.fd(), 0)) return true;
+    return false;
+  }));
   auto o = quiet_options();
   o.requeue = 0;
   o.connect_timeout = std::chrono::milliseconds(300);
@@ -388,9 +292,12 @@ TEST_CASE("stopping a balancer with connections open closes them and returns") {
     s.srv.stop();
     CHECK(std::chrono::steady_clock::now() - start < 3s);
   }
+  // Each is closed (EOF or reset), not left open: a read that times out fails.
   for (auto& c : open) {
+    c.set_timeout(2s);
     std::string rest;
-    c.read_to_eof(rest);
+    bool eof = c.read_to_eof(rest);
+    CHECK((eof || last_error() == std::errc::connection_reset));
     CHECK(rest.empty());
   }
 }
@@ -406,9 +313,11 @@ TEST_CASE("IPv6 clients and backends work") {
 }
 
 TEST_CASE("a reset from the backend reaches the client as a reset") {
+  // The backend resets once the client says it has the data (tests/relay.cpp has
+  // the same with relay buffers of a few bytes).
   backend b([](const sock& c) {
     c.send_all("partial");
-    std::this_thread::sleep_for(50ms);
+    c.read_n(1);
     set_linger_zero(c.fd());
   });
   running_server s(quiet_options());
@@ -416,6 +325,7 @@ TEST_CASE("a reset from the backend reaches the client as a reset") {
   sock c = connect_to(s.address());
   REQUIRE(c);
   CHECK(c.read_n(7) == "partial");
+  CHECK(c.send_all("k"));
   char buf[16];
   io_result k = recv_some(c.fd(), buf, sizeof buf);
   std::error_code e = last_error();

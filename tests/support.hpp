@@ -27,11 +27,17 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #endif
+#if defined(__linux__)
+#include <dirent.h>
+#endif
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -111,6 +117,18 @@ inline bool wait_readable(socket_t s, int ms) {
   return ::WSAPoll(&p, 1, ms) > 0;
 #else
   pollfd p{s, POLLIN, 0};
+  return ::poll(&p, 1, ms) > 0;
+#endif
+}
+// Waits up to `ms` for the socket to take more bytes (or to report an error).
+inline bool wait_writable(socket_t s, int ms) {
+#if defined(_WIN32)
+  WSAPOLLFD p{};
+  p.fd = s;
+  p.events = POLLWRNORM;
+  return ::WSAPoll(&p, 1, ms) > 0;
+#else
+  pollfd p{s, POLLOUT, 0};
   return ::poll(&p, 1, ms) > 0;
 #endif
 }
@@ -230,13 +248,35 @@ inline sockaddr_storage make_address(const harmony::endpoint& ep, socklen_t& len
   return ss;
 }
 
-// Connects with a timeout, optionally from a chosen source address (127.0.0.x).
+// Fixes a socket's kernel buffers at `bytes` each way (which also stops the
+// kernel growing them); before connect() for the receive window to match.
+inline void set_kernel_buffers(socket_t s, int bytes) {
+  ::setsockopt(s, SOL_SOCKET, SO_SNDBUF, reinterpret_cast<const char*>(&bytes), sizeof bytes);
+  ::setsockopt(s, SOL_SOCKET, SO_RCVBUF, reinterpret_cast<const char*>(&bytes), sizeof bytes);
+}
+
+// Asks the peer to send segments of at most `bytes` (before connect, or on a
+// listener before the connection arrives). Over loopback segments are 64 KiB,
+// and the kernel sizes a sender's buffer by segments: small ones keep it small.
+// Linux only: elsewhere a no-op.
+inline void set_segment_size(socket_t s, int bytes) {
+#if defined(__linux__)
+  ::setsockopt(s, IPPROTO_TCP, TCP_MAXSEG, &bytes, sizeof bytes);
+#else
+  (void)s, (void)bytes;
+#endif
+}
+
+// Connects with a timeout, optionally from a chosen source address (127.0.0.x);
+// `prepare` may set socket options before the connect.
 inline sock connect_to(const harmony::endpoint& ep, const char* source = nullptr,
-                       std::chrono::milliseconds timeout = 5000ms) {
+                       std::chrono::milliseconds timeout = 5000ms,
+                       const std::function<void(socket_t)>& prepare = {}) {
   socklen_t len = 0;
   sockaddr_storage ss = make_address(ep, len);
   sock s(::socket(ss.ss_family, SOCK_STREAM, 0));
   if (!s) return s;
+  if (prepare) prepare(s.fd());
   if (source) {
     socklen_t slen = 0;
     sockaddr_storage src = make_address(harmony::endpoint{source, 0}, slen);
@@ -317,6 +357,8 @@ class backend {
   }
   std::string address() const { return at_.to_string(); }
   const harmony::endpoint& at() const { return at_; }
+  // For socket options the accepted connections inherit.
+  socket_t listening_socket() const { return listener_.fd(); }
   int accepted() const { return accepted_.load(); }
 
  private:
@@ -389,7 +431,10 @@ inline std::map<std::string, int> tally(const std::string& address, int n) {
   return count;
 }
 
-// Polls `condition` until it holds or `limit` passes.
+// Waits for an event: polls `condition` until it holds or `limit` passes. The
+// limit only bounds how long a broken build makes us wait; a passing run goes on
+// as soon as the condition holds. (For "X has not happened", check it at a
+// moment that provably comes after X would have happened, not after a sleep.)
 template <class F>
 bool eventually(F condition, std::chrono::milliseconds limit = 5000ms) {
   auto end = std::chrono::steady_clock::now() + limit;
@@ -398,6 +443,107 @@ bool eventually(F condition, std::chrono::milliseconds limit = 5000ms) {
     std::this_thread::sleep_for(5ms);
   }
   return condition();
+}
+
+// A one-shot signal between threads: a backend waits on it instead of sleeping
+// in a loop until a flag flips.
+class gate {
+ public:
+  void open() {
+    std::lock_guard<std::mutex> lock(m_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // True once open; false if `limit` passes first.
+  bool wait(std::chrono::milliseconds limit = 10000ms) {
+    std::unique_lock<std::mutex> lock(m_);
+    return cv_.wait_for(lock, limit, [this] { return open_; });
+  }
+  bool is_open() {
+    std::lock_guard<std::mutex> lock(m_);
+    return open_;
+  }
+
+ private:
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool open_ = false;
+};
+
+// True when nothing (no byte, no EOF, no error) is waiting to be read right now.
+inline bool nothing_to_read(const sock& s) { return !wait_readable(s.fd(), 0); }
+
+#if defined(__linux__)
+// What a loopback socket's kernel buffers can hold at most, as Linux reports the
+// limits (SO_SNDBUF and SO_RCVBUF read back doubled: they include the kernel's
+// bookkeeping, so the payload held is below them), plus one 64 KiB segment
+// each way that the kernel may admit past a limit. Buffers only grow while a
+// connection lives (autotuning), so a value read now bounds every earlier moment.
+inline std::size_t kernel_buffer_bound(socket_t s) {
+  int snd = 0, rcv = 0;
+  socklen_t len = sizeof snd;
+  ::getsockopt(s, SOL_SOCKET, SO_SNDBUF, &snd, &len);
+  len = sizeof rcv;
+  ::getsockopt(s, SOL_SOCKET, SO_RCVBUF, &rcv, &len);
+  return static_cast<std::size_t>(snd) + static_cast<std::size_t>(rcv) + 2 * 65536;
+}
+
+inline bool same_address(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family) return false;
+  if (a.ss_family == AF_INET) {
+    auto& x = reinterpret_cast<const sockaddr_in&>(a);
+    auto& y = reinterpret_cast<const sockaddr_in&>(b);
+    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+  }
+  auto& x = reinterpret_cast<const sockaddr_in6&>(a);
+  auto& y = reinterpret_cast<const sockaddr_in6&>(b);
+  return x.sin6_port == y.sin6_port && std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof x.sin6_addr) == 0;
+}
+
+// The other end of loopback connection `s` when this process owns it (the
+// balancer under test runs in the test process): the descriptor whose local
+// address is s's peer and whose peer is s. no_socket when there is none.
+inline socket_t far_end_in_this_process(socket_t s) {
+  sockaddr_storage local{}, peer{};
+  socklen_t len = sizeof local;
+  if (::getsockname(s, reinterpret_cast<sockaddr*>(&local), &len) != 0) return no_socket;
+  len = sizeof peer;
+  if (::getpeername(s, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return no_socket;
+  socket_t found = no_socket;
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (!dir) return no_socket;
+  while (dirent* e = ::readdir(dir)) {
+    int fd = std::atoi(e->d_name);
+    if (fd <= 2 || fd == s || fd == ::dirfd(dir)) continue;
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage l{}, p{};
+    socklen_t ll = sizeof l, pl = sizeof p;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&l), &ll) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&p), &pl) != 0)
+      continue;
+    if (same_address(l, peer) && same_address(p, local)) {
+      found = fd;
+      break;
+    }
+  }
+  ::closedir(dir);
+  return found;
+}
+#endif
+
+// What the stats must say of splicing: used where asked for and available (Linux),
+// never otherwise.
+inline void check_splice_use(const harmony::server_stats& st, bool asked) {
+#if defined(__linux__)
+  if (asked) {
+    CHECK(st.bytes_spliced > 0);
+    CHECK(st.bytes_spliced <= st.bytes_in + st.bytes_out);
+    return;
+  }
+#endif
+  (void)asked;
+  CHECK(st.bytes_spliced == 0);
 }
 
 // A balancer on an ephemeral port, silent unless HARMONY_TEST_LOG is set.

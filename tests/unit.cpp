@@ -6,6 +6,7 @@
 #include <ostream>
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -520,30 +521,182 @@ TEST_CASE("legacy parser: unknown commands and oversized tokens are errors") {
   CHECK_FALSE(ok);
 }
 
-TEST_CASE("admin codec survives random input") {
+namespace {
+// Random legacy-looking input: messages with arguments of every kind (empty,
+// near and past the token limit, raw bytes), empty tokens, now and then a bad one.
+std::string legacy_noise(std::mt19937& gen) {
+  static const char* const commands[] = {"NID", "ID", "BAL", "SPORT", "ACK", "CLOSE"};
+  std::string s;
+  for (std::size_t parts = gen() % 40; parts > 0; --parts) {
+    switch (gen() % 10) {
+      case 0: s += "BYE:"; break;
+      case 1: s += ":"; break;
+      case 2:
+        if (gen() % 3 == 0) s += "HELLO:";  // an unknown command ends the stream
+        break;
+      default: {
+        s += commands[gen() % 6];
+        s += ':';
+        switch (gen() % 4) {
+          case 0: break;
+          case 1: s.append(250 + gen() % 10, 'A'); break;  // around the token limit
+          case 2:
+            for (std::size_t n = gen() % 12; n > 0; --n) s += static_cast<char>(gen() % 2 ? '\n' + gen() % 100 : gen() % 256);
+            break;
+          default: s += std::to_string(gen() % 100000);
+        }
+        if (gen() % 8) s += ':';
+      }
+    }
+  }
+  return s;
+}
+
+// Random admin input built from pieces the decoders care about (commands, ':',
+// line ends, blanks, '=', long runs, raw bytes), so that every path is taken.
+std::string codec_noise(std::mt19937& gen) {
+  static const char* const words[] = {"NID", "ID", "BAL", "SPORT", "ACK", "CLOSE", "BYE", "FOO", "5F38AB", "1000",
+                                      ":", ":", "::", "\n", "\r\n", " ", "\t", "=", "port=80", "list", "register"};
+  std::string s;
+  std::size_t parts = gen() % 60;
+  for (std::size_t i = 0; i < parts; ++i) {
+    switch (gen() % 9) {
+      case 0: {  // whole tokens and lines up to, at and past their limits (256, 512)
+        bool line = gen() % 2;
+        s += line ? '\n' : ':';
+        s.append((line ? 512 : 256) - 2 + gen() % 5, 'A');
+        s += line ? (gen() % 2 ? "\r\n" : "\n") : ":";
+        break;
+      }
+      case 1: s.append(static_cast<std::size_t>(gen() % 600), 'A'); break;
+      case 2:
+        for (std::size_t n = gen() % 8; n > 0; --n) s += static_cast<char>(gen() % 256);
+        break;
+      default: s += words[gen() % (sizeof words / sizeof words[0])];
+    }
+  }
+  return s;
+}
+
+// The legacy stream decoded at once by a plain reading of the grammar: the
+// messages, and whether the stream is well-formed.
+std::vector<std::pair<std::string, std::string>> legacy_model(const std::string& s, bool& ok) {
+  std::vector<std::pair<std::string, std::string>> out;
+  ok = true;
+  std::string command;
+  bool want_argument = false;
+  std::size_t at = 0;
+  for (;;) {
+    std::size_t colon = s.find(':', at);
+    std::string token = s.substr(at, colon == std::string::npos ? std::string::npos : colon - at);
+    if (token.size() > detail::legacy_parser::max_token) {
+      ok = false;
+      return out;
+    }
+    if (colon == std::string::npos) return out;  // an unfinished token waits for more
+    at = colon + 1;
+    if (want_argument) {
+      out.emplace_back(command, token);
+      want_argument = false;
+    } else if (token == "BYE") {
+      out.emplace_back(token, "");
+    } else if (!token.empty()) {
+      if (!detail::is_legacy_command(token)) {
+        ok = false;
+        return out;
+      }
+      command = token;
+      want_argument = true;
+    }
+  }
+}
+
+// Lines at once: split at LF, one CR before it dropped; false once a line (with
+// its CR) is longer than `limit`, whether finished or not.
+std::vector<std::string> lines_model(const std::string& s, std::size_t limit, bool& ok) {
+  std::vector<std::string> out;
+  ok = true;
+  std::size_t at = 0;
+  for (;;) {
+    std::size_t end = s.find('\n', at);
+    std::string line = s.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    if (line.size() > limit) {
+      ok = false;
+      return out;
+    }
+    if (end == std::string::npos) return out;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    out.push_back(line);
+    at = end + 1;
+  }
+}
+
+// The words of a command line, split at blanks.
+std::vector<std::string> words_of(std::string_view line) {
+  std::vector<std::string> out;
+  std::string w;
+  for (char c : line) {
+    if (c == ' ' || c == '\t') {
+      if (!w.empty()) out.push_back(w);
+      w.clear();
+    } else {
+      w += c;
+    }
+  }
+  if (!w.empty()) out.push_back(w);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("admin decoders give the same result on random input however it is split") {
   std::mt19937 gen(7);
+  const std::size_t line_limit = 512;
   for (int round = 0; round < 300; ++round) {
-    std::string noise(static_cast<std::size_t>(gen() % 2000), '\0');
-    for (auto& c : noise) c = static_cast<char>(gen() % 4 == 0 ? ':' : gen() % 256);
+    std::string noise = round % 2 ? codec_noise(gen) : legacy_noise(gen);
+    INFO("round " << round);
+    bool legacy_ok = false, lines_ok = false;
+    auto legacy_expected = legacy_model(noise, legacy_ok);
+    auto lines_expected = lines_model(noise, line_limit, lines_ok);
+    // The same bytes in random pieces, each decoder stopping where it reports an error.
     detail::legacy_parser legacy;
-    detail::line_splitter lines(512);
-    std::size_t messages = 0;
+    detail::line_splitter lines(line_limit);
+    std::vector<std::pair<std::string, std::string>> legacy_got;
+    std::vector<std::string> lines_got;
+    bool legacy_alive = true, lines_alive = true;
+    std::size_t commands_checked = 0;
     for (std::size_t at = 0; at < noise.size();) {
       std::size_t n = std::min<std::size_t>(noise.size() - at, gen() % 64 + 1);
       std::string_view piece(noise.data() + at, n);
-      if (!legacy.feed(piece, [&](std::string_view, std::string_view a) {
-            CHECK(a.size() <= detail::legacy_parser::max_token);
-            ++messages;
-          }))
-        break;
-      lines.feed(piece, [&](std::string_view line) {
-        CHECK(line.size() <= 512);
-        auto c = detail::parse_command(line);
-        for (auto a : c.args) CHECK(a.find(' ') == std::string_view::npos);
-      });
       at += n;
+      if (legacy_alive)
+        legacy_alive = legacy.feed(piece, [&](std::string_view c, std::string_view a) { legacy_got.emplace_back(c, a); });
+      if (lines_alive)
+        lines_alive = lines.feed(piece, [&](std::string_view line) {
+          lines_got.emplace_back(line);
+          // Every word of the line lands in the verb, an argument or an option, in order.
+          auto c = detail::parse_command(line);
+          std::vector<std::string> words = words_of(line);
+          std::vector<std::string> rebuilt;
+          if (!c.verb.empty()) rebuilt.emplace_back(c.verb);
+          for (auto a : c.args) {
+            CHECK(a.find_first_of(" \t") == std::string_view::npos);
+            CHECK((a.find('=') == std::string_view::npos || a.find('=') == 0));
+          }
+          CHECK(c.verb.empty() == words.empty());
+          CHECK(1 + c.args.size() + c.options.size() == std::max<std::size_t>(words.size(), 1));
+          for (auto& o : c.options) {
+            CHECK_FALSE(o.first.empty());
+            std::string word = std::string(o.first) + "=" + std::string(o.second);
+            CHECK(std::find(words.begin() + 1, words.end(), word) != words.end());
+          }
+          ++commands_checked;
+        });
     }
-    CHECK(messages <= noise.size());
+    CHECK(legacy_alive == legacy_ok);
+    CHECK(legacy_got == legacy_expected);
+    CHECK(lines_alive == lines_ok);
+    CHECK(lines_got == lines_expected);
+    CHECK(commands_checked == lines_expected.size());
   }
 }
 

@@ -10,25 +10,13 @@ namespace detail {
 // the owner's bytes, and its completion tells the owner. Connects are ConnectEx.
 // The kernel owns an operation until its completion is dequeued, so a closed
 // connection is released only when all of its group's operations are back.
-class connection final : public io_handler {
+class connection final : public connection_core<connection> {
  public:
-  explicit connection(reactor& loop) : loop_(loop) {}
-  connection(const connection&) = delete;
-  connection& operator=(const connection&) = delete;
+  explicit connection(reactor& loop) : connection_core(loop) {}
   ~connection() { close(false); }
 
-  void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
   // Counts this connection's operations with `leader`'s, whose release waits for both.
   void share_release_with(connection& leader) noexcept { iocp.group = &leader; }
-
-  bool is_open() const noexcept { return fd_ != invalid_socket; }
-  bool connecting() const noexcept { return connecting_; }
-
-  std::error_code adopt(socket_handle s) {
-    start(s);
-    if (std::error_code e = loop_.add(fd_, this, interest_now())) return abandon(e);
-    return {};
-  }
 
   // ConnectEx takes no part of the early bytes here: they go once it completes.
   // Even a connect that fails at once comes back as a completion (pending).
@@ -47,13 +35,6 @@ class connection final : public io_handler {
     return io_status::pending;
   }
 
-  bool readable() const noexcept { return readable_; }
-  void want_read(bool on) {
-    if (want_read_ == on) return;
-    want_read_ = on;
-    update_interest();
-  }
-
   read_result read(char* into, std::size_t n, std::error_code& error) {
     // A failed probe carries the socket's error, which plain calls might never report again.
     if (probe_error_) {
@@ -61,68 +42,7 @@ class connection final : public io_handler {
       probe_error_ = 0;
       return -1;
     }
-    if (at_end_) return 0;
-    for (;;) {
-      auto r = recv_some(fd_, into, n);
-      if (r > 0) {
-        if (static_cast<std::size_t>(r) < n) readable_ = false;  // the next probe says when there is more
-        return r;
-      }
-      if (r == 0) {
-        at_end_ = true;
-        return 0;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) {
-        readable_ = false;
-        return -1;
-      }
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return -1;
-    }
-  }
-
-  bool writing() const noexcept { return out_left_ > 0; }
-
-  io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
-    written = 0;
-    while (written < n) {
-      auto r = send_some(fd_, data + written, n - written);
-      if (r >= 0) {
-        written += static_cast<std::size_t>(r);
-        if (written < n) return send_overlapped(data + written, n - written);
-        continue;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) return send_overlapped(data + written, n - written);
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return io_status::failed;
-    }
-    return io_status::done;
-  }
-
-  void shutdown_send() {
-    if (fd_ == invalid_socket) return;
-    if (writing()) {
-      shutdown_pending_ = true;
-      return;
-    }
-    ::shutdown(fd_, SHUT_WR);
-  }
-
-  // Cancels what is in flight and closes; nothing is reported after it.
-  void close(bool reset) {
-    if (fd_ == invalid_socket) return;
-    loop_.remove(fd_);
-    if (reset) abort_socket(fd_);
-    else close_socket(fd_);
-    fd_ = invalid_socket;
-    retired = true;
-    connecting_ = false;
-    out_ = nullptr;
-    out_left_ = 0;
+    return receive(into, n, error);
   }
 
   void on_complete(io_op& op, int error, std::uint32_t bytes) override {
@@ -149,54 +69,25 @@ class connection final : public io_handler {
   }
 
  private:
+  friend class connection_core<connection>;
+
   void start(socket_handle s) {
-    fd_ = s;
-    retired = false;
-    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    connection_core::start(s);
     probe_error_ = 0;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
-  }
-  std::error_code abandon(std::error_code e) {
-    close_socket(fd_);
-    fd_ = invalid_socket;
-    connecting_ = false;
-    return e;
   }
   unsigned interest_now() const noexcept { return want_read_ && !connecting_ ? io_read : 0u; }
   void update_interest() {
     if (fd_ != invalid_socket) loop_.interest(fd_, this, interest_now());
   }
-  io_status send_overlapped(const char* rest, std::size_t n) {
-    out_ = rest;
-    out_left_ = n;
-    out_done_ = 0;
+  void short_read() noexcept { readable_ = false; }  // the next probe says when there is more
+  io_status write_later(const char* rest, std::size_t n) {
+    keep_rest(rest, n);
     loop_.engine().send(fd_, this, out_, out_left_);
     return io_status::pending;
   }
-  void wrote(std::error_code e) {
-    std::size_t n = out_done_;
-    out_ = nullptr;
-    out_left_ = out_done_ = 0;
-    if (!e && shutdown_pending_ && fd_ != invalid_socket) {
-      shutdown_pending_ = false;
-      ::shutdown(fd_, SHUT_WR);
-    }
-    owner_->on_written(*this, n, e);
-  }
+  void forget_writes() noexcept {}
 
-  reactor& loop_;
-  connection_owner* owner_ = nullptr;
-  socket_handle fd_ = invalid_socket;
-  bool readable_ = false;
-  bool at_end_ = false;
-  bool connecting_ = false;
-  bool want_read_ = false;
-  bool shutdown_pending_ = false;
   int probe_error_ = 0;
-  const char* out_ = nullptr;  // the rest of a pending write
-  std::size_t out_left_ = 0;
-  std::size_t out_done_ = 0;   // of it, written since write() returned
 };
 
 // A listening socket on the completion engine. A few AcceptEx wait at once, so
