@@ -46,7 +46,7 @@
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
 //   >>server-impl    harmony::server
-//   >>client-impl    harmony::client
+//   >>client-impl    harmony::client: one event loop, one link per balancer
 //   >>licence        MIT
 //
 // >>config  configuration macros
@@ -223,8 +223,9 @@ struct backend_info {
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
-  // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
-  // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  // "up" (eligible), "full" (at its maxconn), "draining", "down" (its agent reports it
+  // down), "expired" (no ack within the host timeout), "offline" (its agent's connection
+  // dropped), "no-port" (no service port yet)
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
   std::string source;
@@ -367,29 +368,58 @@ class server {
 namespace harmony {
 
 // >>client  harmony::client (a backend's agent) and its options
-// The agent a backend runs: it registers with the balancer's admin port (native
-// dialect), keeps one connection open with heartbeats both ways, reconnects
-// with backoff when the balancer restarts or the network drops, and registers
-// again under the same id where the balancer still knows it.
+// The agent a backend runs: it registers with the admin port of one balancer or
+// of several (native dialect), keeps one connection open to each with heartbeats
+// both ways, reconnects to each on its own with backoff when that balancer
+// restarts or the network drops, and registers again under the same id.
+
+// What an agent says of its backend (HAProxy's agent-check states): `ready` takes
+// new connections; `drain` takes none while the open ones finish; `down` is not
+// eligible at all. An operator's drain is separate and comes on top.
+enum class readiness { ready, drain, down };
+const char* to_string(readiness r) noexcept;
+// Parses "ready", "drain" or "down" (errc::bad_option otherwise).
+std::error_code parse_readiness(std::string_view text, readiness& out);
+
+// The most balancers one agent registers with.
+inline constexpr std::size_t max_balancers = 64;
+// An agent's reported connection limit (maxconn) is 0 (no limit) to max_maxconn (>>server).
+
 struct client_options {
   std::string balancer = "localhost:1666";  // the balancer's admin address
+  // Several balancers: the agent registers with each, with the same id everywhere.
+  // When not empty it replaces `balancer`.
+  std::vector<std::string> balancers;
   std::uint16_t port = 80;                  // the service port this backend serves on
   std::string host;                         // empty: the balancer uses this connection's peer address
   int weight = default_weight;
+  int maxconn = 0;                          // reported connection limit; 0: none
+  readiness state = readiness::ready;       // reported on (re)registration
   // How often the agent reports alive; keep it at most half the balancer's host timeout.
   duration ack{20000};
   duration reconnect_min{100};  // backoff after a failed connection, doubling up to max
   duration reconnect_max{5000};
-  std::function<void(const std::string& id)> on_registered;  // on the agent's thread
+  // On the agent's thread, each time a balancer registers it, with the id that balancer
+  // knows it by.
+  std::function<void(const std::string& id)> on_registered;
   log_function log;
   log_level level = log_level::info;
 };
 
 // Checks every option, as client::start() does: errc::bad_address for a malformed balancer
 // address, errc::bad_option for another bad value (port 0, a weight outside min_weight to
-// max_weight, a duration that is not positive, a host with spaces), with what is wrong in
+// max_weight, a maxconn outside 0 to max_maxconn, a balancer listed twice or more than
+// max_balancers, a duration that is not positive, a host with spaces), with what is wrong in
 // `problem` when it is given.
 std::error_code check(const client_options& options, option_problem* problem = nullptr);
+
+// One balancer as the agent sees it (client::status()).
+struct balancer_status {
+  std::string balancer;            // its admin address, as configured
+  std::string id;                  // the id it knows this backend by; empty before it registered
+  bool registered = false;         // registered on a live connection now
+  std::uint64_t registrations = 0; // how often it registered (the first time and after each reconnect)
+};
 
 class client {
  public:
@@ -398,15 +428,22 @@ class client {
   client(const client&) = delete;
   client& operator=(const client&) = delete;
 
-  // Runs the agent on a thread of its own; it connects and keeps registering.
+  // Runs the agent on a thread of its own; it connects to every balancer and keeps registering.
   std::error_code start();
-  // Deregisters now (the balancer sends no new connections; open ones finish) and stops.
-  // Waits up to about two seconds for the balancer to confirm.
+  // Deregisters from every balancer now (they send no new connections; open ones
+  // finish) and stops. Waits up to about two seconds in all for the balancers to confirm.
   std::error_code close();
-  // Changes the weight, now and for later registrations.
+  // Changes the weight, now on every balancer and for later registrations.
   std::error_code set_weight(int weight);
-  std::string id() const;     // empty before the first registration
-  bool registered() const;    // registered on a live connection now
+  // Reports the backend ready, draining or down, now and after later registrations.
+  std::error_code set_state(readiness state);
+  // Reports a connection limit (0: none), now and after later registrations.
+  std::error_code set_maxconn(int maxconn);
+  // The agent's identity: the id the first balancer gave it, under which it asks every
+  // other balancer to register it. Empty before the first registration.
+  std::string id() const;
+  bool registered() const;  // registered with at least one balancer on a live connection now
+  std::vector<balancer_status> status() const;  // one entry per balancer, in the configured order
 
   struct impl;
 
@@ -1228,9 +1265,17 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
 
 HARMONY_DEF std::error_code check(const client_options& o, option_problem* problem) {
   detail::option_checker c{problem, {}};
-  c.address("balancer", o.balancer);
+  if (o.balancers.empty()) c.address("balancer", o.balancer);
+  if (o.balancers.size() > max_balancers)
+    c.fail(errc::bad_option, "balancers", "at most " + std::to_string(max_balancers) + " balancers");
+  for (std::size_t i = 0; i < o.balancers.size(); ++i) {
+    c.address("balancers", o.balancers[i]);
+    for (std::size_t j = 0; j < i; ++j)
+      if (o.balancers[j] == o.balancers[i]) c.fail(errc::bad_option, "balancers", "'" + o.balancers[i] + "' is listed twice");
+  }
   c.range("port", o.port, 1, 65535);
   c.range("weight", o.weight, min_weight, max_weight);
+  c.range("maxconn", o.maxconn, 0, max_maxconn);
   // The host travels in a space-separated register line.
   for (char ch : o.host)
     if (static_cast<unsigned char>(ch) <= ' ') {
@@ -1241,6 +1286,24 @@ HARMONY_DEF std::error_code check(const client_options& o, option_problem* probl
   c.positive("reconnect_min", o.reconnect_min);
   if (o.reconnect_max < o.reconnect_min) c.fail(errc::bad_option, "reconnect_max", "must not be less than reconnect_min");
   return c.done();
+}
+
+HARMONY_DEF const char* to_string(readiness r) noexcept {
+  switch (r) {
+    case readiness::ready: return "ready";
+    case readiness::drain: return "drain";
+    case readiness::down: return "down";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
+  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
+    if (text == to_string(r)) {
+      out = r;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
 }
 
 }  // namespace harmony
@@ -2298,6 +2361,21 @@ class registry {
     });
   }
 
+  // ---- Reported by the backend's agent (`report`); its maxconn goes through
+  // set_maxconn (below), like an operator's.
+  bool maxconn_of(std::string_view id, int& out) const {
+    std::uint32_t slot;
+    if (!find(id, slot)) return false;
+    out = records_[slot].maxconn;
+    return true;
+  }
+  // The agent's own readiness: drain and down get no new connections (open ones
+  // finish), ready is eligible again. Independent of an operator's drain.
+  std::error_code set_readiness(std::string_view id, readiness state, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) { r.reported = state; });
+  }
+  // ---- end of the agent's report
+
   // The address a backend registered from, to derive where it serves.
   bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
@@ -2477,6 +2555,7 @@ class registry {
     bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
     std::string source;  // backends from DNS: the NAME:PORT it came from
+    readiness reported = readiness::ready;  // reported by the agent
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -2502,14 +2581,16 @@ class registry {
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
-    return r.used && r.routable && r.online && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+    return r.used && r.routable && r.online && !r.draining && r.reported == readiness::ready &&
+           (!r.expires || now - r.last_ack <= host_timeout_ms_);
   }
   const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     if (!r.routable) return "no-port";
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
-    if (r.draining) return "draining";
+    if (r.reported == readiness::down) return "down";
+    if (r.draining || r.reported == readiness::drain) return "draining";
     if (r.full) return "full";
     return "up";
   }
@@ -3054,6 +3135,7 @@ class admin_protocol {
       if (bound_id_.empty()) return error(out, "not-registered", "register first");
       return answer(ctx.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
     }
+    if (c.verb == "report") return command_report(c, ctx, out);
     if (c.verb == "close") {
       if (bound_id_.empty()) return error(out, "not-registered", "register first");
       std::string id = bound_id_;
@@ -3139,6 +3221,7 @@ class admin_protocol {
            "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
+           "# report [weight=W] [maxconn=N] [state=ready|drain|down]   agent: report its own load\n"
            "# close                                  agent: deregister now\n"
            "# list                                   backends with state, weight, connections\n"
            "# stats                                  balancer counters\n"
@@ -3208,6 +3291,48 @@ class admin_protocol {
     bound_id_ = id;
     agent_ = true;
     append(out, "ok id=" + id + "\n");
+  }
+
+  // `report weight=W maxconn=N state=ready|drain|down`, any subset but not none: an
+  // agent sets its own backend's weight, connection limit (0: none) and readiness, as
+  // HAProxy's agent-check lets a server do. All are checked before any is applied.
+  void command_report(const command_line& c, admin_context& ctx, admin_result& out) {
+    const char* usage = "report [weight=W] [maxconn=N] [state=ready|drain|down]";
+    if (!c.args.empty() || c.options.empty()) return error(out, "usage", usage);
+    int weight = 0;
+    long long maxconn = -1;
+    readiness state = readiness::ready;
+    bool has_weight = false, has_maxconn = false, has_state = false;
+    for (const auto& o : c.options) {
+      if (o.first == "weight" && !has_weight) {
+        if (parse_weight(o.second, weight)) return error(out, "bad-argument", weight_range());
+        has_weight = true;
+      } else if (o.first == "maxconn" && !has_maxconn) {
+        if (parse_integer(o.second, 0, max_maxconn, maxconn))
+          return error(out, "bad-argument", "maxconn must be a number from 0 (no limit) to " + std::to_string(max_maxconn));
+        has_maxconn = true;
+      } else if (o.first == "state" && !has_state) {
+        if (parse_readiness(o.second, state)) return error(out, "bad-argument", "state is ready, drain or down");
+        has_state = true;
+      } else {
+        return error(out, "usage", usage);  // unknown or repeated
+      }
+    }
+    if (bound_id_.empty() || !agent_) return error(out, "not-registered", "register first");
+    std::string applied;
+    {
+      auto r = ctx.backends.lock();
+      std::error_code e;
+      if (has_weight && !e) e = r->set_weight(bound_id_, weight);
+      if (has_maxconn && !e) e = r->set_maxconn(bound_id_, static_cast<int>(maxconn));
+      if (has_state && !e) e = r->set_readiness(bound_id_, state, ctx.now);
+      if (e) return error(out, e == errc::unknown_backend ? "unknown-backend" : "failed", e.message());
+    }
+    if (has_weight) applied += " weight=" + std::to_string(weight);
+    if (has_maxconn) applied += " maxconn=" + std::to_string(maxconn);
+    if (has_state) applied += std::string(" state=") + to_string(state);
+    ctx.log(log_level::info, "backend %s reports%s", bound_id_.c_str(), applied.c_str());
+    append(out, "ok" + applied + "\n");
   }
 
   // The limit in force once the effects so far are applied.
@@ -6491,144 +6616,255 @@ inline server_stats server::impl::collect_stats() const {
 
 namespace harmony {
 
-// >>client-impl  harmony::client
+// >>client-impl  harmony::client: one event loop, one link per balancer
+// Each balancer has a link of its own: its stream, heartbeat, backoff and
+// reconnects, independent of the others. The identity is shared: the first
+// balancer that assigns an id defines it, and every other link registers under it
+// (`register ... id=ID`). Until one exists, only one link at a time registers
+// without an id; the others wait connected (one heartbeat interval at most), so
+// that two balancers do not hand out two ids at once.
 struct client::impl {
+  enum class state { idle, connecting, waiting, registering, registered, closing, closed };
+
+  struct link {
+    link(impl& o, std::size_t i, std::string a) : owner(o), index(i), address(std::move(a)), io(o.loop) {
+      beat.fire = [this] { owner.on_beat(*this); };
+      retry.fire = [this] { owner.connect_now(*this); };
+    }
+    link(const link&) = delete;
+    link& operator=(const link&) = delete;
+
+    impl& owner;
+    std::size_t index;  // into statuses
+    std::string address;
+    detail::stream io;
+    detail::line_splitter lines{4096};
+    detail::timer beat, retry;
+    state phase = state::idle;
+    std::string asked;            // the id its register asked for; empty: none
+    bool asked_without_id = false;  // a register without an id is in flight on it
+    int sent_weight = 0;          // the weight its register carried
+    std::int64_t backoff = 100;
+    std::int64_t last_heard = 0;
+    std::string id;  // the id this balancer knows the backend by
+  };
+
   explicit impl(client_options o) : options(std::move(o)), log{options.log, options.level} {
-    beat.fire = [this] { on_beat(); };
-    retry.fire = [this] { connect_now(); };
     give_up.fire = [this] { loop.stop(); };
+    std::vector<std::string> addresses = options.balancers;
+    if (addresses.empty()) addresses.push_back(options.balancer);
+    for (std::size_t i = 0; i < addresses.size(); ++i) {
+      links.push_back(std::make_unique<link>(*this, i, addresses[i]));
+      balancer_status s;
+      s.balancer = addresses[i];
+      statuses.push_back(std::move(s));
+    }
   }
 
-  enum class state { idle, connecting, registering, registered, closing };
-
-  void connect_now() {
+  void connect_now(link& l) {
     endpoint at;
     detail::address to;
-    std::error_code e = parse_endpoint(options.balancer, at);
+    std::error_code e = parse_endpoint(l.address, at);
     if (!e) e = detail::resolve(at, to, false);
     if (!e) {
-      phase = state::connecting;
-      lines = detail::line_splitter{4096};
-      e = io.connect(to);
+      l.phase = state::connecting;
+      l.lines = detail::line_splitter{4096};
+      e = l.io.connect(to);
     }
     if (e) {
-      log(log_level::warn, "agent: cannot reach %s: %s", options.balancer.c_str(), e.message().c_str());
-      schedule_retry();
+      log(log_level::warn, "agent: cannot reach %s: %s", l.address.c_str(), e.message().c_str());
+      schedule_retry(l);
     }
   }
 
-  void on_connect(std::error_code e) {
+  void on_connect(link& l, std::error_code e) {
     if (e) {
-      log(log_level::debug, "agent: connect to %s failed: %s", options.balancer.c_str(), e.message().c_str());
-      return schedule_retry();
+      log(log_level::debug, "agent: connect to %s failed: %s", l.address.c_str(), e.message().c_str());
+      return schedule_retry(l);
     }
-    phase = state::registering;
-    last_heard = loop.now();
-    std::string hello = "hello harmony/1\nregister port=" + std::to_string(options.port) +
-                        " weight=" + std::to_string(options.weight) +
-                        " heartbeat=" + std::to_string(options.ack.count()) + "ms";
-    std::string known = id();
-    if (!known.empty()) hello += " id=" + known;
-    if (!options.host.empty()) hello += " host=" + options.host;
-    io.write(hello + "\n");
-    loop.schedule(beat, loop.now() + options.ack.count());
+    l.last_heard = loop.now();
+    l.io.write("hello harmony/1\n");
+    loop.schedule(l.beat, loop.now() + options.ack.count());
+    try_register(l);
   }
 
-  void on_line(std::string_view line) {
-    last_heard = loop.now();
+  // Registers under the id this balancer knows, else under the identity; without
+  // either it asks for a new id, unless another link already does.
+  // A link waits at most one heartbeat interval (`force`): a balancer that never
+  // answers must not keep the others unregistered.
+  void try_register(link& l, bool force = false) {
+    std::string wanted = l.id.empty() ? id() : l.id;
+    if (wanted.empty() && !force)
+      for (auto& other : links)
+        if (other.get() != &l && other->asked_without_id) {
+          l.phase = state::waiting;
+          return;
+        }
+    l.phase = state::registering;
+    l.asked = wanted;
+    l.asked_without_id = wanted.empty();
+    l.sent_weight = options.weight;
+    std::string line = "register port=" + std::to_string(options.port) + " weight=" + std::to_string(options.weight) +
+                       " heartbeat=" + std::to_string(options.ack.count()) + "ms";
+    if (!wanted.empty()) line += " id=" + wanted;
+    if (!options.host.empty()) line += " host=" + options.host;
+    l.io.write(line + "\n");
+  }
+
+  // Links that wait for the identity, or for their turn to ask for one.
+  void release_waiters() {
+    for (auto& l : links)
+      if (l->phase == state::waiting) try_register(*l);
+  }
+
+  void on_line(link& l, std::string_view line) {
+    l.last_heard = loop.now();
     detail::command_line c = detail::parse_command(line);
     if (c.verb == "err") {
-      log(log_level::warn, "agent: balancer says: %.*s", static_cast<int>(line.size()), line.data());
-      if (phase == state::registering) {
-        io.close();
-        schedule_retry();
-      }
+      log(log_level::warn, "agent: balancer %s says: %.*s", l.address.c_str(), static_cast<int>(line.size()), line.data());
+      if (l.phase == state::registering) return drop(l, false);
+      // A close the balancer cannot do (the backend is gone already) is done all the same.
+      if (l.phase == state::closing && !c.args.empty() && (c.args[0] == "unknown-backend" || c.args[0] == "not-registered"))
+        return finish(l);
       return;
     }
     std::string_view value;
-    if (c.verb == "ok" && phase == state::registering && c.option("id", value)) {
-      std::string new_id(value);
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        my_id = new_id;
-        is_registered = true;
-      }
-      phase = state::registered;
-      backoff = options.reconnect_min.count();
-      log(log_level::info, "agent: registered as %s with %s", new_id.c_str(), options.balancer.c_str());
-      if (options.on_registered) options.on_registered(new_id);
-      return;
-    }
-    if (c.verb == "ok" && phase == state::closing && !c.args.empty() && c.args[0] == "closed") {
-      io.close();
-      loop.stop();
-    }
+    if (c.verb == "ok" && l.phase == state::registering && c.option("id", value)) return registered_as(l, value);
+    if (c.verb == "ok" && l.phase == state::closing && !c.args.empty() && c.args[0] == "closed") finish(l);
   }
 
-  void on_closed(std::error_code e) {
-    set_registered(false);
-    if (phase == state::closing) return loop.stop();
-    log(log_level::warn, "agent: lost the balancer %s%s%s", options.balancer.c_str(), e ? ": " : "",
+  void registered_as(link& l, std::string_view value) {
+    std::string new_id(value);
+    if (!l.asked.empty() && new_id != l.asked)
+      log(log_level::warn, "agent: %s refused the id %s (taken): registered as %s there", l.address.c_str(),
+          l.asked.c_str(), new_id.c_str());
+    l.id = new_id;
+    l.asked_without_id = false;
+    l.phase = state::registered;
+    l.backoff = options.reconnect_min.count();
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (identity.empty()) identity = new_id;
+      balancer_status& s = statuses[l.index];
+      s.id = new_id;
+      s.registered = true;
+      ++s.registrations;
+    }
+    log(log_level::info, "agent: registered as %s with %s", new_id.c_str(), l.address.c_str());
+    // What changed since the register line went, and what register does not carry.
+    std::string report;
+    if (l.sent_weight != options.weight) report += " weight=" + std::to_string(options.weight);
+    if (reported || options.maxconn != 0) report += " maxconn=" + std::to_string(options.maxconn);
+    if (reported || options.state != readiness::ready) report += std::string(" state=") + to_string(options.state);
+    if (!report.empty()) l.io.write("report" + report + "\n");
+    release_waiters();
+    if (options.on_registered) options.on_registered(new_id);
+  }
+
+  void on_closed(link& l, std::error_code e) {
+    if (l.phase == state::closing || l.phase == state::closed) return finish(l);
+    log(log_level::warn, "agent: lost the balancer %s%s%s", l.address.c_str(), e ? ": " : "",
         e ? e.message().c_str() : "");
-    schedule_retry();
+    drop(l, false);
   }
 
   // Every ack interval: a ping, and a check that the balancer answered the last ones.
-  void on_beat() {
-    if (phase != state::registering && phase != state::registered) return;
+  void on_beat(link& l) {
+    if (l.phase != state::waiting && l.phase != state::registering && l.phase != state::registered) return;
     std::int64_t now = loop.now();
-    if (now - last_heard > 2 * options.ack.count() + 1000) {
-      log(log_level::warn, "agent: no answer from %s, reconnecting", options.balancer.c_str());
-      io.close(true);
-      set_registered(false);
-      return schedule_retry();
+    if (l.phase == state::waiting) try_register(l, true);
+    if (now - l.last_heard > 2 * options.ack.count() + 1000) {
+      log(log_level::warn, "agent: no answer from %s, reconnecting", l.address.c_str());
+      return drop(l, true);
     }
-    io.write("ping\n");
-    loop.schedule(beat, now + options.ack.count());
+    l.io.write("ping\n");
+    loop.schedule(l.beat, now + options.ack.count());
   }
 
-  void schedule_retry() {
-    phase = state::idle;
-    loop.cancel(beat);
-    loop.schedule(retry, loop.now() + backoff);
-    backoff = std::min<std::int64_t>(backoff * 2, options.reconnect_max.count());
+  // Ends the link's connection and tries again later; a link that was asking for
+  // the identity hands that turn to a waiting one.
+  void drop(link& l, bool reset) {
+    l.io.close(reset);
+    set_registered(l, false);
+    bool was_asking = l.asked_without_id;
+    l.asked_without_id = false;
+    schedule_retry(l);
+    if (was_asking) release_waiters();
   }
 
+  void schedule_retry(link& l) {
+    l.phase = state::idle;
+    loop.cancel(l.beat);
+    loop.schedule(l.retry, loop.now() + l.backoff);
+    l.backoff = std::min<std::int64_t>(l.backoff * 2, options.reconnect_max.count());
+  }
+
+  // close(): every registered link deregisters; the loop stops when all have
+  // answered, or after two seconds in all.
   void begin_close() {
-    loop.cancel(retry);
-    loop.cancel(beat);
-    if (phase == state::registered && io.is_open()) {
-      phase = state::closing;
-      io.write("close\n");
-      loop.schedule(give_up, loop.now() + 2000);
-      return;
+    bool waiting = false;
+    for (auto& p : links) {
+      link& l = *p;
+      loop.cancel(l.retry);
+      loop.cancel(l.beat);
+      if (l.phase == state::registered && l.io.is_open()) {
+        l.phase = state::closing;
+        l.io.write("close\n");
+        waiting = true;
+      } else {
+        l.io.close();
+        l.phase = state::closed;
+      }
     }
-    io.close();
+    if (!waiting) return loop.stop();
+    loop.schedule(give_up, loop.now() + 2000);
+  }
+
+  void finish(link& l) {
+    l.io.close();
+    l.phase = state::closed;
+    set_registered(l, false);
+    for (auto& other : links)
+      if (other->phase != state::closed) return;
     loop.stop();
   }
 
-  void set_registered(bool on) {
+  // set_weight, set_state, set_maxconn: `apply` changes the options (remembered for
+  // later registrations) and `line` tells every balancer registered now.
+  template <class Apply>
+  std::error_code change(Apply apply, std::string line) {
+    std::lock_guard<std::mutex> lock(lifecycle);
+    if (!running) {
+      apply(*this);
+      return {};
+    }
+    loop.post([this, apply, line] {
+      apply(*this);
+      for (auto& l : links)
+        if (l->phase == state::registered) l->io.write(line);
+    });
+    return {};
+  }
+
+  void set_registered(link& l, bool on) {
     std::lock_guard<std::mutex> lock(mutex);
-    is_registered = on;
+    statuses[l.index].registered = on;
   }
   std::string id() const {
     std::lock_guard<std::mutex> lock(mutex);
-    return my_id;
+    return identity;
   }
 
   client_options options;
   detail::logger log;
   detail::reactor loop;
-  detail::stream io{loop};
-  detail::line_splitter lines{4096};
-  detail::timer beat, retry, give_up;
+  std::vector<std::unique_ptr<link>> links;
+  detail::timer give_up;
   std::thread thread;
-  state phase = state::idle;
-  std::int64_t backoff = 100;
-  std::int64_t last_heard = 0;
-  mutable std::mutex mutex;
-  std::string my_id;
-  bool is_registered = false;
+  bool reported = false;  // set_state or set_maxconn was called: report both after each registration
+  mutable std::mutex mutex;  // guards identity and statuses
+  std::string identity;
+  std::vector<balancer_status> statuses;
   bool running = false;
   std::mutex lifecycle;
 };
@@ -6646,16 +6882,19 @@ HARMONY_DEF std::error_code client::start() {
   if (auto e = impl_->loop.open()) return e;
   impl* p = impl_.get();
   p->loop.on_error = [p](std::error_code e) { p->log(log_level::error, "agent: event loop: %s", e.message().c_str()); };
-  p->backoff = o.reconnect_min.count();
-  p->io.on_connect = [p](std::error_code e) { p->on_connect(e); };
-  p->io.on_close = [p](std::error_code e) { p->on_closed(e); };
-  p->io.on_data = [p](std::string_view bytes) {
-    if (!p->lines.feed(bytes, [p](std::string_view line) { p->on_line(line); })) {
-      p->io.close(true);
-      p->on_closed(make_error_code(errc::protocol));
-    }
-  };
-  p->loop.post([p] { p->connect_now(); });
+  for (auto& owned : p->links) {
+    impl::link* l = owned.get();
+    l->backoff = o.reconnect_min.count();
+    l->io.on_connect = [p, l](std::error_code e) { p->on_connect(*l, e); };
+    l->io.on_close = [p, l](std::error_code e) { p->on_closed(*l, e); };
+    l->io.on_data = [p, l](std::string_view bytes) {
+      if (!l->lines.feed(bytes, [p, l](std::string_view line) { p->on_line(*l, line); })) {
+        p->log(log_level::warn, "agent: %s sent a line that is too long", l->address.c_str());
+        p->drop(*l, true);
+      }
+    };
+    p->loop.post([p, l] { p->connect_now(*l); });
+  }
   p->running = true;
   p->thread = std::thread([p] { p->loop.run(); });
   return {};
@@ -6668,33 +6907,51 @@ HARMONY_DEF std::error_code client::close() {
   p->loop.post([p] { p->begin_close(); });
   if (p->thread.get_id() == std::this_thread::get_id()) return {};  // from a callback: cannot wait for itself
   p->thread.join();
-  p->io.close();
+  for (auto& l : p->links) l->io.close();
   p->loop.settle();
   p->running = false;
-  p->set_registered(false);
+  for (auto& l : p->links) p->set_registered(*l, false);
   return {};
 }
 
 HARMONY_DEF std::error_code client::set_weight(int weight) {
   if (weight < min_weight || weight > max_weight) return make_error_code(errc::bad_option);
-  std::lock_guard<std::mutex> lock(impl_->lifecycle);
-  impl* p = impl_.get();
-  if (!p->running) {
-    p->options.weight = weight;
-    return {};
-  }
-  p->loop.post([p, weight] {
-    p->options.weight = weight;
-    if (p->phase == impl::state::registered) p->io.write("weight " + std::to_string(weight) + "\n");
-  });
-  return {};
+  return impl_->change([weight](impl& p) { p.options.weight = weight; }, "weight " + std::to_string(weight) + "\n");
+}
+
+HARMONY_DEF std::error_code client::set_state(readiness state) {
+  if (state != readiness::ready && state != readiness::drain && state != readiness::down)
+    return make_error_code(errc::bad_option);
+  return impl_->change(
+      [state](impl& p) {
+        p.options.state = state;
+        p.reported = true;
+      },
+      std::string("report state=") + to_string(state) + "\n");
+}
+
+HARMONY_DEF std::error_code client::set_maxconn(int maxconn) {
+  if (maxconn < 0 || maxconn > max_maxconn) return make_error_code(errc::bad_option);
+  return impl_->change(
+      [maxconn](impl& p) {
+        p.options.maxconn = maxconn;
+        p.reported = true;
+      },
+      "report maxconn=" + std::to_string(maxconn) + "\n");
 }
 
 HARMONY_DEF std::string client::id() const { return impl_->id(); }
 
 HARMONY_DEF bool client::registered() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  return impl_->is_registered;
+  for (const balancer_status& s : impl_->statuses)
+    if (s.registered) return true;
+  return false;
+}
+
+HARMONY_DEF std::vector<balancer_status> client::status() const {
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  return impl_->statuses;
 }
 
 }  // namespace harmony

@@ -221,6 +221,7 @@ struct balancer_settings {
 struct agent_settings {
   harmony::client_options options;
   bool have_port = false;  // --port is required: the library's default (80) is rarely right
+  bool have_balancer = false;  // the first --balancer replaces the default, later ones add
 };
 
 // One flag. A row knows how to apply a value and what --help says; the default it
@@ -430,8 +431,14 @@ const std::vector<flag<B>> balancer_flags = {
 };
 
 const std::vector<flag<A>> agent_flags = {
-    {"balancer", "HOST:PORT", "the balancer's admin address", "balancer", set_text<A, &client_options::balancer>,
-     show_text<A, &client_options::balancer>},
+    {"balancer", "HOST:PORT", "a balancer's admin address; repeatable: registers\nwith each, under one id", "balancers",
+     [](A& s, const std::string& v) {
+       if (!s.have_balancer) s.options.balancers.clear();
+       s.have_balancer = true;
+       s.options.balancers.push_back(v);
+       return std::string();
+     },
+     [](const A& d) { return d.options.balancers.empty() ? d.options.balancer : d.options.balancers.front(); }},
     {"port", "N", "the port this backend serves on (required)", "port",
      [](A& s, const std::string& v) {
        std::string problem = set_integer<A, &client_options::port>(s, v);
@@ -441,6 +448,14 @@ const std::vector<flag<A>> agent_flags = {
      [](const A&) { return std::string(); }},
     {"weight", "N", "relative weight", "weight", set_integer<A, &client_options::weight>,
      show_number<A, &client_options::weight>},
+    {"maxconn", "N", "connection limit reported to the balancers; 0: none", "maxconn",
+     set_integer<A, &client_options::maxconn>, show_number<A, &client_options::maxconn>},
+    {"state", "STATE", "start ready, drain (no new connections) or down", "state",
+     [](A& s, const std::string& v) {
+       if (harmony::parse_readiness(v, s.options.state)) return "unknown state " + quoted(v) + " (ready, drain, down)";
+       return std::string();
+     },
+     [](const A& d) { return std::string(harmony::to_string(d.options.state)); }},
     {"ack", "DUR", "heartbeat interval, at most half the host timeout", "ack", set_duration<A, &client_options::ack>,
      show_duration<A, &client_options::ack>},
     {"host", "H", "address the balancer should connect to", "host",

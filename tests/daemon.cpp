@@ -178,6 +178,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--balancer HOST:PORT", co.balancer},
       {"--port N", ""},  // required
       {"--weight N", std::to_string(co.weight)},
+      {"--maxconn N", std::to_string(co.maxconn)},
+      {"--state STATE", harmony::to_string(co.state)},
       {"--ack DUR", duration(co.ack)},
       {"--host H", "the address it sees"},
       {"--log-level LEVEL", harmony::to_string(co.level)},
@@ -277,6 +279,11 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"agent", "--port", "80", "--host="}, "--host: '' is not a host name or address"},
            {{"agent", "--port", "80", "--host", "a b"}, "--host: 'a b' is not a host name or address"},
            {{"agent", "--port", "80", "--log-level", "loud"}, "--log-level: unknown level 'loud'"},
+           {{"agent", "--port", "80", "--balancer", "127.0.0.1:1", "--balancer", "nowhere"}, "--balancer: 'nowhere' is not HOST:PORT"},
+           {{"agent", "--port", "80", "--balancer", "127.0.0.1:1", "--balancer", "127.0.0.1:1"}, "--balancer: '127.0.0.1:1' is listed twice"},
+           {{"agent", "--port", "80", "--maxconn", "-1"}, "--maxconn: " + range(0, harmony::max_maxconn)},
+           {{"agent", "--port", "80", "--maxconn", "many"}, "--maxconn: 'many' is not a number"},
+           {{"agent", "--port", "80", "--state", "up"}, "--state: unknown state 'up' (ready, drain, down)"},
        }) {
     process p(c.args);
     CHECK(p.wait() == 2);
@@ -460,6 +467,8 @@ TEST_CASE("harmonyd --algorithm random splits by weight") {
   CHECK(count["h"] < 125);
   d.signal(polite_stop());
   CHECK(d.wait() == 0);
+}
+
 // ==== Backends from DNS: harmonyd follows a name whose addresses change ====
 // harmonyd runs in a private mount namespace whose /etc/hosts is a file the test
 // rewrites (in place: the bind mount follows the inode). Needs root and util-linux
@@ -607,4 +616,70 @@ TEST_CASE("harmonyd --backend NAME:PORT,resolve follows the name's addresses; a 
   CHECK(out.find("backend " + at1 + " is gone from " + name) != std::string::npos);
   ::unlink(hosts.c_str());
   ::rmdir(dir.c_str());
+}
+
+namespace {
+// The ids a balancer lists, each with its state: "ID state=S".
+std::vector<std::string> listed_ids(const std::string& admin) {
+  admin_session op(admin);
+  std::string list = op.call("list");
+  std::vector<std::string> out;
+  for (std::size_t at = 0; (at = list.find("backend id=", at)) != std::string::npos; ++at) {
+    std::size_t line_end = list.find('\n', at);
+    std::string line = list.substr(at, line_end - at);
+    std::size_t state = line.find(" state=");
+    out.push_back(line.substr(11, 32) + (state == std::string::npos ? "" : line.substr(state)));
+  }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("harmonyd agent --balancer A --balancer B: one id on both, traffic through both, a restart of one") {
+  backend b(named("b"));
+  std::string listen_a = free_address(), admin_a = free_address();
+  std::string listen_b = free_address(), admin_b = free_address();
+  auto balancer = [](const std::string& listen, const std::string& admin) {
+    return std::vector<std::string>{"--listen", listen, "--admin", admin, "--no-persistent", "--unavailable", "none",
+                                    "--log-level", "error"};
+  };
+  process a(balancer(listen_a, admin_a));
+  auto b_daemon = std::make_unique<process>(balancer(listen_b, admin_b));
+  REQUIRE(eventually([&] { return listening(admin_a) && listening(admin_b); }));
+  process agent({"agent", "--balancer", admin_a, "--balancer", admin_b, "--port", std::to_string(b.at().port),
+                 "--ack", "1s", "--state", "drain", "--log-level", "warn"});
+  // It starts draining: both list it, under one id, and neither sends it traffic.
+  REQUIRE(eventually([&] { return listed_ids(admin_a).size() == 1 && listed_ids(admin_b).size() == 1; }));
+  std::string id = listed_ids(admin_a)[0].substr(0, 32);
+  const std::vector<std::string> draining{id + " state=draining"};
+  CHECK(eventually([&] { return listed_ids(admin_a) == draining && listed_ids(admin_b) == draining; }));
+  CHECK(round_trip(listen_a, "x") == "none");
+  // SIGTERM deregisters from both; started again without --state it is ready.
+  agent.signal(polite_stop());
+  REQUIRE(agent.wait() == 0);
+  CHECK(listed_ids(admin_a).empty());
+  CHECK(listed_ids(admin_b).empty());
+  process ready({"agent", "--balancer", admin_a, "--balancer", admin_b, "--port", std::to_string(b.at().port),
+                 "--ack", "1s", "--log-level", "warn"});
+  REQUIRE(eventually([&] { return listed_ids(admin_a).size() == 1 && listed_ids(admin_b).size() == 1; }));
+  id = listed_ids(admin_a)[0].substr(0, 32);
+  const std::vector<std::string> up{id + " state=up"};
+  CHECK(listed_ids(admin_b) == up);
+  CHECK(name_of(round_trip(listen_a, "x")) == "b");
+  CHECK(name_of(round_trip(listen_b, "x")) == "b");
+  // B restarts; A's registration and traffic do not notice.
+  b_daemon->signal(polite_stop());
+  CHECK(b_daemon->wait() == 0);
+  CHECK(listed_ids(admin_a) == up);
+  CHECK(name_of(round_trip(listen_a, "x")) == "b");
+  b_daemon = std::make_unique<process>(balancer(listen_b, admin_b));
+  REQUIRE(eventually([&] { return listed_ids(admin_b).size() == 1; }, 10000ms));
+  CHECK(listed_ids(admin_b) == up);
+  CHECK(name_of(round_trip(listen_b, "x")) == "b");
+  CHECK(listed_ids(admin_a) == up);
+  // SIGTERM deregisters from both.
+  ready.signal(polite_stop());
+  CHECK(ready.wait() == 0);
+  CHECK(listed_ids(admin_a).empty());
+  CHECK(listed_ids(admin_b).empty());
+  CHECK(round_trip(listen_b, "x") == "none");
 }

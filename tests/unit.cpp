@@ -994,7 +994,8 @@ TEST_CASE("registry: switching algorithm at run time keeps every backend reachab
   CHECK(std::string(to_string(algorithm::random)) == "random");
   CHECK(std::string(to_string(algorithm::hash)) == "hash");
   CHECK(parse_algorithm("maglev", parsed) == errc::bad_option);
-=======
+}
+
 // ==== Backends from DNS: the discovery diff, the registry's source, the resolver thread ====
 
 namespace {
@@ -1224,6 +1225,180 @@ TEST_CASE("resolver: stop() does not hang on a lookup that does not return, and 
   CHECK(f->delivered.empty());
   CHECK(f->lookups["slow"] == 1);
 }
+
+// ============================================================================
+// Agents report their load (issue 12, "Many balancers"): the registry's
+// readiness and maxconn setters, the native `report` command, the readiness
+// parser and the multi-balancer client options.
+// ============================================================================
+namespace {
+// The admin command handler over a registry with random ids; no service is used.
+struct report_services final : detail::admin_services {
+  server_stats stats() override { return {}; }
+  int concurrency() override { return -1; }
+  std::error_code resolve(const endpoint&, detail::resolved_address&) override {
+    return make_error_code(errc::resolve_failed);
+  }
+  std::error_code add_static(std::string_view, int, std::string*) override { return make_error_code(errc::bad_option); }
+};
+struct report_fixture {
+  detail::locked<detail::registry> backends{algorithm::roundrobin, duration(60000), false, detail::registry_limits{},
+                                            detail::random_id};
+  report_services services;
+  detail::logger log;
+  detail::admin_protocol agent{detail::resolved_address::v4(203, 0, 113, 9, 40000), "203.0.113.9"};
+  std::string say(detail::admin_protocol& p, const std::string& line) {
+    detail::admin_context ctx{backends, services, log, 1000};
+    return p.feed(line + "\n", ctx).text();
+  }
+  backend_info only() {
+    auto list = backends.lock()->list(1000);
+    REQUIRE(list.size() == 1);
+    return list[0];
+  }
+  int maxconn(const std::string& id) {
+    int m = -1;
+    CHECK(backends.lock()->maxconn_of(id, m));
+    return m;
+  }
+};
+}  // namespace
+
+TEST_CASE("agents: readiness parses and prints ready, drain, down") {
+  for (readiness r : {readiness::ready, readiness::drain, readiness::down}) {
+    readiness back = r == readiness::ready ? readiness::down : readiness::ready;
+    CHECK_FALSE(parse_readiness(to_string(r), back));
+    CHECK(back == r);
+  }
+  readiness r = readiness::drain;
+  for (const char* bad : {"", "up", "READY", "draining", "down "}) CHECK(parse_readiness(bad, r) == errc::bad_option);
+  CHECK(r == readiness::drain);
+}
+
+TEST_CASE("agents: registry readiness drain and down take a backend out of picks, ready brings it back") {
+  detail::registry r(algorithm::roundrobin, duration(60000), false, {}, detail::random_id);
+  auto at = detail::resolved_address::v4(192, 0, 2, 1, 80);
+  std::string id;
+  REQUIRE_FALSE(r.add(endpoint{"192.0.2.1", 80}, &at, 500, true, &id, 0));
+  detail::pick_result open;
+  REQUIRE(r.pick(0, "", {}, open));
+  for (readiness s : {readiness::drain, readiness::down}) {
+    CAPTURE(to_string(s));
+    CHECK_FALSE(r.set_readiness(id, s, 0));
+    detail::pick_result p;
+    CHECK_FALSE(r.pick(0, "", {}, p));
+    CHECK(r.list(0).at(0).state == (s == readiness::drain ? "draining" : "down"));
+    CHECK(r.list(0).at(0).active == 1);  // the open connection is not touched
+    CHECK_FALSE(r.set_readiness(id, readiness::ready, 0));
+    REQUIRE(r.pick(0, "", {}, p));
+    r.release(p.chosen, false);
+    CHECK(r.list(0).at(0).state == "up");
+  }
+  // Independent of the operator's drain: ready does not undo it, nor undrain a reported drain.
+  CHECK_FALSE(r.drain(id, true, 0));
+  CHECK_FALSE(r.set_readiness(id, readiness::ready, 0));
+  CHECK(r.list(0).at(0).state == "draining");
+  CHECK_FALSE(r.drain(id, false, 0));
+  CHECK_FALSE(r.set_readiness(id, readiness::drain, 0));
+  CHECK_FALSE(r.drain(id, false, 0));
+  CHECK(r.list(0).at(0).state == "draining");
+  // maxconn is stored, 0 to max_maxconn.
+  int m = -1;
+  CHECK(r.maxconn_of(id, m));
+  CHECK(m == 0);
+  CHECK_FALSE(r.set_maxconn(id, 7));
+  CHECK(r.maxconn_of(id, m));
+  CHECK(m == 7);
+  CHECK(r.set_maxconn(id, -1) == errc::bad_option);
+  CHECK(r.set_maxconn(id, max_maxconn + 1) == errc::bad_option);
+  CHECK(r.set_maxconn("nope", 1) == errc::unknown_backend);
+  CHECK(r.set_readiness("nope", readiness::down, 0) == errc::unknown_backend);
+  CHECK_FALSE(r.maxconn_of("nope", m));
+  r.release(open.chosen, false);
+}
+
+TEST_CASE("agents: report sets the agent's own weight, maxconn and state, any subset, all checked first") {
+  report_fixture f;
+  CHECK(f.say(f.agent, "report state=down") == "err not-registered register first\n");
+  std::string reply = f.say(f.agent, "register port=8080 weight=700");
+  REQUIRE(reply.rfind("ok id=", 0) == 0);
+  std::string id = reply.substr(6, 32);
+  CHECK(f.say(f.agent, "report weight=900") == "ok weight=900\n");
+  CHECK(f.only().weight == 900);
+  CHECK(f.say(f.agent, "report maxconn=12 state=drain") == "ok maxconn=12 state=drain\n");
+  CHECK(f.maxconn(id) == 12);
+  CHECK(f.only().state == "draining");
+  CHECK(f.say(f.agent, "report state=down") == "ok state=down\n");
+  CHECK(f.only().state == "down");
+  CHECK_FALSE(f.only().eligible);
+  CHECK(f.say(f.agent, "report state=ready maxconn=0 weight=1") == "ok weight=1 maxconn=0 state=ready\n");
+  CHECK(f.only().state == "up");
+  CHECK(f.only().weight == 1);
+  CHECK(f.maxconn(id) == 0);
+  // Refusals change nothing, not even the words that were good.
+  const std::string usage = "err usage report [weight=W] [maxconn=N] [state=ready|drain|down]\n";
+  CHECK(f.say(f.agent, "report") == usage);
+  CHECK(f.say(f.agent, "report down") == usage);
+  CHECK(f.say(f.agent, "report colour=red") == usage);
+  CHECK(f.say(f.agent, "report state=down state=ready") == usage);
+  CHECK(f.say(f.agent, "report state=down weight=0") == "err bad-argument weight must be a number from 1 to 1048576\n");
+  CHECK(f.say(f.agent, "report state=up") == "err bad-argument state is ready, drain or down\n");
+  CHECK(f.say(f.agent, "report state=down maxconn=-1") ==
+        "err bad-argument maxconn must be a number from 0 (no limit) to " + std::to_string(max_maxconn) + "\n");
+  CHECK(f.say(f.agent, "report maxconn=" + std::to_string(max_maxconn + 1)).rfind("err bad-argument maxconn", 0) == 0);
+  CHECK(f.only().state == "up");
+  CHECK(f.maxconn(id) == 0);
+  CHECK(f.only().weight == 1);
+  // Only for the agent's own backend: an operator connection has none, and after
+  // close the agent has none either.
+  detail::admin_protocol op(detail::resolved_address::v4(127, 0, 0, 1, 50000), "127.0.0.1");
+  CHECK(f.say(op, "report state=down") == "err not-registered register first\n");
+  CHECK(f.only().state == "up");
+  CHECK(f.say(f.agent, "close") == "ok closed id=" + id + "\n");
+  CHECK(f.say(f.agent, "report state=down") == "err not-registered register first\n");
+  // help lists it.
+  CHECK(f.say(op, "help").find("# report [weight=W] [maxconn=N] [state=ready|drain|down]") != std::string::npos);
+}
+
+TEST_CASE("agents: client options take a list of balancers, checked one by one") {
+  client_options o;
+  option_problem problem;
+  o.balancers = {"127.0.0.1:1666", "[::1]:1667"};
+  o.balancer = "ignored when a list is given";
+  CHECK_FALSE(check(o, &problem));
+  o.balancers.push_back("nowhere");
+  CHECK(check(o, &problem) == errc::bad_address);
+  CHECK(std::string(problem.option) == "balancers");
+  CHECK(problem.reason.find("'nowhere'") != std::string::npos);
+  o.balancers.back() = "127.0.0.1:1666";
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(problem.reason == "'127.0.0.1:1666' is listed twice");
+  o.balancers.clear();
+  for (std::size_t i = 0; i <= max_balancers; ++i) o.balancers.push_back("127.0.0.1:" + std::to_string(2000 + i));
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(problem.reason == "at most " + std::to_string(max_balancers) + " balancers");
+  o.balancers.clear();
+  CHECK(check(o, &problem) == errc::bad_address);  // the single balancer applies again
+  CHECK(std::string(problem.option) == "balancer");
+  o.balancer = "127.0.0.1:1666";
+  o.maxconn = -1;
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(std::string(problem.option) == "maxconn");
+  o.maxconn = max_maxconn;
+  CHECK_FALSE(check(o));
+  // The agent's setters share the ranges.
+  client agent(o);
+  CHECK(agent.set_maxconn(-1) == errc::bad_option);
+  CHECK(agent.set_maxconn(max_maxconn + 1) == errc::bad_option);
+  CHECK_FALSE(agent.set_maxconn(3));
+  CHECK_FALSE(agent.set_state(readiness::drain));
+  CHECK(agent.status().size() == 1);
+  CHECK(agent.status()[0].balancer == "127.0.0.1:1666");
+  CHECK_FALSE(agent.registered());
+}
+// ============================================================================
+// (end of the agents' section)
+// ============================================================================
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);

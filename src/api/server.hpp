@@ -12,8 +12,9 @@ struct backend_info {
   std::uint64_t failures = 0;   // failed connect attempts
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
-  // "up" (eligible), "full" (at its maxconn), "draining", "expired" (no ack within the
-  // host timeout), "offline" (its agent's connection dropped), "no-port" (no service port yet)
+  // "up" (eligible), "full" (at its maxconn), "draining", "down" (its agent reports it
+  // down), "expired" (no ack within the host timeout), "offline" (its agent's connection
+  // dropped), "no-port" (no service port yet)
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
   std::string source;

@@ -214,6 +214,7 @@ class admin_protocol {
       if (bound_id_.empty()) return error(out, "not-registered", "register first");
       return answer(ctx.backends.lock()->set_weight(bound_id_, w), "weight=" + std::to_string(w));
     }
+    if (c.verb == "report") return command_report(c, ctx, out);
     if (c.verb == "close") {
       if (bound_id_.empty()) return error(out, "not-registered", "register first");
       std::string id = bound_id_;
@@ -299,6 +300,7 @@ class admin_protocol {
            "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
+           "# report [weight=W] [maxconn=N] [state=ready|drain|down]   agent: report its own load\n"
            "# close                                  agent: deregister now\n"
            "# list                                   backends with state, weight, connections\n"
            "# stats                                  balancer counters\n"
@@ -368,6 +370,48 @@ class admin_protocol {
     bound_id_ = id;
     agent_ = true;
     append(out, "ok id=" + id + "\n");
+  }
+
+  // `report weight=W maxconn=N state=ready|drain|down`, any subset but not none: an
+  // agent sets its own backend's weight, connection limit (0: none) and readiness, as
+  // HAProxy's agent-check lets a server do. All are checked before any is applied.
+  void command_report(const command_line& c, admin_context& ctx, admin_result& out) {
+    const char* usage = "report [weight=W] [maxconn=N] [state=ready|drain|down]";
+    if (!c.args.empty() || c.options.empty()) return error(out, "usage", usage);
+    int weight = 0;
+    long long maxconn = -1;
+    readiness state = readiness::ready;
+    bool has_weight = false, has_maxconn = false, has_state = false;
+    for (const auto& o : c.options) {
+      if (o.first == "weight" && !has_weight) {
+        if (parse_weight(o.second, weight)) return error(out, "bad-argument", weight_range());
+        has_weight = true;
+      } else if (o.first == "maxconn" && !has_maxconn) {
+        if (parse_integer(o.second, 0, max_maxconn, maxconn))
+          return error(out, "bad-argument", "maxconn must be a number from 0 (no limit) to " + std::to_string(max_maxconn));
+        has_maxconn = true;
+      } else if (o.first == "state" && !has_state) {
+        if (parse_readiness(o.second, state)) return error(out, "bad-argument", "state is ready, drain or down");
+        has_state = true;
+      } else {
+        return error(out, "usage", usage);  // unknown or repeated
+      }
+    }
+    if (bound_id_.empty() || !agent_) return error(out, "not-registered", "register first");
+    std::string applied;
+    {
+      auto r = ctx.backends.lock();
+      std::error_code e;
+      if (has_weight && !e) e = r->set_weight(bound_id_, weight);
+      if (has_maxconn && !e) e = r->set_maxconn(bound_id_, static_cast<int>(maxconn));
+      if (has_state && !e) e = r->set_readiness(bound_id_, state, ctx.now);
+      if (e) return error(out, e == errc::unknown_backend ? "unknown-backend" : "failed", e.message());
+    }
+    if (has_weight) applied += " weight=" + std::to_string(weight);
+    if (has_maxconn) applied += " maxconn=" + std::to_string(maxconn);
+    if (has_state) applied += std::string(" state=") + to_string(state);
+    ctx.log(log_level::info, "backend %s reports%s", bound_id_.c_str(), applied.c_str());
+    append(out, "ok" + applied + "\n");
   }
 
   // The limit in force once the effects so far are applied.

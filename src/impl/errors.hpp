@@ -195,9 +195,17 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
 
 HARMONY_DEF std::error_code check(const client_options& o, option_problem* problem) {
   detail::option_checker c{problem, {}};
-  c.address("balancer", o.balancer);
+  if (o.balancers.empty()) c.address("balancer", o.balancer);
+  if (o.balancers.size() > max_balancers)
+    c.fail(errc::bad_option, "balancers", "at most " + std::to_string(max_balancers) + " balancers");
+  for (std::size_t i = 0; i < o.balancers.size(); ++i) {
+    c.address("balancers", o.balancers[i]);
+    for (std::size_t j = 0; j < i; ++j)
+      if (o.balancers[j] == o.balancers[i]) c.fail(errc::bad_option, "balancers", "'" + o.balancers[i] + "' is listed twice");
+  }
   c.range("port", o.port, 1, 65535);
   c.range("weight", o.weight, min_weight, max_weight);
+  c.range("maxconn", o.maxconn, 0, max_maxconn);
   // The host travels in a space-separated register line.
   for (char ch : o.host)
     if (static_cast<unsigned char>(ch) <= ' ') {
@@ -208,6 +216,24 @@ HARMONY_DEF std::error_code check(const client_options& o, option_problem* probl
   c.positive("reconnect_min", o.reconnect_min);
   if (o.reconnect_max < o.reconnect_min) c.fail(errc::bad_option, "reconnect_max", "must not be less than reconnect_min");
   return c.done();
+}
+
+HARMONY_DEF const char* to_string(readiness r) noexcept {
+  switch (r) {
+    case readiness::ready: return "ready";
+    case readiness::drain: return "drain";
+    case readiness::down: return "down";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
+  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
+    if (text == to_string(r)) {
+      out = r;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
 }
 
 }  // namespace harmony

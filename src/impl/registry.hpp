@@ -164,6 +164,21 @@ class registry {
     });
   }
 
+  // ---- Reported by the backend's agent (`report`); its maxconn goes through
+  // set_maxconn (below), like an operator's.
+  bool maxconn_of(std::string_view id, int& out) const {
+    std::uint32_t slot;
+    if (!find(id, slot)) return false;
+    out = records_[slot].maxconn;
+    return true;
+  }
+  // The agent's own readiness: drain and down get no new connections (open ones
+  // finish), ready is eligible again. Independent of an operator's drain.
+  std::error_code set_readiness(std::string_view id, readiness state, std::int64_t now) {
+    return update(id, now, [&](record& r, std::uint32_t) { r.reported = state; });
+  }
+  // ---- end of the agent's report
+
   // The address a backend registered from, to derive where it serves.
   bool address_of(std::string_view id, endpoint& at) const {
     std::uint32_t slot;
@@ -343,6 +358,7 @@ class registry {
     bool ramping = false;             // in ramping_: its effective weight still grows
     std::uint32_t generation = 0;
     std::string source;  // backends from DNS: the NAME:PORT it came from
+    readiness reported = readiness::ready;  // reported by the agent
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -368,14 +384,16 @@ class registry {
   }
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
-    return r.used && r.routable && r.online && !r.draining && (!r.expires || now - r.last_ack <= host_timeout_ms_);
+    return r.used && r.routable && r.online && !r.draining && r.reported == readiness::ready &&
+           (!r.expires || now - r.last_ack <= host_timeout_ms_);
   }
   const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     if (!r.routable) return "no-port";
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
-    if (r.draining) return "draining";
+    if (r.reported == readiness::down) return "down";
+    if (r.draining || r.reported == readiness::drain) return "draining";
     if (r.full) return "full";
     return "up";
   }
