@@ -232,7 +232,7 @@ struct backend_info {
 };
 
 // The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
-inline constexpr int max_maxconn = std::numeric_limits<int>::max();
+inline constexpr int max_maxconn = 1 << 24;  // more connections than any descriptor limit allows
 
 // How a static backend takes traffic (server::add_backend).
 struct backend_options {
