@@ -628,7 +628,8 @@ std::vector<std::string> listed_ids(const std::string& admin) {
     std::size_t line_end = list.find('\n', at);
     std::string line = list.substr(at, line_end - at);
     std::size_t state = line.find(" state=");
-    out.push_back(line.substr(11, 32) + (state == std::string::npos ? "" : line.substr(state)));
+    std::size_t state_end = state == std::string::npos ? state : line.find(' ', state + 1);
+    out.push_back(line.substr(11, 32) + (state == std::string::npos ? "" : line.substr(state, state_end - state)));
   }
   return out;
 }
