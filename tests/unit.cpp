@@ -268,38 +268,33 @@ TEST_CASE("leastconn: weights hold when each connection ends only after the next
   CHECK(counts[2] == 100);
 }
 
-TEST_CASE("leastconn: a backend whose connections never end gets fewer") {
-  // Equal weights; slot 0 never finishes, slot 1 finishes after the next pick.
+namespace {
+// Slot 0's connections never end; slot 1's end after the next pick. Picks per slot.
+std::map<std::uint32_t, int> one_never_ends(int weight0, int weight1, int n) {
   detail::selector s(algorithm::leastconn);
-  s.insert(0, 500, 0);
-  s.insert(1, 500, 0);
+  s.insert(0, weight0, 0);
+  s.insert(1, weight1, 0);
   int stuck = 0, fast_open = 0;
   std::map<std::uint32_t, int> counts;
-  for (int i = 0; i < 200; ++i) {
+  for (int i = 0; i < n; ++i) {
     auto slot = s.pick(take_all);
     ++counts[slot];
     if (fast_open > 0) s.set_active(1, --fast_open);
     if (slot == 0) s.set_active(0, ++stuck);
     else s.set_active(1, ++fast_open);
   }
-  // Over its share by a whole connection at 4 open (3 * 1000 >= (4 + 1 + 1) * 500):
-  // it keeps those 4 and gets no more.
+  return counts;
+}
+}  // namespace
+
+TEST_CASE("leastconn: a backend whose connections never end gets fewer") {
+  // Equal weights: over its share by a whole connection at 4 open (3 * 1000 >=
+  // (4 + 1 + 1) * 500), it keeps those 4 and gets no more.
+  auto counts = one_never_ends(500, 500, 200);
   CHECK(counts[0] == 4);
   CHECK(counts[1] == 196);
   // A heavier backend may hold proportionally more before it is passed over.
-  detail::selector t(algorithm::leastconn);
-  t.insert(0, 1000, 0);
-  t.insert(1, 500, 0);
-  stuck = 0;
-  fast_open = 0;
-  counts.clear();
-  for (int i = 0; i < 200; ++i) {
-    auto slot = t.pick(take_all);
-    ++counts[slot];
-    if (fast_open > 0) t.set_active(1, --fast_open);
-    if (slot == 0) t.set_active(0, ++stuck);
-    else t.set_active(1, ++fast_open);
-  }
+  counts = one_never_ends(1000, 500, 200);
   CHECK(counts[0] > 4);
   CHECK(counts[0] <= 8);
 }
