@@ -522,6 +522,8 @@ std::string client_key(std::uint32_t n) {
   return a.host_key();
 }
 
+const algorithm every_algorithm[] = {algorithm::leastconn, algorithm::roundrobin, algorithm::random, algorithm::hash};
+
 struct queued_thing {
   int n = 0;
   detail::wait_hook<queued_thing> hook;
@@ -878,12 +880,11 @@ TEST_CASE("registry, hash: an expired backend leaves the table at the next pick"
 }
 
 TEST_CASE("registry: maxconn holds, reports full, and a release makes room") {
-  for (algorithm a : {algorithm::leastconn, algorithm::roundrobin, algorithm::random, algorithm::hash}) {
+  for (algorithm a : every_algorithm) {
     std::string name = to_string(a);
     CAPTURE(name);
     algo_registry g(a);
-    g.add(1);
-    g.add(2);
+    for (int i = 1; i <= 2; ++i) g.add(i);
     REQUIRE_FALSE(g.r.set_maxconn(g.ids[1], 2));
     REQUIRE_FALSE(g.r.set_maxconn(g.ids[2], 1));
     CHECK(g.r.set_maxconn(g.ids[2], -1) == errc::bad_option);
@@ -933,12 +934,11 @@ TEST_CASE("registry: a full remembered backend yields; no backend at all is not 
 }
 
 TEST_CASE("registry: backups serve only while no primary can") {
-  for (algorithm a : {algorithm::leastconn, algorithm::roundrobin, algorithm::random, algorithm::hash}) {
+  for (algorithm a : every_algorithm) {
     std::string name = to_string(a);
     CAPTURE(name);
     algo_registry g(a);
-    g.add(1);
-    g.add(2);
+    for (int i = 1; i <= 2; ++i) g.add(i);
     g.add(3);
     REQUIRE_FALSE(g.r.set_backup(g.ids[3], true));
     for (std::uint32_t c = 0; c < 200; ++c) REQUIRE(g.pick(client_key(c)) != 3);
