@@ -4404,6 +4404,10 @@ class connection_core : public io_handler {
   // they are until on_written. `failed`: `error` says why.
   io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
     written = 0;
+    if (n > max_write) {  // what one write may hold (its rest is kept in 32 bits)
+      error = std::make_error_code(std::errc::message_size);
+      return io_status::failed;
+    }
     while (written < n) {
       auto r = send_some(fd_, data + written, n - written);
       if (r >= 0) {
@@ -4457,10 +4461,12 @@ class connection_core : public io_handler {
   void start(socket_handle s) {
     fd_ = s;
     retired = false;
-    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = peer_closed_ = failed_ = false;
     out_ = nullptr;
     out_left_ = out_done_ = 0;
+    out_pipe_ = -1;
   }
+  static constexpr std::size_t max_write = 0xffffffffu;
   std::error_code abandon(std::error_code e) {
     close_socket(fd_);
     fd_ = invalid_socket;
@@ -4495,7 +4501,7 @@ class connection_core : public io_handler {
   // The rest of a write is to go out later, from `rest`.
   void keep_rest(const char* rest, std::size_t n) noexcept {
     out_ = rest;
-    out_left_ = n;
+    out_left_ = static_cast<std::uint32_t>(n);  // n <= max_write
     out_done_ = 0;
   }
   // The pending write has ended; the FIN asked for meanwhile goes now.
@@ -4512,17 +4518,23 @@ class connection_core : public io_handler {
     owner_->on_written(self(), n, e);
   }
 
-  reactor& loop_;
-  connection_owner* owner_ = nullptr;
-  socket_handle fd_ = invalid_socket;
+  // Every proxied connection holds two of these, so they are kept small: the
+  // flags first (they fill the room the handler's own flag leaves), then the
+  // counts, then the pointers.
   bool readable_ = false;
   bool at_end_ = false;  // the end of the stream was read (or is known to be next)
   bool connecting_ = false;
   bool want_read_ = false;
   bool shutdown_pending_ = false;
-  const char* out_ = nullptr;  // the rest of a pending write
-  std::size_t out_left_ = 0;
-  std::size_t out_done_ = 0;   // of it, written since write() returned
+  bool peer_closed_ = false;  // readiness: the peer's FIN has arrived, no byte follows what is queued
+  bool failed_ = false;       // readiness: an error is pending on the socket
+  socket_handle fd_ = invalid_socket;
+  std::uint32_t out_left_ = 0;  // the rest of a pending write...
+  std::uint32_t out_done_ = 0;  // ... and what of it was written since write() returned
+  int out_pipe_ = -1;           // readiness on Linux: the pipe a pending write comes from (splice)
+  const char* out_ = nullptr;
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
 };
 
 }  // namespace detail
@@ -4617,7 +4629,7 @@ class connection final : public connection_core<connection> {
       }
       int e = r == 0 ? EPIPE : errno;
       if (would_block(e)) {
-        out_pipe_ = &pipe;
+        out_pipe_ = pipe.read;
         return write_later(nullptr, n - written);
       }
       if (e == EINTR) continue;
@@ -4652,11 +4664,6 @@ class connection final : public connection_core<connection> {
  private:
   friend class connection_core<connection>;
 
-  void start(socket_handle s) {
-    connection_core::start(s);
-    peer_closed_ = failed_ = false;
-    out_pipe_ = nullptr;
-  }
   unsigned interest_now() const noexcept {
     return (want_read_ && !connecting_ ? io_read : 0u) | (connecting_ || writing() ? io_write : 0u);
   }
@@ -4678,19 +4685,19 @@ class connection final : public connection_core<connection> {
     update_interest();
     return io_status::pending;
   }
-  void forget_writes() noexcept { out_pipe_ = nullptr; }
+  void forget_writes() noexcept { out_pipe_ = -1; }
   void go_on_writing() {
     while (out_left_ > 0) {
       ssize_t r;
 #if defined(__linux__)
-      if (out_pipe_) r = ::splice(out_pipe_->read, nullptr, fd_, nullptr, out_left_, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (out_pipe_ >= 0) r = ::splice(out_pipe_, nullptr, fd_, nullptr, out_left_, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       else
 #endif
         r = send_some(fd_, out_, out_left_);
       if (r > 0) {
-        if (!out_pipe_) out_ += r;
-        out_left_ -= static_cast<std::size_t>(r);
-        out_done_ += static_cast<std::size_t>(r);
+        if (out_pipe_ < 0) out_ += r;
+        out_left_ -= static_cast<std::uint32_t>(r);
+        out_done_ += static_cast<std::uint32_t>(r);
         continue;
       }
       int e = r == 0 ? EPIPE : last_socket_error();
@@ -4701,9 +4708,6 @@ class connection final : public connection_core<connection> {
     wrote({});
   }
 
-  bool peer_closed_ = false;  // the peer's FIN has arrived: no byte follows what is queued
-  bool failed_ = false;       // an error is pending on the socket
-  kernel_pipe* out_pipe_ = nullptr;  // the source of a pending write from a pipe (splice)
 };
 
 // A listening socket on a readiness loop: each readiness accepts every pending
@@ -4814,7 +4818,7 @@ class connection final : public connection_core<connection> {
         if (!error && bytes == 0) error = WSAECONNRESET;  // a send that moved nothing cannot go on
         if (error) return wrote(system_error_code(error));
         out_ += bytes;
-        out_left_ -= std::min<std::size_t>(bytes, out_left_);
+        out_left_ -= std::min<std::uint32_t>(bytes, out_left_);
         out_done_ += bytes;
         if (out_left_ > 0) return loop_.engine().send(fd_, this, out_, out_left_);  // completed short: the rest
         return wrote({});
@@ -5251,9 +5255,7 @@ class session final : public connection_owner {
   std::uint64_t received_from_backend_ = 0;
   std::uint64_t spliced_ = 0;
   replay_window replay_;
-  direction* resetting_ = nullptr;  // passing_reset: the direction that still delivers
-  std::int64_t reset_deadline_ = 0;
-  std::int64_t reset_poll_ms_ = 1;
+  std::uint8_t reset_polls_ = 0;  // passing_reset: how often the other kernel was asked
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
@@ -5584,11 +5586,8 @@ inline void session::fail(connection& where, std::error_code error) {
   where.close(true);
   if (phase_ != phase::relaying || !other.is_open()) return close(true);
   phase_ = phase::passing_reset;
-  resetting_ = &where == &backend_ ? &down_ : &up_;
   other.want_read(false);
-  reactor& loop = host_.loop();
-  reset_deadline_ = loop.now() + std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms);
-  reset_poll_ms_ = 1;
+  reset_polls_ = 0;
   pass_reset();
 }
 
@@ -5596,7 +5595,7 @@ inline void session::fail(connection& where, std::error_code error) {
 // side's kernel has delivered it too, since a reset discards what it still holds,
 // then resets the other side.
 inline void session::pass_reset() {
-  direction& d = *resetting_;
+  direction& d = backend_.is_open() ? up_ : down_;  // towards the side still open
   connection& dst = &d == &up_ ? backend_ : client_;
   while (!dst.writing() && d.holds_bytes()) {
     std::error_code e;
@@ -5606,9 +5605,13 @@ inline void session::pass_reset() {
   }
   if (dst.writing()) return;
   reactor& loop = host_.loop();
-  if (dst.unsent() > 0 && loop.now() < reset_deadline_) {
-    loop.schedule(clock_, loop.now() + reset_poll_ms_);
-    reset_poll_ms_ = std::min<std::int64_t>(2 * reset_poll_ms_, 50);
+  // Asked again after 1, 2, 4, 8, 16 ms, then every 32 ms, for as long as the
+  // connect timeout (at least a second, at most about 8 s).
+  std::int64_t patience = std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms);
+  std::int64_t polls = std::min<std::int64_t>(255, 5 + patience / 32);
+  if (dst.unsent() > 0 && reset_polls_ < polls) {
+    loop.schedule(clock_, loop.now() + (std::int64_t{1} << std::min<int>(reset_polls_, 5)));
+    ++reset_polls_;
     return;
   }
   close(true);

@@ -47,6 +47,10 @@ class connection_core : public io_handler {
   // they are until on_written. `failed`: `error` says why.
   io_status write(const char* data, std::size_t n, std::size_t& written, std::error_code& error) {
     written = 0;
+    if (n > max_write) {  // what one write may hold (its rest is kept in 32 bits)
+      error = std::make_error_code(std::errc::message_size);
+      return io_status::failed;
+    }
     while (written < n) {
       auto r = send_some(fd_, data + written, n - written);
       if (r >= 0) {
@@ -100,10 +104,12 @@ class connection_core : public io_handler {
   void start(socket_handle s) {
     fd_ = s;
     retired = false;
-    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = false;
+    readable_ = at_end_ = connecting_ = want_read_ = shutdown_pending_ = peer_closed_ = failed_ = false;
     out_ = nullptr;
     out_left_ = out_done_ = 0;
+    out_pipe_ = -1;
   }
+  static constexpr std::size_t max_write = 0xffffffffu;
   std::error_code abandon(std::error_code e) {
     close_socket(fd_);
     fd_ = invalid_socket;
@@ -138,7 +144,7 @@ class connection_core : public io_handler {
   // The rest of a write is to go out later, from `rest`.
   void keep_rest(const char* rest, std::size_t n) noexcept {
     out_ = rest;
-    out_left_ = n;
+    out_left_ = static_cast<std::uint32_t>(n);  // n <= max_write
     out_done_ = 0;
   }
   // The pending write has ended; the FIN asked for meanwhile goes now.
@@ -155,17 +161,23 @@ class connection_core : public io_handler {
     owner_->on_written(self(), n, e);
   }
 
-  reactor& loop_;
-  connection_owner* owner_ = nullptr;
-  socket_handle fd_ = invalid_socket;
+  // Every proxied connection holds two of these, so they are kept small: the
+  // flags first (they fill the room the handler's own flag leaves), then the
+  // counts, then the pointers.
   bool readable_ = false;
   bool at_end_ = false;  // the end of the stream was read (or is known to be next)
   bool connecting_ = false;
   bool want_read_ = false;
   bool shutdown_pending_ = false;
-  const char* out_ = nullptr;  // the rest of a pending write
-  std::size_t out_left_ = 0;
-  std::size_t out_done_ = 0;   // of it, written since write() returned
+  bool peer_closed_ = false;  // readiness: the peer's FIN has arrived, no byte follows what is queued
+  bool failed_ = false;       // readiness: an error is pending on the socket
+  socket_handle fd_ = invalid_socket;
+  std::uint32_t out_left_ = 0;  // the rest of a pending write...
+  std::uint32_t out_done_ = 0;  // ... and what of it was written since write() returned
+  int out_pipe_ = -1;           // readiness on Linux: the pipe a pending write comes from (splice)
+  const char* out_ = nullptr;
+  reactor& loop_;
+  connection_owner* owner_ = nullptr;
 };
 
 }  // namespace detail

@@ -60,7 +60,7 @@ class connection final : public connection_core<connection> {
         if (!error && bytes == 0) error = WSAECONNRESET;  // a send that moved nothing cannot go on
         if (error) return wrote(system_error_code(error));
         out_ += bytes;
-        out_left_ -= std::min<std::size_t>(bytes, out_left_);
+        out_left_ -= std::min<std::uint32_t>(bytes, out_left_);
         out_done_ += bytes;
         if (out_left_ > 0) return loop_.engine().send(fd_, this, out_, out_left_);  // completed short: the rest
         return wrote({});

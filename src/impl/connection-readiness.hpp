@@ -87,7 +87,7 @@ class connection final : public connection_core<connection> {
       }
       int e = r == 0 ? EPIPE : errno;
       if (would_block(e)) {
-        out_pipe_ = &pipe;
+        out_pipe_ = pipe.read;
         return write_later(nullptr, n - written);
       }
       if (e == EINTR) continue;
@@ -122,11 +122,6 @@ class connection final : public connection_core<connection> {
  private:
   friend class connection_core<connection>;
 
-  void start(socket_handle s) {
-    connection_core::start(s);
-    peer_closed_ = failed_ = false;
-    out_pipe_ = nullptr;
-  }
   unsigned interest_now() const noexcept {
     return (want_read_ && !connecting_ ? io_read : 0u) | (connecting_ || writing() ? io_write : 0u);
   }
@@ -148,19 +143,19 @@ class connection final : public connection_core<connection> {
     update_interest();
     return io_status::pending;
   }
-  void forget_writes() noexcept { out_pipe_ = nullptr; }
+  void forget_writes() noexcept { out_pipe_ = -1; }
   void go_on_writing() {
     while (out_left_ > 0) {
       ssize_t r;
 #if defined(__linux__)
-      if (out_pipe_) r = ::splice(out_pipe_->read, nullptr, fd_, nullptr, out_left_, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+      if (out_pipe_ >= 0) r = ::splice(out_pipe_, nullptr, fd_, nullptr, out_left_, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       else
 #endif
         r = send_some(fd_, out_, out_left_);
       if (r > 0) {
-        if (!out_pipe_) out_ += r;
-        out_left_ -= static_cast<std::size_t>(r);
-        out_done_ += static_cast<std::size_t>(r);
+        if (out_pipe_ < 0) out_ += r;
+        out_left_ -= static_cast<std::uint32_t>(r);
+        out_done_ += static_cast<std::uint32_t>(r);
         continue;
       }
       int e = r == 0 ? EPIPE : last_socket_error();
@@ -171,9 +166,6 @@ class connection final : public connection_core<connection> {
     wrote({});
   }
 
-  bool peer_closed_ = false;  // the peer's FIN has arrived: no byte follows what is queued
-  bool failed_ = false;       // an error is pending on the socket
-  kernel_pipe* out_pipe_ = nullptr;  // the source of a pending write from a pipe (splice)
 };
 
 // A listening socket on a readiness loop: each readiness accepts every pending

@@ -189,9 +189,7 @@ class session final : public connection_owner {
   std::uint64_t received_from_backend_ = 0;
   std::uint64_t spliced_ = 0;
   replay_window replay_;
-  direction* resetting_ = nullptr;  // passing_reset: the direction that still delivers
-  std::int64_t reset_deadline_ = 0;
-  std::int64_t reset_poll_ms_ = 1;
+  std::uint8_t reset_polls_ = 0;  // passing_reset: how often the other kernel was asked
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
 };
@@ -522,11 +520,8 @@ inline void session::fail(connection& where, std::error_code error) {
   where.close(true);
   if (phase_ != phase::relaying || !other.is_open()) return close(true);
   phase_ = phase::passing_reset;
-  resetting_ = &where == &backend_ ? &down_ : &up_;
   other.want_read(false);
-  reactor& loop = host_.loop();
-  reset_deadline_ = loop.now() + std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms);
-  reset_poll_ms_ = 1;
+  reset_polls_ = 0;
   pass_reset();
 }
 
@@ -534,7 +529,7 @@ inline void session::fail(connection& where, std::error_code error) {
 // side's kernel has delivered it too, since a reset discards what it still holds,
 // then resets the other side.
 inline void session::pass_reset() {
-  direction& d = *resetting_;
+  direction& d = backend_.is_open() ? up_ : down_;  // towards the side still open
   connection& dst = &d == &up_ ? backend_ : client_;
   while (!dst.writing() && d.holds_bytes()) {
     std::error_code e;
@@ -544,9 +539,13 @@ inline void session::pass_reset() {
   }
   if (dst.writing()) return;
   reactor& loop = host_.loop();
-  if (dst.unsent() > 0 && loop.now() < reset_deadline_) {
-    loop.schedule(clock_, loop.now() + reset_poll_ms_);
-    reset_poll_ms_ = std::min<std::int64_t>(2 * reset_poll_ms_, 50);
+  // Asked again after 1, 2, 4, 8, 16 ms, then every 32 ms, for as long as the
+  // connect timeout (at least a second, at most about 8 s).
+  std::int64_t patience = std::max<std::int64_t>(1000, host_.settings().connect_timeout_ms);
+  std::int64_t polls = std::min<std::int64_t>(255, 5 + patience / 32);
+  if (dst.unsent() > 0 && reset_polls_ < polls) {
+    loop.schedule(clock_, loop.now() + (std::int64_t{1} << std::min<int>(reset_polls_, 5)));
+    ++reset_polls_;
     return;
   }
   close(true);
