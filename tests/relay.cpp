@@ -363,6 +363,28 @@ std::vector<relay_size> backpressure_sizes(bool splice) {
 
 }  // namespace
 
+namespace {
+
+// Connects `c` through `s` to `b` (over a path of small socket buffers when the
+// relay's are tiny, so that filling it is quick), pushes until the path holds
+// the client back, and checks that what got in stays within the buffers on the
+// path, `backend_holds` being what the backend itself keeps. Returns what got in.
+std::size_t push_until_held_within_bound(sock& c, running_server& s, const harmony::server_options& o, backend& b,
+                                         const std::atomic<socket_t>& backend_side, std::size_t backend_holds) {
+  bool tiny = o.bulk_buffer_bytes < 1024;
+  if (tiny) small_path(b.listening_socket());
+  c = connect_to(s.srv.listen_endpoint(), nullptr, 5000ms, tiny ? small_path : nullptr);
+  REQUIRE(c);
+  REQUIRE(eventually([&] { return backend_side.load() != no_socket; }));
+  std::size_t sent = push_until_held(c, 256u << 20);
+  std::size_t bound = path_bound(c, backend_side, o, backend_holds);
+  CHECK(sent > 0);
+  CHECK(sent <= bound);
+  return sent;
+}
+
+}  // namespace
+
 TEST_CASE("a backend that never reads holds the client back within the buffers on the path, and loses nothing") {
   bool splice = false;
   SUBCASE("through buffers") {}
@@ -388,16 +410,8 @@ TEST_CASE("a backend that never reads holds the client back within the buffers o
     auto o = relay_options(size, splice);
     running_server s(o);
     s.add(b);
-    bool tiny = size.bulk < 1024;  // then filling the path must not take long
-    if (tiny) small_path(b.listening_socket());
-    sock c = connect_to(s.srv.listen_endpoint(), nullptr, 5000ms, tiny ? small_path : nullptr);
-    REQUIRE(c);
-    REQUIRE(eventually([&] { return backend_side.load() != no_socket; }));
-    const std::size_t cap = 256u << 20;
-    std::size_t sent = push_until_held(c, cap);
-    std::size_t bound = path_bound(c, backend_side, o, 0);
-    CHECK(sent > 0);
-    CHECK(sent <= bound);
+    sock c;
+    std::size_t sent = push_until_held_within_bound(c, s, o, b, backend_side, 0);
     resume.open();
     c.set_timeout(10s);
     c.shutdown_send();
@@ -426,17 +440,9 @@ TEST_CASE("a client that sends and never reads is held back within the buffers o
     auto o = relay_options(size, splice);
     running_server s(o);
     s.add(b);
-    bool tiny = size.bulk < 1024;  // then filling the path must not take long
-    if (tiny) small_path(b.listening_socket());
-    sock c = connect_to(s.srv.listen_endpoint(), nullptr, 5000ms, tiny ? small_path : nullptr);
-    REQUIRE(c);
-    REQUIRE(eventually([&] { return backend_side.load() != no_socket; }));
-    const std::size_t cap = 256u << 20;
-    std::size_t sent = push_until_held(c, cap);
+    sock c;
     // echo() holds at most one 64 KiB read while its send is blocked.
-    std::size_t bound = path_bound(c, backend_side, o, 65536);
-    CHECK(sent > 0);
-    CHECK(sent <= bound);
+    std::size_t sent = push_until_held_within_bound(c, s, o, b, backend_side, 65536);
     // Now read everything: every byte comes back, in order, and then the EOF.
     c.set_timeout(10s);
     std::string back = c.read_n(sent);

@@ -126,19 +126,24 @@ class connection_core : public io_handler {
         if (static_cast<std::size_t>(r) < n) self().short_read();
         return r;
       }
-      if (r == 0) {
-        at_end_ = true;
-        return 0;
-      }
-      int e = last_socket_error();
-      if (would_block(e)) {
-        readable_ = false;
-        return -1;
-      }
-      if (e == EINTR) continue;
-      error = system_error_code(e);
+      if (int k = read_returned(r, r == 0 ? 0 : last_socket_error(), error); k <= 0) return k;
+    }
+  }
+
+  // What a read call that moved nothing (`r` <= 0, `e` its error) means: the end
+  // (0), nothing for now or a failure (-1), or call again after a signal (1).
+  int read_returned(std::ptrdiff_t r, int e, std::error_code& error) noexcept {
+    if (r == 0) {
+      at_end_ = true;
+      return 0;
+    }
+    if (would_block(e)) {
+      readable_ = false;
       return -1;
     }
+    if (e == EINTR) return 1;
+    error = system_error_code(e);
+    return -1;
   }
 
   // The rest of a write is to go out later, from `rest`.

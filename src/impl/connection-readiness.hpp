@@ -62,18 +62,7 @@ class connection final : public connection_core<connection> {
     for (;;) {
       ssize_t r = ::splice(fd_, nullptr, pipe.write, nullptr, pipe.capacity, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
       if (r > 0) return r;
-      if (r == 0) {
-        at_end_ = true;
-        return 0;
-      }
-      int e = errno;
-      if (would_block(e)) {
-        readable_ = false;
-        return -1;
-      }
-      if (e == EINTR) continue;
-      error = system_error_code(e);
-      return -1;
+      if (int k = read_returned(r, r == 0 ? 0 : errno, error); k <= 0) return k;
     }
   }
   // Moves `n` bytes from the pipe to the socket, with write()'s outcomes.
