@@ -879,6 +879,44 @@ TEST_CASE("registry, hash: an expired backend leaves the table at the next pick"
   }
 }
 
+TEST_CASE("registry, hash: with a rebuild callback, picks never build; one call per burst of changes") {
+  algo_registry g(algorithm::hash);
+  int calls = 0;
+  g.r.on_tables_stale([&] { ++calls; });
+  for (int i = 1; i <= 3; ++i) g.add(i);
+  CHECK(calls == 1);  // three changes, one call: the jobs were not taken yet
+  // No table yet: picks fall back to the least loaded, and build nothing themselves.
+  CHECK(g.pick(client_key(1)) != 0);
+  CHECK(calls == 1);
+  auto build_all = [&] {
+    for (auto& job : g.r.take_table_jobs()) g.r.install_table(job.which, job.generation, job.build());
+  };
+  build_all();
+  std::map<std::uint32_t, int> home;
+  for (std::uint32_t c = 0; c < 300; ++c) home[c] = g.pick(client_key(c));
+  // A fourth backend: until its table is installed, the old one decides; no client moves.
+  g.add(4);
+  CHECK(calls == 2);
+  for (auto& [c, x] : home) REQUIRE(g.pick(client_key(c)) == x);
+  // A removed backend is passed over at once, even by the stale table.
+  REQUIRE_FALSE(g.r.remove(g.ids[2]));
+  for (auto& [c, x] : home) CHECK(g.pick(client_key(c)) != 2);
+  // A job taken before a later one is not installed over the later one's table.
+  auto older = g.r.take_table_jobs();
+  REQUIRE(older.size() == 1);
+  REQUIRE_FALSE(g.r.set_weight(g.ids[1], 1000));
+  auto newer = g.r.take_table_jobs();
+  REQUIRE(newer.size() == 1);
+  g.r.install_table(newer[0].which, newer[0].generation, newer[0].build());
+  std::map<std::uint32_t, int> after;
+  for (auto& [c, x] : home) after[c] = g.pick(client_key(c));
+  g.r.install_table(older[0].which, older[0].generation, older[0].build());
+  for (auto& [c, x] : after) CHECK(g.pick(client_key(c)) == x);
+  int moved_to_4 = 0;
+  for (auto& [c, x] : after) moved_to_4 += x == 4;
+  CHECK(moved_to_4 > 30);  // the newer table has backend 4
+}
+
 TEST_CASE("registry: maxconn holds, reports full, and a release makes room") {
   for (algorithm a : every_algorithm) {
     std::string name = to_string(a);

@@ -197,7 +197,7 @@ class registry {
     algorithm_ = a;
     for (tier& t : tiers_) {
       t.picks.set_algorithm(heap_algorithm(a));
-      t.table_dirty = true;
+      mark_stale(t);
     }
   }
   algorithm get_algorithm() const noexcept { return algorithm_; }
@@ -228,7 +228,7 @@ class registry {
       r.backup = backup;
       r.listed = listed;
       place(slot);
-      for (tier& t : tiers_) t.table_dirty = true;  // r.hashed speaks of the old tier's table
+      for (tier& t : tiers_) mark_stale(t);  // r.hashed speaks of the old tier's table
     });
   }
 
@@ -249,7 +249,7 @@ class registry {
       return false;
     };
     out.full = false;
-    rebuild_tables();
+    if (!on_tables_stale_) rebuild_tables();  // nobody rebuilds them elsewhere: before the pick
     bool sticky = persistent_ && !client_key.empty();
     if (sticky) {
       const lease* l = affinities_.find(client_key, now);
@@ -453,6 +453,7 @@ class registry {
     weighted_sampler weights;
     maglev_table table;
     bool table_dirty = false;
+    std::uint64_t table_generation = 0;  // of the last job taken
   };
   static algorithm heap_algorithm(algorithm a) noexcept {
     return a == algorithm::roundrobin ? algorithm::roundrobin : algorithm::leastconn;
@@ -490,31 +491,70 @@ class registry {
       t.picks.erase(slot);
       t.weights.set(slot, 0);
     }
-    if (r.hashed != r.listed || (r.listed && r.hashed_weight != r.weight)) t.table_dirty = true;
+    if (r.hashed != r.listed || (r.listed && r.hashed_weight != r.weight)) mark_stale(t);
   }
 
-  // Rebuilds the Maglev tables whose membership or weights changed, with hash only.
-  // A change only marks its table; the next pick rebuilds it, once however many
-  // changes came in between (a build is O(M log n), about 2 ms for M = 65537).
+  void mark_stale(tier& t) {
+    t.table_dirty = true;
+    if (algorithm_ != algorithm::hash || tables_wanted_ || !on_tables_stale_) return;
+    tables_wanted_ = true;
+    on_tables_stale_();
+  }
+
+  // With hash, the Maglev tables are rebuilt whenever their membership or weights
+  // changed, once however many changes came in between.
   void rebuild_tables() {
-    if (algorithm_ != algorithm::hash) return;
+    for (table_job& job : take_table_jobs()) install_table(job.which, job.generation, job.build());
+  }
+
+ public:
+  // ---- Maglev rebuilds off the per-connection path. A build is O(M log n), about
+  // 2 ms for M = 65537, too long for a pick under the registry lock. With a
+  // callback set, a change that makes a table stale calls it once (under the lock:
+  // it may only post a task); the task takes the jobs under the lock, builds them
+  // without it and installs them under it again. Until then picks use the table
+  // before the change, passing over the backends that can no longer serve.
+  struct table_job {
+    int which = 0;  // the tier: 0 primaries, 1 backups
+    std::uint64_t generation = 0;
+    std::vector<maglev_table::member> members;
+    maglev_table build() {
+      maglev_table table;
+      table.build(std::move(members));
+      return table;
+    }
+  };
+  void on_tables_stale(std::function<void()> notify) { on_tables_stale_ = std::move(notify); }
+  std::vector<table_job> take_table_jobs() {
+    std::vector<table_job> jobs;
+    tables_wanted_ = false;
+    if (algorithm_ != algorithm::hash) return jobs;
     for (int which = 0; which < 2; ++which) {
       tier& t = tiers_[which];
       if (!t.table_dirty) continue;
       t.table_dirty = false;
-      std::vector<maglev_table::member> members;
+      table_job job;
+      job.which = which;
+      job.generation = ++t.table_generation;
       for (std::uint32_t slot = 0; slot < records_.size(); ++slot) {
         record& r = records_[slot];
         if (r.backup != (which == 1)) continue;
         r.hashed = r.used && r.listed;
         r.hashed_weight = r.weight;
         if (r.hashed)
-          members.push_back(maglev_table::member{backend_key(r.to), slot, static_cast<std::uint64_t>(r.weight)});
+          job.members.push_back(maglev_table::member{backend_key(r.to), slot, static_cast<std::uint64_t>(r.weight)});
       }
-      t.table.build(std::move(members));
+      jobs.push_back(std::move(job));
     }
+    return jobs;
+  }
+  // Installs a built table unless a later job for its tier was taken meanwhile.
+  void install_table(int which, std::uint64_t generation, maglev_table table) {
+    tier& t = tiers_[which];
+    if (generation == t.table_generation) t.table = std::move(table);
   }
 
+ private:
   // A backend for a new connection: from the primaries, else from the backups.
   template <class Tried>
   std::uint32_t choose(std::int64_t now, std::string_view client_key, Tried&& was_tried) {
@@ -558,7 +598,7 @@ class registry {
     for (unsigned attempt = 0; attempt < maglev_table::max_attempts; ++attempt) {
       std::uint32_t slot = t.table.lookup(client_key, attempt);
       if (slot == maglev_table::npos) return slot;
-      if (records_[slot].full || !records_[slot].listed) continue;
+      if (slot >= records_.size() || records_[slot].full || !records_[slot].listed) continue;  // a stale table's
       if (judge(slot) == selector::verdict::take) return slot;
     }
     return selector::npos;
@@ -566,6 +606,8 @@ class registry {
 
   algorithm algorithm_;
   tier tiers_[2];  // primaries, backups
+  std::function<void()> on_tables_stale_;
+  bool tables_wanted_ = false;  // on_tables_stale_ was called and its jobs are not taken yet
   std::size_t full_ = 0;  // listed backends at their maxconn
   fast_random random_;
   std::int64_t host_timeout_ms_;

@@ -56,6 +56,7 @@ struct server::impl {
   void start_resolver();  // under lifecycle, once the loops are open
   void stop_resolver();
   void apply(const detail::resolution& r);  // on the first loop
+  void rebuild_tables();  // with hash: the stale Maglev tables, on the first loop
 
   server_options options;
   detail::logger log;

@@ -54,6 +54,9 @@ inline std::error_code server::impl::open() {
   }
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  detail::reactor* first = &workers.front()->loop();
+  backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
+  rebuild_tables();
   if (!names.empty()) start_resolver();
   return {};
 }
@@ -142,8 +145,18 @@ inline void server::impl::stop_resolver() {
   resolver.reset();
 }
 
+// Builds the stale Maglev tables without the registry's lock, so that picks on
+// every loop go on (with the tables before the change) while one is built.
+inline void server::impl::rebuild_tables() {
+  for (detail::registry::table_job& job : backends.lock()->take_table_jobs()) {
+    detail::maglev_table table = job.build();
+    backends.lock()->install_table(job.which, job.generation, std::move(table));
+  }
+}
+
 inline void server::impl::close_all() {
   stop_resolver();  // before the loops it delivers to go
+  backends.lock()->on_tables_stale(nullptr);  // picks rebuild them from now on, should any come
   for (auto& w : workers) w->loop().stop();
   for (auto& t : threads)
     if (t.joinable()) t.join();
