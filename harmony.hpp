@@ -28,6 +28,7 @@
 //   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
 //   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
+//   >>dns            sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
 //   >>commands       sans-IO admin command handling, both dialects: bytes in, reply and effects out
 //   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>engine         the contract every engine implements: poller, connection, acceptor
@@ -41,7 +42,7 @@
 //   >>iocp           the connection and the acceptor of the completion engine (Windows)
 //   >>stream         a buffered byte stream on a connection, for the admin port and the agent
 //   >>pump           the proxy core: two connections, both directions, backpressure, half-close
-//   >>resolver       the server's resolver thread: getaddrinfo off the event loops
+//   >>resolver       the server's resolver thread: getaddrinfo and SRV queries off the event loops
 //   >>server-state   the state a server shares between its loops
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
@@ -294,6 +295,10 @@ struct server_options {
   duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
   duration resolve_interval = default_resolve_interval;  // names of add_backend_name are resolved again this often
+  // Where SRV names of add_backend_name are asked: ADDRESS, ADDRESS:PORT or [IPv6]:PORT
+  // (port 53 by default). Empty: the name servers of /etc/resolv.conf (on Windows,
+  // SRV names need one given here). Host names always go through getaddrinfo.
+  std::vector<std::string> nameservers;
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
   // Linux: a streaming direction moves socket to pipe to socket inside the kernel
@@ -347,6 +352,11 @@ class server {
   // when resolution fails the last good set is kept (logged once when it starts failing
   // and once when it recovers). backends() shows each one with `source` = NAME:PORT.
   // Callable before start() and while running (the name is resolved at once then).
+  // An SRV name (_service._tcp.NAME, no port: its first label starts with "_") is
+  // asked for its SRV records (server_options::nameservers): each target's addresses
+  // are backends at the record's port with the record's weight (`weight` is not
+  // used; when every record has weight 0 each gets default_weight); records of the
+  // lowest priority are primaries, the others backups.
   // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
   std::error_code add_backend_name(std::string_view address, int weight = default_weight);
   std::error_code remove_backend(std::string_view id);
@@ -794,6 +804,20 @@ inline addrinfo* lookup_stream(const endpoint& ep, bool passive) {
   return list;
 }
 
+// Whether `host` is an IPv4 or IPv6 address, not a name to look up.
+inline bool is_numeric_host(const std::string& host) {
+#if defined(_WIN32)
+  if (!winsock_ready()) return false;
+#endif
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* list = nullptr;
+  if (host.empty() || ::getaddrinfo(host.c_str(), nullptr, &hints, &list) != 0) return false;
+  ::freeaddrinfo(list);
+  return true;
+}
+
 inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   addrinfo* list = lookup_stream(ep, passive);
   if (!list) return make_error_code(errc::resolve_failed);
@@ -1013,6 +1037,94 @@ inline std::string random_id() {
     id[2 * i + 1] = digits[bytes[i] & 15];
   }
   return id;
+}
+
+// ---- Blocking exchanges for the resolver thread (SRV queries): one request, one
+// reply, within a deadline. Never on an event loop.
+inline bool wait_socket(socket_handle s, bool for_write, std::int64_t deadline_ms) noexcept {
+  for (;;) {
+    std::int64_t left = deadline_ms - now_ms();
+    if (left <= 0) return false;
+#if defined(_WIN32)
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(s, &set);
+    timeval tv{static_cast<long>(left / 1000), static_cast<long>(left % 1000 * 1000)};
+    int n = ::select(0, for_write ? nullptr : &set, for_write ? &set : nullptr, nullptr, &tv);
+#else
+    pollfd p{s, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, 60000)));
+    if (n < 0 && errno == EINTR) continue;
+#endif
+    if (n != 0) return n > 0;
+  }
+}
+
+// Sends `request` to `server` (a numeric address) and returns its reply: over UDP
+// the first datagram, at most 64 KiB; over TCP (`stream`) with the two-byte length
+// prefix of DNS over TCP, added to the request and taken off the reply.
+inline std::error_code exchange_once(const endpoint& server, bool stream, const std::string& request,
+                                     duration timeout, std::string& reply) {
+  reply.clear();
+  std::error_code failed = make_error_code(errc::resolve_failed);
+  address at;
+  if (resolve(server, at, false) || request.size() > 0xffff) return failed;
+  std::int64_t deadline = now_ms() + timeout.count();
+  socket_handle s = ::socket(at.family(), stream ? SOCK_STREAM : SOCK_DGRAM, 0);
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  std::error_code result = failed;
+  std::string out = request;
+  if (stream) {
+    out.insert(0, 1, static_cast<char>(request.size() & 0xff));
+    out.insert(0, 1, static_cast<char>(request.size() >> 8));
+  }
+  auto receive_all = [&](char* into, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+      if (!wait_socket(s, false, deadline)) return false;
+      ssize_t r = recv_some(s, into + got, n - got);
+      if (r <= 0 && !(r < 0 && would_block(last_socket_error()))) return false;
+      if (r > 0) got += static_cast<std::size_t>(r);
+    }
+    return true;
+  };
+  do {
+    if (!set_nonblocking(s)) break;
+    if (::connect(s, at.get(), at.length) != 0) {
+      int e = last_socket_error();
+#if defined(_WIN32)
+      bool pending = e == WSAEWOULDBLOCK;
+#else
+      bool pending = e == EINPROGRESS;
+#endif
+      if (!pending || !wait_socket(s, true, deadline)) break;
+    }
+    std::size_t sent = 0;
+    while (sent < out.size()) {
+      if (!wait_socket(s, true, deadline)) break;
+      ssize_t n = send_some(s, out.data() + sent, out.size() - sent);
+      if (n < 0 && would_block(last_socket_error())) continue;
+      if (n <= 0) break;
+      sent += static_cast<std::size_t>(n);
+    }
+    if (sent < out.size()) break;
+    if (stream) {
+      unsigned char length[2];
+      if (!receive_all(reinterpret_cast<char*>(length), 2)) break;
+      reply.resize((std::size_t{length[0]} << 8) | length[1]);
+      if (!receive_all(&reply[0], reply.size())) break;
+    } else {
+      reply.resize(0xffff);
+      if (!wait_socket(s, false, deadline)) break;
+      ssize_t n = recv_some(s, &reply[0], reply.size());
+      if (n < 0) break;
+      reply.resize(static_cast<std::size_t>(n));
+    }
+    result = {};
+  } while (false);
+  close_socket(s);
+  if (result) reply.clear();
+  return result;
 }
 
 // Backend ids are 32 uppercase hex digits, as random_id makes them.
@@ -1245,6 +1357,26 @@ struct option_checker {
 };
 }  // namespace detail
 
+namespace detail {
+inline constexpr std::uint16_t dns_port = 53;
+
+// A name server as an option gives it: ADDRESS (port 53), ADDRESS:PORT or [IPv6]:PORT.
+inline std::error_code parse_nameserver(std::string_view text, endpoint& out) {
+  if (text.empty()) return make_error_code(errc::bad_address);
+  if (text.front() != '[' && text.find(':') != text.rfind(':')) {  // a bare IPv6 address
+    out = endpoint{std::string(text), dns_port};
+    return {};
+  }
+  if (text.find(':') == std::string_view::npos) {
+    out = endpoint{std::string(text), dns_port};
+    return {};
+  }
+  if (auto e = parse_endpoint(text, out)) return e;
+  return out.port == 0 ? make_error_code(errc::bad_address) : std::error_code{};
+}
+
+}  // namespace detail
+
 HARMONY_DEF std::error_code check(const server_options& o, option_problem* problem) {
   detail::option_checker c{problem, {}};
   c.address("listen", o.listen);
@@ -1260,6 +1392,11 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
+  for (const std::string& text : o.nameservers) {
+    endpoint at;
+    if (detail::parse_nameserver(text, at) || !detail::is_numeric_host(at.host))
+      c.fail(errc::bad_address, "nameservers", "'" + text + "' is not ADDRESS, ADDRESS:PORT or [IPv6]:PORT");
+  }
   return c.done();
 }
 
@@ -2830,14 +2967,15 @@ namespace detail {
 // One name's backends (server::add_backend_name). Each resolution of the name is
 // compared with the set before it, and the answer is what the registry must do:
 // add a backend for an address that appeared, drain one whose address went, restore
-// one whose address came back while it drained, re-weight one whose weight changed
-// (an SRV record's weight), and, at a sweep, remove the drained ones whose last
+// one whose address came back while it drained, re-weight one whose weight or role
+// changed (an SRV record's weight or priority), and, at a sweep, remove the drained ones whose last
 // connection has ended. A failed resolution changes nothing: the last good set is
 // kept. It holds no OS type and does no I/O; the server applies its changes to the
 // registry on an event loop.
 struct discovered_address {
   resolved_address to;
   int weight = default_weight;
+  bool backup = false;  // an SRV record of more than the lowest priority
 };
 
 class discovery {
@@ -2848,6 +2986,7 @@ class discovery {
     resolved_address to;
     int weight = default_weight;
     std::string id;  // the backend concerned; empty for add
+    bool backup = false;
   };
   struct outcome {
     std::vector<change> changes;
@@ -2866,27 +3005,28 @@ class discovery {
       std::size_t i = find(a.to);
       if (i < seen.size() && seen[i]) continue;  // a repeat
       if (i == members_.size()) {
-        members_.push_back(member{a.to, a.weight, std::string(), false});
+        members_.push_back(member{a.to, a.weight, std::string(), false, a.backup});
         seen.push_back(true);
-        out.changes.push_back(change{change::kind::add, a.to, a.weight, std::string()});
+        out.changes.push_back(change{change::kind::add, a.to, a.weight, std::string(), a.backup});
         continue;
       }
       seen[i] = true;
       member& m = members_[i];
       if (m.gone) {
         m.gone = false;
-        out.changes.push_back(change{change::kind::restore, m.to, m.weight, m.id});
+        out.changes.push_back(change{change::kind::restore, m.to, m.weight, m.id, m.backup});
       }
-      if (m.weight != a.weight) {
+      if (m.weight != a.weight || m.backup != a.backup) {
         m.weight = a.weight;
-        out.changes.push_back(change{change::kind::reweight, m.to, m.weight, m.id});
+        m.backup = a.backup;
+        out.changes.push_back(change{change::kind::reweight, m.to, m.weight, m.id, m.backup});
       }
     }
     for (std::size_t i = 0; i < members_.size(); ++i) {
       member& m = members_[i];
       if (seen[i] || m.gone) continue;
       m.gone = true;
-      out.changes.push_back(change{change::kind::drain, m.to, m.weight, m.id});
+      out.changes.push_back(change{change::kind::drain, m.to, m.weight, m.id, m.backup});
     }
     return out;
   }
@@ -2920,7 +3060,7 @@ class discovery {
       int open = m.id.empty() ? -1 : active(std::string_view(m.id));
       if (open < 0) continue;
       if (m.gone && open == 0) {
-        out.push_back(change{change::kind::remove, m.to, m.weight, m.id});
+        out.push_back(change{change::kind::remove, m.to, m.weight, m.id, m.backup});
         continue;
       }
       if (kept != i) members_[kept] = std::move(m);
@@ -2945,6 +3085,7 @@ class discovery {
     int weight;
     std::string id;
     bool gone;  // no longer in the name's set: drained, removed at a sweep once idle
+    bool backup;
   };
   enum class state { unknown, resolving, failing };
 
@@ -2957,6 +3098,256 @@ class discovery {
   std::vector<member> members_;
   state state_ = state::unknown;
 };
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>dns  sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
+// SRV records (RFC 2782) need a DNS query of their own: getaddrinfo has no SRV,
+// and res_query lives in libresolv on most systems (a dependency the header does
+// not take). The resolver thread sends these queries over UDP (TCP when the answer
+// is truncated) to the configured name servers, or those of /etc/resolv.conf.
+// Everything here is bytes in, values out; it is fuzzed (make fuzz).
+inline constexpr std::uint16_t dns_type_a = 1;
+inline constexpr std::uint16_t dns_type_aaaa = 28;
+inline constexpr std::uint16_t dns_type_srv = 33;
+inline constexpr std::uint16_t dns_class_in = 1;
+inline constexpr std::size_t dns_max_name = 253;  // in text, without the final dot
+
+struct srv_record {
+  std::uint16_t priority = 0;
+  std::uint16_t weight = 0;
+  std::uint16_t port = 0;
+  std::string target;  // canonical (see dns_canonical); "" for "." (no service here)
+};
+struct dns_address_record {
+  std::string name;  // canonical
+  resolved_address address;
+};
+struct dns_answer {
+  int rcode = 0;           // 0 no error, 3 no such name, …
+  bool truncated = false;  // the TC bit: ask again over TCP
+  std::vector<srv_record> services;
+  std::vector<dns_address_record> addresses;  // A and AAAA records, of any section
+};
+
+// Names compare without regard to case or a final dot.
+inline std::string dns_canonical(std::string_view name) {
+  std::string out(name);
+  if (!out.empty() && out.back() == '.') out.pop_back();
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+// Whether `name` can be queried: dot-separated labels of 1 to 63 printable bytes
+// (no spaces), 253 bytes at most.
+inline bool dns_valid_name(std::string_view name) {
+  if (!name.empty() && name.back() == '.') name.remove_suffix(1);
+  if (name.empty() || name.size() > dns_max_name) return false;
+  std::size_t label = 0;
+  for (char ch : name) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '.') {
+      if (label == 0) return false;
+      label = 0;
+      continue;
+    }
+    if (c <= ' ' || c >= 0x7f || ++label > 63) return false;
+  }
+  return label > 0;
+}
+
+// An SRV name is how add_backend_name tells a service from a host: its first
+// label starts with an underscore (_service._tcp.example.com), and it has no port.
+inline bool is_srv_name(std::string_view text) {
+  return text.size() > 1 && text[0] == '_' && text.find(':') == std::string_view::npos && dns_valid_name(text);
+}
+
+// A standard query with recursion desired. False for a name dns_valid_name refuses.
+inline bool dns_encode_query(std::uint16_t id, std::string_view name, std::uint16_t type, std::string& out) {
+  if (!dns_valid_name(name)) return false;
+  if (name.back() == '.') name.remove_suffix(1);
+  auto put16 = [&](std::uint16_t v) {
+    out.push_back(static_cast<char>(v >> 8));
+    out.push_back(static_cast<char>(v & 0xff));
+  };
+  out.clear();
+  put16(id);
+  put16(0x0100);  // RD
+  put16(1);       // one question
+  put16(0);
+  put16(0);
+  put16(0);
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    std::size_t dot = name.find('.', start);
+    if (dot == std::string_view::npos) dot = name.size();
+    out.push_back(static_cast<char>(dot - start));
+    out.append(name.data() + start, dot - start);
+    start = dot + 1;
+  }
+  out.push_back('\0');
+  put16(type);
+  put16(dns_class_in);
+  return true;
+}
+
+// Reads the (possibly compressed) name at `at` and moves `at` past it. Pointers
+// must point backwards, so a message cannot make it loop.
+inline bool dns_read_name(std::string_view m, std::size_t& at, std::string& out) {
+  out.clear();
+  std::size_t pos = at;
+  std::size_t limit = at;  // a pointer must point before this
+  bool jumped = false;
+  for (;;) {
+    if (pos >= m.size()) return false;
+    auto len = static_cast<unsigned char>(m[pos]);
+    if ((len & 0xc0) == 0xc0) {
+      if (pos + 1 >= m.size()) return false;
+      std::size_t target = (static_cast<std::size_t>(len & 0x3f) << 8) | static_cast<unsigned char>(m[pos + 1]);
+      if (target >= limit) return false;
+      if (!jumped) at = pos + 2;
+      jumped = true;
+      limit = target;
+      pos = target;
+      continue;
+    }
+    if (len & 0xc0) return false;  // the reserved label types
+    if (len == 0) {
+      if (!jumped) at = pos + 1;
+      break;
+    }
+    if (pos + 1 + len > m.size()) return false;
+    if (!out.empty()) out.push_back('.');
+    for (std::size_t i = 0; i < len; ++i) {
+      char c = m[pos + 1 + i];
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+      if (c == '.' || static_cast<unsigned char>(c) <= ' ' || static_cast<unsigned char>(c) >= 0x7f) return false;
+      out.push_back(c);
+    }
+    if (out.size() > dns_max_name) return false;
+    pos += 1 + len;
+  }
+  return true;
+}
+
+// Decodes the answer to the query (id, name, type) dns_encode_query made: its SRV
+// records for `name` and every A/AAAA record it carries. errc::resolve_failed for a
+// message that is not that answer or does not parse; a DNS error is in rcode.
+inline std::error_code dns_decode_answer(std::string_view m, std::uint16_t id, std::string_view name,
+                                         std::uint16_t type, dns_answer& out) {
+  out = dns_answer{};
+  const std::error_code bad = make_error_code(errc::resolve_failed);
+  auto get16 = [&](std::size_t at) {
+    return static_cast<std::uint16_t>((static_cast<unsigned char>(m[at]) << 8) | static_cast<unsigned char>(m[at + 1]));
+  };
+  if (m.size() < 12 || get16(0) != id) return bad;
+  std::uint16_t flags = get16(2);
+  if (!(flags & 0x8000) || (flags & 0x7800)) return bad;  // not a response, or not to a standard query
+  out.truncated = (flags & 0x0200) != 0;
+  out.rcode = flags & 0x000f;
+  std::size_t questions = get16(4);
+  std::size_t records = std::size_t{get16(6)} + get16(8) + get16(10);
+  std::size_t at = 12;
+  std::string owner;
+  std::string want = dns_canonical(name);
+  if (questions != 1) return bad;
+  if (!dns_read_name(m, at, owner) || owner != want || at + 4 > m.size()) return bad;
+  if (get16(at) != type || get16(at + 2) != dns_class_in) return bad;
+  at += 4;
+  for (std::size_t i = 0; i < records; ++i) {
+    if (!dns_read_name(m, at, owner) || at + 10 > m.size()) return out.truncated ? std::error_code{} : bad;
+    std::uint16_t rtype = get16(at);
+    std::uint16_t rclass = get16(at + 2);
+    std::size_t length = get16(at + 8);
+    at += 10;
+    if (at + length > m.size()) return out.truncated ? std::error_code{} : bad;
+    std::size_t end = at + length;
+    if (rclass == dns_class_in) {
+      if (rtype == dns_type_srv && owner == want && length >= 7) {
+        srv_record s;
+        s.priority = get16(at);
+        s.weight = get16(at + 2);
+        s.port = get16(at + 4);
+        std::size_t t = at + 6;
+        if (!dns_read_name(m, t, s.target) || t != end) return bad;
+        out.services.push_back(std::move(s));
+      } else if (rtype == dns_type_a && length == 4) {
+        out.addresses.push_back(dns_address_record{owner, {}});
+        resolved_address& a = out.addresses.back().address;
+        a.family = ip_family::v4;
+        std::memcpy(a.bytes, m.data() + at, 4);
+      } else if (rtype == dns_type_aaaa && length == 16) {
+        out.addresses.push_back(dns_address_record{owner, {}});
+        resolved_address& a = out.addresses.back().address;
+        a.family = ip_family::v6;
+        std::memcpy(a.bytes, m.data() + at, 16);
+      }
+    }
+    at = end;
+  }
+  return {};
+}
+
+// The name servers of a resolv.conf: its `nameserver ADDRESS` lines, port 53.
+inline std::vector<endpoint> parse_resolv_conf(std::string_view text) {
+  std::vector<endpoint> out;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(start, end - start);
+    start = end + 1;
+    auto word = [&](std::string_view& rest) {
+      std::size_t b = rest.find_first_not_of(" \t\r");
+      if (b == std::string_view::npos) return std::string_view();
+      std::size_t e = rest.find_first_of(" \t\r", b);
+      if (e == std::string_view::npos) e = rest.size();
+      std::string_view w = rest.substr(b, e - b);
+      rest.remove_prefix(e);
+      return w;
+    };
+    if (word(line) != "nameserver") continue;
+    std::string_view host = word(line);
+    std::size_t percent = host.find('%');  // a link-local scope: not ours to follow
+    if (!host.empty() && percent == std::string_view::npos) out.push_back(endpoint{std::string(host), dns_port});
+  }
+  return out;
+}
+
+// What an SRV answer makes of a name's backends: every address of every target,
+// at the record's port. The records of the lowest priority are the primaries and
+// the others backups (a client tries the lowest first, RFC 2782); a record's
+// weight is the backend's (0 counts as the least weight, and when every record
+// of the answer says 0 each gets the default). A target the answer carries no
+// address for is looked up by `resolve_target` (getaddrinfo); "." and port 0
+// are not a service.
+template <class Resolve>
+std::error_code srv_backends(const dns_answer& answer, Resolve&& resolve_target, std::vector<discovered_address>& out) {
+  out.clear();
+  bool any_weight = false;
+  std::uint16_t lowest = 0xffff;
+  for (const srv_record& s : answer.services) {
+    if (s.target.empty() || s.port == 0) continue;
+    any_weight = any_weight || s.weight > 0;
+    lowest = std::min(lowest, s.priority);
+  }
+  for (const srv_record& s : answer.services) {
+    if (s.target.empty() || s.port == 0) continue;
+    int weight = any_weight ? std::max<int>(s.weight, min_weight) : default_weight;
+    std::vector<resolved_address> hosts;
+    for (const dns_address_record& a : answer.addresses)
+      if (a.name == s.target) hosts.push_back(a.address);
+    if (hosts.empty()) resolve_target(endpoint{s.target, s.port}, hosts);
+    for (const resolved_address& h : hosts)
+      out.push_back(discovered_address{h.with_port(s.port), weight, s.priority != lowest});
+  }
+  return out.empty() ? make_error_code(errc::resolve_failed) : std::error_code{};
+}
 
 }  // namespace detail
 }  // namespace harmony
@@ -5748,7 +6139,7 @@ inline void session::close(bool reset) {
 namespace harmony {
 namespace detail {
 
-// >>resolver  the server's resolver thread: getaddrinfo off the event loops
+// >>resolver  the server's resolver thread: getaddrinfo and SRV queries off the event loops
 // Every address a host name has for TCP, IPv4 and IPv6, in the resolver's order.
 inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_address>& out) {
   out.clear();
@@ -5768,15 +6159,73 @@ inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_addre
 
 // One name to resolve, and what a resolution of it gave.
 struct resolver_name {
-  endpoint at;
+  endpoint at;  // for SRV, the name and port 0
   int weight = default_weight;
+  bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given
   resolver_name name;
   std::error_code error;
-  std::vector<resolved_address> addresses;
+  std::vector<discovered_address> addresses;
 };
+
+// How long one name server has to answer, and how many times each is asked.
+inline constexpr duration dns_server_timeout{1000};
+inline constexpr int dns_rounds = 2;
+
+// An SRV query to each name server in turn (`servers`, else /etc/resolv.conf's),
+// over TCP when the UDP answer is truncated. The first server that answers
+// decides: a DNS error or an empty answer is a failure, not a cue to ask the next.
+inline std::error_code lookup_srv(const std::string& name, const std::vector<endpoint>& servers,
+                                  std::vector<discovered_address>& out) {
+  out.clear();
+  std::vector<endpoint> from = servers;
+  if (from.empty()) {
+#if !defined(_WIN32)
+    std::string text;
+    if (FILE* f = std::fopen("/etc/resolv.conf", "r")) {
+      char chunk[4096];
+      std::size_t n;
+      while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() < (1u << 20)) text.append(chunk, n);
+      std::fclose(f);
+    }
+    from = parse_resolv_conf(text);
+#endif
+  }
+  if (from.empty()) return make_error_code(errc::resolve_failed);  // Windows: name servers must be given
+  std::uint16_t id = 0;
+  std::string query, reply;
+  for (int round = 0; round < dns_rounds; ++round) {
+    for (const endpoint& server : from) {
+      random_bytes(&id, sizeof id);
+      if (!dns_encode_query(id, name, dns_type_srv, query)) return make_error_code(errc::bad_address);
+      dns_answer answer;
+      if (exchange_once(server, false, query, dns_server_timeout, reply) ||
+          dns_decode_answer(reply, id, name, dns_type_srv, answer))
+        continue;
+      if (answer.truncated &&
+          (exchange_once(server, true, query, dns_server_timeout, reply) ||
+           dns_decode_answer(reply, id, name, dns_type_srv, answer) || answer.truncated))
+        continue;
+      if (answer.rcode != 0) return make_error_code(errc::resolve_failed);
+      return srv_backends(answer, lookup_all, out);
+    }
+  }
+  return make_error_code(errc::resolve_failed);
+}
+
+// What the resolver thread calls for each name: SRV names through lookup_srv,
+// host names through getaddrinfo, each address at the name's port and weight.
+inline std::error_code lookup_name(const resolver_name& name, const std::vector<endpoint>& servers,
+                                   std::vector<discovered_address>& out) {
+  if (name.srv) return lookup_srv(name.at.host, servers, out);
+  out.clear();
+  std::vector<resolved_address> found;
+  std::error_code e = lookup_all(name.at, found);
+  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, false});
+  return e;
+}
 
 // How long stop() waits for a lookup in progress before it leaves the thread to
 // end on its own (getaddrinfo cannot be interrupted).
@@ -5789,7 +6238,7 @@ inline constexpr duration resolver_stop_wait{1000};
 // and never delivers again.
 class resolver {
  public:
-  using lookup_function = std::function<std::error_code(const endpoint&, std::vector<resolved_address>&)>;
+  using lookup_function = std::function<std::error_code(const resolver_name&, std::vector<discovered_address>&)>;
   using deliver_function = std::function<void(resolution)>;
 
   resolver(duration interval, lookup_function lookup, deliver_function deliver) : state_(std::make_shared<state>()) {
@@ -5856,7 +6305,7 @@ class resolver {
         r.index = i;
         r.name = names[i];
         lock.unlock();
-        r.error = s.lookup(r.name.at, r.addresses);
+        r.error = s.lookup(r.name, r.addresses);
         lock.lock();
         if (!s.stopping) s.deliver(std::move(r));  // under the lock: stop() then knows none follows
       }
@@ -6441,7 +6890,15 @@ inline std::error_code server::impl::open() {
 // The resolver's results are applied on the first loop, one name at a time.
 inline void server::impl::start_resolver() {
   detail::reactor* loop = &workers.front()->loop();
-  resolver = std::make_unique<detail::resolver>(options.resolve_interval, detail::lookup_all,
+  std::vector<endpoint> servers;
+  for (const std::string& text : options.nameservers) {
+    servers.emplace_back();
+    detail::parse_nameserver(text, servers.back());  // check() has judged them
+  }
+  auto lookup = [servers](const detail::resolver_name& name, std::vector<detail::discovered_address>& out) {
+    return detail::lookup_name(name, servers, out);
+  };
+  resolver = std::make_unique<detail::resolver>(options.resolve_interval, lookup,
                                                 [this, loop](detail::resolution r) {
                                                   loop->post([this, r = std::move(r)] { apply(r); });
                                                 });
@@ -6450,10 +6907,12 @@ inline void server::impl::start_resolver() {
 
 inline std::error_code server::impl::add_name(std::string_view address, int weight) {
   endpoint at;
-  if (auto e = parse_endpoint(address, at)) return e;
-  if (at.port == 0 || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  bool srv = detail::is_srv_name(address);
+  if (srv) at.host = detail::dns_canonical(address);
+  else if (auto e = parse_endpoint(address, at)) return e;
+  if ((!srv && at.port == 0) || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, weight});
+  names.push_back(detail::resolver_name{at, weight, srv});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -6462,7 +6921,7 @@ inline std::error_code server::impl::add_name(std::string_view address, int weig
 inline void server::impl::apply(const detail::resolution& r) {
   if (discoveries.size() <= r.index) discoveries.resize(r.index + 1);
   detail::discovery& d = discoveries[r.index];
-  std::string name = r.name.at.to_string();
+  std::string name = r.name.srv ? r.name.at.host : r.name.at.to_string();
   detail::discovery::outcome o;
   if (r.error) {
     o = d.failed();
@@ -6470,9 +6929,7 @@ inline void server::impl::apply(const detail::resolution& r) {
       log(log_level::warn, "%s does not resolve (%s): keeping its %zu backends", name.c_str(), r.error.message().c_str(),
           d.live());
   } else {
-    std::vector<detail::discovered_address> fresh;
-    for (const auto& a : r.addresses) fresh.push_back(detail::discovered_address{a, r.name.weight});
-    o = d.resolved(fresh);
+    o = d.resolved(r.addresses);
     if (o.news) log(log_level::info, "%s resolves again", name.c_str());
   }
   using kind = detail::discovery::change::kind;
@@ -6488,8 +6945,10 @@ inline void server::impl::apply(const detail::resolution& r) {
           std::error_code e = table->add(detail::to_os_address(c.to).to_endpoint(), &c.to, c.weight, false, &id, now);
           if (!e) {
             table->set_source(id, name);
+            if (c.backup) table->set_backup(id, true);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id);
+            notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
+                            std::to_string(c.weight) + (c.backup ? ", backup" : ""));
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
@@ -6503,7 +6962,12 @@ inline void server::impl::apply(const detail::resolution& r) {
           table->drain(c.id, false, now);
           notes.push_back("backend " + at + " is back in " + name);
           break;
-        case kind::reweight: table->set_weight(c.id, c.weight); break;
+        case kind::reweight:
+          table->set_weight(c.id, c.weight);
+          table->set_backup(c.id, c.backup);
+          notes.push_back("backend " + at + " from " + name + " now weight " + std::to_string(c.weight) +
+                          (c.backup ? ", backup" : ""));
+          break;
         case kind::remove: break;
       }
     }
@@ -6513,6 +6977,7 @@ inline void server::impl::apply(const detail::resolution& r) {
                       " removed: its connections have ended");
     }
   }
+  rebuild_tables();  // on this loop now, rather than after the task it posted
   for (const auto& n : notes) log(log_level::info, "%s", n.c_str());
 }
 
@@ -6523,7 +6988,9 @@ inline void server::impl::stop_resolver() {
 }
 
 // Builds the stale Maglev tables without the registry's lock, so that picks on
-// every loop go on (with the tables before the change) while one is built.
+// every loop go on (with the tables before the change) while one is built. A
+// change on a loop (an admin command, an expiry a pick finds) posts it to the
+// first loop; a change through the API or the resolver runs it at once.
 inline void server::impl::rebuild_tables() {
   for (detail::registry::table_job& job : backends.lock()->take_table_jobs()) {
     detail::maglev_table table = job.build();
@@ -6613,10 +7080,13 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
   detail::resolved_address to;
   if (auto e = detail::resolve(at, to)) return e;
   std::string id;
-  auto r = backends.lock();
-  if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
-  r->set_maxconn(id, options.maxconn);
-  r->set_backup(id, options.backup);
+  {
+    auto r = backends.lock();
+    if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
+    r->set_maxconn(id, options.maxconn);
+    r->set_backup(id, options.backup);
+  }
+  rebuild_tables();
   if (id_out) *id_out = id;
   return {};
 }
@@ -6625,14 +7095,24 @@ HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, i
   return impl_->add_name(address, weight);
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
+// A change through the API rebuilds what it made stale before it returns, on the
+// caller's thread: the next connection sees it, and no loop pays for it.
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) {
+  std::error_code e = impl_->backends.lock()->remove(id);
+  impl_->rebuild_tables();
+  return e;
+}
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.lock()->set_weight(id, weight);
+  std::error_code e = impl_->backends.lock()->set_weight(id, weight);
+  impl_->rebuild_tables();
+  return e;
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.lock()->drain(id, on, detail::now_ms());
+  std::error_code e = impl_->backends.lock()->drain(id, on, detail::now_ms());
+  impl_->rebuild_tables();
+  return e;
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {

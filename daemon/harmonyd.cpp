@@ -381,7 +381,9 @@ const std::vector<flag<B>> balancer_flags = {
     {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
      "a static backend, repeatable; maxconn: at most N open connections\n"
      "(0: no limit); backup: used only while no other backend can serve;\n"
-     "resolve: every address of the name HOST, followed (see --resolve-interval)",
+     "resolve: every address of the name HOST, followed (see --resolve-interval);\n"
+     "_SERVICE._tcp.NAME,resolve (no port): its SRV records give ports,\n"
+     "weights and priorities (the lowest primary, the others backups)",
      nullptr, add_backend_flag,
      [](const B&) {
        harmony::backend_options d;
@@ -423,6 +425,12 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::slow_start>, show_duration<B, &server_options::slow_start>},
     {"resolve-interval", "DUR", "how often ,resolve names are resolved again", "resolve_interval",
      set_duration<B, &server_options::resolve_interval>, show_duration<B, &server_options::resolve_interval>},
+    {"nameserver", "ADDRESS[:PORT]", "where SRV names are asked, repeatable (IPv6 as\n[ADDRESS]:PORT)", "nameservers",
+     [](B& s, const std::string& v) {
+       s.options.nameservers.push_back(v);
+       return std::string();
+     },
+     [](const B&) { return std::string("those of /etc/resolv.conf"); }},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",

@@ -170,6 +170,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--idle-timeout DUR", duration(so.idle_timeout)},
       {"--slow-start DUR", duration(so.slow_start)},
       {"--resolve-interval DUR", duration(so.resolve_interval)},
+      {"--nameserver ADDRESS[:PORT]", "those of /etc/resolv.conf"},
       {"--workers N", std::to_string(so.workers)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},
@@ -252,6 +253,7 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--backend", "svc:0,resolve"}, "--backend: 'svc:0'"},
            {{"--resolve-interval", "often"}, "--resolve-interval: 'often' is not a duration"},
            {{"--resolve-interval", "10ms"}, "--resolve-interval: must be from 100ms to 24h"},
+           {{"--nameserver", "dns.example.com"}, "--nameserver: 'dns.example.com' is not ADDRESS, ADDRESS:PORT"},
            {{"--algorithm", "fastest"}, "--algorithm: unknown algorithm 'fastest'"},
            {{"--persistent=no"}, "--persistent: takes no value"},
            {{"--concurrency", "-2"}, "--concurrency: " + range(harmony::min_concurrency, harmony::max_concurrency)},
@@ -616,6 +618,24 @@ TEST_CASE("harmonyd --backend NAME:PORT,resolve follows the name's addresses; a 
   CHECK(out.find("backend " + at1 + " is gone from " + name) != std::string::npos);
   ::unlink(hosts.c_str());
   ::rmdir(dir.c_str());
+}
+
+TEST_CASE("harmonyd --backend _SERVICE._tcp.NAME,resolve takes its backends from SRV records") {
+  backend a(named("a")), b(named("b"));
+  name_server dns;
+  dns.set({{1, 3, a.at().port, "127.0.0.1"}, {2, 1, b.at().port, "127.0.0.1"}});
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--backend", "_app._tcp.harmony.test,resolve", "--nameserver",
+             dns.address(), "--resolve-interval", "100ms", "--no-persistent", "--log-level", "info"});
+  CHECK(d.wrote("backend 127.0.0.1:" + std::to_string(a.at().port) + " from _app._tcp.harmony.test added"));
+  CHECK(d.wrote("weight 1, backup"));
+  REQUIRE(eventually([&] { return listening(listen); }));
+  for (int i = 0; i < 5; ++i) CHECK(name_of(round_trip(listen, "x")) == "a");  // b is the backup
+  dns.set({{2, 1, b.at().port, "127.0.0.1"}});  // a's record goes: b is the lowest priority now
+  CHECK(d.wrote("now weight 1"));
+  REQUIRE(eventually([&] { return name_of(round_trip(listen, "x")) == "b"; }));
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
 }
 
 namespace {

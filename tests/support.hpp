@@ -6,6 +6,8 @@
 #include <ostream>
 #include <doctest/doctest.h>
 
+#include "dns.hpp"
+
 #if defined(_WIN32)
 // The same tests on Windows: a thin shim below gives the few calls that differ
 // (closesocket, ioctlsocket, timeouts in milliseconds, WSA error codes) one name.
@@ -683,6 +685,106 @@ class holding_backend {
   std::atomic<bool> released_{false};
   std::atomic<int> open_{0};
   backend b_;
+};
+
+// A UDP socket bound to an ephemeral port of 127.0.0.1; returns the port.
+inline std::uint16_t bind_udp(sock& s) {
+  s = sock(::socket(AF_INET, SOCK_DGRAM, 0));
+  socklen_t len = 0;
+  sockaddr_storage ss = make_address(harmony::endpoint{"127.0.0.1", 0}, len);
+  REQUIRE(::bind(s.fd(), reinterpret_cast<sockaddr*>(&ss), len) == 0);
+  socklen_t blen = sizeof ss;
+  ::getsockname(s.fd(), reinterpret_cast<sockaddr*>(&ss), &blen);
+  return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+}
+
+// A name server on loopback for SRV names: UDP, and TCP on the same port for
+// the answers it truncates over UDP. What it answers is set() by the test.
+class name_server {
+ public:
+  name_server() {
+    for (int tries = 0; tries < 20 && !tcp_; ++tries) {
+      port_ = bind_udp(udp_);
+      harmony::endpoint bound;
+      tcp_ = listen_on("127.0.0.1", bound, 16, port_);  // the same port number, for TCP
+    }
+    REQUIRE(tcp_);
+    udp_thread_ = std::thread([this] { serve_udp(); });
+    tcp_thread_ = std::thread([this] { serve_tcp(); });
+  }
+  ~name_server() {
+    stop_ = true;
+    udp_thread_.join();
+    tcp_thread_.join();
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  void set(std::vector<test_dns::srv> records, std::vector<test_dns::host> hosts = {}) {
+    std::lock_guard<std::mutex> lock(m_);
+    records_ = std::move(records);
+    hosts_ = std::move(hosts);
+  }
+  void fail(int rcode) { rcode_ = rcode; }
+  void truncate_udp(bool on) { truncate_ = on; }
+  int udp_queries() const { return udp_count_; }
+  int tcp_queries() const { return tcp_count_; }
+
+ private:
+  std::string reply(const std::string& query, bool over_tcp) {
+    std::uint16_t id = 0, type = 0;
+    std::string name;
+    if (!test_dns::read_query(query, id, name, type)) return {};
+    std::lock_guard<std::mutex> lock(m_);
+    if (rcode_ != 0) return test_dns::answer(id, name, {}, {}, true, rcode_);
+    if (truncate_ && !over_tcp) return test_dns::answer(id, name, {}, {}, true, 0, true);
+    return test_dns::answer(id, name, records_, hosts_);
+  }
+  void serve_udp() {
+    while (!stop_) {
+      if (!wait_readable(udp_.fd(), 20)) continue;
+      char buf[1500];
+      sockaddr_storage from{};
+      socklen_t flen = sizeof from;
+      auto n = ::recvfrom(udp_.fd(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &flen);
+      if (n <= 0) continue;
+      ++udp_count_;
+      std::string r = reply(std::string(buf, static_cast<std::size_t>(n)), false);
+      ::sendto(udp_.fd(), r.data(), static_cast<int>(r.size()), 0, reinterpret_cast<sockaddr*>(&from), flen);
+    }
+  }
+  void serve_tcp() {
+    while (!stop_) {
+      if (!wait_readable(tcp_.fd(), 20)) continue;
+      sock c(::accept(tcp_.fd(), nullptr, nullptr));
+      if (!c) continue;
+      c.set_timeout(2000ms);
+      std::string got;
+      char buf[512];
+      auto framed_size = [&] { return 2 + ((std::size_t{static_cast<unsigned char>(got[0])} << 8) | static_cast<unsigned char>(got[1])); };
+      while (got.size() < 2 || got.size() < framed_size()) {
+        auto n = recv_some(c.fd(), buf, sizeof buf);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+      }
+      if (got.size() < 2) continue;
+      ++tcp_count_;
+      std::string r = reply(got.substr(2), true);
+      std::string framed;
+      test_dns::put16(framed, static_cast<unsigned>(r.size()));
+      framed += r;
+      c.send_all(framed);
+    }
+  }
+
+  sock udp_, tcp_;
+  std::uint16_t port_ = 0;
+  std::mutex m_;
+  std::vector<test_dns::srv> records_;
+  std::vector<test_dns::host> hosts_;
+  std::atomic<int> rcode_{0};
+  std::atomic<bool> truncate_{false};
+  std::atomic<int> udp_count_{0}, tcp_count_{0};
+  std::atomic<bool> stop_{false};
+  std::thread udp_thread_, tcp_thread_;
 };
 
 }  // namespace test

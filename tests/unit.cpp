@@ -13,6 +13,8 @@
 #include <random>
 #include <set>
 
+#include "dns.hpp"
+
 using namespace harmony;
 
 TEST_CASE("endpoints parse HOST:PORT and [IPv6]:PORT, and reject the rest") {
@@ -1177,7 +1179,8 @@ struct fake_dns {
   bool holding = false;
 
   static detail::resolver::lookup_function lookup(std::shared_ptr<fake_dns> f) {
-    return [f](const endpoint& at, std::vector<detail::resolved_address>& out) {
+    return [f](const detail::resolver_name& name, std::vector<detail::discovered_address>& out) {
+      const endpoint& at = name.at;
       std::unique_lock<std::mutex> lock(f->mutex);
       ++f->lookups[at.host];
       f->holding = f->hold;
@@ -1185,7 +1188,7 @@ struct fake_dns {
       f->changed.wait_for(lock, std::chrono::seconds(10), [&] { return !f->hold; });
       f->holding = false;
       if (at.host == "missing") return make_error_code(errc::resolve_failed);
-      out = {detail::resolved_address::v4(127, 0, 0, 1, at.port)};
+      out = {detail::discovered_address{detail::resolved_address::v4(127, 0, 0, 1, at.port), name.weight, false}};
       return std::error_code{};
     };
   }
@@ -1215,7 +1218,7 @@ TEST_CASE("resolver: every name at once, again each interval and when one is add
     CHECK(f->delivered[0].name.at.host == "a");
     CHECK_FALSE(f->delivered[0].error);
     REQUIRE(f->delivered[0].addresses.size() == 1);
-    CHECK(f->delivered[0].addresses[0].port == 1);
+    CHECK(f->delivered[0].addresses[0].to.port == 1);
     CHECK(f->delivered[1].index == 1);
     CHECK(f->delivered[1].name.weight == 700);
     CHECK(f->delivered[1].error == errc::resolve_failed);
@@ -1432,6 +1435,189 @@ TEST_CASE("agents: client options take a list of balancers, checked one by one")
 // ============================================================================
 // (end of the agents' section)
 // ============================================================================
+
+// ============================================================================
+// SRV records (issue 12): DNS messages, sans-IO.
+// ============================================================================
+
+TEST_CASE("dns: a query is the standard question, names are checked") {
+  std::string q;
+  REQUIRE(detail::dns_encode_query(0xbeef, "_web._tcp.Example.com.", detail::dns_type_srv, q));
+  const std::string expected("\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+                             "\x04_web\x04_tcp\x07" "Example\x03" "com\x00\x00\x21\x00\x01",
+                             12 + 23 + 4);
+  CHECK(q == expected);
+  std::uint16_t id = 0, type = 0;
+  std::string name;
+  REQUIRE(test_dns::read_query(q, id, name, type));
+  CHECK(id == 0xbeef);
+  CHECK(name == "_web._tcp.Example.com");
+  CHECK(type == 33);
+  CHECK_FALSE(detail::dns_encode_query(1, "", detail::dns_type_srv, q));
+  CHECK_FALSE(detail::dns_encode_query(1, "a..b", detail::dns_type_srv, q));
+  CHECK_FALSE(detail::dns_encode_query(1, "a b", detail::dns_type_srv, q));
+  CHECK_FALSE(detail::dns_encode_query(1, std::string(64, 'x') + ".com", detail::dns_type_srv, q));
+  CHECK(detail::dns_encode_query(1, std::string(63, 'x') + ".com", detail::dns_type_srv, q));
+  std::string long_name;
+  while (long_name.size() < 254) long_name += "abcdefg.";
+  CHECK_FALSE(detail::dns_encode_query(1, long_name, detail::dns_type_srv, q));
+  CHECK(detail::is_srv_name("_http._tcp.web.default.svc.cluster.local"));
+  CHECK_FALSE(detail::is_srv_name("web.local:80"));
+  CHECK_FALSE(detail::is_srv_name("_http._tcp.web:80"));
+  CHECK_FALSE(detail::is_srv_name("web.local"));
+  CHECK_FALSE(detail::is_srv_name("_"));
+}
+
+TEST_CASE("dns: an SRV answer decodes, compressed or not, with its additional addresses") {
+  for (bool compress : {true, false}) {
+    std::string m = test_dns::answer(7, "_web._tcp.example.com",
+                                     {{10, 60, 8080, "a.example.com"}, {10, 20, 8081, "B.example.com"}, {20, 0, 9, ""}},
+                                     {{"a.example.com", {10, 0, 0, 1}},
+                                      {"b.example.com", {0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2}}},
+                                     compress);
+    detail::dns_answer a;
+    REQUIRE_FALSE(detail::dns_decode_answer(m, 7, "_WEB._tcp.example.com.", detail::dns_type_srv, a));
+    CHECK(a.rcode == 0);
+    CHECK_FALSE(a.truncated);
+    REQUIRE(a.services.size() == 3);
+    CHECK(a.services[0].priority == 10);
+    CHECK(a.services[0].weight == 60);
+    CHECK(a.services[0].port == 8080);
+    CHECK(a.services[0].target == "a.example.com");
+    CHECK(a.services[1].target == "b.example.com");  // canonical: lower case
+    CHECK(a.services[2].target == "");               // "." : no service
+    REQUIRE(a.addresses.size() == 2);
+    CHECK(a.addresses[0].name == "a.example.com");
+    CHECK(a.addresses[0].address == detail::resolved_address::v4(10, 0, 0, 1, 0));
+    CHECK(a.addresses[1].address.family == detail::ip_family::v6);
+    CHECK(a.addresses[1].address.bytes[15] == 2);
+  }
+  // Not the answer to our question: another id, another name, a query, a cut message.
+  std::string m = test_dns::answer(7, "_web._tcp.example.com", {{1, 1, 80, "a.example.com"}});
+  detail::dns_answer a;
+  CHECK(detail::dns_decode_answer(m, 8, "_web._tcp.example.com", detail::dns_type_srv, a));
+  CHECK(detail::dns_decode_answer(m, 7, "_db._tcp.example.com", detail::dns_type_srv, a));
+  CHECK(detail::dns_decode_answer(m, 7, "_web._tcp.example.com", detail::dns_type_a, a));
+  std::string query = m;
+  query[2] = 0x01;  // QR clear
+  CHECK(detail::dns_decode_answer(query, 7, "_web._tcp.example.com", detail::dns_type_srv, a));
+  for (std::size_t cut = 0; cut < m.size(); ++cut)
+    CHECK(detail::dns_decode_answer(m.substr(0, cut), 7, "_web._tcp.example.com", detail::dns_type_srv, a));
+  // Errors and truncation are reported, not hidden.
+  REQUIRE_FALSE(detail::dns_decode_answer(test_dns::answer(9, "_x._tcp.e", {}, {}, true, 3), 9, "_x._tcp.e",
+                                          detail::dns_type_srv, a));
+  CHECK(a.rcode == 3);
+  REQUIRE_FALSE(detail::dns_decode_answer(test_dns::answer(9, "_x._tcp.e", {}, {}, true, 0, true), 9, "_x._tcp.e",
+                                          detail::dns_type_srv, a));
+  CHECK(a.truncated);
+}
+
+TEST_CASE("dns: compression pointers must point backwards, so no message can loop") {
+  std::string m = test_dns::answer(5, "_s._tcp.e", {{1, 1, 80, "t.e"}});
+  std::string name;
+  std::size_t at = 12;
+  REQUIRE(detail::dns_read_name(m, at, name));
+  CHECK(name == "_s._tcp.e");
+  // A name that points at itself, and one that points forward.
+  std::string self = m.substr(0, 12) + std::string("\xc0\x0c", 2);
+  at = 12;
+  CHECK_FALSE(detail::dns_read_name(self, at, name));
+  std::string forward = m.substr(0, 12) + std::string("\xc0\x0e\x01x\x00", 5);
+  at = 12;
+  CHECK_FALSE(detail::dns_read_name(forward, at, name));
+  // Two pointers that point at each other.
+  std::string pair = m.substr(0, 12) + std::string("\x01y\xc0\x10\xc0\x0c", 6);
+  at = 16;
+  CHECK_FALSE(detail::dns_read_name(pair, at, name));
+  // A pointer back to a name is followed, and `at` moves past the pointer only.
+  std::string back = m.substr(0, 12) + std::string("\x01y\x00\x01z\xc0\x0c", 8);
+  at = 15;
+  REQUIRE(detail::dns_read_name(back, at, name));
+  CHECK(name == "z.y");
+  CHECK(at == 19);
+}
+
+TEST_CASE("dns: resolv.conf's name servers, and the nameservers option") {
+  auto servers = detail::parse_resolv_conf(
+      "# comment\nsearch example.com\nnameserver 10.0.0.53\n  nameserver\t::1 \noptions ndots:2\n"
+      "nameserver fe80::1%eth0\nnameserver");
+  REQUIRE(servers.size() == 2);
+  CHECK(servers[0].host == "10.0.0.53");
+  CHECK(servers[0].port == 53);
+  CHECK(servers[1].host == "::1");
+  endpoint at;
+  REQUIRE_FALSE(detail::parse_nameserver("127.0.0.1:5353", at));
+  CHECK(at.port == 5353);
+  REQUIRE_FALSE(detail::parse_nameserver("[::1]:5353", at));
+  CHECK(at.host == "::1");
+  REQUIRE_FALSE(detail::parse_nameserver("::1", at));
+  CHECK(at.port == 53);
+  REQUIRE_FALSE(detail::parse_nameserver("10.1.2.3", at));
+  CHECK(at.port == 53);
+  server_options o;
+  o.nameservers = {"127.0.0.1:5353", "::1"};
+  CHECK_FALSE(check(o));
+  option_problem problem;
+  o.nameservers = {"dns.example.com"};
+  CHECK(check(o, &problem) == errc::bad_address);
+  CHECK(std::string(problem.option) == "nameservers");
+  o.nameservers = {"127.0.0.1:0"};
+  CHECK(check(o) == errc::bad_address);
+}
+
+TEST_CASE("dns: SRV records to backends — ports, weights, the lowest priority primary, the rest backups") {
+  detail::dns_answer a;
+  REQUIRE_FALSE(detail::dns_decode_answer(
+      test_dns::answer(1, "_s._tcp.e",
+                       {{10, 2, 8080, "a.e"}, {10, 1, 8081, "b.e"}, {20, 5, 9000, "c.e"}, {10, 9, 0, "d.e"},
+                        {5, 9, 1, ""}},
+                       {{"a.e", {10, 0, 0, 1}}, {"a.e", {10, 0, 0, 2}}}),
+      1, "_s._tcp.e", detail::dns_type_srv, a));
+  std::vector<std::string> looked_up;
+  auto resolve = [&](const endpoint& at, std::vector<detail::resolved_address>& out) {
+    looked_up.push_back(at.host);
+    out = {detail::resolved_address::v4(10, 0, 1, static_cast<std::uint8_t>(at.host[0]), 0)};
+    return std::error_code{};
+  };
+  std::vector<detail::discovered_address> got;
+  REQUIRE_FALSE(detail::srv_backends(a, resolve, got));
+  CHECK(looked_up == std::vector<std::string>{"b.e", "c.e"});  // a.e came with the answer
+  REQUIRE(got.size() == 4);
+  CHECK(got[0].to == detail::resolved_address::v4(10, 0, 0, 1, 8080));
+  CHECK(got[1].to == detail::resolved_address::v4(10, 0, 0, 2, 8080));
+  CHECK(got[2].to == detail::resolved_address::v4(10, 0, 1, 'b', 8081));
+  CHECK(got[3].to == detail::resolved_address::v4(10, 0, 1, 'c', 9000));
+  CHECK((got[0].weight == 2 && got[2].weight == 1 && got[3].weight == 5));
+  CHECK((!got[0].backup && !got[2].backup && got[3].backup));  // port 0 and "." do not count for the lowest
+  // Every weight 0: each takes the default; 0 beside others: the least weight.
+  REQUIRE_FALSE(detail::dns_decode_answer(test_dns::answer(2, "_s._tcp.e", {{1, 0, 80, "a.e"}, {1, 0, 81, "a.e"}}),
+                                          2, "_s._tcp.e", detail::dns_type_srv, a));
+  REQUIRE_FALSE(detail::srv_backends(a, resolve, got));
+  CHECK((got.size() == 2 && got[0].weight == default_weight && got[1].weight == default_weight));
+  REQUIRE_FALSE(detail::dns_decode_answer(test_dns::answer(3, "_s._tcp.e", {{1, 0, 80, "a.e"}, {1, 7, 81, "a.e"}}),
+                                          3, "_s._tcp.e", detail::dns_type_srv, a));
+  REQUIRE_FALSE(detail::srv_backends(a, resolve, got));
+  CHECK((got.size() == 2 && got[0].weight == min_weight && got[1].weight == 7));
+  // Nothing to serve: a failure, so the last good set is kept.
+  REQUIRE_FALSE(detail::dns_decode_answer(test_dns::answer(4, "_s._tcp.e", {{1, 1, 80, ""}}), 4, "_s._tcp.e",
+                                          detail::dns_type_srv, a));
+  CHECK(detail::srv_backends(a, resolve, got) == errc::resolve_failed);
+}
+
+TEST_CASE("discovery: a record whose priority changes changes its backend's role, once") {
+  detail::discovery d;
+  auto at = detail::resolved_address::v4(10, 0, 0, 1, 80);
+  auto first = d.resolved({detail::discovered_address{at, 5, false}});
+  REQUIRE(first.changes.size() == 1);
+  CHECK_FALSE(first.changes[0].backup);
+  d.bind(at, "A");
+  auto demoted = d.resolved({detail::discovered_address{at, 5, true}});
+  REQUIRE(demoted.changes.size() == 1);
+  CHECK(demoted.changes[0].what == detail::discovery::change::kind::reweight);
+  CHECK(demoted.changes[0].backup);
+  CHECK(demoted.changes[0].id == "A");
+  CHECK(d.resolved({detail::discovered_address{at, 5, true}}).changes.empty());
+}
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);

@@ -83,6 +83,10 @@ struct server_options {
   duration slow_start{0};
   std::size_t queue_limit = 10000;  // longest concurrency queue
   duration resolve_interval = default_resolve_interval;  // names of add_backend_name are resolved again this often
+  // Where SRV names of add_backend_name are asked: ADDRESS, ADDRESS:PORT or [IPv6]:PORT
+  // (port 53 by default). Empty: the name servers of /etc/resolv.conf (on Windows,
+  // SRV names need one given here). Host names always go through getaddrinfo.
+  std::vector<std::string> nameservers;
   std::size_t buffer_bytes = HARMONY_DEFAULT_BUFFER_BYTES;            // relay buffer per direction
   std::size_t bulk_buffer_bytes = HARMONY_DEFAULT_BULK_BUFFER_BYTES;  // once a direction streams
   // Linux: a streaming direction moves socket to pipe to socket inside the kernel
@@ -136,6 +140,11 @@ class server {
   // when resolution fails the last good set is kept (logged once when it starts failing
   // and once when it recovers). backends() shows each one with `source` = NAME:PORT.
   // Callable before start() and while running (the name is resolved at once then).
+  // An SRV name (_service._tcp.NAME, no port: its first label starts with "_") is
+  // asked for its SRV records (server_options::nameservers): each target's addresses
+  // are backends at the record's port with the record's weight (`weight` is not
+  // used; when every record has weight 0 each gets default_weight); records of the
+  // lowest priority are primaries, the others backups.
   // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
   std::error_code add_backend_name(std::string_view address, int weight = default_weight);
   std::error_code remove_backend(std::string_view id);

@@ -5,14 +5,15 @@ namespace detail {
 // One name's backends (server::add_backend_name). Each resolution of the name is
 // compared with the set before it, and the answer is what the registry must do:
 // add a backend for an address that appeared, drain one whose address went, restore
-// one whose address came back while it drained, re-weight one whose weight changed
-// (an SRV record's weight), and, at a sweep, remove the drained ones whose last
+// one whose address came back while it drained, re-weight one whose weight or role
+// changed (an SRV record's weight or priority), and, at a sweep, remove the drained ones whose last
 // connection has ended. A failed resolution changes nothing: the last good set is
 // kept. It holds no OS type and does no I/O; the server applies its changes to the
 // registry on an event loop.
 struct discovered_address {
   resolved_address to;
   int weight = default_weight;
+  bool backup = false;  // an SRV record of more than the lowest priority
 };
 
 class discovery {
@@ -23,6 +24,7 @@ class discovery {
     resolved_address to;
     int weight = default_weight;
     std::string id;  // the backend concerned; empty for add
+    bool backup = false;
   };
   struct outcome {
     std::vector<change> changes;
@@ -41,27 +43,28 @@ class discovery {
       std::size_t i = find(a.to);
       if (i < seen.size() && seen[i]) continue;  // a repeat
       if (i == members_.size()) {
-        members_.push_back(member{a.to, a.weight, std::string(), false});
+        members_.push_back(member{a.to, a.weight, std::string(), false, a.backup});
         seen.push_back(true);
-        out.changes.push_back(change{change::kind::add, a.to, a.weight, std::string()});
+        out.changes.push_back(change{change::kind::add, a.to, a.weight, std::string(), a.backup});
         continue;
       }
       seen[i] = true;
       member& m = members_[i];
       if (m.gone) {
         m.gone = false;
-        out.changes.push_back(change{change::kind::restore, m.to, m.weight, m.id});
+        out.changes.push_back(change{change::kind::restore, m.to, m.weight, m.id, m.backup});
       }
-      if (m.weight != a.weight) {
+      if (m.weight != a.weight || m.backup != a.backup) {
         m.weight = a.weight;
-        out.changes.push_back(change{change::kind::reweight, m.to, m.weight, m.id});
+        m.backup = a.backup;
+        out.changes.push_back(change{change::kind::reweight, m.to, m.weight, m.id, m.backup});
       }
     }
     for (std::size_t i = 0; i < members_.size(); ++i) {
       member& m = members_[i];
       if (seen[i] || m.gone) continue;
       m.gone = true;
-      out.changes.push_back(change{change::kind::drain, m.to, m.weight, m.id});
+      out.changes.push_back(change{change::kind::drain, m.to, m.weight, m.id, m.backup});
     }
     return out;
   }
@@ -95,7 +98,7 @@ class discovery {
       int open = m.id.empty() ? -1 : active(std::string_view(m.id));
       if (open < 0) continue;
       if (m.gone && open == 0) {
-        out.push_back(change{change::kind::remove, m.to, m.weight, m.id});
+        out.push_back(change{change::kind::remove, m.to, m.weight, m.id, m.backup});
         continue;
       }
       if (kept != i) members_[kept] = std::move(m);
@@ -120,6 +123,7 @@ class discovery {
     int weight;
     std::string id;
     bool gone;  // no longer in the name's set: drained, removed at a sweep once idle
+    bool backup;
   };
   enum class state { unknown, resolving, failing };
 

@@ -175,6 +175,26 @@ struct option_checker {
 };
 }  // namespace detail
 
+namespace detail {
+inline constexpr std::uint16_t dns_port = 53;
+
+// A name server as an option gives it: ADDRESS (port 53), ADDRESS:PORT or [IPv6]:PORT.
+inline std::error_code parse_nameserver(std::string_view text, endpoint& out) {
+  if (text.empty()) return make_error_code(errc::bad_address);
+  if (text.front() != '[' && text.find(':') != text.rfind(':')) {  // a bare IPv6 address
+    out = endpoint{std::string(text), dns_port};
+    return {};
+  }
+  if (text.find(':') == std::string_view::npos) {
+    out = endpoint{std::string(text), dns_port};
+    return {};
+  }
+  if (auto e = parse_endpoint(text, out)) return e;
+  return out.port == 0 ? make_error_code(errc::bad_address) : std::error_code{};
+}
+
+}  // namespace detail
+
 HARMONY_DEF std::error_code check(const server_options& o, option_problem* problem) {
   detail::option_checker c{problem, {}};
   c.address("listen", o.listen);
@@ -190,6 +210,11 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
+  for (const std::string& text : o.nameservers) {
+    endpoint at;
+    if (detail::parse_nameserver(text, at) || !detail::is_numeric_host(at.host))
+      c.fail(errc::bad_address, "nameservers", "'" + text + "' is not ADDRESS, ADDRESS:PORT or [IPv6]:PORT");
+  }
   return c.done();
 }
 

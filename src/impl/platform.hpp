@@ -308,6 +308,20 @@ inline addrinfo* lookup_stream(const endpoint& ep, bool passive) {
   return list;
 }
 
+// Whether `host` is an IPv4 or IPv6 address, not a name to look up.
+inline bool is_numeric_host(const std::string& host) {
+#if defined(_WIN32)
+  if (!winsock_ready()) return false;
+#endif
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_flags = AI_NUMERICHOST;
+  addrinfo* list = nullptr;
+  if (host.empty() || ::getaddrinfo(host.c_str(), nullptr, &hints, &list) != 0) return false;
+  ::freeaddrinfo(list);
+  return true;
+}
+
 inline std::error_code resolve(const endpoint& ep, address& out, bool passive) {
   addrinfo* list = lookup_stream(ep, passive);
   if (!list) return make_error_code(errc::resolve_failed);
@@ -527,6 +541,94 @@ inline std::string random_id() {
     id[2 * i + 1] = digits[bytes[i] & 15];
   }
   return id;
+}
+
+// ---- Blocking exchanges for the resolver thread (SRV queries): one request, one
+// reply, within a deadline. Never on an event loop.
+inline bool wait_socket(socket_handle s, bool for_write, std::int64_t deadline_ms) noexcept {
+  for (;;) {
+    std::int64_t left = deadline_ms - now_ms();
+    if (left <= 0) return false;
+#if defined(_WIN32)
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(s, &set);
+    timeval tv{static_cast<long>(left / 1000), static_cast<long>(left % 1000 * 1000)};
+    int n = ::select(0, for_write ? nullptr : &set, for_write ? &set : nullptr, nullptr, &tv);
+#else
+    pollfd p{s, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left, 60000)));
+    if (n < 0 && errno == EINTR) continue;
+#endif
+    if (n != 0) return n > 0;
+  }
+}
+
+// Sends `request` to `server` (a numeric address) and returns its reply: over UDP
+// the first datagram, at most 64 KiB; over TCP (`stream`) with the two-byte length
+// prefix of DNS over TCP, added to the request and taken off the reply.
+inline std::error_code exchange_once(const endpoint& server, bool stream, const std::string& request,
+                                     duration timeout, std::string& reply) {
+  reply.clear();
+  std::error_code failed = make_error_code(errc::resolve_failed);
+  address at;
+  if (resolve(server, at, false) || request.size() > 0xffff) return failed;
+  std::int64_t deadline = now_ms() + timeout.count();
+  socket_handle s = ::socket(at.family(), stream ? SOCK_STREAM : SOCK_DGRAM, 0);
+  if (s == invalid_socket) return system_error_code(last_socket_error());
+  std::error_code result = failed;
+  std::string out = request;
+  if (stream) {
+    out.insert(0, 1, static_cast<char>(request.size() & 0xff));
+    out.insert(0, 1, static_cast<char>(request.size() >> 8));
+  }
+  auto receive_all = [&](char* into, std::size_t n) {
+    std::size_t got = 0;
+    while (got < n) {
+      if (!wait_socket(s, false, deadline)) return false;
+      ssize_t r = recv_some(s, into + got, n - got);
+      if (r <= 0 && !(r < 0 && would_block(last_socket_error()))) return false;
+      if (r > 0) got += static_cast<std::size_t>(r);
+    }
+    return true;
+  };
+  do {
+    if (!set_nonblocking(s)) break;
+    if (::connect(s, at.get(), at.length) != 0) {
+      int e = last_socket_error();
+#if defined(_WIN32)
+      bool pending = e == WSAEWOULDBLOCK;
+#else
+      bool pending = e == EINPROGRESS;
+#endif
+      if (!pending || !wait_socket(s, true, deadline)) break;
+    }
+    std::size_t sent = 0;
+    while (sent < out.size()) {
+      if (!wait_socket(s, true, deadline)) break;
+      ssize_t n = send_some(s, out.data() + sent, out.size() - sent);
+      if (n < 0 && would_block(last_socket_error())) continue;
+      if (n <= 0) break;
+      sent += static_cast<std::size_t>(n);
+    }
+    if (sent < out.size()) break;
+    if (stream) {
+      unsigned char length[2];
+      if (!receive_all(reinterpret_cast<char*>(length), 2)) break;
+      reply.resize((std::size_t{length[0]} << 8) | length[1]);
+      if (!receive_all(&reply[0], reply.size())) break;
+    } else {
+      reply.resize(0xffff);
+      if (!wait_socket(s, false, deadline)) break;
+      ssize_t n = recv_some(s, &reply[0], reply.size());
+      if (n < 0) break;
+      reply.resize(static_cast<std::size_t>(n));
+    }
+    result = {};
+  } while (false);
+  close_socket(s);
+  if (result) reply.clear();
+  return result;
 }
 
 // Backend ids are 32 uppercase hex digits, as random_id makes them.

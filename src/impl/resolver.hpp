@@ -3,7 +3,7 @@
 namespace harmony {
 namespace detail {
 
-// >>resolver  the server's resolver thread: getaddrinfo off the event loops
+// >>resolver  the server's resolver thread: getaddrinfo and SRV queries off the event loops
 // Every address a host name has for TCP, IPv4 and IPv6, in the resolver's order.
 inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_address>& out) {
   out.clear();
@@ -23,15 +23,73 @@ inline std::error_code lookup_all(const endpoint& at, std::vector<resolved_addre
 
 // One name to resolve, and what a resolution of it gave.
 struct resolver_name {
-  endpoint at;
+  endpoint at;  // for SRV, the name and port 0
   int weight = default_weight;
+  bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given
   resolver_name name;
   std::error_code error;
-  std::vector<resolved_address> addresses;
+  std::vector<discovered_address> addresses;
 };
+
+// How long one name server has to answer, and how many times each is asked.
+inline constexpr duration dns_server_timeout{1000};
+inline constexpr int dns_rounds = 2;
+
+// An SRV query to each name server in turn (`servers`, else /etc/resolv.conf's),
+// over TCP when the UDP answer is truncated. The first server that answers
+// decides: a DNS error or an empty answer is a failure, not a cue to ask the next.
+inline std::error_code lookup_srv(const std::string& name, const std::vector<endpoint>& servers,
+                                  std::vector<discovered_address>& out) {
+  out.clear();
+  std::vector<endpoint> from = servers;
+  if (from.empty()) {
+#if !defined(_WIN32)
+    std::string text;
+    if (FILE* f = std::fopen("/etc/resolv.conf", "r")) {
+      char chunk[4096];
+      std::size_t n;
+      while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0 && text.size() < (1u << 20)) text.append(chunk, n);
+      std::fclose(f);
+    }
+    from = parse_resolv_conf(text);
+#endif
+  }
+  if (from.empty()) return make_error_code(errc::resolve_failed);  // Windows: name servers must be given
+  std::uint16_t id = 0;
+  std::string query, reply;
+  for (int round = 0; round < dns_rounds; ++round) {
+    for (const endpoint& server : from) {
+      random_bytes(&id, sizeof id);
+      if (!dns_encode_query(id, name, dns_type_srv, query)) return make_error_code(errc::bad_address);
+      dns_answer answer;
+      if (exchange_once(server, false, query, dns_server_timeout, reply) ||
+          dns_decode_answer(reply, id, name, dns_type_srv, answer))
+        continue;
+      if (answer.truncated &&
+          (exchange_once(server, true, query, dns_server_timeout, reply) ||
+           dns_decode_answer(reply, id, name, dns_type_srv, answer) || answer.truncated))
+        continue;
+      if (answer.rcode != 0) return make_error_code(errc::resolve_failed);
+      return srv_backends(answer, lookup_all, out);
+    }
+  }
+  return make_error_code(errc::resolve_failed);
+}
+
+// What the resolver thread calls for each name: SRV names through lookup_srv,
+// host names through getaddrinfo, each address at the name's port and weight.
+inline std::error_code lookup_name(const resolver_name& name, const std::vector<endpoint>& servers,
+                                   std::vector<discovered_address>& out) {
+  if (name.srv) return lookup_srv(name.at.host, servers, out);
+  out.clear();
+  std::vector<resolved_address> found;
+  std::error_code e = lookup_all(name.at, found);
+  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, false});
+  return e;
+}
 
 // How long stop() waits for a lookup in progress before it leaves the thread to
 // end on its own (getaddrinfo cannot be interrupted).
@@ -44,7 +102,7 @@ inline constexpr duration resolver_stop_wait{1000};
 // and never delivers again.
 class resolver {
  public:
-  using lookup_function = std::function<std::error_code(const endpoint&, std::vector<resolved_address>&)>;
+  using lookup_function = std::function<std::error_code(const resolver_name&, std::vector<discovered_address>&)>;
   using deliver_function = std::function<void(resolution)>;
 
   resolver(duration interval, lookup_function lookup, deliver_function deliver) : state_(std::make_shared<state>()) {
@@ -111,7 +169,7 @@ class resolver {
         r.index = i;
         r.name = names[i];
         lock.unlock();
-        r.error = s.lookup(r.name.at, r.addresses);
+        r.error = s.lookup(r.name, r.addresses);
         lock.lock();
         if (!s.stopping) s.deliver(std::move(r));  // under the lock: stop() then knows none follows
       }

@@ -64,7 +64,15 @@ inline std::error_code server::impl::open() {
 // The resolver's results are applied on the first loop, one name at a time.
 inline void server::impl::start_resolver() {
   detail::reactor* loop = &workers.front()->loop();
-  resolver = std::make_unique<detail::resolver>(options.resolve_interval, detail::lookup_all,
+  std::vector<endpoint> servers;
+  for (const std::string& text : options.nameservers) {
+    servers.emplace_back();
+    detail::parse_nameserver(text, servers.back());  // check() has judged them
+  }
+  auto lookup = [servers](const detail::resolver_name& name, std::vector<detail::discovered_address>& out) {
+    return detail::lookup_name(name, servers, out);
+  };
+  resolver = std::make_unique<detail::resolver>(options.resolve_interval, lookup,
                                                 [this, loop](detail::resolution r) {
                                                   loop->post([this, r = std::move(r)] { apply(r); });
                                                 });
@@ -73,10 +81,12 @@ inline void server::impl::start_resolver() {
 
 inline std::error_code server::impl::add_name(std::string_view address, int weight) {
   endpoint at;
-  if (auto e = parse_endpoint(address, at)) return e;
-  if (at.port == 0 || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  bool srv = detail::is_srv_name(address);
+  if (srv) at.host = detail::dns_canonical(address);
+  else if (auto e = parse_endpoint(address, at)) return e;
+  if ((!srv && at.port == 0) || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, weight});
+  names.push_back(detail::resolver_name{at, weight, srv});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -85,7 +95,7 @@ inline std::error_code server::impl::add_name(std::string_view address, int weig
 inline void server::impl::apply(const detail::resolution& r) {
   if (discoveries.size() <= r.index) discoveries.resize(r.index + 1);
   detail::discovery& d = discoveries[r.index];
-  std::string name = r.name.at.to_string();
+  std::string name = r.name.srv ? r.name.at.host : r.name.at.to_string();
   detail::discovery::outcome o;
   if (r.error) {
     o = d.failed();
@@ -93,9 +103,7 @@ inline void server::impl::apply(const detail::resolution& r) {
       log(log_level::warn, "%s does not resolve (%s): keeping its %zu backends", name.c_str(), r.error.message().c_str(),
           d.live());
   } else {
-    std::vector<detail::discovered_address> fresh;
-    for (const auto& a : r.addresses) fresh.push_back(detail::discovered_address{a, r.name.weight});
-    o = d.resolved(fresh);
+    o = d.resolved(r.addresses);
     if (o.news) log(log_level::info, "%s resolves again", name.c_str());
   }
   using kind = detail::discovery::change::kind;
@@ -111,8 +119,10 @@ inline void server::impl::apply(const detail::resolution& r) {
           std::error_code e = table->add(detail::to_os_address(c.to).to_endpoint(), &c.to, c.weight, false, &id, now);
           if (!e) {
             table->set_source(id, name);
+            if (c.backup) table->set_backup(id, true);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id);
+            notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
+                            std::to_string(c.weight) + (c.backup ? ", backup" : ""));
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
@@ -126,7 +136,12 @@ inline void server::impl::apply(const detail::resolution& r) {
           table->drain(c.id, false, now);
           notes.push_back("backend " + at + " is back in " + name);
           break;
-        case kind::reweight: table->set_weight(c.id, c.weight); break;
+        case kind::reweight:
+          table->set_weight(c.id, c.weight);
+          table->set_backup(c.id, c.backup);
+          notes.push_back("backend " + at + " from " + name + " now weight " + std::to_string(c.weight) +
+                          (c.backup ? ", backup" : ""));
+          break;
         case kind::remove: break;
       }
     }
@@ -136,6 +151,7 @@ inline void server::impl::apply(const detail::resolution& r) {
                       " removed: its connections have ended");
     }
   }
+  rebuild_tables();  // on this loop now, rather than after the task it posted
   for (const auto& n : notes) log(log_level::info, "%s", n.c_str());
 }
 
@@ -146,7 +162,9 @@ inline void server::impl::stop_resolver() {
 }
 
 // Builds the stale Maglev tables without the registry's lock, so that picks on
-// every loop go on (with the tables before the change) while one is built.
+// every loop go on (with the tables before the change) while one is built. A
+// change on a loop (an admin command, an expiry a pick finds) posts it to the
+// first loop; a change through the API or the resolver runs it at once.
 inline void server::impl::rebuild_tables() {
   for (detail::registry::table_job& job : backends.lock()->take_table_jobs()) {
     detail::maglev_table table = job.build();
@@ -236,10 +254,13 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
   detail::resolved_address to;
   if (auto e = detail::resolve(at, to)) return e;
   std::string id;
-  auto r = backends.lock();
-  if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
-  r->set_maxconn(id, options.maxconn);
-  r->set_backup(id, options.backup);
+  {
+    auto r = backends.lock();
+    if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
+    r->set_maxconn(id, options.maxconn);
+    r->set_backup(id, options.backup);
+  }
+  rebuild_tables();
   if (id_out) *id_out = id;
   return {};
 }
@@ -248,14 +269,24 @@ HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, i
   return impl_->add_name(address, weight);
 }
 
-HARMONY_DEF std::error_code server::remove_backend(std::string_view id) { return impl_->backends.lock()->remove(id); }
+// A change through the API rebuilds what it made stale before it returns, on the
+// caller's thread: the next connection sees it, and no loop pays for it.
+HARMONY_DEF std::error_code server::remove_backend(std::string_view id) {
+  std::error_code e = impl_->backends.lock()->remove(id);
+  impl_->rebuild_tables();
+  return e;
+}
 
 HARMONY_DEF std::error_code server::set_weight(std::string_view id, int weight) {
-  return impl_->backends.lock()->set_weight(id, weight);
+  std::error_code e = impl_->backends.lock()->set_weight(id, weight);
+  impl_->rebuild_tables();
+  return e;
 }
 
 HARMONY_DEF std::error_code server::drain(std::string_view id, bool on) {
-  return impl_->backends.lock()->drain(id, on, detail::now_ms());
+  std::error_code e = impl_->backends.lock()->drain(id, on, detail::now_ms());
+  impl_->rebuild_tables();
+  return e;
 }
 
 HARMONY_DEF std::error_code server::set_concurrency(int limit) {
