@@ -66,10 +66,10 @@ $(BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(TEST_HDR) | doctest
 	$(CXX) $(CXXFLAGS_ALL) -c $< -o $@
 
 # The implementation unit is compiled once per reactor backend.
-$(BUILD)/tests/unit-epoll.o: tests/unit.cpp $(HEADER) | doctest
+$(BUILD)/tests/unit-epoll.o: tests/unit.cpp $(HEADER) $(TEST_HDR) | doctest
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_ALL) -DHARMONY_USE_EPOLL -c $< -o $@
-$(BUILD)/tests/unit-poll.o: tests/unit.cpp $(HEADER) | doctest
+$(BUILD)/tests/unit-poll.o: tests/unit.cpp $(HEADER) $(TEST_HDR) | doctest
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS_ALL) -DHARMONY_USE_POLL -c $< -o $@
 
@@ -137,7 +137,7 @@ $(WIN_BUILD)/tests/%.o: tests/%.cpp $(HEADER) $(TEST_HDR) | windows-tools
 	@mkdir -p $(dir $@)
 	$(WIN_CXX) $(WIN_FLAGS) -c $< -o $@
 
-$(WIN_BUILD)/tests/unit-iocp.o: tests/unit.cpp $(HEADER) | windows-tools
+$(WIN_BUILD)/tests/unit-iocp.o: tests/unit.cpp $(HEADER) $(TEST_HDR) | windows-tools
 	@mkdir -p $(dir $@)
 	$(WIN_CXX) $(WIN_FLAGS) -DHARMONY_USE_IOCP -c $< -o $@
 
