@@ -359,6 +359,10 @@ class server {
   // lowest priority are primaries, the others backups.
   // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
   std::error_code add_backend_name(std::string_view address, int weight = default_weight);
+  // The same with a connection limit and the backup role for every backend of the
+  // name (an SRV name's records still decide its backups: a record of more than the
+  // lowest priority is one whatever `options.backup` says).
+  std::error_code add_backend_name(std::string_view address, const backend_options& options);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.
@@ -6162,6 +6166,8 @@ struct resolver_name {
   endpoint at;  // for SRV, the name and port 0
   int weight = default_weight;
   bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
+  int maxconn = 0;   // of each backend (backend_options::maxconn)
+  bool backup = false;
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given
@@ -6219,11 +6225,15 @@ inline std::error_code lookup_srv(const std::string& name, const std::vector<end
 // host names through getaddrinfo, each address at the name's port and weight.
 inline std::error_code lookup_name(const resolver_name& name, const std::vector<endpoint>& servers,
                                    std::vector<discovered_address>& out) {
-  if (name.srv) return lookup_srv(name.at.host, servers, out);
+  if (name.srv) {
+    std::error_code e = lookup_srv(name.at.host, servers, out);
+    for (discovered_address& a : out) a.backup = a.backup || name.backup;
+    return e;
+  }
   out.clear();
   std::vector<resolved_address> found;
   std::error_code e = lookup_all(name.at, found);
-  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, false});
+  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, name.backup});
   return e;
 }
 
@@ -6376,7 +6386,7 @@ struct server::impl {
     return add_static(address, o, id_out);
   }
   // Backends from DNS: the names, the resolver thread, and applying what it found.
-  std::error_code add_name(std::string_view address, int weight);
+  std::error_code add_name(std::string_view address, const backend_options& options);
   void start_resolver();  // under lifecycle, once the loops are open
   void stop_resolver();
   void apply(const detail::resolution& r);  // on the first loop
@@ -6905,14 +6915,16 @@ inline void server::impl::start_resolver() {
   resolver->start(names);
 }
 
-inline std::error_code server::impl::add_name(std::string_view address, int weight) {
+inline std::error_code server::impl::add_name(std::string_view address, const backend_options& options) {
   endpoint at;
   bool srv = detail::is_srv_name(address);
   if (srv) at.host = detail::dns_canonical(address);
   else if (auto e = parse_endpoint(address, at)) return e;
-  if ((!srv && at.port == 0) || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  if ((!srv && at.port == 0) || !detail::registry::valid_weight(options.weight) || options.maxconn < 0 ||
+      options.maxconn > max_maxconn)
+    return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, weight, srv});
+  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -6946,6 +6958,7 @@ inline void server::impl::apply(const detail::resolution& r) {
           if (!e) {
             table->set_source(id, name);
             if (c.backup) table->set_backup(id, true);
+            if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
             d.bind(c.to, id);
             notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
                             std::to_string(c.weight) + (c.backup ? ", backup" : ""));
@@ -7092,7 +7105,13 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
 }
 
 HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, int weight) {
-  return impl_->add_name(address, weight);
+  backend_options o;
+  o.weight = weight;
+  return impl_->add_name(address, o);
+}
+
+HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, const backend_options& options) {
+  return impl_->add_name(address, options);
 }
 
 // A change through the API rebuilds what it made stale before it returns, on the

@@ -580,12 +580,7 @@ int run_balancer(int argc, char** argv) {
   for (const auto& b : s.backends) {
     std::string id;
     if (b.resolve) {
-      if (b.options.maxconn != 0 || b.options.backup) {
-        std::fprintf(stderr, "harmonyd: --backend: '%s': maxconn and backup are not yet taken with resolve\n",
-                     b.address.c_str());
-        return 2;
-      }
-      if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
+      if (auto e = balancer.add_backend_name(b.address, b.options)) {
         std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
         return 2;
       }

@@ -59,6 +59,36 @@ TEST_CASE("add_backend_name: localhost's addresses carry traffic; a name added w
   srv.stop();
 }
 
+TEST_CASE("add_backend_name with backend_options: each backend of the name has its limit and role") {
+  backend p(named("p"));
+  holding_backend h("h");
+  auto o = quiet_options();
+  o.resolve_interval = harmony::min_resolve_interval;
+  running_server s(o);
+  std::string primary = s.add(p);
+  harmony::backend_options bo;
+  bo.maxconn = 1;
+  bo.backup = true;
+  std::string name = h.server().address();
+  REQUIRE_FALSE(s.srv.add_backend_name(name, bo));
+  REQUIRE(eventually([&] { return from(s.srv, name).size() == 1; }));
+  auto found = from(s.srv, name);
+  CHECK(found[0].maxconn == 1);
+  CHECK(found[0].backup);
+  CHECK(tally(s.address(), 10)["p"] == 10);  // a backup: not while the primary serves
+  REQUIRE_FALSE(s.srv.drain(primary));
+  sock held = connect_to(s.address());
+  REQUIRE(held.read_n(1) == "h");
+  sock next = connect_to(s.address());  // the backup is at its maxconn: this one waits
+  REQUIRE(eventually([&] { return s.srv.stats().queued == 1; }));
+  CHECK(h.open() == 1);
+  held.reset();
+  next.set_timeout(3s);
+  CHECK(next.read_n(1) == "h");
+  bo.maxconn = -1;
+  CHECK(s.srv.add_backend_name(name, bo) == harmony::errc::bad_option);
+}
+
 // ---- SRV names, asked of a name server the test runs on loopback (test::name_server).
 namespace {
 const harmony::backend_info* at_port(const std::vector<harmony::backend_info>& list, std::uint16_t port) {

@@ -147,6 +147,10 @@ class server {
   // lowest priority are primaries, the others backups.
   // errc::bad_address for a malformed NAME:PORT, errc::bad_option for port 0 or a bad weight.
   std::error_code add_backend_name(std::string_view address, int weight = default_weight);
+  // The same with a connection limit and the backup role for every backend of the
+  // name (an SRV name's records still decide its backups: a record of more than the
+  // lowest priority is one whatever `options.backup` says).
+  std::error_code add_backend_name(std::string_view address, const backend_options& options);
   std::error_code remove_backend(std::string_view id);
   std::error_code set_weight(std::string_view id, int weight);
   // Drained backends get no new connections; open ones finish.

@@ -26,6 +26,8 @@ struct resolver_name {
   endpoint at;  // for SRV, the name and port 0
   int weight = default_weight;
   bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
+  int maxconn = 0;   // of each backend (backend_options::maxconn)
+  bool backup = false;
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given
@@ -83,11 +85,15 @@ inline std::error_code lookup_srv(const std::string& name, const std::vector<end
 // host names through getaddrinfo, each address at the name's port and weight.
 inline std::error_code lookup_name(const resolver_name& name, const std::vector<endpoint>& servers,
                                    std::vector<discovered_address>& out) {
-  if (name.srv) return lookup_srv(name.at.host, servers, out);
+  if (name.srv) {
+    std::error_code e = lookup_srv(name.at.host, servers, out);
+    for (discovered_address& a : out) a.backup = a.backup || name.backup;
+    return e;
+  }
   out.clear();
   std::vector<resolved_address> found;
   std::error_code e = lookup_all(name.at, found);
-  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, false});
+  for (const resolved_address& a : found) out.push_back(discovered_address{a, name.weight, name.backup});
   return e;
 }
 

@@ -52,7 +52,7 @@ struct server::impl {
     return add_static(address, o, id_out);
   }
   // Backends from DNS: the names, the resolver thread, and applying what it found.
-  std::error_code add_name(std::string_view address, int weight);
+  std::error_code add_name(std::string_view address, const backend_options& options);
   void start_resolver();  // under lifecycle, once the loops are open
   void stop_resolver();
   void apply(const detail::resolution& r);  // on the first loop

@@ -79,14 +79,16 @@ inline void server::impl::start_resolver() {
   resolver->start(names);
 }
 
-inline std::error_code server::impl::add_name(std::string_view address, int weight) {
+inline std::error_code server::impl::add_name(std::string_view address, const backend_options& options) {
   endpoint at;
   bool srv = detail::is_srv_name(address);
   if (srv) at.host = detail::dns_canonical(address);
   else if (auto e = parse_endpoint(address, at)) return e;
-  if ((!srv && at.port == 0) || !detail::registry::valid_weight(weight)) return make_error_code(errc::bad_option);
+  if ((!srv && at.port == 0) || !detail::registry::valid_weight(options.weight) || options.maxconn < 0 ||
+      options.maxconn > max_maxconn)
+    return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, weight, srv});
+  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -120,6 +122,7 @@ inline void server::impl::apply(const detail::resolution& r) {
           if (!e) {
             table->set_source(id, name);
             if (c.backup) table->set_backup(id, true);
+            if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
             d.bind(c.to, id);
             notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
                             std::to_string(c.weight) + (c.backup ? ", backup" : ""));
@@ -266,7 +269,13 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
 }
 
 HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, int weight) {
-  return impl_->add_name(address, weight);
+  backend_options o;
+  o.weight = weight;
+  return impl_->add_name(address, o);
+}
+
+HARMONY_DEF std::error_code server::add_backend_name(std::string_view address, const backend_options& options) {
+  return impl_->add_name(address, options);
 }
 
 // A change through the API rebuilds what it made stale before it returns, on the
