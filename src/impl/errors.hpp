@@ -145,6 +145,8 @@ HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
 }
 
 namespace detail {
+inline bool is_cidr(std::string_view text) noexcept;  // >>net-address
+
 // Collects the first problem check() finds; later ones are ignored.
 struct option_checker {
   option_problem* problem;
@@ -190,6 +192,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
+  for (const std::string& block : o.allow_legacy)
+    if (!detail::is_cidr(block))
+      c.fail(errc::bad_option, "allow_legacy", "'" + block + "' is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
   return c.done();
 }
 
