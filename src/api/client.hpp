@@ -94,6 +94,10 @@ class client {
 // reply ends with "ok ..." (or is "pong"); errc::unauthorized when the balancer wanted a
 // secret or refused the proof; errc::protocol for an "err ..." reply or a connection that
 // ends without one; the connect error, or std::errc::timed_out, otherwise.
+// The answer to a balancer's `hello` nonce, for an agent or tool of your own: the hex of
+// HMAC-SHA256(secret, "harmony/1 auth " + nonce), sent as `auth PROOF`.
+std::string admin_proof(std::string_view secret, std::string_view nonce);
+
 std::error_code admin_command(std::string_view admin, std::string_view command, std::string* reply = nullptr,
                               std::string_view secret = {}, duration timeout = duration{10000});
 

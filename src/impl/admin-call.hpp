@@ -4,6 +4,10 @@ namespace harmony {
 // What `harmonyd ctl` runs: a reactor of its own on the calling thread, one stream,
 // the native dialect's hello, the proof when the balancer asks for one, the command,
 // and its reply up to the final "ok"/"err" line.
+HARMONY_DEF std::string admin_proof(std::string_view secret, std::string_view nonce) {
+  return detail::admin_auth_proof(secret, nonce);
+}
+
 HARMONY_DEF std::error_code admin_command(std::string_view admin, std::string_view command, std::string* reply,
                                           std::string_view secret, duration timeout) {
   if (reply) reply->clear();
