@@ -29,6 +29,7 @@
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
 //   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
 //   >>dns            sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
+//   >>crypto         sans-IO SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), constant-time compare
 //   >>commands       sans-IO admin command handling, both dialects: bytes in, reply and effects out
 //   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>engine         the contract every engine implements: poller, connection, acceptor
@@ -48,6 +49,7 @@
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
 //   >>server-impl    harmony::server
 //   >>client-impl    harmony::client: one event loop, one link per balancer
+//   >>admin-call     harmony::admin_command: one operator command, handshake included
 //   >>licence        MIT
 //
 // >>config  configuration macros
@@ -311,8 +313,16 @@ struct server_options {
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
-  std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
-  bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
+  // Authentication of the admin port (docs/admin-protocol.md, README "Exposing the admin port").
+  // With a secret, a native connection must answer the nonce of `hello` with
+  // `auth PROOF` (PROOF: hex of HMAC-SHA256(secret, "harmony/1 auth " + nonce)) before
+  // any other command, and the legacy (harmony.js) dialect, which cannot
+  // authenticate, is refused except from the blocks in allow_legacy. Empty: no
+  // authentication, both dialects open to whoever reaches the port.
+  std::string admin_secret;
+  // CIDR blocks ("10.1.0.0/16", "fd00::/8"; a bare address is one host) whose
+  // harmony.js agents are still accepted while a secret is set.
+  std::vector<std::string> allow_legacy;
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };
@@ -416,6 +426,9 @@ struct client_options {
   // On the agent's thread, each time a balancer registers it, with the id that balancer
   // knows it by.
   std::function<void(const std::string& id)> on_registered;
+  // The balancers' admin secret (server_options::admin_secret); empty: none. With it the
+  // agent answers each balancer's nonce (`auth PROOF`) before it registers there.
+  std::string secret;
   log_function log;
   log_level level = log_level::info;
 };
@@ -464,6 +477,20 @@ class client {
  private:
   std::unique_ptr<impl> impl_;
 };
+
+// One operator command on a balancer's admin port, as `harmonyd ctl` sends it: connects to
+// `admin` (HOST:PORT), says hello, answers the balancer's nonce with `secret` when it asks
+// for a proof, sends `command` (one line, e.g. "list" or "drain ID") and puts every line of
+// the reply in `reply`. Blocks the calling thread, at most `timeout` in all. {} when the
+// reply ends with "ok ..." (or is "pong"); errc::unauthorized when the balancer wanted a
+// secret or refused the proof; errc::protocol for an "err ..." reply or a connection that
+// ends without one; the connect error, or std::errc::timed_out, otherwise.
+// The answer to a balancer's `hello` nonce, for an agent or tool of your own: the hex of
+// HMAC-SHA256(secret, "harmony/1 auth " + nonce), sent as `auth PROOF`.
+std::string admin_proof(std::string_view secret, std::string_view nonce);
+
+std::error_code admin_command(std::string_view admin, std::string_view command, std::string* reply = nullptr,
+                              std::string_view secret = {}, duration timeout = duration{10000});
 
 }  // namespace harmony
 
@@ -1331,6 +1358,8 @@ HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
 }
 
 namespace detail {
+inline bool is_cidr(std::string_view text) noexcept;  // >>net-address
+
 // Collects the first problem check() finds; later ones are ignored.
 struct option_checker {
   option_problem* problem;
@@ -1401,6 +1430,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
     if (detail::parse_nameserver(text, at) || !detail::is_numeric_host(at.host))
       c.fail(errc::bad_address, "nameservers", "'" + text + "' is not ADDRESS, ADDRESS:PORT or [IPv6]:PORT");
   }
+  for (const std::string& block : o.allow_legacy)
+    if (!detail::is_cidr(block))
+      c.fail(errc::bad_option, "allow_legacy", "'" + block + "' is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
   return c.done();
 }
 
@@ -1490,6 +1522,145 @@ struct resolved_address {
   }
   bool operator!=(const resolved_address& o) const noexcept { return !(*this == o); }
 };
+
+// A numeric IPv4 (dotted quad) or IPv6 (RFC 4291 text: "::" once, an IPv4 tail
+// allowed) host, no port, no scope: true when `text` is one.
+inline bool parse_ip(std::string_view text, resolved_address& out) noexcept {
+  auto v4 = [](std::string_view t, std::uint8_t* to) {
+    int parts = 0;
+    while (parts < 4) {
+      std::size_t n = 0;
+      unsigned value = 0;
+      while (n < t.size() && n < 4 && t[n] >= '0' && t[n] <= '9') value = value * 10 + static_cast<unsigned>(t[n++] - '0');
+      if (n == 0 || n > 3 || value > 255 || (n > 1 && t[0] == '0')) return false;
+      to[parts++] = static_cast<std::uint8_t>(value);
+      t.remove_prefix(n);
+      if (parts < 4) {
+        if (t.empty() || t[0] != '.') return false;
+        t.remove_prefix(1);
+      }
+    }
+    return t.empty();
+  };
+  resolved_address r;
+  if (text.find(':') == std::string_view::npos) {
+    if (!v4(text, r.bytes)) return false;
+    r.family = ip_family::v4;
+    out = r;
+    return true;
+  }
+  // IPv6: groups before "::" fill from the front, those after it from the back.
+  std::uint8_t head[16] = {}, tail[16] = {};
+  std::size_t head_n = 0, tail_n = 0;
+  bool gap = false;
+  std::string_view t = text;
+  if (t.substr(0, 2) == "::") {
+    gap = true;
+    t.remove_prefix(2);
+  } else if (!t.empty() && t[0] == ':') {
+    return false;
+  }
+  while (!t.empty()) {
+    std::uint8_t* to = gap ? tail : head;
+    std::size_t& n = gap ? tail_n : head_n;
+    std::size_t end = t.find(':');
+    std::string_view group = t.substr(0, end);
+    if (group.find('.') != std::string_view::npos) {  // an IPv4 tail ends the address
+      if (end != std::string_view::npos || n + 4 > 16 || !v4(group, to + n)) return false;
+      n += 4;
+      break;
+    }
+    if (group.empty() || group.size() > 4 || n + 2 > 16) return false;
+    unsigned value = 0;
+    for (char c : group) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      if (d < 0) return false;
+      value = value * 16 + static_cast<unsigned>(d);
+    }
+    to[n++] = static_cast<std::uint8_t>(value >> 8);
+    to[n++] = static_cast<std::uint8_t>(value & 0xff);
+    if (end == std::string_view::npos) break;
+    t.remove_prefix(end + 1);
+    if (!t.empty() && t[0] == ':') {
+      if (gap) return false;  // "::" twice
+      gap = true;
+      t.remove_prefix(1);
+    } else if (t.empty()) {
+      return false;  // a trailing single ':'
+    }
+  }
+  if (gap ? head_n + tail_n > 14 : head_n != 16) return false;
+  std::memcpy(r.bytes, head, head_n);
+  std::memcpy(r.bytes + 16 - tail_n, tail, tail_n);
+  r.family = ip_family::v6;
+  out = r;
+  return true;
+}
+
+// An address block, "10.0.0.0/8" or "fd00::/8"; a bare address is one host (/32, /128).
+struct cidr {
+  resolved_address base;  // with the host bits cleared
+  int prefix = 0;
+
+  // Whether `a` (its host; the port is ignored) is in the block. An IPv4 block also
+  // holds the IPv4-mapped IPv6 form (::ffff:a.b.c.d) that a dual-stack socket reports.
+  bool contains(const resolved_address& a) const noexcept {
+    const std::uint8_t* bytes = a.bytes;
+    static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (base.family == ip_family::v4 && a.family == ip_family::v6 && std::memcmp(a.bytes, mapped, 12) == 0)
+      bytes = a.bytes + 12;
+    else if (a.family != base.family)
+      return false;
+    for (int bit = 0; bit < prefix; bit += 8) {
+      int keep = prefix - bit >= 8 ? 8 : prefix - bit;
+      std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - keep));
+      if ((bytes[bit / 8] & mask) != base.bytes[bit / 8]) return false;
+    }
+    return true;
+  }
+};
+
+// Parses ADDRESS[/PREFIX]; false when it is not one (a host name, a prefix beyond
+// the family's bits). Host bits set under the prefix are cleared.
+inline bool parse_cidr(std::string_view text, cidr& out) noexcept {
+  std::size_t slash = text.find('/');
+  cidr c;
+  if (!parse_ip(text.substr(0, slash), c.base)) return false;
+  int bits = c.base.family == ip_family::v4 ? 32 : 128;
+  c.prefix = bits;
+  if (slash != std::string_view::npos) {
+    std::string_view p = text.substr(slash + 1);
+    if (p.empty() || p.size() > 3) return false;
+    int value = 0;
+    for (char ch : p) {
+      if (ch < '0' || ch > '9') return false;
+      value = value * 10 + (ch - '0');
+    }
+    if (value > bits) return false;
+    c.prefix = value;
+  }
+  for (int i = 0; i < bits / 8; ++i) {
+    int keep = c.prefix - 8 * i;
+    keep = keep < 0 ? 0 : keep > 8 ? 8 : keep;
+    c.base.bytes[i] = static_cast<std::uint8_t>(c.base.bytes[i] & (0xff << (8 - keep)));
+  }
+  out = c;
+  return true;
+}
+
+inline bool is_cidr(std::string_view text) noexcept {
+  cidr c;
+  return parse_cidr(text, c);
+}
+
+// Whether `a` is in any of `blocks` (CIDR texts; one that does not parse holds nothing).
+inline bool in_any_cidr(const std::vector<std::string>& blocks, const resolved_address& a) noexcept {
+  for (const std::string& text : blocks) {
+    cidr c;
+    if (parse_cidr(text, c) && c.contains(a)) return true;
+  }
+  return false;
+}
 
 }  // namespace detail
 }  // namespace harmony
@@ -3356,6 +3527,177 @@ std::error_code srv_backends(const dns_answer& answer, Resolve&& resolve_target,
 }  // namespace detail
 }  // namespace harmony
 
+#include <array>
+#include <cstdint>
+
+namespace harmony {
+namespace detail {
+
+// >>crypto  sans-IO SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), constant-time compare
+// What the admin handshake needs and nothing more: no dependency, no OS call.
+// Checked against the FIPS 180 examples and the RFC 4231 vectors (tests/unit.cpp).
+class sha256 {
+ public:
+  static constexpr std::size_t digest_size = 32;
+  static constexpr std::size_t block_size = 64;
+  using digest = std::array<std::uint8_t, digest_size>;
+
+  sha256() noexcept { reset(); }
+  void reset() noexcept {
+    // FIPS 180-4 5.3.3: the first 32 bits of the fractional parts of the square
+    // roots of the first eight primes.
+    static constexpr std::uint32_t initial[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                                 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    for (int i = 0; i < 8; ++i) h_[i] = initial[i];
+    length_ = 0;
+    used_ = 0;
+  }
+  void update(const void* data, std::size_t n) noexcept {
+    const auto* p = static_cast<const std::uint8_t*>(data);
+    length_ += static_cast<std::uint64_t>(n);
+    while (n > 0) {
+      std::size_t take = std::min(n, block_size - used_);
+      std::memcpy(block_ + used_, p, take);
+      used_ += take;
+      p += take;
+      n -= take;
+      if (used_ == block_size) {
+        compress(block_);
+        used_ = 0;
+      }
+    }
+  }
+  void update(std::string_view text) noexcept { update(text.data(), text.size()); }
+  // Pads (5.1.1: a 1 bit, zeros, the 64-bit bit length) and gives the hash; reset() to reuse.
+  digest finish() noexcept {
+    std::uint64_t bits = length_ * 8;
+    static constexpr std::uint8_t one = 0x80;
+    static constexpr std::uint8_t zeros[block_size] = {};
+    update(&one, 1);
+    std::size_t pad = used_ <= 56 ? 56 - used_ : block_size + 56 - used_;
+    update(zeros, pad);
+    std::uint8_t tail[8];
+    for (int i = 0; i < 8; ++i) tail[i] = static_cast<std::uint8_t>(bits >> (56 - 8 * i));
+    update(tail, 8);
+    digest out{};
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 4; ++j) out[static_cast<std::size_t>(4 * i + j)] = static_cast<std::uint8_t>(h_[i] >> (24 - 8 * j));
+    return out;
+  }
+  static digest of(std::string_view text) noexcept {
+    sha256 h;
+    h.update(text);
+    return h.finish();
+  }
+
+ private:
+  static std::uint32_t rotr(std::uint32_t x, int n) noexcept { return (x >> n) | (x << (32 - n)); }
+
+  // 6.2.2: one 512-bit block.
+  void compress(const std::uint8_t* b) noexcept {
+    // 4.2.2: the first 32 bits of the fractional parts of the cube roots of the first 64 primes.
+    static constexpr std::uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+    };
+    std::uint32_t w[64];
+    for (int t = 0; t < 16; ++t)
+      w[t] = static_cast<std::uint32_t>(b[4 * t]) << 24 | static_cast<std::uint32_t>(b[4 * t + 1]) << 16 |
+             static_cast<std::uint32_t>(b[4 * t + 2]) << 8 | static_cast<std::uint32_t>(b[4 * t + 3]);
+    for (int t = 16; t < 64; ++t) {
+      std::uint32_t s0 = rotr(w[t - 15], 7) ^ rotr(w[t - 15], 18) ^ (w[t - 15] >> 3);
+      std::uint32_t s1 = rotr(w[t - 2], 17) ^ rotr(w[t - 2], 19) ^ (w[t - 2] >> 10);
+      w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+    }
+    std::uint32_t a = h_[0], bb = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
+    for (int t = 0; t < 64; ++t) {
+      std::uint32_t big1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
+      std::uint32_t choose = (e & f) ^ (~e & g);
+      std::uint32_t t1 = h + big1 + choose + k[t] + w[t];
+      std::uint32_t big0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
+      std::uint32_t majority = (a & bb) ^ (a & c) ^ (bb & c);
+      std::uint32_t t2 = big0 + majority;
+      h = g;
+      g = f;
+      f = e;
+      e = d + t1;
+      d = c;
+      c = bb;
+      bb = a;
+      a = t1 + t2;
+    }
+    h_[0] += a;
+    h_[1] += bb;
+    h_[2] += c;
+    h_[3] += d;
+    h_[4] += e;
+    h_[5] += f;
+    h_[6] += g;
+    h_[7] += h;
+  }
+
+  std::uint32_t h_[8];
+  std::uint64_t length_;  // bytes so far
+  std::uint8_t block_[block_size];
+  std::size_t used_;  // bytes of block_ filled
+};
+
+// RFC 2104: H((K' ^ opad) || H((K' ^ ipad) || message)), K' the key, hashed first
+// when longer than a block, padded with zeros to a block.
+inline sha256::digest hmac_sha256(std::string_view key, std::string_view message) noexcept {
+  std::uint8_t k[sha256::block_size] = {};
+  if (key.size() > sha256::block_size) {
+    sha256::digest d = sha256::of(key);
+    std::memcpy(k, d.data(), d.size());
+  } else if (!key.empty()) {
+    std::memcpy(k, key.data(), key.size());
+  }
+  std::uint8_t pad[sha256::block_size];
+  sha256 inner;
+  for (std::size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x36);
+  inner.update(pad, sizeof pad);
+  inner.update(message);
+  sha256::digest inner_hash = inner.finish();
+  sha256 outer;
+  for (std::size_t i = 0; i < sizeof pad; ++i) pad[i] = static_cast<std::uint8_t>(k[i] ^ 0x5c);
+  outer.update(pad, sizeof pad);
+  outer.update(inner_hash.data(), inner_hash.size());
+  return outer.finish();
+}
+
+// Lowercase hex of any bytes.
+inline std::string to_hex(const std::uint8_t* bytes, std::size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[bytes[i] >> 4];
+    out[2 * i + 1] = digits[bytes[i] & 15];
+  }
+  return out;
+}
+inline std::string to_hex(const sha256::digest& d) { return to_hex(d.data(), d.size()); }
+
+// Equal strings, in a time that depends on their lengths only, never on where they
+// first differ: a proof is checked without telling an attacker how much was right.
+inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept {
+  if (a.size() != b.size()) return false;
+  unsigned difference = 0;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    difference |= static_cast<unsigned>(static_cast<unsigned char>(a[i]) ^ static_cast<unsigned char>(b[i]));
+  // Read through a volatile so the compiler cannot turn the loop into an early exit.
+  volatile unsigned result = difference;
+  return result == 0;
+}
+
+}  // namespace detail
+}  // namespace harmony
+
 namespace harmony {
 namespace detail {
 
@@ -3377,6 +3719,8 @@ class admin_services {
   virtual std::error_code resolve(const endpoint& at, resolved_address& out) = 0;
   // `add HOST:PORT [weight=W]`: a static backend, as server::add_backend.
   virtual std::error_code add_static(std::string_view address, int weight, std::string* id_out) = 0;
+  // Fills `out` with unpredictable bytes (the nonce of `hello` when a secret is set).
+  virtual bool random(void* out, std::size_t n) { return random_bytes(out, n); }
 
  protected:
   ~admin_services() = default;
@@ -3422,16 +3766,45 @@ struct admin_context {
   std::int64_t now;
 };
 
+// The admin handshake of a balancer with a secret (docs/admin-protocol.md): `hello`
+// answers with a fresh nonce (32 bytes of the OS CSPRNG, 64 hex digits), the peer
+// answers `auth PROOF`, PROOF being this in hex. The context string ties a proof to
+// this protocol and its purpose; the nonce ties it to one connection and one try.
+inline std::string admin_auth_proof(std::string_view secret, std::string_view nonce) {
+  std::string message = "harmony/1 auth ";
+  message.append(nonce.data(), nonce.size());
+  return to_hex(hmac_sha256(secret, message));
+}
+
+// Who may say what on one native connection, apart from parsing: with a secret, only
+// the handshake (and help, quit) before `auth` succeeds; an agent's connection (one
+// that registered its backend) changes only that backend.
+enum class admin_access { allowed, needs_auth, agent_forbidden };
+inline admin_access admin_permission(std::string_view verb, bool authenticated, bool agent) noexcept {
+  bool handshake = verb == "hello" || verb == "auth" || verb == "help" || verb == "quit" || verb == "bye";
+  if (!authenticated && !handshake) return admin_access::needs_auth;
+  // The operator commands that change the balancer or another backend.
+  bool steers = verb == "add" || verb == "remove" || verb == "set-weight" || verb == "drain" || verb == "undrain" ||
+                verb == "concurrency";
+  if (agent && steers) return admin_access::agent_forbidden;
+  return admin_access::allowed;
+}
+
 class admin_protocol {
  public:
   struct config {
     bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
     std::size_t max_line = 4096;
+    std::string secret;          // server_options::admin_secret; empty: no handshake
   };
 
   // `peer`: the address the connection comes from; `peer_host`: its host as text.
   admin_protocol(resolved_address peer, std::string peer_host, config c)
-      : config_(c), peer_(peer), peer_host_(std::move(peer_host)), lines_(c.max_line) {}
+      : config_(std::move(c)),
+        peer_(peer),
+        peer_host_(std::move(peer_host)),
+        lines_(config_.max_line),
+        authenticated_(config_.secret.empty()) {}
   admin_protocol(resolved_address peer, std::string peer_host) : admin_protocol(peer, std::move(peer_host), config{}) {}
 
   // Bytes read from the connection: tells the dialect from the first bytes, splits
@@ -3451,8 +3824,11 @@ class admin_protocol {
       held.swap(first_bytes_);
       bytes = held;
       if (dialect_ == dialect::legacy && config_.refuse_legacy) {
-        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set", peer_name().c_str());
-        end(out, "legacy dialect refused", false);
+        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set and it is not in allow_legacy",
+                peer_name().c_str());
+        // Not a harmony.js reply (there is none for this): a line for whoever looks at the bytes.
+        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+        end(out, "legacy dialect refused", true);
         return out;
       }
     }
@@ -3539,6 +3915,16 @@ class admin_protocol {
   void native_line(std::string_view line, admin_context& ctx, admin_result& out) {
     command_line c = parse_command(line);
     if (c.verb.empty() || c.verb.front() == '#') return;
+    switch (admin_permission(c.verb, authenticated_, agent_)) {
+      case admin_access::allowed: break;
+      case admin_access::needs_auth:
+        ctx.log(log_level::warn, "admin connection from %s closed: '%.*s' before authentication", peer_name().c_str(),
+                static_cast<int>(std::min<std::size_t>(c.verb.size(), 64)), c.verb.data());
+        error(out, "auth-required", "a secret is set: send 'hello', then 'auth PROOF' for its nonce");
+        return end(out, "not authenticated", true);
+      case admin_access::agent_forbidden:
+        return error(out, "forbidden", "an agent's connection changes only its own backend");
+    }
     auto need_args = [&](std::size_t n, const char* usage) {
       if (c.args.size() == n) return true;
       error(out, "usage", usage);
@@ -3557,10 +3943,22 @@ class admin_protocol {
     };
 
     if (c.verb == "hello") {
-      return append(out, "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
-                             std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) +
-                             " auth=none\n");
+      std::string hello = "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                          std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH);
+      if (config_.secret.empty()) return append(out, hello + " auth=none\n");
+      if (authenticated_) return append(out, hello + " auth=hmac-sha256 authenticated\n");
+      // A fresh nonce for each hello; the one before it is gone.
+      std::uint8_t bytes[32];
+      if (!ctx.services.random(bytes, sizeof bytes)) {
+        nonce_.clear();
+        ctx.log(log_level::error, "no random bytes for the admin nonce of %s", peer_name().c_str());
+        error(out, "failed", "no random bytes");
+        return end(out, "no random bytes", true);
+      }
+      nonce_ = to_hex(bytes, sizeof bytes);
+      return append(out, hello + " auth=hmac-sha256 nonce=" + nonce_ + "\n");
     }
+    if (c.verb == "auth") return command_auth(c, ctx, out);
     if (c.verb == "ping") {
       if (agent_) ctx.backends.lock()->ack(bound_id_, ctx.now);
       return append(out, "pong\n");
@@ -3669,6 +4067,7 @@ class admin_protocol {
   }
 
   dialect current_dialect() const noexcept { return dialect_; }
+  bool authenticated() const noexcept { return authenticated_; }
   const std::string& bound_id() const noexcept { return bound_id_; }    // the backend it speaks for
   const std::string& closed_id() const noexcept { return closed_id_; }  // deregistered here (legacy CLOSE)
   bool agent() const noexcept { return agent_; }  // a native agent: its connection is its liveness
@@ -3678,6 +4077,30 @@ class admin_protocol {
   const std::string& peer_host() const noexcept { return peer_host_; }
 
  private:
+  // `auth PROOF`: one try per nonce; a wrong or missing proof ends the connection.
+  void command_auth(const command_line& c, admin_context& ctx, admin_result& out) {
+    if (config_.secret.empty()) return error(out, "usage", "no secret is set: there is nothing to authenticate");
+    if (authenticated_) return append(out, "ok authenticated\n");
+    if (nonce_.empty()) {
+      ctx.log(log_level::warn, "admin connection from %s closed: auth without a nonce", peer_name().c_str());
+      error(out, "auth-required", "send 'hello' first: its reply carries the nonce");
+      return end(out, "auth without a nonce", true);
+    }
+    std::string expected = admin_auth_proof(config_.secret, nonce_);
+    nonce_.clear();  // used once, right or wrong
+    std::string given = c.args.size() == 1 && c.options.empty() ? std::string(c.args[0]) : std::string();
+    for (char& ch : given)
+      if (ch >= 'A' && ch <= 'F') ch = static_cast<char>(ch - 'A' + 'a');
+    if (!constant_time_equal(given, expected)) {
+      ctx.log(log_level::warn, "admin connection from %s closed: wrong authentication proof", peer_name().c_str());
+      error(out, "auth-failed", "wrong proof for the nonce");
+      return end(out, "authentication failed", true);
+    }
+    authenticated_ = true;
+    ctx.log(log_level::debug, "admin connection from %s authenticated", peer_name().c_str());
+    append(out, "ok authenticated\n");
+  }
+
   void command_register(const command_line& c, admin_context& ctx, admin_result& out) {
     std::string_view text;
     std::uint64_t port = 0;
@@ -3809,6 +4232,8 @@ class admin_protocol {
   bool agent_ = false;
   std::int64_t heartbeat_ms_ = 0;
   bool ended_ = false;
+  bool authenticated_ = true;  // no secret, or the proof was right
+  std::string nonce_;          // of the last hello, until an auth uses it
 };
 
 }  // namespace detail
@@ -6744,8 +7169,10 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   peer_ = peer;
   admin_protocol::config c;
   const server_options& o = owner_.srv().options;
-  c.refuse_legacy = !o.admin_secret.empty() && !o.allow_legacy;
-  protocol_ = std::make_unique<admin_protocol>(to_resolved(peer), peer.host_text(), c);
+  resolved_address from = to_resolved(peer);
+  c.secret = o.admin_secret;
+  c.refuse_legacy = !o.admin_secret.empty() && !in_any_cidr(o.allow_legacy, from);
+  protocol_ = std::make_unique<admin_protocol>(from, peer.host_text(), std::move(c));
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
   io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };
@@ -7176,7 +7603,7 @@ namespace harmony {
 // without an id; the others wait connected (one heartbeat interval at most), so
 // that two balancers do not hand out two ids at once.
 struct client::impl {
-  enum class state { idle, connecting, waiting, registering, registered, closing, closed };
+  enum class state { idle, connecting, authenticating, waiting, registering, registered, closing, closed };
 
   struct link {
     link(impl& o, std::size_t i, std::string a) : owner(o), index(i), address(std::move(a)), io(o.loop) {
@@ -7237,6 +7664,23 @@ struct client::impl {
     l.last_heard = loop.now();
     l.io.write("hello harmony/1\n");
     loop.schedule(l.beat, loop.now() + options.ack.count());
+    // With a secret, hello's reply carries the nonce to answer before registering.
+    if (!options.secret.empty()) {
+      l.phase = state::authenticating;
+      return;
+    }
+    try_register(l);
+  }
+
+  // hello's reply, with a secret: the proof for its nonce, then the registration
+  // right behind it (the balancer ends the connection if the proof is wrong).
+  void on_hello(link& l, const detail::command_line& c) {
+    std::string_view nonce;
+    if (c.option("nonce", nonce)) {
+      l.io.write("auth " + detail::admin_auth_proof(options.secret, nonce) + "\n");
+    } else {
+      log(log_level::debug, "agent: %s asks for no secret", l.address.c_str());
+    }
     try_register(l);
   }
 
@@ -7272,15 +7716,19 @@ struct client::impl {
   void on_line(link& l, std::string_view line) {
     l.last_heard = loop.now();
     detail::command_line c = detail::parse_command(line);
+    std::string_view value;
+    if (c.verb == "ok" && !c.args.empty() && c.args[0] == "harmony/1" && options.secret.empty() &&
+        c.option("nonce", value))
+      log(log_level::error, "agent: %s requires a secret (client_options::secret, --secret-file)", l.address.c_str());
     if (c.verb == "err") {
       log(log_level::warn, "agent: balancer %s says: %.*s", l.address.c_str(), static_cast<int>(line.size()), line.data());
-      if (l.phase == state::registering) return drop(l, false);
+      if (l.phase == state::registering || l.phase == state::authenticating) return drop(l, false);
       // A close the balancer cannot do (the backend is gone already) is done all the same.
       if (l.phase == state::closing && !c.args.empty() && (c.args[0] == "unknown-backend" || c.args[0] == "not-registered"))
         return finish(l);
       return;
     }
-    std::string_view value;
+    if (c.verb == "ok" && l.phase == state::authenticating) return on_hello(l, c);
     if (c.verb == "ok" && l.phase == state::registering && c.option("id", value)) return registered_as(l, value);
     if (c.verb == "ok" && l.phase == state::closing && !c.args.empty() && c.args[0] == "closed") finish(l);
   }
@@ -7322,13 +7770,16 @@ struct client::impl {
 
   // Every ack interval: a ping, and a check that the balancer answered the last ones.
   void on_beat(link& l) {
-    if (l.phase != state::waiting && l.phase != state::registering && l.phase != state::registered) return;
+    if (l.phase != state::waiting && l.phase != state::registering && l.phase != state::registered &&
+        l.phase != state::authenticating)
+      return;
     std::int64_t now = loop.now();
     if (l.phase == state::waiting) try_register(l, true);
     if (now - l.last_heard > 2 * options.ack.count() + 1000) {
       log(log_level::warn, "agent: no answer from %s, reconnecting", l.address.c_str());
       return drop(l, true);
     }
+    if (l.phase == state::authenticating) return loop.schedule(l.beat, now + options.ack.count());  // no ping before auth
     l.io.write("ping\n");
     loop.schedule(l.beat, now + options.ack.count());
   }
@@ -7504,6 +7955,92 @@ HARMONY_DEF bool client::registered() const {
 HARMONY_DEF std::vector<balancer_status> client::status() const {
   std::lock_guard<std::mutex> lock(impl_->mutex);
   return impl_->statuses;
+}
+
+}  // namespace harmony
+
+namespace harmony {
+
+// >>admin-call  harmony::admin_command: one operator command, handshake included
+// What `harmonyd ctl` runs: a reactor of its own on the calling thread, one stream,
+// the native dialect's hello, the proof when the balancer asks for one, the command,
+// and its reply up to the final "ok"/"err" line.
+HARMONY_DEF std::string admin_proof(std::string_view secret, std::string_view nonce) {
+  return detail::admin_auth_proof(secret, nonce);
+}
+
+HARMONY_DEF std::error_code admin_command(std::string_view admin, std::string_view command, std::string* reply,
+                                          std::string_view secret, duration timeout) {
+  if (reply) reply->clear();
+  if (command.find_first_of("\r\n") != std::string_view::npos || timeout.count() <= 0)
+    return make_error_code(errc::bad_option);
+  endpoint at;
+  detail::address to;
+  if (auto e = parse_endpoint(admin, at)) return e;
+  if (auto e = detail::resolve(at, to, false)) return e;
+  detail::reactor loop;
+  if (auto e = loop.open()) return e;
+  enum class step { hello, proof, reply, done };
+  step now = step::hello;
+  std::error_code result;
+  std::string text;
+  detail::stream io(loop);
+  detail::line_splitter lines{65536};
+  detail::timer give_up;
+  auto finish = [&](std::error_code e) {
+    if (now == step::done) return;
+    now = step::done;
+    result = e;
+    io.close();
+    loop.stop();
+  };
+  auto on_line = [&](std::string_view line) {
+    if (now == step::done) return;
+    detail::command_line c = detail::parse_command(line);
+    if (now == step::hello) {
+      std::string_view nonce;
+      if (c.verb != "ok" || c.args.empty() || c.args[0] != "harmony/1") {
+        text.append(line.data(), line.size()).append("\n");
+        return finish(make_error_code(errc::protocol));
+      }
+      bool asked = c.option("nonce", nonce);
+      if (asked && !secret.empty()) io.write("auth " + detail::admin_auth_proof(secret, nonce) + "\n");
+      io.write(std::string(command) + "\n");
+      now = asked && !secret.empty() ? step::proof : step::reply;
+      return;
+    }
+    if (now == step::proof) {
+      if (c.verb == "ok") {
+        now = step::reply;
+        return;
+      }
+      text.append(line.data(), line.size()).append("\n");
+      return finish(make_error_code(errc::unauthorized));
+    }
+    text.append(line.data(), line.size()).append("\n");
+    if (c.verb == "ok" || c.verb == "pong") return finish({});
+    if (c.verb == "err") {
+      bool auth = !c.args.empty() && c.args[0].substr(0, 5) == "auth-";
+      return finish(make_error_code(auth ? errc::unauthorized : errc::protocol));
+    }
+  };
+  give_up.fire = [&] { finish(make_error_code(std::errc::timed_out)); };
+  io.on_connect = [&](std::error_code e) {
+    if (e) return finish(e);
+    io.write("hello harmony/1\n");
+  };
+  io.on_close = [&](std::error_code e) { finish(e ? e : make_error_code(errc::protocol)); };
+  io.on_data = [&](std::string_view bytes) {
+    if (!lines.feed(bytes, on_line)) finish(make_error_code(errc::protocol));
+  };
+  loop.schedule(give_up, detail::now_ms() + timeout.count());
+  if (auto e = io.connect(to)) finish(e);
+  if (now != step::done) loop.run();
+  loop.cancel(give_up);
+  io.close();
+  loop.settle();
+  if (reply) *reply = std::move(text);
+  return result;
 }
 
 }  // namespace harmony

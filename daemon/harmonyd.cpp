@@ -5,11 +5,14 @@
 #include "../harmony.hpp"
 
 #include <chrono>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <string>
@@ -27,6 +30,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #endif
 
 namespace {
@@ -35,12 +39,17 @@ namespace {
 const char usage_head[] =
     "usage: harmonyd [options]            run the balancer\n"
     "       harmonyd agent [agent options]  register a backend with a balancer\n"
+    "       harmonyd ctl [ctl options] COMMAND...  one admin command (list, stats, drain ID, ...)\n"
     "       harmonyd --help | --version\n"
     "\n"
     "Balancer options (durations: 500ms, 30s, 1m, 2h):\n";
 const char usage_agent[] =
     "\n"
     "Agent options (harmonyd agent):\n";
+const char usage_ctl[] =
+    "\n"
+    "Ctl options (harmonyd ctl; exit 0 on an ok reply, 1 on an err reply, 3 when the\n"
+    "balancer cannot be reached):\n";
 #if defined(_WIN32)
 const char usage_tail[] =
     "\n"
@@ -216,6 +225,31 @@ struct balancer_settings {
   harmony::server_options options;
   std::vector<static_backend> backends;
 };
+
+// The shared secret of --secret-file: the file's content without its trailing newline.
+// Returns what is wrong, empty when `out` holds the secret. A file other users may read
+// is taken with a warning (the secret is only as private as the file).
+std::string read_secret_file(const std::string& path, std::string& out) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return "cannot read " + std::string("'") + path + "': " + std::strerror(errno);
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) return "cannot read '" + path + "'";
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (text.empty()) return "'" + path + "' is empty: it should hold the shared secret";
+#if !defined(_WIN32)
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & (S_IRGRP | S_IROTH)) != 0)
+    std::fprintf(stderr, "harmonyd: warning: --secret-file '%s' is readable by other users (chmod 600 it)\n",
+                 path.c_str());
+#endif
+  out = std::move(text);
+  return {};
+}
+
+template <class Settings, auto field>
+std::string set_secret_file(Settings& s, const std::string& path) {
+  return read_secret_file(path, s.options.*field);
+}
 
 // What the agent's flags set.
 struct agent_settings {
@@ -433,6 +467,14 @@ const std::vector<flag<B>> balancer_flags = {
      [](const B&) { return std::string("those of /etc/resolv.conf"); }},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
+    {"secret-file", "FILE", "the admin port's shared secret: native peers must prove\nthey know it (HMAC-SHA256 challenge), harmony.js\nagents are refused except from --allow-legacy",
+     nullptr, set_secret_file<B, &server_options::admin_secret>, [](const B&) { return std::string(); }},
+    {"allow-legacy", "CIDR", "with --secret-file, still accept harmony.js agents\nfrom this address block; repeatable", "allow_legacy",
+     [](B& s, const std::string& v) {
+       s.options.allow_legacy.push_back(v);
+       return std::string();
+     },
+     [](const B&) { return std::string(); }},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
      "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
     log_level_flag<B>,
@@ -466,6 +508,8 @@ const std::vector<flag<A>> agent_flags = {
      [](const A& d) { return std::string(harmony::to_string(d.options.state)); }},
     {"ack", "DUR", "heartbeat interval, at most half the host timeout", "ack", set_duration<A, &client_options::ack>,
      show_duration<A, &client_options::ack>},
+    {"secret-file", "FILE", "the balancers' shared secret (their --secret-file)", nullptr,
+     set_secret_file<A, &client_options::secret>, [](const A&) { return std::string(); }},
     {"host", "H", "address the balancer should connect to", "host",
      [](A& s, const std::string& v) {
        // The library reads an empty host as "as seen"; given as a flag it is a mistake.
@@ -475,6 +519,30 @@ const std::vector<flag<A>> agent_flags = {
      },
      [](const A& d) { return d.options.host.empty() ? std::string("the address it sees") : d.options.host; }},
     log_level_flag<A>,
+};
+
+// What the ctl's flags set: the admin address (as client_options::balancer, which
+// check() validates) and the secret; the command comes after the flags.
+struct ctl_settings {
+  ctl_settings() { options.balancer = harmony::server_options{}.admin; }
+  harmony::client_options options;
+  harmony::duration timeout{10000};
+  std::vector<std::string> command;
+};
+using C = ctl_settings;
+
+const std::vector<flag<C>> ctl_flags = {
+    {"admin", "HOST:PORT", "the balancer's admin address", "balancer", set_text<C, &client_options::balancer>,
+     [](const C& d) { return d.options.balancer; }},
+    {"secret-file", "FILE", "the shared secret, when the balancer has one", nullptr,
+     set_secret_file<C, &client_options::secret>, [](const C&) { return std::string(); }},
+    {"timeout", "DUR", "longest wait for the whole exchange", nullptr,
+     [](C& s, const std::string& v) {
+       if (harmony::parse_duration(v, s.timeout) || s.timeout.count() <= 0)
+         return quoted(v) + " is not a positive duration (e.g. 500ms, 30s, 1m)";
+       return std::string();
+     },
+     [](const C& d) { return harmony::format_duration(d.timeout); }},
 };
 
 template <class Settings>
@@ -528,15 +596,22 @@ void print_usage() {
   print_flags(balancer_flags);
   std::fputs(usage_agent, stdout);
   print_flags(agent_flags);
+  std::fputs(usage_ctl, stdout);
+  print_flags(ctl_flags);
   std::fputs(usage_tail, stdout);
 }
 
 // Reads the command line from argv[first]: "--name value" or "--name=value". Returns
 // false when it met --help or --version and printed the answer.
+// With `rest`, the first argument that is not a flag and every one after it go there.
 template <class Settings>
 bool parse_command_line(const std::vector<flag<Settings>>& table, const char* unknown, int argc, char** argv,
-                        int first, bool has_version, Settings& settings) {
+                        int first, bool has_version, Settings& settings, std::vector<std::string>* rest = nullptr) {
   for (int i = first; i < argc; ++i) {
+    if (rest && std::string_view(argv[i]).rfind("--", 0) != 0) {
+      rest->assign(argv + i, argv + argc);
+      break;
+    }
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
       print_usage();
@@ -609,9 +684,31 @@ int run_agent(int argc, char** argv) {
   return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
 }
 
+// harmonyd ctl: one command, its reply on stdout.
+int run_ctl(int argc, char** argv) {
+  ctl_settings s;
+  if (!parse_command_line(ctl_flags, "unknown ctl option", argc, argv, 2, false, s, &s.command)) return 0;
+  if (s.command.empty()) usage_error("ctl: a command is required (e.g. list, stats, drain ID; 'help' lists them)");
+  std::string line;
+  for (const std::string& word : s.command) line += (line.empty() ? "" : " ") + word;
+  if (line.find_first_of("\r\n") != std::string::npos) usage_error("ctl: the command is one line");
+  std::string reply;
+  std::error_code e = harmony::admin_command(s.options.balancer, line, &reply, s.options.secret, s.timeout);
+  std::fputs(reply.c_str(), stdout);
+  std::fflush(stdout);
+  if (!e) return 0;
+  if (e == harmony::errc::protocol || e == harmony::errc::unauthorized) {
+    if (reply.empty()) std::fprintf(stderr, "harmonyd ctl: %s: %s\n", s.options.balancer.c_str(), e.message().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "harmonyd ctl: cannot reach %s: %s\n", s.options.balancer.c_str(), e.message().c_str());
+  return 3;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "agent") return run_agent(argc, argv);
+  if (argc > 1 && std::string(argv[1]) == "ctl") return run_ctl(argc, argv);
   return run_balancer(argc, argv);
 }

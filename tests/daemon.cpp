@@ -173,6 +173,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--nameserver ADDRESS[:PORT]", "those of /etc/resolv.conf"},
       {"--workers N", std::to_string(so.workers)},
       {"--splice", so.splice ? "(default)" : ""},
+      {"--secret-file FILE", ""},
+      {"--allow-legacy CIDR", ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},
   };
   const std::map<std::string, std::string> agent = {
@@ -183,7 +185,13 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--state STATE", harmony::to_string(co.state)},
       {"--ack DUR", duration(co.ack)},
       {"--host H", "the address it sees"},
+      {"--secret-file FILE", ""},
       {"--log-level LEVEL", harmony::to_string(co.level)},
+  };
+  const std::map<std::string, std::string> ctl = {
+      {"--admin HOST:PORT", so.admin},
+      {"--secret-file FILE", ""},
+      {"--timeout DUR", "10s"},
   };
   CHECK(duration(so.host_timeout) == "1m");  // the form the daemon reads
   CHECK(duration(so.idle_timeout) == "10m");
@@ -191,9 +199,12 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   REQUIRE(help.wait() == 0);
   std::string out = help.output();
   std::size_t split = out.find("Agent options");
+  std::size_t ctl_split = out.find("Ctl options");
   REQUIRE(split != std::string::npos);
+  REQUIRE(ctl_split != std::string::npos);
   for (auto [section, expected] : {std::make_pair(out.substr(0, split), &balancer),
-                                   std::make_pair(out.substr(split), &agent)}) {
+                                   std::make_pair(out.substr(split, ctl_split - split), &agent),
+                                   std::make_pair(out.substr(ctl_split), &ctl)}) {
     auto entries = help_entries(section);
     CHECK(entries.size() == expected->size());  // no flag the test does not know
     for (const auto& row : *expected) {

@@ -1619,6 +1619,141 @@ TEST_CASE("discovery: a record whose priority changes changes its backend's role
   CHECK(d.resolved({detail::discovered_address{at, 5, true}}).changes.empty());
 }
 
+namespace {
+std::string sha256_hex(std::string_view text) { return detail::to_hex(detail::sha256::of(text)); }
+std::string hmac_hex(std::string_view key, std::string_view data) { return detail::to_hex(detail::hmac_sha256(key, data)); }
+}  // namespace
+
+TEST_CASE("crypto: SHA-256 gives the FIPS 180 example hashes, however the input is split") {
+  // FIPS 180-2 appendix B (and the NIST example values): one block, two blocks, a million 'a'.
+  CHECK(sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq") ==
+        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  CHECK(sha256_hex("abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmnopqrsmnopq"
+                   "rstnopqrstu") == "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
+  const std::string million(1000000, 'a');
+  CHECK(sha256_hex(million) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  for (std::size_t piece : {std::size_t(1), std::size_t(63), std::size_t(64), std::size_t(65), std::size_t(1000)}) {
+    CAPTURE(piece);
+    detail::sha256 h;
+    for (std::size_t at = 0; at < million.size(); at += piece) h.update(std::string_view(million).substr(at, piece));
+    CHECK(detail::to_hex(h.finish()) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  }
+  // The padding's edges: 55 bytes fit one block with the length, 56 need a second one.
+  // (Values cross-checked with another implementation, Python's hashlib.)
+  CHECK(sha256_hex(std::string(55, 'a')) == "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318");
+  CHECK(sha256_hex(std::string(56, 'a')) == "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a");
+  CHECK(sha256_hex(std::string(64, 'a')) == "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb");
+}
+
+TEST_CASE("crypto: HMAC-SHA256 gives the RFC 4231 test vectors (cases 1 to 7)") {
+  auto bytes = [](std::size_t n, unsigned char value) { return std::string(n, static_cast<char>(value)); };
+  std::string counting;  // case 4's key: 0x01 to 0x19
+  for (int i = 1; i <= 25; ++i) counting += static_cast<char>(i);
+  CHECK(hmac_hex(bytes(20, 0x0b), "Hi There") == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+  CHECK(hmac_hex("Jefe", "what do ya want for nothing?") ==
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+  CHECK(hmac_hex(bytes(20, 0xaa), bytes(50, 0xdd)) == "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe");
+  CHECK(hmac_hex(counting, bytes(50, 0xcd)) == "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b");
+  // Case 5 is truncated to 128 bits.
+  CHECK(hmac_hex(bytes(20, 0x0c), "Test With Truncation").substr(0, 32) == "a3b6167473100ee06e0c796c2955552b");
+  // Cases 6 and 7: a key longer than a block is hashed first.
+  CHECK(hmac_hex(bytes(131, 0xaa), "Test Using Larger Than Block-Size Key - Hash Key First") ==
+        "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+  CHECK(hmac_hex(bytes(131, 0xaa),
+                 "This is a test using a larger than block-size key and a larger than block-size data. The key needs "
+                 "to be hashed before being used by the HMAC algorithm.") ==
+        "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2");
+  // The handshake's proof is HMAC-SHA256(secret, "harmony/1 auth " + nonce), in hex.
+  CHECK(detail::admin_auth_proof("s3cret", std::string(64, '0')) ==
+        "790dfae1deabcbf016a57448d38523552065b3537c1a8b4628a1f220bc831424");
+}
+
+TEST_CASE("crypto: constant-time comparison is plain equality") {
+  CHECK(detail::constant_time_equal("", ""));
+  CHECK(detail::constant_time_equal("abc", "abc"));
+  CHECK_FALSE(detail::constant_time_equal("abc", "abd"));
+  CHECK_FALSE(detail::constant_time_equal("abc", "xbc"));
+  CHECK_FALSE(detail::constant_time_equal("abc", "abcd"));
+  CHECK_FALSE(detail::constant_time_equal("abc", ""));
+}
+
+TEST_CASE("CIDR blocks: IPv4 and IPv6 text, prefixes, bare hosts, and what they contain") {
+  detail::resolved_address a;
+  REQUIRE(detail::parse_ip("192.0.2.10", a));
+  CHECK(a == detail::resolved_address::v4(192, 0, 2, 10, 0));
+  REQUIRE(detail::parse_ip("2001:db8::1", a));
+  CHECK(a.family == detail::ip_family::v6);
+  CHECK(a.bytes[0] == 0x20);
+  CHECK(a.bytes[1] == 0x01);
+  CHECK(a.bytes[2] == 0x0d);
+  CHECK(a.bytes[3] == 0xb8);
+  CHECK(a.bytes[15] == 1);
+  REQUIRE(detail::parse_ip("::", a));
+  CHECK(a.family == detail::ip_family::v6);
+  REQUIRE(detail::parse_ip("::ffff:10.1.2.3", a));
+  CHECK(a.bytes[10] == 0xff);
+  CHECK(a.bytes[12] == 10);
+  CHECK(a.bytes[15] == 3);
+  REQUIRE(detail::parse_ip("1:2:3:4:5:6:7:8", a));
+  CHECK(a.bytes[14] == 0);
+  CHECK(a.bytes[15] == 8);
+  REQUIRE(detail::parse_ip("fe80::", a));
+  CHECK(a.bytes[0] == 0xfe);
+  for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.2.3.4", "1.2.3.4 ", "a.b.c.d", "localhost", ":::",
+                          "1::2::3", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "12345::", "1:", ":1", "g::", "::1.2.3",
+                          "1:2:3:4:5:6:7:8::"})
+    CHECK_MESSAGE(!detail::parse_ip(bad, a), bad);
+
+  detail::cidr c;
+  REQUIRE(detail::parse_cidr("10.1.0.0/16", c));
+  CHECK(c.contains(detail::resolved_address::v4(10, 1, 200, 3, 5000)));
+  CHECK_FALSE(c.contains(detail::resolved_address::v4(10, 2, 0, 1, 0)));
+  // A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d.
+  REQUIRE(detail::parse_ip("::ffff:10.1.9.9", a));
+  CHECK(c.contains(a));
+  REQUIRE(detail::parse_ip("::ffff:10.2.9.9", a));
+  CHECK_FALSE(c.contains(a));
+  // Host bits are cleared; an odd prefix splits a byte.
+  REQUIRE(detail::parse_cidr("192.168.1.77/25", c));
+  CHECK(c.base == detail::resolved_address::v4(192, 168, 1, 0, 0));
+  CHECK(c.contains(detail::resolved_address::v4(192, 168, 1, 127, 0)));
+  CHECK_FALSE(c.contains(detail::resolved_address::v4(192, 168, 1, 128, 0)));
+  // A bare address is one host.
+  REQUIRE(detail::parse_cidr("127.0.0.1", c));
+  CHECK(c.prefix == 32);
+  CHECK(c.contains(detail::resolved_address::v4(127, 0, 0, 1, 1)));
+  CHECK_FALSE(c.contains(detail::resolved_address::v4(127, 0, 0, 2, 1)));
+  REQUIRE(detail::parse_cidr("::1", c));
+  CHECK(c.prefix == 128);
+  REQUIRE(detail::parse_ip("::1", a));
+  CHECK(c.contains(a));
+  CHECK_FALSE(c.contains(detail::resolved_address::v4(127, 0, 0, 1, 1)));  // no family crossing
+  REQUIRE(detail::parse_cidr("fd00::/8", c));
+  REQUIRE(detail::parse_ip("fd12:3456::9", a));
+  CHECK(c.contains(a));
+  REQUIRE(detail::parse_ip("fe80::1", a));
+  CHECK_FALSE(c.contains(a));
+  // /0 holds its whole family.
+  REQUIRE(detail::parse_cidr("0.0.0.0/0", c));
+  CHECK(c.contains(detail::resolved_address::v4(203, 0, 113, 5, 0)));
+  for (const char* bad : {"10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/a", "10.0.0.0/-1", "host/8", "/8", "10.0.0.0/8/8"})
+    CHECK_MESSAGE(!detail::parse_cidr(bad, c), bad);
+  CHECK(detail::in_any_cidr({"192.0.2.0/24", "203.0.113.5"}, detail::resolved_address::v4(203, 0, 113, 5, 40000)));
+  CHECK_FALSE(detail::in_any_cidr({"192.0.2.0/24"}, detail::resolved_address::v4(203, 0, 113, 5, 40000)));
+  CHECK_FALSE(detail::in_any_cidr({}, detail::resolved_address::v4(203, 0, 113, 5, 40000)));
+  // check() names a block that does not parse.
+  server_options o;
+  o.allow_legacy = {"10.0.0.0/8", "fd00::/8", "10.0.0.0/40"};
+  option_problem problem;
+  CHECK(check(o, &problem) == errc::bad_option);
+  CHECK(std::string(problem.option) == "allow_legacy");
+  CHECK(problem.reason.find("'10.0.0.0/40'") != std::string::npos);
+  o.allow_legacy.pop_back();
+  CHECK_FALSE(check(o));
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
@@ -2324,6 +2459,147 @@ const detail::admin_effect* only_effect(const detail::admin_result& r) {
 }
 }  // namespace
 
+namespace {
+// A connection to a balancer whose admin secret is `secret`.
+detail::admin_protocol with_secret(const std::string& secret, bool refuse_legacy = true) {
+  detail::admin_protocol::config c;
+  c.secret = secret;
+  c.refuse_legacy = refuse_legacy;
+  return from_agent(c);
+}
+// The nonce in hello's reply; empty when there is none.
+std::string nonce_of(const std::string& hello_reply) {
+  auto at = hello_reply.find("nonce=");
+  if (at == std::string::npos) return {};
+  return hello_reply.substr(at + 6, hello_reply.find_first_of(" \n", at) - at - 6);
+}
+bool ends(const detail::admin_result& r) { return has_effect(r, detail::admin_effect::kind::end); }
+}  // namespace
+
+TEST_CASE("admin policy: what a connection may say before authentication and as an agent") {
+  using detail::admin_access;
+  for (const char* verb : {"hello", "auth", "help", "quit", "bye"})
+    CHECK(detail::admin_permission(verb, false, false) == admin_access::allowed);
+  for (const char* verb : {"ping", "register", "weight", "report", "close", "list", "stats", "add", "remove",
+                           "set-weight", "drain", "undrain", "concurrency", "nonsense"})
+    CHECK_MESSAGE(detail::admin_permission(verb, false, false) == admin_access::needs_auth, verb);
+  // An agent's connection: its own backend only.
+  for (const char* verb : {"add", "remove", "set-weight", "drain", "undrain", "concurrency"})
+    CHECK_MESSAGE(detail::admin_permission(verb, true, true) == admin_access::agent_forbidden, verb);
+  for (const char* verb : {"ping", "register", "weight", "report", "close", "list", "stats", "hello"})
+    CHECK_MESSAGE(detail::admin_permission(verb, true, true) == admin_access::allowed, verb);
+  // An operator's: everything.
+  for (const char* verb : {"add", "remove", "set-weight", "drain", "concurrency", "register", "list"})
+    CHECK(detail::admin_permission(verb, true, false) == admin_access::allowed);
+}
+
+TEST_CASE("admin handshake: hello gives a fresh nonce, auth takes the HMAC proof once") {
+  admin_bench bench;
+  // Without a secret nothing changes: no nonce, every command at once.
+  auto open = from_agent();
+  CHECK(open.authenticated());
+  CHECK(bench.say(open, "hello harmony/1\n").find(" auth=none\n") != std::string::npos);
+  CHECK(bench.say(open, "auth 00\n") == "err usage no secret is set: there is nothing to authenticate\n");
+  CHECK(bench.say(open, "list\n") == "ok backends=0\n");
+
+  // The right proof.
+  auto p = with_secret("s3cret");
+  CHECK_FALSE(p.authenticated());
+  std::string hello = bench.say(p, "hello harmony/1\n");
+  CHECK(hello.find(" auth=hmac-sha256 nonce=") != std::string::npos);
+  std::string nonce = nonce_of(hello);
+  CHECK(nonce.size() == 64);
+  CHECK(bench.say(p, "auth " + detail::admin_auth_proof("s3cret", nonce) + "\n") == "ok authenticated\n");
+  CHECK(p.authenticated());
+  CHECK(bench.say(p, "list\n") == "ok backends=0\n");
+  CHECK(bench.say(p, "hello\n").find("auth=hmac-sha256 authenticated\n") != std::string::npos);
+  // Upper-case hex is the same proof.
+  auto upper = with_secret("s3cret");
+  std::string n2 = nonce_of(bench.say(upper, "hello\n"));
+  CHECK(n2 != nonce);  // fresh every time
+  std::string proof = detail::admin_auth_proof("s3cret", n2);
+  for (char& ch : proof) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  CHECK(bench.say(upper, "auth " + proof + "\n") == "ok authenticated\n");
+
+  // A command before auth: a clear error, then the end (after the reply).
+  auto early = with_secret("s3cret");
+  auto r = bench.feed(early, "register port=8080\nlist\n");
+  CHECK(r.text() == "err auth-required a secret is set: send 'hello', then 'auth PROOF' for its nonce\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].graceful);
+  CHECK(bench.list().empty());
+  // auth before any hello: no nonce to answer.
+  auto blind = with_secret("s3cret");
+  r = bench.feed(blind, "auth " + detail::admin_auth_proof("s3cret", nonce) + "\n");
+  CHECK(r.text() == "err auth-required send 'hello' first: its reply carries the nonce\n");
+  CHECK(ends(r));
+
+  // A wrong proof, a proof from another secret, a missing one, a malformed one.
+  for (std::string bad : {std::string("auth 00"), std::string("auth"), std::string("auth x y"), std::string("auth proof=1"),
+                          std::string("wrong-secret")}) {
+    CAPTURE(bad);
+    auto q = with_secret("s3cret");
+    std::string n = nonce_of(bench.say(q, "hello\n"));
+    if (bad == "wrong-secret") bad = "auth " + detail::admin_auth_proof("s3cre7", n);
+    r = bench.feed(q, bad + "\nlist\n");
+    CHECK(r.text() == "err auth-failed wrong proof for the nonce\n");  // list is not answered
+    CHECK(ends(r));
+    CHECK_FALSE(q.authenticated());
+  }
+
+  // A replay: the proof of an earlier connection's nonce does not answer this one's.
+  auto later = with_secret("s3cret");
+  std::string n3 = nonce_of(bench.say(later, "hello\n"));
+  REQUIRE(n3 != nonce);
+  r = bench.feed(later, "auth " + detail::admin_auth_proof("s3cret", nonce) + "\n");
+  CHECK(r.text() == "err auth-failed wrong proof for the nonce\n");
+  CHECK(ends(r));
+  // A second hello replaces the nonce: the first one's proof is stale.
+  auto twice = with_secret("s3cret");
+  std::string first = nonce_of(bench.say(twice, "hello\n"));
+  std::string second = nonce_of(bench.say(twice, "hello\n"));
+  CHECK(first != second);
+  CHECK(bench.say(twice, "auth " + detail::admin_auth_proof("s3cret", first) + "\n") ==
+        "err auth-failed wrong proof for the nonce\n");
+
+  // The legacy dialect with a secret: refused unless allowed (refuse_legacy false).
+  auto legacy = with_secret("s3cret", false);
+  CHECK(bench.say(legacy, "NID::").rfind("NID:", 0) == 0);
+}
+
+TEST_CASE("admin handshake: an authenticated agent changes only its own backend") {
+  admin_bench bench;
+  auto login = [&](detail::admin_protocol& p) {
+    std::string n = nonce_of(bench.say(p, "hello\n"));
+    return bench.say(p, "auth " + detail::admin_auth_proof("k", n) + "\n") == "ok authenticated\n";
+  };
+  auto other = with_secret("k");
+  REQUIRE(login(other));
+  REQUIRE(bench.say(other, "register port=81\n") == "ok id=" + nth_id(1) + "\n");
+  auto agent = with_secret("k");
+  REQUIRE(login(agent));
+  REQUIRE(bench.say(agent, "register port=82 weight=100\n") == "ok id=" + nth_id(2) + "\n");
+  const std::string theirs = nth_id(1);
+  const char* forbidden = "err forbidden an agent's connection changes only its own backend\n";
+  CHECK(bench.say(agent, "drain " + theirs + "\n") == forbidden);
+  CHECK(bench.say(agent, "set-weight " + theirs + " 9\n") == forbidden);
+  CHECK(bench.say(agent, "remove " + theirs + "\n") == forbidden);
+  CHECK(bench.say(agent, "add 192.0.2.1:80\n") == forbidden);
+  CHECK(bench.say(agent, "concurrency 0\n") == forbidden);
+  auto list = bench.list();
+  REQUIRE(list.size() == 2);
+  for (const auto& b : list) {
+    CHECK_FALSE(b.draining);
+    CHECK(b.weight == (b.id == theirs ? default_weight : 100));
+  }
+  // Its own backend it may change; an operator's connection may change any.
+  CHECK(bench.say(agent, "weight 200\n") == "ok weight=200\n");
+  CHECK(bench.say(agent, "report state=drain\n") == "ok state=drain\n");
+  auto ops = with_secret("k");
+  REQUIRE(login(ops));
+  CHECK(bench.say(ops, "drain " + theirs + "\n") == "ok\n");
+}
+
 TEST_CASE("legacy commands: the harmony.js register cycle, echoed byte for byte, however it is split") {
   const std::string request = "NID::BAL:1000:SPORT:11081:";
   const std::string id = nth_id(1);
@@ -2484,10 +2760,10 @@ TEST_CASE("legacy commands: refusals and malformed input end the connection") {
   admin_bench fresh;
   auto e = from_agent(strict);
   r = fresh.feed(e, "NID::");
-  CHECK(r.replies.empty());
+  CHECK(r.text() == "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
   REQUIRE(only_effect(r));
   CHECK(std::string(r.effects[0].why) == "legacy dialect refused");
-  CHECK_FALSE(r.effects[0].graceful);
+  CHECK(r.effects[0].graceful);  // the error line goes out first
   CHECK(fresh.list().empty());
   // ...but the native dialect is not.
   auto f = from_agent(strict);

@@ -35,6 +35,9 @@ struct client_options {
   // On the agent's thread, each time a balancer registers it, with the id that balancer
   // knows it by.
   std::function<void(const std::string& id)> on_registered;
+  // The balancers' admin secret (server_options::admin_secret); empty: none. With it the
+  // agent answers each balancer's nonce (`auth PROOF`) before it registers there.
+  std::string secret;
   log_function log;
   log_level level = log_level::info;
 };
@@ -83,5 +86,19 @@ class client {
  private:
   std::unique_ptr<impl> impl_;
 };
+
+// One operator command on a balancer's admin port, as `harmonyd ctl` sends it: connects to
+// `admin` (HOST:PORT), says hello, answers the balancer's nonce with `secret` when it asks
+// for a proof, sends `command` (one line, e.g. "list" or "drain ID") and puts every line of
+// the reply in `reply`. Blocks the calling thread, at most `timeout` in all. {} when the
+// reply ends with "ok ..." (or is "pong"); errc::unauthorized when the balancer wanted a
+// secret or refused the proof; errc::protocol for an "err ..." reply or a connection that
+// ends without one; the connect error, or std::errc::timed_out, otherwise.
+// The answer to a balancer's `hello` nonce, for an agent or tool of your own: the hex of
+// HMAC-SHA256(secret, "harmony/1 auth " + nonce), sent as `auth PROOF`.
+std::string admin_proof(std::string_view secret, std::string_view nonce);
+
+std::error_code admin_command(std::string_view admin, std::string_view command, std::string* reply = nullptr,
+                              std::string_view secret = {}, duration timeout = duration{10000});
 
 }  // namespace harmony

@@ -99,8 +99,16 @@ struct server_options {
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
-  std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
-  bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
+  // Authentication of the admin port (docs/admin-protocol.md, README "Exposing the admin port").
+  // With a secret, a native connection must answer the nonce of `hello` with
+  // `auth PROOF` (PROOF: hex of HMAC-SHA256(secret, "harmony/1 auth " + nonce)) before
+  // any other command, and the legacy (harmony.js) dialect, which cannot
+  // authenticate, is refused except from the blocks in allow_legacy. Empty: no
+  // authentication, both dialects open to whoever reaches the port.
+  std::string admin_secret;
+  // CIDR blocks ("10.1.0.0/16", "fd00::/8"; a bare address is one host) whose
+  // harmony.js agents are still accepted while a secret is set.
+  std::vector<std::string> allow_legacy;
   log_function log;                 // silent when empty
   log_level level = log_level::info;
 };

@@ -138,8 +138,10 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   peer_ = peer;
   admin_protocol::config c;
   const server_options& o = owner_.srv().options;
-  c.refuse_legacy = !o.admin_secret.empty() && !o.allow_legacy;
-  protocol_ = std::make_unique<admin_protocol>(to_resolved(peer), peer.host_text(), c);
+  resolved_address from = to_resolved(peer);
+  c.secret = o.admin_secret;
+  c.refuse_legacy = !o.admin_secret.empty() && !in_any_cidr(o.allow_legacy, from);
+  protocol_ = std::make_unique<admin_protocol>(from, peer.host_text(), std::move(c));
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
   io.on_close = [this](std::error_code e) { end(e ? "connection error" : "closed by peer"); };

@@ -8,7 +8,7 @@ namespace harmony {
 // without an id; the others wait connected (one heartbeat interval at most), so
 // that two balancers do not hand out two ids at once.
 struct client::impl {
-  enum class state { idle, connecting, waiting, registering, registered, closing, closed };
+  enum class state { idle, connecting, authenticating, waiting, registering, registered, closing, closed };
 
   struct link {
     link(impl& o, std::size_t i, std::string a) : owner(o), index(i), address(std::move(a)), io(o.loop) {
@@ -69,6 +69,23 @@ struct client::impl {
     l.last_heard = loop.now();
     l.io.write("hello harmony/1\n");
     loop.schedule(l.beat, loop.now() + options.ack.count());
+    // With a secret, hello's reply carries the nonce to answer before registering.
+    if (!options.secret.empty()) {
+      l.phase = state::authenticating;
+      return;
+    }
+    try_register(l);
+  }
+
+  // hello's reply, with a secret: the proof for its nonce, then the registration
+  // right behind it (the balancer ends the connection if the proof is wrong).
+  void on_hello(link& l, const detail::command_line& c) {
+    std::string_view nonce;
+    if (c.option("nonce", nonce)) {
+      l.io.write("auth " + detail::admin_auth_proof(options.secret, nonce) + "\n");
+    } else {
+      log(log_level::debug, "agent: %s asks for no secret", l.address.c_str());
+    }
     try_register(l);
   }
 
@@ -104,15 +121,19 @@ struct client::impl {
   void on_line(link& l, std::string_view line) {
     l.last_heard = loop.now();
     detail::command_line c = detail::parse_command(line);
+    std::string_view value;
+    if (c.verb == "ok" && !c.args.empty() && c.args[0] == "harmony/1" && options.secret.empty() &&
+        c.option("nonce", value))
+      log(log_level::error, "agent: %s requires a secret (client_options::secret, --secret-file)", l.address.c_str());
     if (c.verb == "err") {
       log(log_level::warn, "agent: balancer %s says: %.*s", l.address.c_str(), static_cast<int>(line.size()), line.data());
-      if (l.phase == state::registering) return drop(l, false);
+      if (l.phase == state::registering || l.phase == state::authenticating) return drop(l, false);
       // A close the balancer cannot do (the backend is gone already) is done all the same.
       if (l.phase == state::closing && !c.args.empty() && (c.args[0] == "unknown-backend" || c.args[0] == "not-registered"))
         return finish(l);
       return;
     }
-    std::string_view value;
+    if (c.verb == "ok" && l.phase == state::authenticating) return on_hello(l, c);
     if (c.verb == "ok" && l.phase == state::registering && c.option("id", value)) return registered_as(l, value);
     if (c.verb == "ok" && l.phase == state::closing && !c.args.empty() && c.args[0] == "closed") finish(l);
   }
@@ -154,13 +175,16 @@ struct client::impl {
 
   // Every ack interval: a ping, and a check that the balancer answered the last ones.
   void on_beat(link& l) {
-    if (l.phase != state::waiting && l.phase != state::registering && l.phase != state::registered) return;
+    if (l.phase != state::waiting && l.phase != state::registering && l.phase != state::registered &&
+        l.phase != state::authenticating)
+      return;
     std::int64_t now = loop.now();
     if (l.phase == state::waiting) try_register(l, true);
     if (now - l.last_heard > 2 * options.ack.count() + 1000) {
       log(log_level::warn, "agent: no answer from %s, reconnecting", l.address.c_str());
       return drop(l, true);
     }
+    if (l.phase == state::authenticating) return loop.schedule(l.beat, now + options.ack.count());  // no ping before auth
     l.io.write("ping\n");
     loop.schedule(l.beat, now + options.ack.count());
   }

@@ -19,6 +19,8 @@ class admin_services {
   virtual std::error_code resolve(const endpoint& at, resolved_address& out) = 0;
   // `add HOST:PORT [weight=W]`: a static backend, as server::add_backend.
   virtual std::error_code add_static(std::string_view address, int weight, std::string* id_out) = 0;
+  // Fills `out` with unpredictable bytes (the nonce of `hello` when a secret is set).
+  virtual bool random(void* out, std::size_t n) { return random_bytes(out, n); }
 
  protected:
   ~admin_services() = default;
@@ -64,16 +66,45 @@ struct admin_context {
   std::int64_t now;
 };
 
+// The admin handshake of a balancer with a secret (docs/admin-protocol.md): `hello`
+// answers with a fresh nonce (32 bytes of the OS CSPRNG, 64 hex digits), the peer
+// answers `auth PROOF`, PROOF being this in hex. The context string ties a proof to
+// this protocol and its purpose; the nonce ties it to one connection and one try.
+inline std::string admin_auth_proof(std::string_view secret, std::string_view nonce) {
+  std::string message = "harmony/1 auth ";
+  message.append(nonce.data(), nonce.size());
+  return to_hex(hmac_sha256(secret, message));
+}
+
+// Who may say what on one native connection, apart from parsing: with a secret, only
+// the handshake (and help, quit) before `auth` succeeds; an agent's connection (one
+// that registered its backend) changes only that backend.
+enum class admin_access { allowed, needs_auth, agent_forbidden };
+inline admin_access admin_permission(std::string_view verb, bool authenticated, bool agent) noexcept {
+  bool handshake = verb == "hello" || verb == "auth" || verb == "help" || verb == "quit" || verb == "bye";
+  if (!authenticated && !handshake) return admin_access::needs_auth;
+  // The operator commands that change the balancer or another backend.
+  bool steers = verb == "add" || verb == "remove" || verb == "set-weight" || verb == "drain" || verb == "undrain" ||
+                verb == "concurrency";
+  if (agent && steers) return admin_access::agent_forbidden;
+  return admin_access::allowed;
+}
+
 class admin_protocol {
  public:
   struct config {
     bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
     std::size_t max_line = 4096;
+    std::string secret;          // server_options::admin_secret; empty: no handshake
   };
 
   // `peer`: the address the connection comes from; `peer_host`: its host as text.
   admin_protocol(resolved_address peer, std::string peer_host, config c)
-      : config_(c), peer_(peer), peer_host_(std::move(peer_host)), lines_(c.max_line) {}
+      : config_(std::move(c)),
+        peer_(peer),
+        peer_host_(std::move(peer_host)),
+        lines_(config_.max_line),
+        authenticated_(config_.secret.empty()) {}
   admin_protocol(resolved_address peer, std::string peer_host) : admin_protocol(peer, std::move(peer_host), config{}) {}
 
   // Bytes read from the connection: tells the dialect from the first bytes, splits
@@ -93,8 +124,11 @@ class admin_protocol {
       held.swap(first_bytes_);
       bytes = held;
       if (dialect_ == dialect::legacy && config_.refuse_legacy) {
-        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set", peer_name().c_str());
-        end(out, "legacy dialect refused", false);
+        ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set and it is not in allow_legacy",
+                peer_name().c_str());
+        // Not a harmony.js reply (there is none for this): a line for whoever looks at the bytes.
+        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+        end(out, "legacy dialect refused", true);
         return out;
       }
     }
@@ -181,6 +215,16 @@ class admin_protocol {
   void native_line(std::string_view line, admin_context& ctx, admin_result& out) {
     command_line c = parse_command(line);
     if (c.verb.empty() || c.verb.front() == '#') return;
+    switch (admin_permission(c.verb, authenticated_, agent_)) {
+      case admin_access::allowed: break;
+      case admin_access::needs_auth:
+        ctx.log(log_level::warn, "admin connection from %s closed: '%.*s' before authentication", peer_name().c_str(),
+                static_cast<int>(std::min<std::size_t>(c.verb.size(), 64)), c.verb.data());
+        error(out, "auth-required", "a secret is set: send 'hello', then 'auth PROOF' for its nonce");
+        return end(out, "not authenticated", true);
+      case admin_access::agent_forbidden:
+        return error(out, "forbidden", "an agent's connection changes only its own backend");
+    }
     auto need_args = [&](std::size_t n, const char* usage) {
       if (c.args.size() == n) return true;
       error(out, "usage", usage);
@@ -199,10 +243,22 @@ class admin_protocol {
     };
 
     if (c.verb == "hello") {
-      return append(out, "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
-                             std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH) +
-                             " auth=none\n");
+      std::string hello = "ok harmony/1 harmonyd/" + std::to_string(HARMONY_VERSION_MAJOR) + "." +
+                          std::to_string(HARMONY_VERSION_MINOR) + "." + std::to_string(HARMONY_VERSION_PATCH);
+      if (config_.secret.empty()) return append(out, hello + " auth=none\n");
+      if (authenticated_) return append(out, hello + " auth=hmac-sha256 authenticated\n");
+      // A fresh nonce for each hello; the one before it is gone.
+      std::uint8_t bytes[32];
+      if (!ctx.services.random(bytes, sizeof bytes)) {
+        nonce_.clear();
+        ctx.log(log_level::error, "no random bytes for the admin nonce of %s", peer_name().c_str());
+        error(out, "failed", "no random bytes");
+        return end(out, "no random bytes", true);
+      }
+      nonce_ = to_hex(bytes, sizeof bytes);
+      return append(out, hello + " auth=hmac-sha256 nonce=" + nonce_ + "\n");
     }
+    if (c.verb == "auth") return command_auth(c, ctx, out);
     if (c.verb == "ping") {
       if (agent_) ctx.backends.lock()->ack(bound_id_, ctx.now);
       return append(out, "pong\n");
@@ -311,6 +367,7 @@ class admin_protocol {
   }
 
   dialect current_dialect() const noexcept { return dialect_; }
+  bool authenticated() const noexcept { return authenticated_; }
   const std::string& bound_id() const noexcept { return bound_id_; }    // the backend it speaks for
   const std::string& closed_id() const noexcept { return closed_id_; }  // deregistered here (legacy CLOSE)
   bool agent() const noexcept { return agent_; }  // a native agent: its connection is its liveness
@@ -320,6 +377,30 @@ class admin_protocol {
   const std::string& peer_host() const noexcept { return peer_host_; }
 
  private:
+  // `auth PROOF`: one try per nonce; a wrong or missing proof ends the connection.
+  void command_auth(const command_line& c, admin_context& ctx, admin_result& out) {
+    if (config_.secret.empty()) return error(out, "usage", "no secret is set: there is nothing to authenticate");
+    if (authenticated_) return append(out, "ok authenticated\n");
+    if (nonce_.empty()) {
+      ctx.log(log_level::warn, "admin connection from %s closed: auth without a nonce", peer_name().c_str());
+      error(out, "auth-required", "send 'hello' first: its reply carries the nonce");
+      return end(out, "auth without a nonce", true);
+    }
+    std::string expected = admin_auth_proof(config_.secret, nonce_);
+    nonce_.clear();  // used once, right or wrong
+    std::string given = c.args.size() == 1 && c.options.empty() ? std::string(c.args[0]) : std::string();
+    for (char& ch : given)
+      if (ch >= 'A' && ch <= 'F') ch = static_cast<char>(ch - 'A' + 'a');
+    if (!constant_time_equal(given, expected)) {
+      ctx.log(log_level::warn, "admin connection from %s closed: wrong authentication proof", peer_name().c_str());
+      error(out, "auth-failed", "wrong proof for the nonce");
+      return end(out, "authentication failed", true);
+    }
+    authenticated_ = true;
+    ctx.log(log_level::debug, "admin connection from %s authenticated", peer_name().c_str());
+    append(out, "ok authenticated\n");
+  }
+
   void command_register(const command_line& c, admin_context& ctx, admin_result& out) {
     std::string_view text;
     std::uint64_t port = 0;
@@ -451,6 +532,8 @@ class admin_protocol {
   bool agent_ = false;
   std::int64_t heartbeat_ms_ = 0;
   bool ended_ = false;
+  bool authenticated_ = true;  // no secret, or the proof was right
+  std::string nonce_;          // of the last hello, until an auth uses it
 };
 
 }  // namespace detail

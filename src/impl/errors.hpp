@@ -145,6 +145,8 @@ HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
 }
 
 namespace detail {
+inline bool is_cidr(std::string_view text) noexcept;  // >>net-address
+
 // Collects the first problem check() finds; later ones are ignored.
 struct option_checker {
   option_problem* problem;
@@ -215,6 +217,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
     if (detail::parse_nameserver(text, at) || !detail::is_numeric_host(at.host))
       c.fail(errc::bad_address, "nameservers", "'" + text + "' is not ADDRESS, ADDRESS:PORT or [IPv6]:PORT");
   }
+  for (const std::string& block : o.allow_legacy)
+    if (!detail::is_cidr(block))
+      c.fail(errc::bad_option, "allow_legacy", "'" + block + "' is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
   return c.done();
 }
 

@@ -40,5 +40,144 @@ struct resolved_address {
   bool operator!=(const resolved_address& o) const noexcept { return !(*this == o); }
 };
 
+// A numeric IPv4 (dotted quad) or IPv6 (RFC 4291 text: "::" once, an IPv4 tail
+// allowed) host, no port, no scope: true when `text` is one.
+inline bool parse_ip(std::string_view text, resolved_address& out) noexcept {
+  auto v4 = [](std::string_view t, std::uint8_t* to) {
+    int parts = 0;
+    while (parts < 4) {
+      std::size_t n = 0;
+      unsigned value = 0;
+      while (n < t.size() && n < 4 && t[n] >= '0' && t[n] <= '9') value = value * 10 + static_cast<unsigned>(t[n++] - '0');
+      if (n == 0 || n > 3 || value > 255 || (n > 1 && t[0] == '0')) return false;
+      to[parts++] = static_cast<std::uint8_t>(value);
+      t.remove_prefix(n);
+      if (parts < 4) {
+        if (t.empty() || t[0] != '.') return false;
+        t.remove_prefix(1);
+      }
+    }
+    return t.empty();
+  };
+  resolved_address r;
+  if (text.find(':') == std::string_view::npos) {
+    if (!v4(text, r.bytes)) return false;
+    r.family = ip_family::v4;
+    out = r;
+    return true;
+  }
+  // IPv6: groups before "::" fill from the front, those after it from the back.
+  std::uint8_t head[16] = {}, tail[16] = {};
+  std::size_t head_n = 0, tail_n = 0;
+  bool gap = false;
+  std::string_view t = text;
+  if (t.substr(0, 2) == "::") {
+    gap = true;
+    t.remove_prefix(2);
+  } else if (!t.empty() && t[0] == ':') {
+    return false;
+  }
+  while (!t.empty()) {
+    std::uint8_t* to = gap ? tail : head;
+    std::size_t& n = gap ? tail_n : head_n;
+    std::size_t end = t.find(':');
+    std::string_view group = t.substr(0, end);
+    if (group.find('.') != std::string_view::npos) {  // an IPv4 tail ends the address
+      if (end != std::string_view::npos || n + 4 > 16 || !v4(group, to + n)) return false;
+      n += 4;
+      break;
+    }
+    if (group.empty() || group.size() > 4 || n + 2 > 16) return false;
+    unsigned value = 0;
+    for (char c : group) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+      if (d < 0) return false;
+      value = value * 16 + static_cast<unsigned>(d);
+    }
+    to[n++] = static_cast<std::uint8_t>(value >> 8);
+    to[n++] = static_cast<std::uint8_t>(value & 0xff);
+    if (end == std::string_view::npos) break;
+    t.remove_prefix(end + 1);
+    if (!t.empty() && t[0] == ':') {
+      if (gap) return false;  // "::" twice
+      gap = true;
+      t.remove_prefix(1);
+    } else if (t.empty()) {
+      return false;  // a trailing single ':'
+    }
+  }
+  if (gap ? head_n + tail_n > 14 : head_n != 16) return false;
+  std::memcpy(r.bytes, head, head_n);
+  std::memcpy(r.bytes + 16 - tail_n, tail, tail_n);
+  r.family = ip_family::v6;
+  out = r;
+  return true;
+}
+
+// An address block, "10.0.0.0/8" or "fd00::/8"; a bare address is one host (/32, /128).
+struct cidr {
+  resolved_address base;  // with the host bits cleared
+  int prefix = 0;
+
+  // Whether `a` (its host; the port is ignored) is in the block. An IPv4 block also
+  // holds the IPv4-mapped IPv6 form (::ffff:a.b.c.d) that a dual-stack socket reports.
+  bool contains(const resolved_address& a) const noexcept {
+    const std::uint8_t* bytes = a.bytes;
+    static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (base.family == ip_family::v4 && a.family == ip_family::v6 && std::memcmp(a.bytes, mapped, 12) == 0)
+      bytes = a.bytes + 12;
+    else if (a.family != base.family)
+      return false;
+    for (int bit = 0; bit < prefix; bit += 8) {
+      int keep = prefix - bit >= 8 ? 8 : prefix - bit;
+      std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - keep));
+      if ((bytes[bit / 8] & mask) != base.bytes[bit / 8]) return false;
+    }
+    return true;
+  }
+};
+
+// Parses ADDRESS[/PREFIX]; false when it is not one (a host name, a prefix beyond
+// the family's bits). Host bits set under the prefix are cleared.
+inline bool parse_cidr(std::string_view text, cidr& out) noexcept {
+  std::size_t slash = text.find('/');
+  cidr c;
+  if (!parse_ip(text.substr(0, slash), c.base)) return false;
+  int bits = c.base.family == ip_family::v4 ? 32 : 128;
+  c.prefix = bits;
+  if (slash != std::string_view::npos) {
+    std::string_view p = text.substr(slash + 1);
+    if (p.empty() || p.size() > 3) return false;
+    int value = 0;
+    for (char ch : p) {
+      if (ch < '0' || ch > '9') return false;
+      value = value * 10 + (ch - '0');
+    }
+    if (value > bits) return false;
+    c.prefix = value;
+  }
+  for (int i = 0; i < bits / 8; ++i) {
+    int keep = c.prefix - 8 * i;
+    keep = keep < 0 ? 0 : keep > 8 ? 8 : keep;
+    c.base.bytes[i] = static_cast<std::uint8_t>(c.base.bytes[i] & (0xff << (8 - keep)));
+  }
+  out = c;
+  return true;
+}
+
+inline bool is_cidr(std::string_view text) noexcept {
+  cidr c;
+  return parse_cidr(text, c);
+}
+
+// Whether `a` is in any of `blocks` (CIDR texts; one that does not parse holds nothing).
+inline bool in_any_cidr(const std::vector<std::string>& blocks, const resolved_address& a) noexcept {
+  for (const std::string& text : blocks) {
+    cidr c;
+    if (parse_cidr(text, c) && c.contains(a)) return true;
+  }
+  return false;
+}
+
 }  // namespace detail
 }  // namespace harmony
