@@ -95,6 +95,10 @@ struct server_options {
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
+  // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
+  // status page at /); empty (the default): none. Keep it on loopback or a private
+  // network: it shows every backend's address and takes no password.
+  std::string stats;
   std::string admin_secret;                  // reserved for authenticated admin (not yet enforced)
   bool allow_legacy = false;                 // with a secret set, still accept harmony.js agents (they cannot authenticate)
   log_function log;                 // silent when empty
@@ -123,6 +127,7 @@ class server {
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
   endpoint admin_endpoint() const;
+  endpoint stats_endpoint() const;
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
