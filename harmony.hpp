@@ -30,6 +30,7 @@
 //   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
 //   >>dns            sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
 //   >>crypto         sans-IO SHA-256 (FIPS 180-4), HMAC-SHA256 (RFC 2104), constant-time compare
+//   >>stats-render   sans-IO stats: HTTP request lines, Prometheus text, JSON, the status page
 //   >>commands       sans-IO admin command handling, both dialects: bytes in, reply and effects out
 //   >>wait-queue     sans-IO FIFO of connections waiting for a concurrency slot
 //   >>engine         the contract every engine implements: poller, connection, acceptor
@@ -47,6 +48,7 @@
 //   >>server-state   the state a server shares between its loops
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
+//   >>stats          the stats port: /metrics, /status.json and the status page, on the first loop
 //   >>server-impl    harmony::server
 //   >>client-impl    harmony::client: one event loop, one link per balancer
 //   >>admin-call     harmony::admin_command: one operator command, handshake included
@@ -313,6 +315,10 @@ struct server_options {
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
+  // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
+  // status page at /); empty (the default): none. Keep it on loopback or a private
+  // network: it shows every backend's address and takes no password.
+  std::string stats;
   // Authentication of the admin port (docs/admin-protocol.md, README "Exposing the admin port").
   // With a secret, a native connection must answer the nonce of `hello` with
   // `auth PROOF` (PROOF: hex of HMAC-SHA256(secret, "harmony/1 auth " + nonce)) before
@@ -349,6 +355,7 @@ class server {
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
   endpoint admin_endpoint() const;
+  endpoint stats_endpoint() const;
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);
@@ -589,6 +596,7 @@ std::error_code admin_command(std::string_view admin, std::string_view command, 
 #include <sys/types.h>
 #include <unistd.h>
 #if defined(__linux__)
+#include <dirent.h>
 #include <sys/random.h>
 #endif
 #if defined(__GLIBC__)
@@ -1158,6 +1166,21 @@ inline std::error_code exchange_once(const endpoint& server, bool stream, const 
   return result;
 }
 
+// The process's open descriptors, for the stats port: -1 where they cannot be counted.
+inline long count_open_descriptors() {
+#if defined(__linux__)
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return -1;
+  long n = 0;
+  while (dirent* e = ::readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(d);
+  return n - 1;  // the directory's own descriptor
+#else
+  return -1;
+#endif
+}
+
 // Backend ids are 32 uppercase hex digits, as random_id makes them.
 inline bool is_backend_id(std::string_view id) noexcept {
   if (id.size() != 32) return false;
@@ -1414,6 +1437,7 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   detail::option_checker c{problem, {}};
   c.address("listen", o.listen);
   if (!o.admin.empty()) c.address("admin", o.admin);
+  if (!o.stats.empty()) c.address("stats", o.stats);
   c.range("workers", o.workers, min_workers, max_workers);
   c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
   c.range("requeue", o.requeue, 0, max_requeue);
@@ -3693,6 +3717,282 @@ inline bool constant_time_equal(std::string_view a, std::string_view b) noexcept
   // Read through a volatile so the compiler cannot turn the loop into an early exit.
   volatile unsigned result = difference;
   return result == 0;
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>stats-render  sans-IO stats: HTTP request lines, Prometheus text, JSON, the status page
+// What the stats port shows, taken at one moment.
+struct stats_snapshot {
+  server_stats totals;
+  std::vector<backend_info> backends;
+  std::int64_t uptime_ms = 0;
+  long open_descriptors = -1;  // -1 where the platform cannot count them
+  std::string algorithm;
+  std::string version;
+};
+
+// The start of an HTTP/1.x request: its method and path, once the header is in.
+struct http_request {
+  enum class status { incomplete, done, bad };
+  status result = status::incomplete;
+  std::string method;
+  std::string path;  // without the query string
+};
+inline constexpr std::size_t http_max_header = 8192;
+
+inline http_request parse_http_request(std::string_view bytes) {
+  http_request r;
+  std::size_t end = bytes.find("\r\n\r\n");
+  if (end == std::string_view::npos) end = bytes.find("\n\n");
+  if (end == std::string_view::npos) {
+    if (bytes.size() > http_max_header) r.result = http_request::status::bad;
+    return r;
+  }
+  if (end > http_max_header) {
+    r.result = http_request::status::bad;
+    return r;
+  }
+  std::string_view line = bytes.substr(0, bytes.find('\n'));
+  if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+  std::size_t a = line.find(' ');
+  std::size_t b = a == std::string_view::npos ? a : line.find(' ', a + 1);
+  r.result = http_request::status::bad;
+  if (b == std::string_view::npos || line.substr(b + 1, 7) != "HTTP/1.") return r;
+  std::string_view target = line.substr(a + 1, b - a - 1);
+  if (target.empty() || target[0] != '/') return r;
+  r.method = std::string(line.substr(0, a));
+  r.path = std::string(target.substr(0, target.find('?')));
+  r.result = http_request::status::done;
+  return r;
+}
+
+inline std::string http_response(int status, std::string_view type, std::string_view body, bool head = false) {
+  const char* reason = status == 200 ? "OK" : status == 404 ? "Not Found" : status == 405 ? "Method Not Allowed" : "Bad Request";
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: " + std::string(type) +
+                    "\r\nContent-Length: " + std::to_string(body.size()) +
+                    "\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+  if (!head) out.append(body.data(), body.size());
+  return out;
+}
+
+// A label value in the Prometheus text format: backslash, quote and newline escaped.
+inline std::string prometheus_label(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out.push_back(c);
+  }
+  return out;
+}
+
+// The Prometheus text exposition format (version 0.0.4): a HELP and a TYPE line
+// before each family's samples.
+inline std::string render_prometheus(const stats_snapshot& s) {
+  std::string out;
+  auto family = [&](const char* name, const char* type, const char* help) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  };
+  auto sample = [&](const char* name, const std::string& labels, double value) {
+    char number[64];
+    std::snprintf(number, sizeof number, "%.17g", value);
+    out += name;
+    if (!labels.empty()) out += "{" + labels + "}";
+    out += " ";
+    out += number;
+    out += "\n";
+  };
+  auto scalar = [&](const char* name, const char* type, const char* help, double value) {
+    family(name, type, help);
+    sample(name, "", value);
+  };
+  scalar("harmony_connections_accepted_total", "counter", "Client connections accepted.", double(s.totals.accepted));
+  scalar("harmony_connections_active", "gauge", "Client connections open now.", double(s.totals.active));
+  scalar("harmony_connections_queued", "gauge", "Client connections waiting in the concurrency queue.",
+         double(s.totals.queued));
+  scalar("harmony_connections_unavailable_total", "counter",
+         "Client connections nobody could serve (no backend, attempts exhausted, queue full or timed out).",
+         double(s.totals.unavailable));
+  scalar("harmony_backend_connect_failures_total", "counter", "Failed backend connection attempts, all backends.",
+         double(s.totals.connect_failures));
+  scalar("harmony_bytes_in_total", "counter", "Bytes relayed from clients to backends.", double(s.totals.bytes_in));
+  scalar("harmony_bytes_out_total", "counter", "Bytes relayed from backends to clients.", double(s.totals.bytes_out));
+  scalar("harmony_bytes_spliced_total", "counter", "Of the bytes relayed, those moved inside the kernel (splice).",
+         double(s.totals.bytes_spliced));
+  scalar("harmony_backends", "gauge", "Backends known (registered, static or from DNS).", double(s.backends.size()));
+  scalar("harmony_uptime_seconds", "gauge", "Seconds since the balancer started.", double(s.uptime_ms) / 1000.0);
+  if (s.open_descriptors >= 0)
+    scalar("process_open_fds", "gauge", "Open file descriptors of the process.", double(s.open_descriptors));
+  auto labels = [](const backend_info& b) {
+    return "backend=\"" + prometheus_label(b.id) + "\",address=\"" + prometheus_label(b.address.to_string()) + "\"";
+  };
+  struct per_backend {
+    const char* name;
+    const char* type;
+    const char* help;
+    double (*value)(const backend_info&);
+  };
+  static const per_backend rows[] = {
+      {"harmony_backend_up", "gauge", "1 when the backend would receive a new connection now.",
+       [](const backend_info& b) { return b.eligible ? 1.0 : 0.0; }},
+      {"harmony_backend_weight", "gauge", "The backend's weight.", [](const backend_info& b) { return double(b.weight); }},
+      {"harmony_backend_maxconn", "gauge", "The backend's connection limit (0: none).",
+       [](const backend_info& b) { return double(b.maxconn); }},
+      {"harmony_backend_active_connections", "gauge", "Connections to the backend open now.",
+       [](const backend_info& b) { return double(b.active); }},
+      {"harmony_backend_connections_total", "counter", "Connections sent to the backend.",
+       [](const backend_info& b) { return double(b.total); }},
+      {"harmony_backend_failures_total", "counter", "Failed connection attempts to the backend.",
+       [](const backend_info& b) { return double(b.failures); }},
+  };
+  for (const per_backend& row : rows) {
+    family(row.name, row.type, row.help);
+    for (const backend_info& b : s.backends) sample(row.name, labels(b), row.value(b));
+  }
+  family("harmony_backend_info", "gauge", "Always 1: the backend's state, role and source as labels.");
+  for (const backend_info& b : s.backends)
+    sample("harmony_backend_info",
+           labels(b) + ",state=\"" + prometheus_label(b.state) + "\",backup=\"" + (b.backup ? "yes" : "no") +
+               "\",source=\"" + prometheus_label(b.source) + "\"",
+           1.0);
+  return out;
+}
+
+inline std::string json_string(std::string_view v) {
+  std::string out = "\"";
+  for (char c : v) {
+    auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (u < 0x20) {
+      char esc[8];
+      std::snprintf(esc, sizeof esc, "\\u%04x", u);
+      out += esc;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out + "\"";
+}
+
+inline std::string render_json(const stats_snapshot& s) {
+  const server_stats& t = s.totals;
+  std::string out = "{\"version\":" + json_string(s.version) + ",\"algorithm\":" + json_string(s.algorithm) +
+                    ",\"uptime_seconds\":" + std::to_string(s.uptime_ms / 1000) +
+                    ",\"open_descriptors\":" + std::to_string(s.open_descriptors) +
+                    ",\"accepted\":" + std::to_string(t.accepted) + ",\"active\":" + std::to_string(t.active) +
+                    ",\"queued\":" + std::to_string(t.queued) + ",\"unavailable\":" + std::to_string(t.unavailable) +
+                    ",\"connect_failures\":" + std::to_string(t.connect_failures) +
+                    ",\"bytes_in\":" + std::to_string(t.bytes_in) + ",\"bytes_out\":" + std::to_string(t.bytes_out) +
+                    ",\"backends\":[";
+  for (std::size_t i = 0; i < s.backends.size(); ++i) {
+    const backend_info& b = s.backends[i];
+    if (i) out += ",";
+    out += "{\"id\":" + json_string(b.id) + ",\"address\":" + json_string(b.address.to_string()) +
+           ",\"state\":" + json_string(b.state) + ",\"weight\":" + std::to_string(b.weight) +
+           ",\"maxconn\":" + std::to_string(b.maxconn) + ",\"backup\":" + (b.backup ? "true" : "false") +
+           ",\"active\":" + std::to_string(b.active) + ",\"total\":" + std::to_string(b.total) +
+           ",\"failures\":" + std::to_string(b.failures) + ",\"source\":" + json_string(b.source) + "}";
+  }
+  return out + "]}";
+}
+
+inline std::string html_text(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '<') out += "&lt;";
+    else if (c == '>') out += "&gt;";
+    else if (c == '&') out += "&amp;";
+    else if (c == '"') out += "&quot;";
+    else out.push_back(c);
+  }
+  return out;
+}
+
+// The status page: self-contained (no external asset), rendered with the data
+// of the moment, then refreshed in place from /status.json every second.
+inline std::string render_status_page(const stats_snapshot& s) {
+  std::string rows;
+  for (const backend_info& b : s.backends)
+    rows += "<tr><td>" + html_text(b.id.substr(0, 8)) + "</td><td>" + html_text(b.address.to_string()) +
+            "</td><td class=\"s-" + html_text(b.state) + "\">" + html_text(b.state) + "</td><td>" +
+            std::to_string(b.weight) + "</td><td>" + std::to_string(b.active) + "</td><td>" +
+            std::to_string(b.total) + "</td><td>" + std::to_string(b.failures) + "</td></tr>";
+  std::string page = R"(<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Harmony</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7f9}
+h1{font-size:20px;margin:0 0 4px}.sub{color:#667;margin-bottom:16px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:16px}
+.card{background:#fff;border:1px solid #dde;border-radius:8px;padding:10px 14px;min-width:110px}
+.card b{display:block;font-size:22px}
+table{border-collapse:collapse;background:#fff;border:1px solid #dde;border-radius:8px;min-width:640px}
+th,td{padding:6px 12px;text-align:right;border-bottom:1px solid #eef}th{background:#eef1f6}
+td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}
+.s-up{color:#0a7d32;font-weight:600}.s-down,.s-expired,.s-offline{color:#b3261e;font-weight:600}
+.s-draining,.s-full,.s-no-port{color:#9a6700;font-weight:600}
+</style></head><body>
+<h1>Harmony</h1><div class="sub"><span id="algorithm">@ALGORITHM@</span> &middot; version @VERSION@ &middot;
+up <span id="uptime">@UPTIME@</span> s &middot; updated <span id="updated">at load</span></div>
+<div class="cards">
+<div class="card">active<b id="active">@ACTIVE@</b></div>
+<div class="card">accepted<b id="accepted">@ACCEPTED@</b></div>
+<div class="card">queued<b id="queued">@QUEUED@</b></div>
+<div class="card">unavailable<b id="unavailable">@UNAVAILABLE@</b></div>
+<div class="card">backends<b id="count">@COUNT@</b></div>
+</div>
+<table><thead><tr><th>id</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>failures</th></tr></thead>
+<tbody id="backends">@ROWS@</tbody></table>
+<script>
+function esc(t){return String(t).replace(/[&<>"]/g,function(c){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c];});}
+function refresh(){
+  fetch('status.json',{cache:'no-store'}).then(function(r){return r.json();}).then(function(s){
+    ['active','accepted','queued','unavailable'].forEach(function(k){document.getElementById(k).textContent=s[k];});
+    document.getElementById('uptime').textContent=s.uptime_seconds;
+    document.getElementById('count').textContent=s.backends.length;
+    document.getElementById('backends').innerHTML=s.backends.map(function(b){
+      return '<tr><td>'+esc(b.id.slice(0,8))+'</td><td>'+esc(b.address)+'</td><td class="s-'+esc(b.state)+'">'+esc(b.state)+
+        '</td><td>'+b.weight+'</td><td>'+b.active+'</td><td>'+b.total+'</td><td>'+b.failures+'</td></tr>';}).join('');
+    document.getElementById('updated').textContent=new Date().toLocaleTimeString();
+  }).catch(function(){document.getElementById('updated').textContent='unreachable';});
+}
+refresh();setInterval(refresh,1000);
+</script></body></html>
+)";
+  auto put = [&](std::string_view key, const std::string& value) {
+    std::size_t at = page.find(key);
+    if (at != std::string::npos) page.replace(at, key.size(), value);
+  };
+  put("@ALGORITHM@", html_text(s.algorithm));
+  put("@VERSION@", html_text(s.version));
+  put("@UPTIME@", std::to_string(s.uptime_ms / 1000));
+  put("@ACTIVE@", std::to_string(s.totals.active));
+  put("@ACCEPTED@", std::to_string(s.totals.accepted));
+  put("@QUEUED@", std::to_string(s.totals.queued));
+  put("@UNAVAILABLE@", std::to_string(s.totals.unavailable));
+  put("@COUNT@", std::to_string(s.backends.size()));
+  put("@ROWS@", rows);
+  return page;
+}
+
+// The answer to one request: / the page, /metrics, /status.json; GET and HEAD only.
+inline std::string stats_answer(const http_request& r, const stats_snapshot& s) {
+  if (r.result != http_request::status::done) return http_response(400, "text/plain", "bad request\n");
+  bool head = r.method == "HEAD";
+  if (r.method != "GET" && !head) return http_response(405, "text/plain", "GET or HEAD\n");
+  if (r.path == "/metrics") return http_response(200, "text/plain; version=0.0.4; charset=utf-8", render_prometheus(s), head);
+  if (r.path == "/status.json") return http_response(200, "application/json", render_json(s), head);
+  if (r.path == "/" || r.path == "/index.html")
+    return http_response(200, "text/html; charset=utf-8", render_status_page(s), head);
+  return http_response(404, "text/plain", "not found: /, /metrics, /status.json\n", head);
 }
 
 }  // namespace detail
@@ -6761,6 +7061,8 @@ namespace harmony {
 
 namespace detail {
 class admin_server;
+class stats_server;
+struct stats_snapshot;
 class worker;
 }  // namespace detail
 
@@ -6800,6 +7102,7 @@ struct server::impl {
   std::error_code open();
   void close_all();
   server_stats collect_stats() const;
+  detail::stats_snapshot snapshot();  // for the stats port, on the first loop
   void apply_concurrency(int limit) {
     concurrency.store(limit, std::memory_order_relaxed);
     wake_queues();
@@ -6825,6 +7128,8 @@ struct server::impl {
   std::atomic<std::int64_t> waiting{0};
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
+  std::unique_ptr<detail::stats_server> stats_port;
+  std::int64_t started_ms = 0;
   std::vector<detail::resolver_name> names;      // under lifecycle
   std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
   std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only
@@ -6834,6 +7139,7 @@ struct server::impl {
   bool caller_runs_loop = false;
   endpoint bound_listen;
   endpoint bound_admin;
+  endpoint bound_stats;
 };
 
 }  // namespace harmony
@@ -7262,6 +7568,116 @@ inline void admin_connection::apply(const admin_effect& e) {
 }  // namespace harmony
 
 namespace harmony {
+namespace detail {
+
+// >>stats  the stats port: /metrics, /status.json and the status page, on the first loop
+// One HTTP exchange per connection (Connection: close): read the request head,
+// answer from a snapshot taken then, finish. Bounded: a head of at most
+// http_max_header bytes, stats_timeout to send it, stats_max_connections open.
+inline constexpr std::int64_t stats_timeout_ms = 10000;
+inline constexpr std::size_t stats_max_connections = 64;
+
+class stats_server;
+
+class stats_connection {
+ public:
+  stats_connection(stats_server& owner, reactor& loop) : io(loop), owner_(owner), loop_(loop) {
+    clock_.fire = [this] { end(); };
+  }
+  ~stats_connection() { loop_.cancel(clock_); }
+  stats_connection(const stats_connection&) = delete;
+  stats_connection& operator=(const stats_connection&) = delete;
+  void start(socket_handle fd);
+  void end();
+
+  stream io;
+
+ private:
+  void on_data(std::string_view bytes);
+
+  stats_server& owner_;
+  reactor& loop_;
+  timer clock_;
+  std::string head_;
+  bool answered_ = false;
+  bool ended_ = false;
+};
+
+class stats_server {
+ public:
+  stats_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
+    listener_.on_accept = [this](socket_handle fd, const address&) { adopt(fd); };
+  }
+  ~stats_server() {
+    for (auto& c : connections_) c.second->io.close();
+    listener_.close();
+    loop_.settle();  // the streams and accepts are memory the kernel may still write
+  }
+  stats_server(const stats_server&) = delete;
+  stats_server& operator=(const stats_server&) = delete;
+
+  std::error_code open(const address& at, endpoint& bound) {
+    socket_handle s = invalid_socket;
+    if (auto e = open_listener(at, false, s)) return e;
+    address local;
+    local_address(s, local);
+    bound = local.to_endpoint();
+    return listener_.open(s);
+  }
+  server::impl& srv() noexcept { return srv_; }
+  void release(stats_connection* c) {
+    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
+  }
+
+ private:
+  void adopt(socket_handle fd) {
+    if (connections_.size() >= stats_max_connections) {
+      close_socket(fd);
+      return;
+    }
+    auto c = std::make_unique<stats_connection>(*this, loop_);
+    stats_connection* raw = c.get();
+    connections_.emplace(raw, std::move(c));
+    raw->start(fd);
+  }
+
+  server::impl& srv_;
+  reactor& loop_;
+  acceptor listener_;
+  std::unordered_map<stats_connection*, std::unique_ptr<stats_connection>> connections_;
+};
+
+inline void stats_connection::start(socket_handle fd) {
+  io.on_data = [this](std::string_view bytes) { on_data(bytes); };
+  io.on_close = [this](std::error_code) { end(); };
+  if (io.attach(fd)) return end();
+  loop_.schedule(clock_, loop_.now() + stats_timeout_ms);
+}
+
+inline void stats_connection::end() {
+  if (ended_) return;
+  ended_ = true;
+  loop_.cancel(clock_);
+  io.close();
+  owner_.release(this);
+}
+
+inline void stats_connection::on_data(std::string_view bytes) {
+  if (answered_ || ended_) return;
+  head_.append(bytes.data(), std::min(bytes.size(), http_max_header + 4 - std::min(head_.size(), http_max_header + 4)));
+  http_request r = parse_http_request(head_);
+  if (r.result == http_request::status::incomplete && head_.size() <= http_max_header) return;
+  answered_ = true;
+  io.on_close = [this](std::error_code) { end(); };
+  io.write(stats_answer(r, owner_.srv().snapshot()));
+  io.finish();  // the FIN, then the client's; on_close follows when that takes longer
+  if (!io.is_open()) end();
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
 
 // >>server-impl  harmony::server
 inline std::error_code server::impl::open() {
@@ -7315,6 +7731,24 @@ inline std::error_code server::impl::open() {
     }
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
   }
+  if (!options.stats.empty()) {
+    endpoint stats_at;
+    detail::address stats_where;
+    std::error_code e = parse_endpoint(options.stats, stats_at);
+    if (!e) e = detail::resolve(stats_at, stats_where, true);
+    if (!e) {
+      stats_port = std::make_unique<detail::stats_server>(*this, workers.front()->loop());
+      e = stats_port->open(stats_where, bound_stats);
+    }
+    if (e) {
+      stats_port.reset();
+      admin.reset();
+      workers.clear();
+      return e;
+    }
+    log(log_level::info, "stats on http://%s/ (/metrics, /status.json)", bound_stats.to_string().c_str());
+  }
+  started_ms = detail::now_ms();
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
   detail::reactor* first = &workers.front()->loop();
@@ -7446,9 +7880,11 @@ inline void server::impl::close_all() {
     if (t.joinable()) t.join();
   threads.clear();
   admin.reset();
+  stats_port.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};
+  bound_stats = endpoint{};
   running = false;
 }
 
@@ -7500,6 +7936,24 @@ HARMONY_DEF endpoint server::listen_endpoint() const {
 HARMONY_DEF endpoint server::admin_endpoint() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   return impl_->bound_admin;
+}
+
+HARMONY_DEF endpoint server::stats_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_stats;
+}
+
+inline detail::stats_snapshot server::impl::snapshot() {
+  detail::stats_snapshot s;
+  s.totals = collect_stats();  // the loops' counters are atomics: no lock needed on this loop
+  std::int64_t now = detail::now_ms();
+  s.backends = backends.lock()->list(now);
+  s.uptime_ms = now - started_ms;
+  s.open_descriptors = detail::count_open_descriptors();
+  s.algorithm = to_string(options.balance);
+  s.version = std::to_string(HARMONY_VERSION_MAJOR) + "." + std::to_string(HARMONY_VERSION_MINOR) + "." +
+              std::to_string(HARMONY_VERSION_PATCH);
+  return s;
 }
 
 HARMONY_DEF std::error_code server::add_backend(std::string_view address, int weight, std::string* id_out) {

@@ -412,6 +412,15 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B& d) { return d.options.admin.empty() ? std::string("none") : d.options.admin; }},
+    {"stats", "[HOST:]PORT", "HTTP stats: /metrics (Prometheus), /status.json and\na status page at /; HOST is 127.0.0.1 when left out",
+     "stats",
+     [](B& s, const std::string& v) {
+       long long port = 0;
+       bool bare = !harmony::parse_integer(v, 0, 65535, port);
+       s.options.stats = bare ? "127.0.0.1:" + v : v;
+       return std::string();
+     },
+     [](const B&) { return std::string("off"); }},
     {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
      "a static backend, repeatable; maxconn: at most N open connections\n"
      "(0: no limit); backup: used only while no other backend can serve;\n"

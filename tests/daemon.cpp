@@ -155,6 +155,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   const std::map<std::string, std::string> balancer = {
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
+      {"--stats [HOST:]PORT", "off"},
       {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
        "weight " + std::to_string(harmony::default_weight) + ", maxconn " + std::to_string(harmony::backend_options{}.maxconn)},
       {"--algorithm NAME", harmony::to_string(so.balance)},

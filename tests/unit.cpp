@@ -1754,6 +1754,57 @@ TEST_CASE("CIDR blocks: IPv4 and IPv6 text, prefixes, bare hosts, and what they 
   CHECK_FALSE(check(o));
 }
 
+// The stats port's answers (issue 11), sans-IO.
+// ============================================================================
+
+TEST_CASE("stats: request heads, escapes, and what each path answers") {
+  using status = detail::http_request::status;
+  auto r = detail::parse_http_request("GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+  REQUIRE(r.result == status::done);
+  CHECK(r.method == "GET");
+  CHECK(r.path == "/metrics");
+  CHECK(detail::parse_http_request("GET / HTTP/1.0\n\n").result == status::done);
+  CHECK(detail::parse_http_request("GET / HTTP/1.1\r\nHost: a\r\n").result == status::incomplete);
+  CHECK(detail::parse_http_request("GET / HTTP/2\r\n\r\n").result == status::bad);
+  CHECK(detail::parse_http_request("GET metrics HTTP/1.1\r\n\r\n").result == status::bad);
+  CHECK(detail::parse_http_request("GET\r\n\r\n").result == status::bad);
+  CHECK(detail::parse_http_request(std::string(detail::http_max_header + 1, 'x')).result == status::bad);
+  CHECK(detail::prometheus_label("a\\b\"c\nd") == "a\\\\b\\\"c\\nd");
+  CHECK(detail::json_string("q\"\\\x01") == "\"q\\\"\\\\\\u0001\"");
+  CHECK(detail::html_text("<a href=\"x\">&</a>") == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
+
+  detail::stats_snapshot snap;
+  snap.totals.accepted = 7;
+  backend_info b;
+  b.id = "ABC";
+  b.address = endpoint{"10.0.0.1", 80};
+  b.weight = 300;
+  b.state = "up";
+  b.eligible = true;
+  b.source = "we\"ird:80";
+  snap.backends.push_back(b);
+  std::string m = detail::render_prometheus(snap);
+  CHECK(m.find("# HELP harmony_connections_accepted_total ") != std::string::npos);
+  CHECK(m.find("# TYPE harmony_connections_accepted_total counter\nharmony_connections_accepted_total 7\n") !=
+        std::string::npos);
+  CHECK(m.find("harmony_backend_weight{backend=\"ABC\",address=\"10.0.0.1:80\"} 300\n") != std::string::npos);
+  CHECK(m.find("source=\"we\\\"ird:80\"} 1\n") != std::string::npos);
+  CHECK(m.find("process_open_fds") == std::string::npos);  // unknown: left out, not -1
+  std::string j = detail::render_json(snap);
+  CHECK(j.find("\"backends\":[{\"id\":\"ABC\",\"address\":\"10.0.0.1:80\",\"state\":\"up\",\"weight\":300") !=
+        std::string::npos);
+  detail::http_request get{status::done, "GET", "/status.json"};
+  CHECK(detail::stats_answer(get, snap).find("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n") == 0);
+  get.path = "/x";
+  CHECK(detail::stats_answer(get, snap).find("HTTP/1.1 404 ") == 0);
+  get.method = "DELETE";
+  get.path = "/";
+  CHECK(detail::stats_answer(get, snap).find("HTTP/1.1 405 ") == 0);
+  std::string page = detail::render_status_page(snap);
+  CHECK(page.find("10.0.0.1:80") != std::string::npos);
+  CHECK(page.find("@ROWS@") == std::string::npos);
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);

@@ -99,6 +99,10 @@ struct server_options {
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
+  // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
+  // status page at /); empty (the default): none. Keep it on loopback or a private
+  // network: it shows every backend's address and takes no password.
+  std::string stats;
   // Authentication of the admin port (docs/admin-protocol.md, README "Exposing the admin port").
   // With a secret, a native connection must answer the nonce of `hello` with
   // `auth PROOF` (PROOF: hex of HMAC-SHA256(secret, "harmony/1 auth " + nonce)) before
@@ -135,6 +139,7 @@ class server {
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
   endpoint admin_endpoint() const;
+  endpoint stats_endpoint() const;
 
   // Static backends, managed through the API. `address` is HOST:PORT. Returns the new id.
   std::error_code add_backend(std::string_view address, int weight, std::string* id_out = nullptr);

@@ -201,6 +201,7 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   detail::option_checker c{problem, {}};
   c.address("listen", o.listen);
   if (!o.admin.empty()) c.address("admin", o.admin);
+  if (!o.stats.empty()) c.address("stats", o.stats);
   c.range("workers", o.workers, min_workers, max_workers);
   c.range("concurrency", o.concurrency, min_concurrency, max_concurrency);
   c.range("requeue", o.requeue, 0, max_requeue);

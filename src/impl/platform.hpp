@@ -62,6 +62,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 #if defined(__linux__)
+#include <dirent.h>
 #include <sys/random.h>
 #endif
 #if defined(__GLIBC__)
@@ -629,6 +630,21 @@ inline std::error_code exchange_once(const endpoint& server, bool stream, const 
   close_socket(s);
   if (result) reply.clear();
   return result;
+}
+
+// The process's open descriptors, for the stats port: -1 where they cannot be counted.
+inline long count_open_descriptors() {
+#if defined(__linux__)
+  DIR* d = ::opendir("/proc/self/fd");
+  if (!d) return -1;
+  long n = 0;
+  while (dirent* e = ::readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(d);
+  return n - 1;  // the directory's own descriptor
+#else
+  return -1;
+#endif
 }
 
 // Backend ids are 32 uppercase hex digits, as random_id makes them.

@@ -2,6 +2,8 @@ namespace harmony {
 
 namespace detail {
 class admin_server;
+class stats_server;
+struct stats_snapshot;
 class worker;
 }  // namespace detail
 
@@ -41,6 +43,7 @@ struct server::impl {
   std::error_code open();
   void close_all();
   server_stats collect_stats() const;
+  detail::stats_snapshot snapshot();  // for the stats port, on the first loop
   void apply_concurrency(int limit) {
     concurrency.store(limit, std::memory_order_relaxed);
     wake_queues();
@@ -66,6 +69,8 @@ struct server::impl {
   std::atomic<std::int64_t> waiting{0};
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
+  std::unique_ptr<detail::stats_server> stats_port;
+  std::int64_t started_ms = 0;
   std::vector<detail::resolver_name> names;      // under lifecycle
   std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
   std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only
@@ -75,6 +80,7 @@ struct server::impl {
   bool caller_runs_loop = false;
   endpoint bound_listen;
   endpoint bound_admin;
+  endpoint bound_stats;
 };
 
 }  // namespace harmony

@@ -52,6 +52,24 @@ inline std::error_code server::impl::open() {
     }
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
   }
+  if (!options.stats.empty()) {
+    endpoint stats_at;
+    detail::address stats_where;
+    std::error_code e = parse_endpoint(options.stats, stats_at);
+    if (!e) e = detail::resolve(stats_at, stats_where, true);
+    if (!e) {
+      stats_port = std::make_unique<detail::stats_server>(*this, workers.front()->loop());
+      e = stats_port->open(stats_where, bound_stats);
+    }
+    if (e) {
+      stats_port.reset();
+      admin.reset();
+      workers.clear();
+      return e;
+    }
+    log(log_level::info, "stats on http://%s/ (/metrics, /status.json)", bound_stats.to_string().c_str());
+  }
+  started_ms = detail::now_ms();
   log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
       to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
   detail::reactor* first = &workers.front()->loop();
@@ -183,9 +201,11 @@ inline void server::impl::close_all() {
     if (t.joinable()) t.join();
   threads.clear();
   admin.reset();
+  stats_port.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};
+  bound_stats = endpoint{};
   running = false;
 }
 
@@ -237,6 +257,24 @@ HARMONY_DEF endpoint server::listen_endpoint() const {
 HARMONY_DEF endpoint server::admin_endpoint() const {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   return impl_->bound_admin;
+}
+
+HARMONY_DEF endpoint server::stats_endpoint() const {
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->bound_stats;
+}
+
+inline detail::stats_snapshot server::impl::snapshot() {
+  detail::stats_snapshot s;
+  s.totals = collect_stats();  // the loops' counters are atomics: no lock needed on this loop
+  std::int64_t now = detail::now_ms();
+  s.backends = backends.lock()->list(now);
+  s.uptime_ms = now - started_ms;
+  s.open_descriptors = detail::count_open_descriptors();
+  s.algorithm = to_string(options.balance);
+  s.version = std::to_string(HARMONY_VERSION_MAJOR) + "." + std::to_string(HARMONY_VERSION_MINOR) + "." +
+              std::to_string(HARMONY_VERSION_PATCH);
+  return s;
 }
 
 HARMONY_DEF std::error_code server::add_backend(std::string_view address, int weight, std::string* id_out) {
