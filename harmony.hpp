@@ -2351,8 +2351,6 @@ inline proxy_parse parse_proxy_header(std::string_view bytes) {
   std::size_t end = bytes.find("\r\n");
   if (end == std::string_view::npos) {
     if (bytes.size() >= proxy_v1_max) return fail("PROXY v1: no CRLF within 107 bytes");
-    for (char c : bytes)
-      if (c == '\n' || c == '\0') return fail("PROXY v1: a bare LF or a NUL");
     return p;
   }
   if (end + 2 > proxy_v1_max) return fail("PROXY v1: longer than 107 bytes");

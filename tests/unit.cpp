@@ -1509,7 +1509,7 @@ TEST_CASE("proxy header: malformed headers are refused, with a reason") {
   CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n"));
   CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"));
   CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 1 x\r\n"));
-  CHECK(invalid("PROXY TCP4 1.2.3.4\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4\n\r\n"));
   CHECK(invalid("PROXY " + std::string(120, 'x')));  // no CRLF within 107 bytes
   CHECK(invalid("PROXY TCP4 " + std::string(100, '1') + "\r\n"));
   std::string v2("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x04", 16);
