@@ -1805,6 +1805,136 @@ TEST_CASE("stats: request heads, escapes, and what each path answers") {
   CHECK(page.find("@ROWS@") == std::string::npos);
 }
 
+// PROXY protocol headers (issue 11), sans-IO.
+// ============================================================================
+
+namespace {
+detail::resolved_address v6_of(std::initializer_list<unsigned> groups, std::uint16_t port) {
+  detail::resolved_address a;
+  a.family = detail::ip_family::v6;
+  int i = 0;
+  for (unsigned g : groups) {
+    a.bytes[2 * i] = static_cast<std::uint8_t>(g >> 8);
+    a.bytes[2 * i + 1] = static_cast<std::uint8_t>(g & 0xff);
+    ++i;
+  }
+  a.port = port;
+  return a;
+}
+}  // namespace
+
+TEST_CASE("proxy header: addresses as text, RFC 5952 for IPv6, and back") {
+  CHECK(detail::address_text(detail::resolved_address::v4(192, 168, 0, 1, 0)) == "192.168.0.1");
+  CHECK(detail::address_text(v6_of({0x2001, 0xdb8, 0, 0, 0, 0, 0, 1}, 0)) == "2001:db8::1");
+  CHECK(detail::address_text(v6_of({0, 0, 0, 0, 0, 0, 0, 1}, 0)) == "::1");
+  CHECK(detail::address_text(v6_of({0, 0, 0, 0, 0, 0, 0, 0}, 0)) == "::");
+  CHECK(detail::address_text(v6_of({0x2001, 0xdb8, 0, 1, 0, 0, 0, 1}, 0)) == "2001:db8:0:1::1");  // the longer run
+  CHECK(detail::address_text(v6_of({0x2001, 0, 0, 1, 0, 0, 1, 1}, 0)) == "2001::1:0:0:1:1");        // the first of equals
+  CHECK(detail::address_text(v6_of({0x2001, 0xdb8, 0, 1, 1, 1, 1, 1}, 0)) == "2001:db8:0:1:1:1:1:1"); // one zero: no "::"
+  CHECK(detail::address_text(v6_of({0xfe80, 0, 0, 0, 0xABCD, 0, 0, 0}, 0)) == "fe80::abcd:0:0:0");
+  detail::resolved_address a;
+  for (const char* text : {"2001:db8::1", "::1", "::", "2001:db8:0:1::1", "fe80::abcd:0:0:0", "1:2:3:4:5:6:7:8", "10.0.0.255"}) {
+    REQUIRE_MESSAGE(detail::parse_address_text(text, a), text);
+    CHECK(detail::address_text(a) == text);
+  }
+  REQUIRE(detail::parse_address_text("::ffff:10.1.2.3", a));
+  CHECK(a.bytes[10] == 0xff);
+  CHECK(a.bytes[15] == 3);
+  REQUIRE(detail::parse_address_text("2001:DB8::A", a));
+  CHECK(detail::address_text(a) == "2001:db8::a");
+  for (const char* bad : {"", "1.2.3", "1.2.3.4.5", "256.1.1.1", "01.1.1.1", "1.2.3.4 ", "1::2::3", ":1::2", "1:2:3:4:5:6:7:8:9",
+                          "1:2:3:4:5:6:7", "12345::1", "::g", "1:", "1.2.3.4::", "::1.2.3"})
+    CHECK_MESSAGE(!detail::parse_address_text(bad, a), bad);
+}
+
+TEST_CASE("proxy header: v1 and v2 are written as the specification shows them") {
+  detail::proxy_addresses four{detail::resolved_address::v4(192, 168, 0, 1, 56324),
+                               detail::resolved_address::v4(192, 168, 0, 11, 443), false};
+  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, four) == "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
+  std::string v2 = detail::encode_proxy_header(detail::proxy_version::v2, four);
+  const std::string expected("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\xa8\x00\x01\xc0\xa8\x00\x0b\xdc\x04\x01\xbb", 28);
+  CHECK(v2 == expected);
+  detail::proxy_addresses six{v6_of({0x2001, 0xdb8, 0, 0, 0, 0, 0, 1}, 1234), v6_of({0, 0, 0, 0, 0, 0, 0, 1}, 80), false};
+  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, six) == "PROXY TCP6 2001:db8::1 ::1 1234 80\r\n");
+  v2 = detail::encode_proxy_header(detail::proxy_version::v2, six);
+  REQUIRE(v2.size() == 16 + 36);
+  CHECK(static_cast<unsigned char>(v2[13]) == 0x21);
+  CHECK(static_cast<unsigned char>(v2[15]) == 36);
+  detail::proxy_addresses mixed{four.source, six.destination, false};
+  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, mixed) == "PROXY UNKNOWN\r\n");
+  CHECK(detail::encode_proxy_header(detail::proxy_version::v2, mixed).size() == 16);
+  CHECK(detail::encode_proxy_header(detail::proxy_version::none, four).empty());
+}
+
+TEST_CASE("proxy header: what is written reads back, byte by byte, with the data after it untouched") {
+  detail::proxy_addresses four{detail::resolved_address::v4(10, 1, 2, 3, 40000), detail::resolved_address::v4(10, 9, 9, 9, 3000), false};
+  detail::proxy_addresses six{v6_of({0xfd00, 0, 0, 0, 0, 0, 0, 7}, 5), v6_of({0xfd00, 0, 0, 0, 0, 0, 0, 8}, 6), false};
+  for (auto v : {detail::proxy_version::v1, detail::proxy_version::v2})
+    for (const auto* a : {&four, &six}) {
+      std::string header = detail::encode_proxy_header(v, *a);
+      std::string stream = header + "GET / HTTP/1.0\r\n\r\n";
+      for (std::size_t n = 0; n < header.size(); ++n)
+        REQUIRE(detail::parse_proxy_header(std::string_view(stream).substr(0, n)).result ==
+                detail::proxy_parse::status::incomplete);
+      auto p = detail::parse_proxy_header(stream);
+      REQUIRE(p.result == detail::proxy_parse::status::done);
+      CHECK(p.version == v);
+      CHECK(p.consumed == header.size());
+      CHECK(p.addresses.source == a->source);
+      CHECK(p.addresses.destination == a->destination);
+      CHECK_FALSE(p.addresses.local);
+    }
+  // v2 LOCAL and UNSPEC, v1 UNKNOWN: the connection's own addresses; TLVs are skipped.
+  std::string local("\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x03" "abc" "data", 16 + 3 + 4);
+  auto p = detail::parse_proxy_header(local);
+  REQUIRE(p.result == detail::proxy_parse::status::done);
+  CHECK(p.addresses.local);
+  CHECK(p.consumed == 19);
+  std::string tlv = detail::encode_proxy_header(detail::proxy_version::v2, four);
+  tlv[15] = static_cast<char>(12 + 5);
+  tlv += std::string("\x04\x00\x02xy", 5);
+  p = detail::parse_proxy_header(tlv + "z");
+  REQUIRE(p.result == detail::proxy_parse::status::done);
+  CHECK(p.consumed == tlv.size());
+  CHECK(p.addresses.source == four.source);
+  p = detail::parse_proxy_header("PROXY UNKNOWN whatever follows\r\nrest");
+  REQUIRE(p.result == detail::proxy_parse::status::done);
+  CHECK(p.addresses.local);
+  CHECK(p.consumed == 32);
+}
+
+TEST_CASE("proxy header: malformed headers are refused, with a reason") {
+  auto invalid = [](std::string_view bytes) {
+    auto p = detail::parse_proxy_header(bytes);
+    return p.result == detail::proxy_parse::status::invalid && *p.why;
+  };
+  CHECK(invalid("GET / HTTP/1.1\r\n"));
+  CHECK(invalid("PROXX"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"));
+  CHECK(invalid("PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n"));
+  CHECK(invalid("PROXY TCP4 ::1 5.6.7.8 1 2\r\n"));
+  CHECK(invalid("PROXY TCP6 1.2.3.4 ::1 1 2\r\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 65536 2\r\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4 5.6.7.8 1 x\r\n"));
+  CHECK(invalid("PROXY TCP4 1.2.3.4\n\r\n"));
+  CHECK(invalid("PROXY " + std::string(120, 'x')));  // no CRLF within 107 bytes
+  CHECK(invalid("PROXY TCP4 " + std::string(100, '1') + "\r\n"));
+  std::string v2("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x04", 16);
+  CHECK(invalid(v2 + "abcd"));  // too short for two IPv4 addresses and ports
+  v2[12] = 0x31;
+  CHECK(invalid(v2));  // version 3
+  v2[12] = 0x22;
+  CHECK(invalid(v2));  // command 2
+  v2[12] = 0x21;
+  v2[13] = 0x41;
+  CHECK(invalid(v2 + "abcd"));  // family 4
+  // Not yet a header either way: wait for more.
+  CHECK(detail::parse_proxy_header("PRO").result == detail::proxy_parse::status::incomplete);
+  CHECK(detail::parse_proxy_header(std::string("\r\n\r\n\0", 5)).result == detail::proxy_parse::status::incomplete);
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
