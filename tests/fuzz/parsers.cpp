@@ -42,13 +42,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (in.size() % 2) low = -1, high = 100000;  // the ranges the options use, often
   }
   for (std::string_view text : {in, in.size() >= 16 ? in.substr(16) : in}) {
-    long long got = 42, want = 42;
-    bool ok = !parse_integer(text, low, high, got);
-    FUZZ_CHECK(ok == reference_integer(text, low, high, want));
-    FUZZ_CHECK(got == want);  // the value, or untouched on an error
-    if (ok) {
-      long long back = 0;
-      FUZZ_CHECK(!parse_integer(std::to_string(got), low, high, back) && back == got);
+    long long want = 42;
+    for (auto range : {std::make_pair(low, high), std::make_pair(std::numeric_limits<long long>::min(),
+                                                                 std::numeric_limits<long long>::max())}) {
+      long long got = 42;
+      want = 42;
+      bool ok = !parse_integer(text, range.first, range.second, got);
+      FUZZ_CHECK(ok == reference_integer(text, range.first, range.second, want));
+      FUZZ_CHECK(got == want);  // the value, or untouched on an error
+      if (ok) {
+        long long back = 0;
+        FUZZ_CHECK(!parse_integer(std::to_string(got), range.first, range.second, back) && back == got);
+      }
     }
     int w = -7;
     if (!parse_weight(text, w)) {
