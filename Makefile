@@ -25,7 +25,7 @@ EXAMPLES := $(patsubst examples/%.cpp,$(BUILD)/examples/%,$(wildcard examples/*.
 BACKENDS := epoll poll
 
 .SECONDARY:
-.PHONY: check-assembly all test test-build doctest demo sanitize warnings compile-checks bench clean \
+.PHONY: check-assembly all test test-build doctest demo sanitize tsan fuzz warnings compile-checks bench clean \
 	windows-tools windows test-windows compile-checks-windows
 
 all: harmonyd $(BUILD)/bin/harmonyd $(EXAMPLES) test-build
@@ -86,6 +86,35 @@ test: test-build $(BUILD)/bin/harmonyd
 sanitize:
 	@$(MAKE) --no-print-directory test BUILD=build/sanitize OPT="-O1 -g -fno-omit-frame-pointer" DAEMON_LDFLAGS= \
 	  EXTRA="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+
+# The suite again under ThreadSanitizer, on the epoll engine (the threaded
+# parts are engine-independent). TSan needs its shadow memory where ASLR would
+# put the program when the kernel randomises with more than 28 bits
+# (vm.mmap_rnd_bits): then it runs without ASLR (setarch -R).
+TSAN_CXX ?= clang++
+tsan:
+	@$(MAKE) --no-print-directory test-build build/tsan/bin/harmonyd BUILD=build/tsan BACKENDS=epoll CXX=$(TSAN_CXX) \
+	  OPT="-O1 -g -fno-omit-frame-pointer" DAEMON_LDFLAGS= EXTRA="-fsanitize=thread"
+	@bits=$$(sysctl -n vm.mmap_rnd_bits 2>/dev/null || echo 0); run=; \
+	  if [ "$$bits" -gt 28 ] && command -v setarch >/dev/null; then run="setarch $$(uname -m) -R"; fi; \
+	  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 $${TSAN_OPTIONS:-}" HARMONYD=build/tsan/bin/harmonyd \
+	    $$run tests/run build/tsan/harmony-tests-epoll
+
+# libFuzzer: one target per parser of untrusted bytes, tests/fuzz/<target>.cpp,
+# each run for FUZZ_SECONDS from its seed corpus tests/fuzz/corpus/<target>/
+# (what it finds goes to build/fuzz/corpus/<target>/, not into the repository).
+# A new target is one more name here, its .cpp and its seeds.
+FUZZ_TARGETS := codec-legacy codec-native commands parsers split
+FUZZ_SECONDS ?= 60
+FUZZ_CXX     ?= clang++
+FUZZ_FLAGS   := -std=c++17 $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined -pthread
+build/fuzz/%: tests/fuzz/%.cpp tests/fuzz/fuzz.hpp $(HEADER)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) $< -o $@ -pthread
+
+fuzz: $(foreach t,$(FUZZ_TARGETS),build/fuzz/$(t))
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run $(FUZZ_TARGETS)
 
 # Warning-free under both compilers, and the compile-time configurations.
 warnings:

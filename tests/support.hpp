@@ -661,6 +661,32 @@ class admin_session {
   std::string buffer_;
 };
 
+// A listener whose accept queue is full: the kernel drops further SYNs, so a
+// connect to it hangs (a blackholed backend). Ready once a filler's handshake
+// has completed; `at` is where it listens.
+struct blackhole {
+  harmony::endpoint at;
+  sock listener = listen_on("127.0.0.1", at, 0);
+  std::vector<sock> fillers;
+  bool ready = false;
+  blackhole() {
+    if (!listener) return;
+    for (int i = 0; i < 4; ++i) {
+      sock f(::socket(AF_INET, SOCK_STREAM, 0));
+      set_nonblocking(f.fd(), true);
+      socklen_t len = 0;
+      sockaddr_storage ss = make_address(at, len);
+      ::connect(f.fd(), reinterpret_cast<sockaddr*>(&ss), len);
+      fillers.push_back(std::move(f));
+    }
+    ready = eventually([&] {
+      for (auto& f : fillers)
+        if (wait_writable(f.fd(), 0)) return true;
+      return false;
+    });
+  }
+};
+
 // A backend that writes its name at once and holds the connection until released.
 class holding_backend {
  public:

@@ -199,10 +199,12 @@ inline void admin_connection::end(const char* why, bool graceful) {
 // The bytes go to the protocol; its reply goes out and its effects are applied.
 inline void admin_connection::on_data(std::string_view bytes) {
   if (ended_) return;
-  last_heard_ = loop_.now();
   server::impl& srv = owner_.srv();
-  admin_context ctx{srv.backends, owner_.services(), srv.log, last_heard_};
+  admin_context ctx{srv.backends, owner_.services(), srv.log, loop_.now()};
   admin_result r = protocol_->feed(bytes, ctx);
+  // Heard is a whole message answered, not a byte: a peer that trickles a line
+  // without its end (slowloris) is still closed by the admin timeout.
+  if (!r.replies.empty() || !r.effects.empty()) last_heard_ = loop_.now();
   for (const std::string& reply : r.replies) io.write(reply);
   for (const admin_effect& e : r.effects) {
     if (ended_) break;
