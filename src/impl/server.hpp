@@ -36,6 +36,8 @@ inline std::error_code server::impl::open() {
       return e;
     }
   }
+  monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
+  monitor->start();
   if (!options.admin.empty()) {
     endpoint admin_at;
     detail::address admin_where;
@@ -47,6 +49,7 @@ inline std::error_code server::impl::open() {
     }
     if (e) {
       admin.reset();
+      monitor.reset();
       workers.clear();
       return e;
     }
@@ -149,6 +152,7 @@ inline void server::impl::close_all() {
     if (t.joinable()) t.join();
   threads.clear();
   admin.reset();
+  monitor.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};
