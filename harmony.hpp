@@ -2565,9 +2565,10 @@ class registry {
     });
   }
 
-  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
+  // `why`, when given, is the reason its log line gives.
+  std::error_code drain(std::string_view id, bool on, std::int64_t now, std::string_view why = {}) {
     return update(id, now, [&](record& r, std::uint32_t) {
-      if (r.draining != on) reason_ = on ? "drained" : "no longer drained";
+      if (r.draining != on) reason_ = !why.empty() ? std::string(why) : on ? "drained" : "no longer drained";
       r.draining = on;
     });
   }
@@ -3443,7 +3444,7 @@ class admin_protocol {
         return end(out, "registration refused", false);
       }
       bound_id_ = id;
-      ctx.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+      ctx.log(log_level::debug, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
       return append(out, "NID:" + id + ":");
     }
     if (command == "ID") {
@@ -3477,8 +3478,8 @@ class admin_protocol {
       return append(out, echo);
     }
     if (command == "CLOSE") {
-      if (!ctx.backends.lock()->remove(argument)) {
-        ctx.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+      if (!ctx.backends.lock()->remove(argument, "its agent closed it")) {
+        ctx.log(log_level::debug, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
         closed_id_.assign(argument.data(), argument.size());
         if (bound_id_ == closed_id_) bound_id_.clear();
       }
@@ -3533,8 +3534,8 @@ class admin_protocol {
       out.effects.push_back(std::move(unbind));
       agent_ = false;
       bound_id_.clear();
-      ctx.log(log_level::info, "backend %s deregistered", id.c_str());
-      return answer(ctx.backends.lock()->remove(id), "closed id=" + id);
+      ctx.log(log_level::debug, "backend %s deregistered", id.c_str());
+      return answer(ctx.backends.lock()->remove(id, "its agent deregistered"), "closed id=" + id);
     }
     if (c.verb == "list") {
       auto list = ctx.backends.lock()->list(ctx.now);
@@ -3660,13 +3661,13 @@ class admin_protocol {
         r->set_address(id, at, to, ctx.now);
         r->set_weight(id, weight);
         r->set_online(id, true, ctx.now);
-        ctx.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
+        ctx.log(log_level::debug, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
                 weight);
       } else {
         // A balancer that restarted does not know the agent: it rejoins under its old id.
         std::string wanted = id;
         if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
-        ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+        ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
     }
@@ -6792,8 +6793,8 @@ inline void admin_server::sweep() {
   std::int64_t keep = srv_.options.host_timeout.count();
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
-      srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.lock()->remove(it->first);
+      srv_.log(log_level::debug, "backend %s forgotten: its agent stayed away", it->first.c_str());
+      srv_.backends.lock()->remove(it->first, "its agent stayed away a host timeout");
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -6848,7 +6849,7 @@ inline void admin_connection::end(const char* why, bool graceful) {
       owner_.agents.erase(it);
       if (!srv.backends.lock()->set_online(id, false, loop_.now())) {
         owner_.offline_since[id] = loop_.now();
-        srv.log(log_level::warn, "backend %s offline: %s", id.c_str(), why);
+        srv.log(log_level::debug, "backend %s offline: %s", id.c_str(), why);
       }
     }
   }
@@ -7010,28 +7011,23 @@ inline void server::impl::apply(const detail::resolution& r) {
           if (!e) {
             table->set_source(id, name);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id);
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
           break;
         }
         case kind::drain:
-          table->drain(c.id, true, now);
-          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          table->drain(c.id, true, now, "gone from " + name);
           break;
         case kind::restore:
-          table->drain(c.id, false, now);
-          notes.push_back("backend " + at + " is back in " + name);
+          table->drain(c.id, false, now, "back in " + name);
           break;
         case kind::reweight: table->set_weight(c.id, c.weight); break;
         case kind::remove: break;
       }
     }
     for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
-      table->remove(c.id);
-      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
-                      " removed: its connections have ended");
+      table->remove(c.id, "gone from " + name + ", its connections have ended");
     }
   }
   for (const auto& n : notes) log(log_level::info, "%s", n.c_str());

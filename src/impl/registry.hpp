@@ -162,9 +162,10 @@ class registry {
     });
   }
 
-  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
+  // `why`, when given, is the reason its log line gives.
+  std::error_code drain(std::string_view id, bool on, std::int64_t now, std::string_view why = {}) {
     return update(id, now, [&](record& r, std::uint32_t) {
-      if (r.draining != on) reason_ = on ? "drained" : "no longer drained";
+      if (r.draining != on) reason_ = !why.empty() ? std::string(why) : on ? "drained" : "no longer drained";
       r.draining = on;
     });
   }

@@ -112,28 +112,23 @@ inline void server::impl::apply(const detail::resolution& r) {
           if (!e) {
             table->set_source(id, name);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id);
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
           break;
         }
         case kind::drain:
-          table->drain(c.id, true, now);
-          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          table->drain(c.id, true, now, "gone from " + name);
           break;
         case kind::restore:
-          table->drain(c.id, false, now);
-          notes.push_back("backend " + at + " is back in " + name);
+          table->drain(c.id, false, now, "back in " + name);
           break;
         case kind::reweight: table->set_weight(c.id, c.weight); break;
         case kind::remove: break;
       }
     }
     for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
-      table->remove(c.id);
-      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
-                      " removed: its connections have ended");
+      table->remove(c.id, "gone from " + name + ", its connections have ended");
     }
   }
   for (const auto& n : notes) log(log_level::info, "%s", n.c_str());
