@@ -13,7 +13,7 @@ struct backend_info {
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
   // "up" (eligible), "full" (at its maxconn), "draining", "down" (its agent reports it
-  // down), "expired" (no ack within the host timeout), "offline" (its agent's connection
+  // down, or health detection took it out: server_options::max_fails, check_interval), "expired" (no ack within the host timeout), "offline" (its agent's connection
   // dropped), "no-port" (no service port yet)
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
@@ -113,7 +113,8 @@ struct server_options {
   // ---- Health of every backend (registered, static and from DNS).
   // Passive detection, on by default: an attempt that fails (refused, connect timeout,
   // reset before the backend's first byte) counts against its backend; max_fails of
-  // them within fail_timeout take it out of rotation for fail_timeout. Then exactly
+  // them within fail_timeout (a success in between starts the count again) take it
+  // out of rotation for fail_timeout. Then exactly
   // one connection is let through as its trial: when the backend answers it (first
   // byte), the backend is up again; when it fails, it is out again for twice as long
   // as the last time, up to max_fail_backoff. The failed client itself is requeued

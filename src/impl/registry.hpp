@@ -391,14 +391,14 @@ class registry {
     return out;
   }
 
-  // Re-judges every backend at `now`: what time alone changes (an ack that is too
-  // old, a back-off that is over) is noticed, and its state change noted, even
-  // when no connection comes to pick. The server does this every second.
+  // Re-judges at `now` what time alone changes (an ack that is too old, a back-off
+  // that is over), so that it is noticed and its state change noted even when no
+  // connection comes to pick. The server does this every second.
   void sweep(std::int64_t now) {
     ramp(now);
     wake(now);
     for (std::uint32_t slot = 0; slot < records_.size(); ++slot)
-      if (records_[slot].used) refresh(slot, now);
+      if (records_[slot].used && records_[slot].expires) refresh(slot, now);  // the rest change by events
   }
 
   // State changes since last asked, one line of text each: a backend registered,
