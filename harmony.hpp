@@ -27,6 +27,7 @@
 //   >>codec          sans-IO admin protocol: dialect detection, legacy tokens, native lines
 //   >>proxy-header   sans-IO PROXY protocol v1 and v2 headers: written towards backends, read from upstream
 //   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
+//   >>health         a backend's health: passive failure counting, one trial, back-off, active checks
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
 //   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
 //   >>dns            sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
@@ -48,6 +49,7 @@
 //   >>resolver       the server's resolver thread: getaddrinfo and SRV queries off the event loops
 //   >>server-state   the state a server shares between its loops
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
+//   >>checker        the health monitor: the registry's sweep and the active checks, on the first loop
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
 //   >>stats          the stats port: /metrics, /status.json and the status page, on the first loop
 //   >>server-impl    harmony::server
@@ -230,7 +232,7 @@ struct backend_info {
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
   // "up" (eligible), "full" (at its maxconn), "draining", "down" (its agent reports it
-  // down), "expired" (no ack within the host timeout), "offline" (its agent's connection
+  // down, or health detection took it out: server_options::max_fails, check_interval), "expired" (no ack within the host timeout), "offline" (its agent's connection
   // dropped), "no-port" (no service port yet)
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
@@ -278,6 +280,24 @@ inline constexpr duration default_resolve_interval{5000};
 inline constexpr duration min_resolve_interval{100};
 inline constexpr duration max_resolve_interval{86400000};
 
+// Health detection (server_options::max_fails and the options after it). Passive
+// detection takes nginx's defaults: one failed attempt (max_fails=1) takes a backend
+// out for fail_timeout=10s, then one trial connection decides; each failed trial
+// doubles the time out, up to max_fail_backoff. Active checks take HAProxy's rise 2
+// and fall 3.
+inline constexpr int default_max_fails = 1;
+inline constexpr int max_max_fails = 1000;
+inline constexpr duration default_fail_timeout{10000};
+inline constexpr duration min_fail_timeout{10};
+inline constexpr duration max_fail_timeout{3600000};
+inline constexpr duration max_fail_backoff{300000};  // the longest time out after failed trials (at least fail_timeout)
+inline constexpr duration min_check_interval{10};
+inline constexpr duration max_check_interval{3600000};
+inline constexpr int default_check_rise = 2;
+inline constexpr int default_check_fall = 3;
+inline constexpr int max_check_rise_fall = 1000;
+inline constexpr std::size_t max_check_text = 4096;  // check_send, check_expect
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -313,6 +333,31 @@ struct server_options {
   // run() where SIGPIPE is ignored or blocked. Ignored elsewhere.
   bool splice = false;
   int workers = 1;                  // event-loop threads sharing the listen port
+  // ---- Health of every backend (registered, static and from DNS).
+  // Passive detection, on by default: an attempt that fails (refused, connect timeout,
+  // reset before the backend's first byte) counts against its backend; max_fails of
+  // them within fail_timeout (a success in between starts the count again) take it
+  // out of rotation for fail_timeout. Then exactly
+  // one connection is let through as its trial: when the backend answers it (first
+  // byte), the backend is up again; when it fails, it is out again for twice as long
+  // as the last time, up to max_fail_backoff. The failed client itself is requeued
+  // (requeue). state "down" in backends() while out. max_fails = 0 turns it off.
+  int max_fails = default_max_fails;          // 0 … max_max_fails
+  duration fail_timeout = default_fail_timeout;  // min_fail_timeout … max_fail_timeout
+  // Active checks, off by default (check_interval 0): every check_interval each
+  // backend is probed with a TCP connect on the first event loop, the probes spread
+  // over the interval; a probe that is not done within min(connect_timeout,
+  // check_interval) fails. With check_send, those bytes are sent once connected; with
+  // check_expect, the reply must contain those bytes within that time (a probe with
+  // neither passes once connected). check_fall failed probes in a row mark a backend
+  // "down", check_rise passing ones in a row bring it back; a passing probe also
+  // lets a passively failed backend take its trial at once.
+  duration check_interval{0};                 // 0 (off) or min_check_interval … max_check_interval
+  std::string check_send;                     // at most max_check_text bytes
+  std::string check_expect;                   // at most max_check_text bytes
+  int check_rise = default_check_rise;        // 1 … max_check_rise_fall
+  int check_fall = default_check_fall;        // 1 … max_check_rise_fall
+  // ---- end of health
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
@@ -1404,6 +1449,10 @@ struct option_checker {
     if (value < static_cast<T>(low) || value > static_cast<T>(high))
       fail(errc::bad_option, option, "must be from " + std::to_string(low) + " to " + std::to_string(high));
   }
+  void durations(const char* option, duration d, duration low, duration high) {
+    if (d < low || d > high)
+      fail(errc::bad_option, option, "must be from " + format_duration(low) + " to " + format_duration(high));
+  }
   void positive(const char* option, duration d) {
     if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
   }
@@ -1458,6 +1507,13 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   for (const std::string& block : o.allow_legacy)
     if (!detail::is_cidr(block))
       c.fail(errc::bad_option, "allow_legacy", "'" + block + "' is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
+  c.range("max_fails", o.max_fails, 0, max_max_fails);
+  c.durations("fail_timeout", o.fail_timeout, min_fail_timeout, max_fail_timeout);
+  if (o.check_interval.count() != 0) c.durations("check_interval", o.check_interval, min_check_interval, max_check_interval);
+  c.range("check_rise", o.check_rise, 1, max_check_rise_fall);
+  c.range("check_fall", o.check_fall, 1, max_check_rise_fall);
+  c.range("check_send", o.check_send.size(), std::size_t{0}, max_check_text);
+  c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
   return c.done();
 }
 
@@ -2813,6 +2869,157 @@ class affinity_table {
 namespace harmony {
 namespace detail {
 
+// >>health  a backend's health: passive failure counting, one trial, back-off, active checks
+// Sans-IO: plain data, time passed in (milliseconds). The registry keeps one per
+// backend and asks it whether the backend may take a connection; the sessions
+// report what their attempts did, the checker what its probes did.
+//
+// Passive (nginx's max_fails / fail_timeout): `max_fails` failed attempts within
+// `fail_timeout` take the backend out for `fail_timeout`. Then exactly one
+// connection is let through as a trial: when the backend answers it, the backend
+// is back; when it fails, the backend is out again for twice as long as the last
+// time, up to health_policy::max_out_ms. max_fails 0 turns passive detection off.
+//
+// Active: `fall` failed probes in a row mark the backend down, `rise` good ones in a
+// row mark it up again (HAProxy's rise and fall). A good probe also lets a passively
+// failed backend take its trial at once instead of waiting out its back-off.
+// What a proxied connection's attempt on a backend came to, as the session reports it.
+enum class attempt_outcome {
+  failed,     // refused, connect timeout, reset before the backend's first byte
+  answered,   // the backend sent its first byte, or served the connection without failing
+  abandoned,  // the connection ended before the attempt could tell
+};
+
+struct health_policy {
+  int max_fails = 1;
+  std::int64_t fail_timeout_ms = 10000;
+  std::int64_t max_out_ms = 300000;  // the cap of the back-off
+  // A trial that has not been decided after this long is given up, so that a lost
+  // report cannot keep a backend out for ever.
+  std::int64_t trial_limit_ms = 60000;
+  int rise = 2;
+  int fall = 3;
+
+  // How long a backend stays out after its `strikes`-th failed trial in a row
+  // (0: the failures that first took it out).
+  std::int64_t out_for(int strikes) const noexcept {
+    std::int64_t cap = std::max(max_out_ms, fail_timeout_ms);
+    std::int64_t t = fail_timeout_ms;
+    for (int i = 0; i < strikes && t < cap; ++i) t *= 2;
+    return std::min(t, cap);
+  }
+};
+
+class backend_health {
+ public:
+  // Whether it may take a new connection now (a trial included).
+  bool usable(std::int64_t now) const noexcept {
+    if (checked_down_) return false;
+    if (!out_) return true;
+    return now >= retry_at_ && (!trial_ || now - trial_since_ > trial_limit_ms_);
+  }
+  // Out of rotation by either detector (a trial may still be due): its state is "down".
+  bool down() const noexcept { return out_ || checked_down_; }
+  bool passively_out() const noexcept { return out_; }
+  bool checked_down() const noexcept { return checked_down_; }
+  // When a passively failed backend may take its trial.
+  std::int64_t retry_at() const noexcept { return retry_at_; }
+  // Whether an attempt's outcome may change anything: a trial, or failures being counted.
+  bool watching() const noexcept { return out_ || fails_ > 0; }
+
+  // A connection was given to it; true when that connection is its trial.
+  bool picked(std::int64_t now, const health_policy& p) noexcept {
+    if (!out_) return false;
+    trial_ = true;
+    trial_since_ = now;
+    trial_limit_ms_ = p.trial_limit_ms;
+    return true;
+  }
+
+  // An attempt failed (refused, connect timeout, reset before the first byte). True
+  // when this took the backend out (again).
+  bool failed(std::int64_t now, bool trial, const health_policy& p) noexcept {
+    if (p.max_fails <= 0) return false;
+    if (out_) {
+      if (!trial) return false;  // an attempt that began before it went out says nothing new
+      trial_ = false;
+      ++strikes_;
+      retry_at_ = now + p.out_for(strikes_);
+      return true;
+    }
+    if (fails_ == 0 || now - first_fail_ > p.fail_timeout_ms) {
+      fails_ = 0;
+      first_fail_ = now;
+    }
+    if (++fails_ < p.max_fails) return false;
+    out_ = true;
+    trial_ = false;
+    strikes_ = 0;
+    fails_ = 0;
+    retry_at_ = now + p.out_for(0);
+    return true;
+  }
+
+  // An attempt succeeded (the backend answered, or served the connection). True when
+  // this brought the backend back.
+  bool succeeded(bool trial) noexcept {
+    if (!out_) {
+      fails_ = 0;
+      return false;
+    }
+    if (!trial) return false;
+    out_ = trial_ = false;
+    strikes_ = 0;
+    return true;
+  }
+
+  // The trial connection ended before it could tell (the client left first).
+  void abandoned(bool trial) noexcept {
+    if (trial) trial_ = false;
+  }
+
+  // One active probe's result. True when it changed checked_down().
+  bool checked(bool ok, std::int64_t now, const health_policy& p) noexcept {
+    if (ok) {
+      fall_count_ = 0;
+      if (out_ && !trial_) retry_at_ = std::min(retry_at_, now);
+      if (!checked_down_) return false;
+      if (++rise_count_ < p.rise) return false;
+      checked_down_ = false;
+      rise_count_ = 0;
+      return true;
+    }
+    rise_count_ = 0;
+    if (checked_down_) return false;
+    if (++fall_count_ < p.fall) return false;
+    checked_down_ = true;
+    fall_count_ = 0;
+    return true;
+  }
+
+  // Active checks were turned off: only passive detection judges it.
+  void forget_checks() noexcept { checked_down_ = false, rise_count_ = fall_count_ = 0; }
+
+ private:
+  bool out_ = false;           // passively out of rotation
+  bool trial_ = false;         // its trial connection is going on
+  bool checked_down_ = false;  // active checks failed `fall` times in a row
+  int fails_ = 0;              // failures in the window that began at first_fail_
+  int strikes_ = 0;            // failed trials since it went out
+  int rise_count_ = 0;
+  int fall_count_ = 0;
+  std::int64_t first_fail_ = 0;
+  std::int64_t retry_at_ = 0;
+  std::int64_t trial_since_ = 0;
+  std::int64_t trial_limit_ms_ = 0;
+};
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
 // >>registry  the backend table: sans-IO, shared between loops through locked<>
 // The backend table. It holds no OS type: addresses are resolved_address, ids
 // come from an injected generator, and it has no lock of its own. Every event
@@ -2824,6 +3031,10 @@ struct pick_result {
   // No pick, but only because the backends that could serve are at their maxconn:
   // the connection may wait for a release instead of being turned away.
   bool full = false;
+  // Health (>>health): this connection is the trial of a backend that failed, and
+  // whether its outcome must be reported (a trial, or failures are being counted).
+  bool trial = false;
+  bool watch = false;
 };
 
 struct registry_limits {
@@ -2848,15 +3059,27 @@ class locked {
 
   class guard {
    public:
-    guard(std::mutex& m, T& v) : lock_(m), value_(v) {}
+    guard(std::mutex& m, T& v, const std::function<void(T&, std::unique_lock<std::mutex>&)>& after)
+        : lock_(m), value_(v), after_(after) {}
+    ~guard() {
+      if (after_) after_(value_, lock_);
+    }
+    guard(const guard&) = delete;
+    guard& operator=(const guard&) = delete;
     T* operator->() const noexcept { return &value_; }
     T& operator*() const noexcept { return value_; }
 
    private:
     std::unique_lock<std::mutex> lock_;
     T& value_;
+    const std::function<void(T&, std::unique_lock<std::mutex>&)>& after_;
   };
-  guard lock() { return guard(mutex_, value_); }
+  guard lock() { return guard(mutex_, value_, after); }
+
+  // Runs as each guard goes, with the lock still held: it may take what it needs
+  // from the value, unlock, and then act (the server logs the registry's state
+  // changes this way, never under the lock). Set before the value is shared.
+  std::function<void(T&, std::unique_lock<std::mutex>&)> after;
 
  private:
   std::mutex mutex_;
@@ -2919,17 +3142,26 @@ class registry {
     r.last_ack = now;
     by_id_.emplace(r.id, slot);
     refresh(slot, now);
+    r.shown = shown_state(slot, now);
+    reason_.clear();
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") registered, weight " + std::to_string(weight) +
+                       ": " + r.shown);
     if (id_out) *id_out = r.id;
     return {};
   }
 
-  std::error_code remove(std::string_view id) {
+  // `why`, when given, ends the log line of the removal.
+  std::error_code remove(std::string_view id, std::string_view why = {}) {
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
     record& r = records_[slot];
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") removed" +
+                       (why.empty() ? std::string() : ": " + std::string(why)));
     if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
     r.ramping = false;
+    if (r.resting) resting_.erase(std::find(resting_.begin(), resting_.end(), slot));
+    r.resting = false;
     r.listed = false;
     place(slot);
     tiers_[r.backup].picks.reset(slot);
@@ -2949,14 +3181,19 @@ class registry {
     });
   }
 
-  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.draining = on; });
+  // `why`, when given, is the reason its log line gives.
+  std::error_code drain(std::string_view id, bool on, std::int64_t now, std::string_view why = {}) {
+    return update(id, now, [&](record& r, std::uint32_t) {
+      if (r.draining != on) reason_ = !why.empty() ? std::string(why) : on ? "drained" : "no longer drained";
+      r.draining = on;
+    });
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
   std::error_code set_address(std::string_view id, const endpoint& at, const resolved_address& resolved,
                               std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = "serves at " + at.to_string();
       r.at = at;
       r.to = resolved;
       r.routable = at.port != 0;
@@ -2964,13 +3201,17 @@ class registry {
   }
 
   std::error_code ack(std::string_view id, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.last_ack = now; });
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.last_ack = now;
+      reason_ = "acked again";
+    });
   }
 
   // An agent's live connection keeps its backend online; when it drops, the
   // backend gets no new connections until the agent registers again.
   std::error_code set_online(std::string_view id, bool online, std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = online ? "its agent is connected again" : "its agent's connection dropped";
       r.online = online;
       if (online) r.last_ack = now;
     });
@@ -2987,7 +3228,10 @@ class registry {
   // The agent's own readiness: drain and down get no new connections (open ones
   // finish), ready is eligible again. Independent of an operator's drain.
   std::error_code set_readiness(std::string_view id, readiness state, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.reported = state; });
+    return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = std::string("its agent reports ") + to_string(state);
+      r.reported = state;
+    });
   }
   // ---- end of the agent's report
 
@@ -3054,6 +3298,7 @@ class registry {
   // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
     ramp(now);
+    wake(now);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
@@ -3061,6 +3306,7 @@ class registry {
       return false;
     };
     out.full = false;
+    out.trial = out.watch = false;
     if (!on_tables_stale_) rebuild_tables();  // nobody rebuilds them elsewhere: before the pick
     bool sticky = persistent_ && !client_key.empty();
     if (sticky) {
@@ -3085,8 +3331,102 @@ class registry {
     }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
+    out.watch = r.health.watching();
+    if (r.health.picked(now, health_)) {
+      out.trial = true;
+      refresh(chosen, now);  // the one trial: no other connection until it has told
+    }
     if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
+  }
+
+  // ---- Health (>>health). The policy of every backend; passive detection on by default.
+  void set_health(const health_policy& p) { health_ = p; }
+  const health_policy& health() const noexcept { return health_; }
+
+  // An attempt on `l` failed (refused, timed out, reset before the first byte).
+  void attempt_failed(const lease& l, bool trial, std::string_view why, std::int64_t now) {
+    if (!current(l)) return;
+    record& r = records_[l.slot];
+    if (!r.health.failed(now, trial, health_)) return;
+    std::int64_t out_for = r.health.retry_at() - now;
+    if (trial) {
+      reason_ = "its trial connection failed (" + std::string(why) + "); out for " + format_duration(duration(out_for));
+    } else {
+      int n = std::max(health_.max_fails, 1);
+      reason_ = std::to_string(n) + (n == 1 ? " failed attempt" : " failed attempts") + " within " +
+                format_duration(duration(health_.fail_timeout_ms)) + " (last: " + std::string(why) + "); out for " +
+                format_duration(duration(out_for));
+    }
+    if (!r.resting) {
+      r.resting = true;
+      resting_.push_back(l.slot);
+    }
+    next_wake_ = std::min(next_wake_, r.health.retry_at());
+    refresh(l.slot, now);
+    reason_.clear();
+  }
+  // The backend answered an attempt (its first byte), or served it without a failure.
+  void attempt_succeeded(const lease& l, bool trial, std::int64_t now) {
+    if (!current(l)) return;
+    record& r = records_[l.slot];
+    if (!r.health.succeeded(trial)) return;
+    reason_ = "its trial connection was served";
+    refresh(l.slot, now);
+    reason_.clear();
+  }
+  // The attempt ended before it could tell either way.
+  void attempt_abandoned(const lease& l, bool trial, std::int64_t now) {
+    if (!trial || !current(l)) return;
+    records_[l.slot].health.abandoned(true);
+    refresh(l.slot, now);  // the trial is free again
+  }
+  // An active check's result for the backend `id` (>>checker).
+  void checked(std::string_view id, bool ok, std::string_view why, std::int64_t now) {
+    std::uint32_t slot;
+    if (!find(id, slot)) return;
+    record& r = records_[slot];
+    bool was_out = r.health.passively_out();
+    if (r.health.checked(ok, now, health_)) {
+      reason_ = ok ? "its health check passed " + std::to_string(health_.rise) + " times in a row"
+                   : "its health check failed " + std::to_string(health_.fall) + " times in a row (" +
+                         std::string(why) + ")";
+    } else if (!(ok && was_out)) {
+      return;
+    }
+    if (ok && was_out) next_wake_ = std::min(next_wake_, now);  // the trial may go now
+    refresh(slot, now);
+    reason_.clear();
+  }
+  // What the active checks probe: every backend with an address.
+  struct check_target {
+    std::string id;
+    resolved_address to;
+  };
+  std::vector<check_target> check_targets() const {
+    std::vector<check_target> out;
+    for (const record& r : records_)
+      if (r.used && r.routable) out.push_back(check_target{r.id, r.to});
+    return out;
+  }
+
+  // Re-judges at `now` what time alone changes (an ack that is too old, a back-off
+  // that is over), so that it is noticed and its state change noted even when no
+  // connection comes to pick. The server does this every second.
+  void sweep(std::int64_t now) {
+    ramp(now);
+    wake(now);
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot)
+      if (records_[slot].used && records_[slot].expires) refresh(slot, now);  // the rest change by events
+  }
+
+  // State changes since last asked, one line of text each: a backend registered,
+  // removed, or changing between up, down, expired, draining, offline and no-port.
+  bool has_changes() const noexcept { return !changes_.empty(); }
+  std::vector<std::string> take_changes() {
+    std::vector<std::string> out;
+    out.swap(changes_);
+    return out;
   }
 
   // Ends a connection's count against its backend. True when that made room on a
@@ -3171,6 +3511,9 @@ class registry {
     std::uint32_t generation = 0;
     std::string source;  // backends from DNS: the NAME:PORT it came from
     readiness reported = readiness::ready;  // reported by the agent
+    backend_health health;
+    bool resting = false;        // in resting_: passively out, its trial to be woken
+    const char* shown = nullptr;  // the state last noted (shown_state)
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -3197,17 +3540,58 @@ class registry {
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     return r.used && r.routable && r.online && !r.draining && r.reported == readiness::ready &&
-           (!r.expires || now - r.last_ack <= host_timeout_ms_);
+           (!r.expires || now - r.last_ack <= host_timeout_ms_) && r.health.usable(now);
   }
   const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     if (!r.routable) return "no-port";
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
-    if (r.reported == readiness::down) return "down";
+    if (r.reported == readiness::down || r.health.down()) return "down";
     if (r.draining || r.reported == readiness::drain) return "draining";
     if (r.full) return "full";
     return "up";
+  }
+  // The state its changes are logged by: a full backend is up (fullness is load).
+  const char* shown_state(std::uint32_t slot, std::int64_t now) const noexcept {
+    const char* s = state_of(slot, now);
+    return std::strcmp(s, "full") == 0 ? "up" : s;
+  }
+  // Notes a change of the shown state, with reason_ (what the last change was) or
+  // what the state itself says.
+  void note(std::uint32_t slot, std::int64_t now) {
+    record& r = records_[slot];
+    const char* s = shown_state(slot, now);
+    if (!r.shown || std::strcmp(s, r.shown) == 0) {
+      if (!r.shown) r.shown = s;
+      return;
+    }
+    std::string why = reason_;
+    if (std::strcmp(s, "expired") == 0)
+      why = "no ack within the host timeout (" + format_duration(duration(host_timeout_ms_)) + ")";
+    else if (why.empty())
+      why = std::string("was ") + r.shown;
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") " + s + ": " + why);
+    r.shown = s;
+  }
+  // Lets the trials whose back-off is over be picked.
+  void wake(std::int64_t now) {
+    if (resting_.empty() || now < next_wake_) return;
+    next_wake_ = std::numeric_limits<std::int64_t>::max();
+    for (std::size_t i = 0; i < resting_.size();) {
+      std::uint32_t slot = resting_[i];
+      record& r = records_[slot];
+      if (!r.used || !r.health.passively_out()) {
+        r.resting = false;
+        resting_[i] = resting_.back();
+        resting_.pop_back();
+        continue;
+      }
+      if (r.health.usable(now) && !r.listed) refresh(slot, now);
+      // Its back-off, or (trial going on) a look now and then, in case it stalls.
+      next_wake_ = std::min(next_wake_, r.health.retry_at() > now ? r.health.retry_at() : now + 1000);
+      ++i;
+    }
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
     record& r = records_[slot];
@@ -3221,6 +3605,7 @@ class registry {
       }
     }
     place(slot, now);
+    note(slot, now);
   }
 
   // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
@@ -3432,6 +3817,11 @@ class registry {
   std::int64_t slow_start_ms_ = 0;
   std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
   std::vector<std::uint32_t> ramping_;     // slots in their slow start
+  health_policy health_;
+  std::vector<std::uint32_t> resting_;     // slots passively out (>>health)
+  std::int64_t next_wake_ = std::numeric_limits<std::int64_t>::max();  // when wake() next has work
+  std::string reason_;                     // why the change being made happens, for note()
+  std::vector<std::string> changes_;       // noted state changes, for take_changes()
   std::unordered_map<std::string, std::uint32_t> by_id_;
 };
 
@@ -4447,7 +4837,7 @@ class admin_protocol {
         return end(out, "registration refused", false);
       }
       bound_id_ = id;
-      ctx.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+      ctx.log(log_level::debug, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
       return append(out, "NID:" + id + ":");
     }
     if (command == "ID") {
@@ -4481,8 +4871,8 @@ class admin_protocol {
       return append(out, echo);
     }
     if (command == "CLOSE") {
-      if (!ctx.backends.lock()->remove(argument)) {
-        ctx.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+      if (!ctx.backends.lock()->remove(argument, "its agent closed it")) {
+        ctx.log(log_level::debug, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
         closed_id_.assign(argument.data(), argument.size());
         if (bound_id_ == closed_id_) bound_id_.clear();
       }
@@ -4559,8 +4949,8 @@ class admin_protocol {
       out.effects.push_back(std::move(unbind));
       agent_ = false;
       bound_id_.clear();
-      ctx.log(log_level::info, "backend %s deregistered", id.c_str());
-      return answer(ctx.backends.lock()->remove(id), "closed id=" + id);
+      ctx.log(log_level::debug, "backend %s deregistered", id.c_str());
+      return answer(ctx.backends.lock()->remove(id, "its agent deregistered"), "closed id=" + id);
     }
     if (c.verb == "list") {
       auto list = ctx.backends.lock()->list(ctx.now);
@@ -4711,13 +5101,13 @@ class admin_protocol {
         r->set_address(id, at, to, ctx.now);
         r->set_weight(id, weight);
         r->set_online(id, true, ctx.now);
-        ctx.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
+        ctx.log(log_level::debug, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
                 weight);
       } else {
         // A balancer that restarted does not know the agent: it rejoins under its old id.
         std::string wanted = id;
         if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
-        ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+        ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
     }
@@ -6559,6 +6949,9 @@ class session_host {
   // `tried`, and counts the connection against it.
   virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
   virtual void release(const lease& backend, bool failed) = 0;
+  // What an attempt on a backend came to, for its health (>>health); `trial` when
+  // the pick said it was the backend's trial.
+  virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -6668,6 +7061,7 @@ class session final : public connection_owner {
   void farewell_pump();
   void release_buffers();
   void took_in(const connection& src, std::size_t n);
+  void report(attempt_outcome what, std::string_view why = {});
   void put_out(const connection& dst, std::size_t n);
   direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
   std::string client_text() const { return peer_.to_endpoint().to_string(); }
@@ -6682,7 +7076,10 @@ class session final : public connection_owner {
   std::vector<lease> tried_;
   int attempts_ = 0;
   bool holds_slot_ = false;
-  bool queued_before_ = false;  // it has waited in the queue: waiting.since is when it began
+  bool queued_before_ = false;
+  bool connected_ = false;  // the current attempt's connect went through
+  bool trial_ = false;      // the current attempt is its backend's trial
+  bool watch_ = false;      // the current attempt's outcome is still to be reported  // it has waited in the queue: waiting.since is when it began
   address peer_;
   timer clock_;
   std::int64_t last_activity_ = 0;
@@ -6752,6 +7149,9 @@ inline void session::start_attempt() {
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
   }
   current_ = pick.chosen;
+  connected_ = false;
+  trial_ = pick.trial;
+  watch_ = pick.watch || pick.trial;
   phase_ = phase::connecting;
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
@@ -6794,6 +7194,7 @@ inline bool session::read_ahead() {
 
 inline void session::connected() {
   reactor& loop = host_.loop();
+  connected_ = true;
   phase_ = phase::relaying;
   last_activity_ = loop.now();
   loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
@@ -6841,6 +7242,8 @@ inline void session::attempt_failed(std::error_code why) {
   host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
               why.message().c_str());
   if (settings.on_backend_error) settings.on_backend_error(id, why);
+  watch_ = true;  // every failure counts
+  report(attempt_outcome::failed, why.message());
   host_.release(current_, true);
   tried_.push_back(current_);
   current_ = lease{};
@@ -6900,8 +7303,17 @@ inline void session::took_in(const connection& src, std::size_t n) {
   if (&src == &backend_) {
     received_from_backend_ += n;
     replay_.backend_answered();
+    if (watch_) report(attempt_outcome::answered);
   }
   last_activity_ = host_.loop().now();
+}
+
+// Tells the backend's health what the current attempt came to, once.
+inline void session::report(attempt_outcome what, std::string_view why) {
+  if (!watch_) return;
+  watch_ = false;
+  host_.report(current_, what, trial_, why);
+  trial_ = false;
 }
 
 inline void session::put_out(const connection& dst, std::size_t n) {
@@ -7121,7 +7533,10 @@ inline void session::close(bool reset) {
   if (phase_ == phase::queued) host_.stop_waiting(*this);
   client_.close(reset);
   backend_.close(reset);
-  if (current_.valid()) host_.release(current_, false);
+  if (current_.valid()) {
+    report(connected_ ? attempt_outcome::answered : attempt_outcome::abandoned);
+    host_.release(current_, false);
+  }
   current_ = lease{};
   relay_counters& counters = host_.counters();
   counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
@@ -7342,6 +7757,7 @@ namespace detail {
 class admin_server;
 class stats_server;
 struct stats_snapshot;
+class health_monitor;
 class worker;
 }  // namespace detail
 
@@ -7353,6 +7769,14 @@ struct server::impl {
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {
     backends.lock()->set_slow_start(options.slow_start.count());
+    backends.lock()->set_health(health_of(options));
+    // Each state change is one log line, written once the table is unlocked again.
+    backends.after = [this](detail::registry& table, std::unique_lock<std::mutex>& held) {
+      if (!table.has_changes()) return;
+      std::vector<std::string> lines = table.take_changes();
+      held.unlock();
+      for (const std::string& line : lines) log(log_level::info, "%s", line.c_str());
+    };
     // `random` draws from a fast PRNG; its seed is the one thing it needs from the CSPRNG.
     std::uint64_t seed = 0;
     if (!detail::random_bytes(&seed, sizeof seed))
@@ -7364,6 +7788,17 @@ struct server::impl {
     detail::registry_limits l;
     l.backends = o.max_backends;
     return l;
+  }
+
+  static detail::health_policy health_of(const server_options& o) {
+    detail::health_policy p;
+    p.max_fails = o.max_fails;
+    p.fail_timeout_ms = o.fail_timeout.count();
+    p.max_out_ms = max_fail_backoff.count();
+    p.trial_limit_ms = o.connect_timeout.count() + o.fail_timeout.count();
+    p.rise = o.check_rise;
+    p.fall = o.check_fall;
+    return p;
   }
 
   // A slot is one proxied connection under the concurrency limit.
@@ -7409,6 +7844,7 @@ struct server::impl {
   std::unique_ptr<detail::admin_server> admin;
   std::unique_ptr<detail::stats_server> stats_port;
   std::int64_t started_ms = 0;
+  std::unique_ptr<detail::health_monitor> monitor;  // on the first loop: sweeps, active checks
   std::vector<detail::resolver_name> names;      // under lifecycle
   std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
   std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only
@@ -7498,6 +7934,7 @@ class worker final : public session_host {
   relay_counters& counters() noexcept override { return stats; }
   bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
   void release(const lease& backend, bool failed) override;
+  void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) override;
   std::string backend_id(const lease& backend) override;
   bool take_slot() override;
   void give_slot() override;
@@ -7563,6 +8000,14 @@ inline void worker::release(const lease& backend, bool failed) {
   if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
     owner_.wake_queues();
 }
+inline void worker::report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) {
+  auto table = owner_.backends.lock();
+  switch (what) {
+    case attempt_outcome::failed: return table->attempt_failed(backend, trial, why, loop_.now());
+    case attempt_outcome::answered: return table->attempt_succeeded(backend, trial, loop_.now());
+    case attempt_outcome::abandoned: return table->attempt_abandoned(backend, trial, loop_.now());
+  }
+}
 inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
 inline bool worker::take_slot() { return owner_.try_take_slot(); }
@@ -7612,6 +8057,127 @@ inline void server::impl::wake_queues() {
   }
 }
 
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
+// >>checker  the health monitor: the registry's sweep and the active checks, on the first loop
+// Every second it sweeps the registry, so that what time alone changes (an ack too
+// old, a back-off over) is noticed and logged. With check_interval set it probes
+// every backend once per interval through the connection layer: the round's
+// probes are spread evenly over the interval, each bounded by the check timeout,
+// so no probe blocks the loop and many backends never connect at once.
+class health_monitor {
+ public:
+  health_monitor(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop) {
+    const server_options& o = srv.options;
+    interval_ms_ = o.check_interval.count();
+    timeout_ms_ = std::min<std::int64_t>(o.connect_timeout.count(), interval_ms_);
+    sweep_.fire = [this] { sweep(); };
+    tick_.fire = [this] { tick(); };
+  }
+  ~health_monitor() {
+    loop_.cancel(sweep_);
+    loop_.cancel(tick_);
+    for (auto& p : probes_) {
+      loop_.cancel(p.second->deadline);
+      p.second->io.close(true);
+    }
+    loop_.settle();  // the probes' streams are memory the kernel may still write
+  }
+  health_monitor(const health_monitor&) = delete;
+  health_monitor& operator=(const health_monitor&) = delete;
+
+  void start() {
+    loop_.schedule(sweep_, loop_.now() + sweep_ms);
+    if (interval_ms_ > 0) loop_.schedule(tick_, loop_.now());
+  }
+
+  static constexpr std::int64_t sweep_ms = 1000;
+
+ private:
+  struct probe {
+    explicit probe(reactor& loop) : io(loop) {}
+    stream io;
+    timer deadline;
+    std::string id;
+    std::string reply;  // what came back so far, with check_expect
+    bool done = false;
+  };
+
+  void sweep() {
+    srv_.backends.lock()->sweep(loop_.now());
+    loop_.schedule(sweep_, loop_.now() + sweep_ms);
+  }
+
+  // Launches the probes that are due; a new round begins when the last one is.
+  void tick() {
+    std::int64_t now = loop_.now();
+    if (next_ >= round_.size()) {
+      round_ = srv_.backends.lock()->check_targets();
+      next_ = 0;
+      round_start_ = now;
+      if (round_.empty()) return loop_.schedule(tick_, now + interval_ms_);
+    }
+    while (next_ < round_.size() && due(next_) <= now) launch(round_[next_++]);
+    loop_.schedule(tick_, next_ < round_.size() ? due(next_) : round_start_ + interval_ms_);
+  }
+  std::int64_t due(std::size_t i) const noexcept {
+    return round_start_ + interval_ms_ * static_cast<std::int64_t>(i) / static_cast<std::int64_t>(round_.size());
+  }
+
+  void launch(const registry::check_target& t) {
+    auto owned = std::make_unique<probe>(loop_);
+    probe* p = owned.get();
+    probes_.emplace(p, std::move(owned));
+    p->id = t.id;
+    p->deadline.fire = [this, p] { finish(*p, false, "timed out"); };
+    p->io.on_connect = [this, p](std::error_code e) {
+      if (e) return finish(*p, false, e.message());
+      const server_options& o = srv_.options;
+      if (!o.check_send.empty()) p->io.write(o.check_send);
+      if (o.check_expect.empty()) finish(*p, true, {});
+    };
+    p->io.on_data = [this, p](std::string_view bytes) {
+      const std::string& expect = srv_.options.check_expect;
+      if (p->done || expect.empty()) return;
+      p->reply.append(bytes.data(), bytes.size());
+      if (p->reply.find(expect) != std::string::npos) return finish(*p, true, {});
+      // Only the last bytes can begin a match that is still to come.
+      std::size_t keep = std::max<std::size_t>(expect.size(), max_check_text);
+      if (p->reply.size() > 2 * keep) p->reply.erase(0, p->reply.size() - keep);
+    };
+    p->io.on_close = [this, p](std::error_code e) {
+      finish(*p, false, e ? e.message() : std::string("closed before the expected reply"));
+    };
+    loop_.schedule(p->deadline, loop_.now() + timeout_ms_);
+    if (std::error_code e = p->io.connect(to_os_address(t.to))) finish(*p, false, e.message());
+  }
+
+  void finish(probe& p, bool ok, const std::string& why) {
+    if (p.done) return;
+    p.done = true;
+    loop_.cancel(p.deadline);
+    srv_.backends.lock()->checked(p.id, ok, why, loop_.now());
+    p.io.close(!ok);
+    probe* raw = &p;
+    loop_.retire(p.io.socket(), [this, raw] { probes_.erase(raw); });
+  }
+
+  server::impl& srv_;
+  reactor& loop_;
+  std::int64_t interval_ms_ = 0;
+  std::int64_t timeout_ms_ = 0;
+  timer sweep_;
+  timer tick_;
+  std::vector<registry::check_target> round_;  // this round's backends
+  std::size_t next_ = 0;                       // the next of them to probe
+  std::int64_t round_start_ = 0;
+  std::unordered_map<probe*, std::unique_ptr<probe>> probes_;
+};
+
+}  // namespace detail
 }  // namespace harmony
 
 namespace harmony {
@@ -7740,8 +8306,8 @@ inline void admin_server::sweep() {
   std::int64_t keep = srv_.options.host_timeout.count();
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
-      srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.lock()->remove(it->first);
+      srv_.log(log_level::debug, "backend %s forgotten: its agent stayed away", it->first.c_str());
+      srv_.backends.lock()->remove(it->first, "its agent stayed away a host timeout");
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -7798,7 +8364,7 @@ inline void admin_connection::end(const char* why, bool graceful) {
       owner_.agents.erase(it);
       if (!srv.backends.lock()->set_online(id, false, loop_.now())) {
         owner_.offline_since[id] = loop_.now();
-        srv.log(log_level::warn, "backend %s offline: %s", id.c_str(), why);
+        srv.log(log_level::debug, "backend %s offline: %s", id.c_str(), why);
       }
     }
   }
@@ -7996,6 +8562,8 @@ inline std::error_code server::impl::open() {
       return e;
     }
   }
+  monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
+  monitor->start();
   if (!options.admin.empty()) {
     endpoint admin_at;
     detail::address admin_where;
@@ -8007,6 +8575,7 @@ inline std::error_code server::impl::open() {
     }
     if (e) {
       admin.reset();
+      monitor.reset();
       workers.clear();
       return e;
     }
@@ -8102,20 +8671,16 @@ inline void server::impl::apply(const detail::resolution& r) {
             if (c.backup) table->set_backup(id, true);
             if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
-                            std::to_string(c.weight) + (c.backup ? ", backup" : ""));
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
           break;
         }
         case kind::drain:
-          table->drain(c.id, true, now);
-          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          table->drain(c.id, true, now, "gone from " + name);
           break;
         case kind::restore:
-          table->drain(c.id, false, now);
-          notes.push_back("backend " + at + " is back in " + name);
+          table->drain(c.id, false, now, "back in " + name);
           break;
         case kind::reweight:
           table->set_weight(c.id, c.weight);
@@ -8127,9 +8692,7 @@ inline void server::impl::apply(const detail::resolution& r) {
       }
     }
     for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
-      table->remove(c.id);
-      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
-                      " removed: its connections have ended");
+      table->remove(c.id, "gone from " + name + ", its connections have ended");
     }
   }
   rebuild_tables();  // on this loop now, rather than after the task it posted
@@ -8162,6 +8725,7 @@ inline void server::impl::close_all() {
   threads.clear();
   admin.reset();
   stats_port.reset();
+  monitor.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};

@@ -474,6 +474,28 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B&) { return std::string("those of /etc/resolv.conf"); }},
+    {"max-fails", "N", "failed attempts within --fail-timeout that take a\nbackend out for --fail-timeout, then one trial\nconnection decides (0: passive detection off)",
+     "max_fails", set_integer<B, &server_options::max_fails>, show_number<B, &server_options::max_fails>},
+    {"fail-timeout", "DUR", "the window of --max-fails and the time out; a failed\ntrial doubles it (up to 5m)", "fail_timeout",
+     set_duration<B, &server_options::fail_timeout>, show_duration<B, &server_options::fail_timeout>},
+    {"check-interval", "DUR", "active checks: probe every backend this often with a\nTCP connect (0s: off)", "check_interval",
+     set_duration<B, &server_options::check_interval>, show_duration<B, &server_options::check_interval>},
+    {"check-send", "TEXT", "a check sends TEXT once connected (\\r \\n \\t \\\\)", "check_send",
+     [](B& s, const std::string& v) {
+       s.options.check_send = unescape(v);
+       return std::string();
+     },
+     [](const B&) { return std::string("none"); }},
+    {"check-expect", "TEXT", "a check passes only when the reply contains TEXT\nwithin min(--connect-timeout, --check-interval)", "check_expect",
+     [](B& s, const std::string& v) {
+       s.options.check_expect = unescape(v);
+       return std::string();
+     },
+     [](const B&) { return std::string("none"); }},
+    {"check-rise", "N", "passing checks in a row that bring a backend up", "check_rise",
+     set_integer<B, &server_options::check_rise>, show_number<B, &server_options::check_rise>},
+    {"check-fall", "N", "failing checks in a row that take a backend down", "check_fall",
+     set_integer<B, &server_options::check_fall>, show_number<B, &server_options::check_fall>},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"secret-file", "FILE", "the admin port's shared secret: native peers must prove\nthey know it (HMAC-SHA256 challenge), harmony.js\nagents are refused except from --allow-legacy",

@@ -177,6 +177,10 @@ TEST_CASE("requeue: failed attempts move on to other backends, up to N more") {
   auto o = quiet_options();
   o.persistent = false;
   o.requeue = 2;
+  // The requeue alone: passive health detection would take both broken backends out
+  // after their first failure, so the second connection would not try them again
+  // (tests/health.cpp covers that).
+  o.max_fails = 0;
   o.unavailable = "none\n";
   o.on_backend_error = [&](const std::string&, std::error_code) { ++failures; };
   running_server s(o);

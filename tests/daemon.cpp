@@ -172,6 +172,13 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--slow-start DUR", duration(so.slow_start)},
       {"--resolve-interval DUR", duration(so.resolve_interval)},
       {"--nameserver ADDRESS[:PORT]", "those of /etc/resolv.conf"},
+      {"--max-fails N", std::to_string(so.max_fails)},
+      {"--fail-timeout DUR", duration(so.fail_timeout)},
+      {"--check-interval DUR", duration(so.check_interval)},
+      {"--check-send TEXT", "none"},
+      {"--check-expect TEXT", "none"},
+      {"--check-rise N", std::to_string(so.check_rise)},
+      {"--check-fall N", std::to_string(so.check_fall)},
       {"--workers N", std::to_string(so.workers)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--secret-file FILE", ""},
@@ -278,6 +285,12 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--host-timeout", "soon"}, "--host-timeout: 'soon' is not a duration"},
            {{"--connect-timeout", "5 s"}, "--connect-timeout: '5 s' is not a duration"},
            {{"--idle-timeout", "-1s"}, "--idle-timeout: '-1s' is not a duration"},
+           {{"--max-fails", "-1"}, "--max-fails: " + range(0, harmony::max_max_fails)},
+           {{"--fail-timeout", "0s"}, "--fail-timeout: must be from 10ms to 1h"},
+           {{"--check-interval", "1ms"}, "--check-interval: must be from 10ms to 1h"},
+           {{"--check-rise", "0"}, "--check-rise: " + range(1, harmony::max_check_rise_fall)},
+           {{"--check-fall", "0"}, "--check-fall: " + range(1, harmony::max_check_rise_fall)},
+           {{"--check-expect", std::string(harmony::max_check_text + 1, 'x')}, "--check-expect: " + range(0, harmony::max_check_text)},
            {{"--workers", "0"}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--workers", std::to_string(harmony::max_workers + 1)}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--log-level", "loud"}, "--log-level: unknown level 'loud'"},
@@ -627,7 +640,7 @@ TEST_CASE("harmonyd --backend NAME:PORT,resolve follows the name's addresses; a 
   for (std::size_t at = out.find("does not resolve"); at != std::string::npos; at = out.find("does not resolve", at + 1))
     ++failures;
   CHECK_MESSAGE(failures == 1, out);
-  CHECK(out.find("backend " + at1 + " is gone from " + name) != std::string::npos);
+  CHECK(out.find(" (" + at1 + ") draining: gone from " + name) != std::string::npos);
   ::unlink(hosts.c_str());
   ::rmdir(dir.c_str());
 }
@@ -639,8 +652,8 @@ TEST_CASE("harmonyd --backend _SERVICE._tcp.NAME,resolve takes its backends from
   std::string listen = free_address(), admin = free_address();
   process d({"--listen", listen, "--admin", admin, "--backend", "_app._tcp.harmony.test,resolve", "--nameserver",
              dns.address(), "--resolve-interval", "100ms", "--no-persistent", "--log-level", "info"});
-  CHECK(d.wrote("backend 127.0.0.1:" + std::to_string(a.at().port) + " from _app._tcp.harmony.test added"));
-  CHECK(d.wrote("weight 1, backup"));
+  CHECK(d.wrote("(127.0.0.1:" + std::to_string(a.at().port) + ") registered, weight 3"));
+  CHECK(d.wrote("(127.0.0.1:" + std::to_string(b.at().port) + ") registered, weight 1"));
   REQUIRE(eventually([&] { return listening(listen); }));
   for (int i = 0; i < 5; ++i) CHECK(name_of(round_trip(listen, "x")) == "a");  // b is the backup
   dns.set({{2, 1, b.at().port, "127.0.0.1"}});  // a's record goes: b is the lowest priority now

@@ -1935,6 +1935,227 @@ TEST_CASE("proxy header: malformed headers are refused, with a reason") {
   CHECK(detail::parse_proxy_header(std::string("\r\n\r\n\0", 5)).result == detail::proxy_parse::status::incomplete);
 }
 
+// Health (>>health): passive failure counting, the one trial, back-off, active checks.
+
+TEST_CASE("health: max_fails failures within fail_timeout take a backend out; then one trial decides") {
+  detail::health_policy p;
+  p.max_fails = 3;
+  p.fail_timeout_ms = 1000;
+  p.max_out_ms = 5000;
+  detail::backend_health h;
+  CHECK(h.usable(0));
+  CHECK_FALSE(h.watching());
+  // Two failures, then the window ends: the count starts again.
+  CHECK_FALSE(h.failed(0, false, p));
+  CHECK_FALSE(h.failed(500, false, p));
+  CHECK(h.watching());
+  CHECK_FALSE(h.failed(1600, false, p));  // a new window from 1600
+  CHECK_FALSE(h.failed(1700, false, p));
+  CHECK(h.usable(1700));
+  CHECK(h.failed(1800, false, p));  // the third within 1600..2600: out until 2800
+  CHECK(h.down());
+  CHECK_FALSE(h.usable(1800));
+  CHECK_FALSE(h.usable(2799));
+  CHECK(h.usable(2800));
+  // Failures of attempts that began before it went out change nothing.
+  CHECK_FALSE(h.failed(2000, false, p));
+  CHECK(h.retry_at() == 2800);
+  // Exactly one trial: once picked, nobody else until it has told.
+  CHECK(h.picked(2800, p));
+  CHECK_FALSE(h.usable(2801));
+  // A failed trial: out twice as long each time, up to the cap.
+  CHECK(h.failed(2900, true, p));
+  CHECK(h.retry_at() == 2900 + 2000);
+  CHECK(h.picked(4900, p));
+  CHECK(h.failed(4900, true, p));
+  CHECK(h.retry_at() == 4900 + 4000);
+  CHECK(h.picked(8900, p));
+  CHECK(h.failed(8900, true, p));
+  CHECK(h.retry_at() == 8900 + 5000);  // capped
+  // A trial abandoned by its client frees the trial; a success brings it back.
+  CHECK(h.picked(13900, p));
+  h.abandoned(true);
+  CHECK(h.usable(13900));
+  CHECK(h.picked(13900, p));
+  CHECK_FALSE(h.succeeded(false));  // not the trial: an old connection says nothing new
+  CHECK(h.succeeded(true));
+  CHECK_FALSE(h.down());
+  CHECK(h.usable(13900));
+  CHECK_FALSE(h.picked(13900, p));  // up: no trial
+  // Back to a clean count, and the back-off starts again from fail_timeout.
+  for (int i = 0; i < 3; ++i) h.failed(20000, false, p);
+  CHECK(h.retry_at() == 21000);
+}
+
+TEST_CASE("health: a trial that never tells is given up; max_fails 0 turns passive detection off") {
+  detail::health_policy p;
+  p.trial_limit_ms = 3000;
+  detail::backend_health h;
+  CHECK(h.failed(0, false, p));  // nginx's default: one failure takes it out for 10 s
+  CHECK(h.retry_at() == 10000);
+  CHECK(h.picked(10000, p));
+  CHECK_FALSE(h.usable(13000));
+  CHECK(h.usable(13001));  // the report was lost: another connection may try
+  detail::health_policy off = p;
+  off.max_fails = 0;
+  detail::backend_health o;
+  for (int i = 0; i < 100; ++i) CHECK_FALSE(o.failed(i, false, off));
+  CHECK(o.usable(100));
+  CHECK_FALSE(o.watching());
+}
+
+TEST_CASE("health: active checks go down after fall failures in a row and up after rise passes") {
+  detail::health_policy p;  // rise 2, fall 3
+  detail::backend_health h;
+  CHECK_FALSE(h.checked(false, 0, p));
+  CHECK_FALSE(h.checked(false, 1, p));
+  CHECK_FALSE(h.checked(true, 2, p));  // the run is broken
+  CHECK_FALSE(h.checked(false, 3, p));
+  CHECK_FALSE(h.checked(false, 4, p));
+  CHECK(h.checked(false, 5, p));
+  CHECK(h.checked_down());
+  CHECK_FALSE(h.usable(5));
+  CHECK_FALSE(h.checked(true, 6, p));
+  CHECK_FALSE(h.checked(false, 7, p));
+  CHECK_FALSE(h.checked(true, 8, p));
+  CHECK(h.checked(true, 9, p));
+  CHECK(h.usable(9));
+  // A passing check lets a passively failed backend take its trial at once.
+  CHECK(h.failed(10, false, p));
+  CHECK_FALSE(h.usable(11));
+  CHECK_FALSE(h.checked(true, 11, p));
+  CHECK(h.usable(11));
+  CHECK(h.down());  // still down until the trial tells
+}
+
+TEST_CASE("registry: a failed backend gets no connections, then exactly one trial, and each change is one line") {
+  detail::registry r(algorithm::leastconn, duration(60000), false, {}, detail::random_id);
+  detail::health_policy p;
+  p.max_fails = 1;
+  p.fail_timeout_ms = 1000;
+  r.set_health(p);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
+  detail::resolved_address b = detail::resolved_address::v4(127, 0, 0, 1, 10);
+  std::string dead, live;
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &dead, 0));
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 10}, &b, 500, false, &live, 0));
+  auto lines = r.take_changes();
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[0] == "backend " + dead + " (127.0.0.1:9) registered, weight 500: up");
+  CHECK_FALSE(r.has_changes());
+  auto state = [&](const std::string& id, std::int64_t now) {
+    for (const auto& info : r.list(now))
+      if (info.id == id) return info.state;
+    return std::string("?");
+  };
+  // The dead one fails once: out for 1 s, and every pick goes to the live one.
+  detail::pick_result first;
+  for (;;) {
+    REQUIRE(r.pick(10, "", {}, first));
+    if (r.id_of(first.chosen) == dead) break;
+    r.release(first.chosen, false);
+  }
+  CHECK_FALSE(first.trial);
+  r.attempt_failed(first.chosen, first.trial, "Connection refused", 20);
+  r.release(first.chosen, true);
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "backend " + dead +
+                        " (127.0.0.1:9) down: 1 failed attempt within 1s (last: Connection refused); out for 1s");
+  CHECK(state(dead, 20) == "down");
+  std::vector<detail::pick_result> open;
+  for (int i = 0; i < 20; ++i) {
+    detail::pick_result q;
+    REQUIRE(r.pick(500, "", {}, q));
+    CHECK(r.id_of(q.chosen) == live);
+    open.push_back(q);
+  }
+  // After the time out, the dead one is the least loaded: the next pick is its one
+  // trial, and no other connection goes to it while the trial is on.
+  detail::pick_result trial;
+  REQUIRE(r.pick(1020, "", {}, trial));
+  CHECK(r.id_of(trial.chosen) == dead);
+  CHECK(trial.trial);
+  CHECK(trial.watch);
+  for (int i = 0; i < 20; ++i) {
+    detail::pick_result q;
+    REQUIRE(r.pick(1030, "", {}, q));
+    CHECK(r.id_of(q.chosen) == live);
+    CHECK_FALSE(q.trial);
+    r.release(q.chosen, false);
+  }
+  // The trial fails: out again, twice as long.
+  r.attempt_failed(trial.chosen, true, "Connection refused", 1040);
+  r.release(trial.chosen, true);
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 0);  // it was down and stays down: no new line
+  detail::pick_result q;
+  REQUIRE(r.pick(2500, "", {}, q));  // 1040 + 2000 is not yet
+  CHECK(r.id_of(q.chosen) == live);
+  r.release(q.chosen, false);
+  REQUIRE(r.pick(3040, "", {}, trial));
+  CHECK(r.id_of(trial.chosen) == dead);
+  CHECK(trial.trial);
+  // The backend is back: its trial answers, and it takes connections again.
+  r.attempt_succeeded(trial.chosen, true, 3050);
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "backend " + dead + " (127.0.0.1:9) up: its trial connection was served");
+  CHECK(state(dead, 3050) == "up");
+  r.release(trial.chosen, false);
+  for (auto& o : open) r.release(o.chosen, false);
+  std::set<std::string> seen;
+  for (int i = 0; i < 4; ++i) {
+    REQUIRE(r.pick(3060, "", {}, q));
+    seen.insert(r.id_of(q.chosen));
+    r.release(q.chosen, false);
+  }
+  CHECK(seen.size() == 2);
+}
+
+TEST_CASE("registry: active check results, expiry and drain are one line each; the sweep notices expiry") {
+  detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
+  detail::health_policy p;
+  p.rise = 1;
+  p.fall = 2;
+  r.set_health(p);
+  detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
+  std::string id, agent;
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, false, &id, 0));
+  REQUIRE_FALSE(r.add(endpoint{"127.0.0.1", 9}, &a, 500, true, &agent, 0));
+  CHECK(r.check_targets().size() == 2);
+  r.take_changes();
+  r.checked(id, false, "Connection refused", 10);
+  CHECK_FALSE(r.has_changes());
+  r.checked(id, false, "Connection refused", 20);
+  auto lines = r.take_changes();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "backend " + id + " (127.0.0.1:9) down: its health check failed 2 times in a row (Connection refused)");
+  detail::pick_result q;
+  REQUIRE(r.pick(30, "", {}, q));
+  CHECK(r.id_of(q.chosen) == agent);
+  r.release(q.chosen, false);
+  r.checked(id, true, "", 40);
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "backend " + id + " (127.0.0.1:9) up: its health check passed 1 times in a row");
+  // Nobody picks, but the sweep notices that the agent's ack is too old, once.
+  r.sweep(1500);
+  r.sweep(1600);
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "backend " + agent + " (127.0.0.1:9) expired: no ack within the host timeout (1s)");
+  r.ack(agent, 1700);
+  r.drain(id, true, 1700);
+  r.drain(id, true, 1700);
+  r.remove(agent, "its agent closed");
+  lines = r.take_changes();
+  REQUIRE(lines.size() == 3);
+  CHECK(lines[0] == "backend " + agent + " (127.0.0.1:9) up: acked again");
+  CHECK(lines[1] == "backend " + id + " (127.0.0.1:9) draining: drained");
+  CHECK(lines[2] == "backend " + agent + " (127.0.0.1:9) removed: its agent closed");
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);

@@ -13,7 +13,7 @@ struct backend_info {
   bool eligible = false;        // would receive a new connection now
   bool draining = false;
   // "up" (eligible), "full" (at its maxconn), "draining", "down" (its agent reports it
-  // down), "expired" (no ack within the host timeout), "offline" (its agent's connection
+  // down, or health detection took it out: server_options::max_fails, check_interval), "expired" (no ack within the host timeout), "offline" (its agent's connection
   // dropped), "no-port" (no service port yet)
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
@@ -61,6 +61,24 @@ inline constexpr duration default_resolve_interval{5000};
 inline constexpr duration min_resolve_interval{100};
 inline constexpr duration max_resolve_interval{86400000};
 
+// Health detection (server_options::max_fails and the options after it). Passive
+// detection takes nginx's defaults: one failed attempt (max_fails=1) takes a backend
+// out for fail_timeout=10s, then one trial connection decides; each failed trial
+// doubles the time out, up to max_fail_backoff. Active checks take HAProxy's rise 2
+// and fall 3.
+inline constexpr int default_max_fails = 1;
+inline constexpr int max_max_fails = 1000;
+inline constexpr duration default_fail_timeout{10000};
+inline constexpr duration min_fail_timeout{10};
+inline constexpr duration max_fail_timeout{3600000};
+inline constexpr duration max_fail_backoff{300000};  // the longest time out after failed trials (at least fail_timeout)
+inline constexpr duration min_check_interval{10};
+inline constexpr duration max_check_interval{3600000};
+inline constexpr int default_check_rise = 2;
+inline constexpr int default_check_fall = 3;
+inline constexpr int max_check_rise_fall = 1000;
+inline constexpr std::size_t max_check_text = 4096;  // check_send, check_expect
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -96,6 +114,31 @@ struct server_options {
   // run() where SIGPIPE is ignored or blocked. Ignored elsewhere.
   bool splice = false;
   int workers = 1;                  // event-loop threads sharing the listen port
+  // ---- Health of every backend (registered, static and from DNS).
+  // Passive detection, on by default: an attempt that fails (refused, connect timeout,
+  // reset before the backend's first byte) counts against its backend; max_fails of
+  // them within fail_timeout (a success in between starts the count again) take it
+  // out of rotation for fail_timeout. Then exactly
+  // one connection is let through as its trial: when the backend answers it (first
+  // byte), the backend is up again; when it fails, it is out again for twice as long
+  // as the last time, up to max_fail_backoff. The failed client itself is requeued
+  // (requeue). state "down" in backends() while out. max_fails = 0 turns it off.
+  int max_fails = default_max_fails;          // 0 … max_max_fails
+  duration fail_timeout = default_fail_timeout;  // min_fail_timeout … max_fail_timeout
+  // Active checks, off by default (check_interval 0): every check_interval each
+  // backend is probed with a TCP connect on the first event loop, the probes spread
+  // over the interval; a probe that is not done within min(connect_timeout,
+  // check_interval) fails. With check_send, those bytes are sent once connected; with
+  // check_expect, the reply must contain those bytes within that time (a probe with
+  // neither passes once connected). check_fall failed probes in a row mark a backend
+  // "down", check_rise passing ones in a row bring it back; a passing probe also
+  // lets a passively failed backend take its trial at once.
+  duration check_interval{0};                 // 0 (off) or min_check_interval … max_check_interval
+  std::string check_send;                     // at most max_check_text bytes
+  std::string check_expect;                   // at most max_check_text bytes
+  int check_rise = default_check_rise;        // 1 … max_check_rise_fall
+  int check_fall = default_check_fall;        // 1 … max_check_rise_fall
+  // ---- end of health
   std::size_t max_backends = 10000;          // registrations beyond this are refused
   std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed

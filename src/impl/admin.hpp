@@ -124,8 +124,8 @@ inline void admin_server::sweep() {
   std::int64_t keep = srv_.options.host_timeout.count();
   for (auto it = offline_since.begin(); it != offline_since.end();) {
     if (now - it->second > keep) {
-      srv_.log(log_level::info, "backend %s forgotten: its agent stayed away", it->first.c_str());
-      srv_.backends.lock()->remove(it->first);
+      srv_.log(log_level::debug, "backend %s forgotten: its agent stayed away", it->first.c_str());
+      srv_.backends.lock()->remove(it->first, "its agent stayed away a host timeout");
       it = offline_since.erase(it);
     } else {
       ++it;
@@ -182,7 +182,7 @@ inline void admin_connection::end(const char* why, bool graceful) {
       owner_.agents.erase(it);
       if (!srv.backends.lock()->set_online(id, false, loop_.now())) {
         owner_.offline_since[id] = loop_.now();
-        srv.log(log_level::warn, "backend %s offline: %s", id.c_str(), why);
+        srv.log(log_level::debug, "backend %s offline: %s", id.c_str(), why);
       }
     }
   }

@@ -168,7 +168,7 @@ class admin_protocol {
         return end(out, "registration refused", false);
       }
       bound_id_ = id;
-      ctx.log(log_level::info, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
+      ctx.log(log_level::debug, "backend %s registered from %s (legacy)", id.c_str(), at.host.c_str());
       return append(out, "NID:" + id + ":");
     }
     if (command == "ID") {
@@ -202,8 +202,8 @@ class admin_protocol {
       return append(out, echo);
     }
     if (command == "CLOSE") {
-      if (!ctx.backends.lock()->remove(argument)) {
-        ctx.log(log_level::info, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
+      if (!ctx.backends.lock()->remove(argument, "its agent closed it")) {
+        ctx.log(log_level::debug, "backend %.*s closed", static_cast<int>(argument.size()), argument.data());
         closed_id_.assign(argument.data(), argument.size());
         if (bound_id_ == closed_id_) bound_id_.clear();
       }
@@ -280,8 +280,8 @@ class admin_protocol {
       out.effects.push_back(std::move(unbind));
       agent_ = false;
       bound_id_.clear();
-      ctx.log(log_level::info, "backend %s deregistered", id.c_str());
-      return answer(ctx.backends.lock()->remove(id), "closed id=" + id);
+      ctx.log(log_level::debug, "backend %s deregistered", id.c_str());
+      return answer(ctx.backends.lock()->remove(id, "its agent deregistered"), "closed id=" + id);
     }
     if (c.verb == "list") {
       auto list = ctx.backends.lock()->list(ctx.now);
@@ -432,13 +432,13 @@ class admin_protocol {
         r->set_address(id, at, to, ctx.now);
         r->set_weight(id, weight);
         r->set_online(id, true, ctx.now);
-        ctx.log(log_level::info, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
+        ctx.log(log_level::debug, "backend %s re-registered at %s weight %d", id.c_str(), at.to_string().c_str(),
                 weight);
       } else {
         // A balancer that restarted does not know the agent: it rejoins under its old id.
         std::string wanted = id;
         if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
-        ctx.log(log_level::info, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
+        ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
     }

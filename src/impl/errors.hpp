@@ -167,6 +167,10 @@ struct option_checker {
     if (value < static_cast<T>(low) || value > static_cast<T>(high))
       fail(errc::bad_option, option, "must be from " + std::to_string(low) + " to " + std::to_string(high));
   }
+  void durations(const char* option, duration d, duration low, duration high) {
+    if (d < low || d > high)
+      fail(errc::bad_option, option, "must be from " + format_duration(low) + " to " + format_duration(high));
+  }
   void positive(const char* option, duration d) {
     if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
   }
@@ -221,6 +225,13 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   for (const std::string& block : o.allow_legacy)
     if (!detail::is_cidr(block))
       c.fail(errc::bad_option, "allow_legacy", "'" + block + "' is not an address or CIDR block (10.0.0.0/8, fd00::/8)");
+  c.range("max_fails", o.max_fails, 0, max_max_fails);
+  c.durations("fail_timeout", o.fail_timeout, min_fail_timeout, max_fail_timeout);
+  if (o.check_interval.count() != 0) c.durations("check_interval", o.check_interval, min_check_interval, max_check_interval);
+  c.range("check_rise", o.check_rise, 1, max_check_rise_fall);
+  c.range("check_fall", o.check_fall, 1, max_check_rise_fall);
+  c.range("check_send", o.check_send.size(), std::size_t{0}, max_check_text);
+  c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
   return c.done();
 }
 

@@ -58,6 +58,9 @@ class session_host {
   // `tried`, and counts the connection against it.
   virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
   virtual void release(const lease& backend, bool failed) = 0;
+  // What an attempt on a backend came to, for its health (>>health); `trial` when
+  // the pick said it was the backend's trial.
+  virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -167,6 +170,7 @@ class session final : public connection_owner {
   void farewell_pump();
   void release_buffers();
   void took_in(const connection& src, std::size_t n);
+  void report(attempt_outcome what, std::string_view why = {});
   void put_out(const connection& dst, std::size_t n);
   direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
   std::string client_text() const { return peer_.to_endpoint().to_string(); }
@@ -181,7 +185,10 @@ class session final : public connection_owner {
   std::vector<lease> tried_;
   int attempts_ = 0;
   bool holds_slot_ = false;
-  bool queued_before_ = false;  // it has waited in the queue: waiting.since is when it began
+  bool queued_before_ = false;
+  bool connected_ = false;  // the current attempt's connect went through
+  bool trial_ = false;      // the current attempt is its backend's trial
+  bool watch_ = false;      // the current attempt's outcome is still to be reported  // it has waited in the queue: waiting.since is when it began
   address peer_;
   timer clock_;
   std::int64_t last_activity_ = 0;
@@ -251,6 +258,9 @@ inline void session::start_attempt() {
     return unavailable(make_error_code(attempts_ ? errc::attempts_exhausted : errc::no_backend));
   }
   current_ = pick.chosen;
+  connected_ = false;
+  trial_ = pick.trial;
+  watch_ = pick.watch || pick.trial;
   phase_ = phase::connecting;
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
@@ -293,6 +303,7 @@ inline bool session::read_ahead() {
 
 inline void session::connected() {
   reactor& loop = host_.loop();
+  connected_ = true;
   phase_ = phase::relaying;
   last_activity_ = loop.now();
   loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
@@ -340,6 +351,8 @@ inline void session::attempt_failed(std::error_code why) {
   host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
               why.message().c_str());
   if (settings.on_backend_error) settings.on_backend_error(id, why);
+  watch_ = true;  // every failure counts
+  report(attempt_outcome::failed, why.message());
   host_.release(current_, true);
   tried_.push_back(current_);
   current_ = lease{};
@@ -399,8 +412,17 @@ inline void session::took_in(const connection& src, std::size_t n) {
   if (&src == &backend_) {
     received_from_backend_ += n;
     replay_.backend_answered();
+    if (watch_) report(attempt_outcome::answered);
   }
   last_activity_ = host_.loop().now();
+}
+
+// Tells the backend's health what the current attempt came to, once.
+inline void session::report(attempt_outcome what, std::string_view why) {
+  if (!watch_) return;
+  watch_ = false;
+  host_.report(current_, what, trial_, why);
+  trial_ = false;
 }
 
 inline void session::put_out(const connection& dst, std::size_t n) {
@@ -620,7 +642,10 @@ inline void session::close(bool reset) {
   if (phase_ == phase::queued) host_.stop_waiting(*this);
   client_.close(reset);
   backend_.close(reset);
-  if (current_.valid()) host_.release(current_, false);
+  if (current_.valid()) {
+    report(connected_ ? attempt_outcome::answered : attempt_outcome::abandoned);
+    host_.release(current_, false);
+  }
   current_ = lease{};
   relay_counters& counters = host_.counters();
   counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);

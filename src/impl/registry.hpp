@@ -12,6 +12,10 @@ struct pick_result {
   // No pick, but only because the backends that could serve are at their maxconn:
   // the connection may wait for a release instead of being turned away.
   bool full = false;
+  // Health (>>health): this connection is the trial of a backend that failed, and
+  // whether its outcome must be reported (a trial, or failures are being counted).
+  bool trial = false;
+  bool watch = false;
 };
 
 struct registry_limits {
@@ -36,15 +40,27 @@ class locked {
 
   class guard {
    public:
-    guard(std::mutex& m, T& v) : lock_(m), value_(v) {}
+    guard(std::mutex& m, T& v, const std::function<void(T&, std::unique_lock<std::mutex>&)>& after)
+        : lock_(m), value_(v), after_(after) {}
+    ~guard() {
+      if (after_) after_(value_, lock_);
+    }
+    guard(const guard&) = delete;
+    guard& operator=(const guard&) = delete;
     T* operator->() const noexcept { return &value_; }
     T& operator*() const noexcept { return value_; }
 
    private:
     std::unique_lock<std::mutex> lock_;
     T& value_;
+    const std::function<void(T&, std::unique_lock<std::mutex>&)>& after_;
   };
-  guard lock() { return guard(mutex_, value_); }
+  guard lock() { return guard(mutex_, value_, after); }
+
+  // Runs as each guard goes, with the lock still held: it may take what it needs
+  // from the value, unlock, and then act (the server logs the registry's state
+  // changes this way, never under the lock). Set before the value is shared.
+  std::function<void(T&, std::unique_lock<std::mutex>&)> after;
 
  private:
   std::mutex mutex_;
@@ -107,17 +123,26 @@ class registry {
     r.last_ack = now;
     by_id_.emplace(r.id, slot);
     refresh(slot, now);
+    r.shown = shown_state(slot, now);
+    reason_.clear();
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") registered, weight " + std::to_string(weight) +
+                       ": " + r.shown);
     if (id_out) *id_out = r.id;
     return {};
   }
 
-  std::error_code remove(std::string_view id) {
+  // `why`, when given, ends the log line of the removal.
+  std::error_code remove(std::string_view id, std::string_view why = {}) {
     std::uint32_t slot;
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     by_id_.erase(records_[slot].id);
     record& r = records_[slot];
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") removed" +
+                       (why.empty() ? std::string() : ": " + std::string(why)));
     if (r.ramping) ramping_.erase(std::find(ramping_.begin(), ramping_.end(), slot));
     r.ramping = false;
+    if (r.resting) resting_.erase(std::find(resting_.begin(), resting_.end(), slot));
+    r.resting = false;
     r.listed = false;
     place(slot);
     tiers_[r.backup].picks.reset(slot);
@@ -137,14 +162,19 @@ class registry {
     });
   }
 
-  std::error_code drain(std::string_view id, bool on, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.draining = on; });
+  // `why`, when given, is the reason its log line gives.
+  std::error_code drain(std::string_view id, bool on, std::int64_t now, std::string_view why = {}) {
+    return update(id, now, [&](record& r, std::uint32_t) {
+      if (r.draining != on) reason_ = !why.empty() ? std::string(why) : on ? "drained" : "no longer drained";
+      r.draining = on;
+    });
   }
 
   // Sets where the backend is reached (host and port); a port of 0 makes it unroutable.
   std::error_code set_address(std::string_view id, const endpoint& at, const resolved_address& resolved,
                               std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = "serves at " + at.to_string();
       r.at = at;
       r.to = resolved;
       r.routable = at.port != 0;
@@ -152,13 +182,17 @@ class registry {
   }
 
   std::error_code ack(std::string_view id, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.last_ack = now; });
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.last_ack = now;
+      reason_ = "acked again";
+    });
   }
 
   // An agent's live connection keeps its backend online; when it drops, the
   // backend gets no new connections until the agent registers again.
   std::error_code set_online(std::string_view id, bool online, std::int64_t now) {
     return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = online ? "its agent is connected again" : "its agent's connection dropped";
       r.online = online;
       if (online) r.last_ack = now;
     });
@@ -175,7 +209,10 @@ class registry {
   // The agent's own readiness: drain and down get no new connections (open ones
   // finish), ready is eligible again. Independent of an operator's drain.
   std::error_code set_readiness(std::string_view id, readiness state, std::int64_t now) {
-    return update(id, now, [&](record& r, std::uint32_t) { r.reported = state; });
+    return update(id, now, [&](record& r, std::uint32_t) {
+      reason_ = std::string("its agent reports ") + to_string(state);
+      r.reported = state;
+    });
   }
   // ---- end of the agent's report
 
@@ -242,6 +279,7 @@ class registry {
   // and untried; otherwise the selector chooses and the table remembers the choice.
   bool pick(std::int64_t now, std::string_view client_key, const std::vector<lease>& tried, pick_result& out) {
     ramp(now);
+    wake(now);
     std::uint32_t chosen = selector::npos;
     auto was_tried = [&](std::uint32_t slot) {
       for (const lease& l : tried)
@@ -249,6 +287,7 @@ class registry {
       return false;
     };
     out.full = false;
+    out.trial = out.watch = false;
     if (!on_tables_stale_) rebuild_tables();  // nobody rebuilds them elsewhere: before the pick
     bool sticky = persistent_ && !client_key.empty();
     if (sticky) {
@@ -273,8 +312,102 @@ class registry {
     }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
+    out.watch = r.health.watching();
+    if (r.health.picked(now, health_)) {
+      out.trial = true;
+      refresh(chosen, now);  // the one trial: no other connection until it has told
+    }
     if (sticky) affinities_.remember(client_key, out.chosen, now);
     return true;
+  }
+
+  // ---- Health (>>health). The policy of every backend; passive detection on by default.
+  void set_health(const health_policy& p) { health_ = p; }
+  const health_policy& health() const noexcept { return health_; }
+
+  // An attempt on `l` failed (refused, timed out, reset before the first byte).
+  void attempt_failed(const lease& l, bool trial, std::string_view why, std::int64_t now) {
+    if (!current(l)) return;
+    record& r = records_[l.slot];
+    if (!r.health.failed(now, trial, health_)) return;
+    std::int64_t out_for = r.health.retry_at() - now;
+    if (trial) {
+      reason_ = "its trial connection failed (" + std::string(why) + "); out for " + format_duration(duration(out_for));
+    } else {
+      int n = std::max(health_.max_fails, 1);
+      reason_ = std::to_string(n) + (n == 1 ? " failed attempt" : " failed attempts") + " within " +
+                format_duration(duration(health_.fail_timeout_ms)) + " (last: " + std::string(why) + "); out for " +
+                format_duration(duration(out_for));
+    }
+    if (!r.resting) {
+      r.resting = true;
+      resting_.push_back(l.slot);
+    }
+    next_wake_ = std::min(next_wake_, r.health.retry_at());
+    refresh(l.slot, now);
+    reason_.clear();
+  }
+  // The backend answered an attempt (its first byte), or served it without a failure.
+  void attempt_succeeded(const lease& l, bool trial, std::int64_t now) {
+    if (!current(l)) return;
+    record& r = records_[l.slot];
+    if (!r.health.succeeded(trial)) return;
+    reason_ = "its trial connection was served";
+    refresh(l.slot, now);
+    reason_.clear();
+  }
+  // The attempt ended before it could tell either way.
+  void attempt_abandoned(const lease& l, bool trial, std::int64_t now) {
+    if (!trial || !current(l)) return;
+    records_[l.slot].health.abandoned(true);
+    refresh(l.slot, now);  // the trial is free again
+  }
+  // An active check's result for the backend `id` (>>checker).
+  void checked(std::string_view id, bool ok, std::string_view why, std::int64_t now) {
+    std::uint32_t slot;
+    if (!find(id, slot)) return;
+    record& r = records_[slot];
+    bool was_out = r.health.passively_out();
+    if (r.health.checked(ok, now, health_)) {
+      reason_ = ok ? "its health check passed " + std::to_string(health_.rise) + " times in a row"
+                   : "its health check failed " + std::to_string(health_.fall) + " times in a row (" +
+                         std::string(why) + ")";
+    } else if (!(ok && was_out)) {
+      return;
+    }
+    if (ok && was_out) next_wake_ = std::min(next_wake_, now);  // the trial may go now
+    refresh(slot, now);
+    reason_.clear();
+  }
+  // What the active checks probe: every backend with an address.
+  struct check_target {
+    std::string id;
+    resolved_address to;
+  };
+  std::vector<check_target> check_targets() const {
+    std::vector<check_target> out;
+    for (const record& r : records_)
+      if (r.used && r.routable) out.push_back(check_target{r.id, r.to});
+    return out;
+  }
+
+  // Re-judges at `now` what time alone changes (an ack that is too old, a back-off
+  // that is over), so that it is noticed and its state change noted even when no
+  // connection comes to pick. The server does this every second.
+  void sweep(std::int64_t now) {
+    ramp(now);
+    wake(now);
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot)
+      if (records_[slot].used && records_[slot].expires) refresh(slot, now);  // the rest change by events
+  }
+
+  // State changes since last asked, one line of text each: a backend registered,
+  // removed, or changing between up, down, expired, draining, offline and no-port.
+  bool has_changes() const noexcept { return !changes_.empty(); }
+  std::vector<std::string> take_changes() {
+    std::vector<std::string> out;
+    out.swap(changes_);
+    return out;
   }
 
   // Ends a connection's count against its backend. True when that made room on a
@@ -359,6 +492,9 @@ class registry {
     std::uint32_t generation = 0;
     std::string source;  // backends from DNS: the NAME:PORT it came from
     readiness reported = readiness::ready;  // reported by the agent
+    backend_health health;
+    bool resting = false;        // in resting_: passively out, its trial to be woken
+    const char* shown = nullptr;  // the state last noted (shown_state)
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -385,17 +521,58 @@ class registry {
   bool eligible(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     return r.used && r.routable && r.online && !r.draining && r.reported == readiness::ready &&
-           (!r.expires || now - r.last_ack <= host_timeout_ms_);
+           (!r.expires || now - r.last_ack <= host_timeout_ms_) && r.health.usable(now);
   }
   const char* state_of(std::uint32_t slot, std::int64_t now) const noexcept {
     const record& r = records_[slot];
     if (!r.routable) return "no-port";
     if (!r.online) return "offline";
     if (r.expires && now - r.last_ack > host_timeout_ms_) return "expired";
-    if (r.reported == readiness::down) return "down";
+    if (r.reported == readiness::down || r.health.down()) return "down";
     if (r.draining || r.reported == readiness::drain) return "draining";
     if (r.full) return "full";
     return "up";
+  }
+  // The state its changes are logged by: a full backend is up (fullness is load).
+  const char* shown_state(std::uint32_t slot, std::int64_t now) const noexcept {
+    const char* s = state_of(slot, now);
+    return std::strcmp(s, "full") == 0 ? "up" : s;
+  }
+  // Notes a change of the shown state, with reason_ (what the last change was) or
+  // what the state itself says.
+  void note(std::uint32_t slot, std::int64_t now) {
+    record& r = records_[slot];
+    const char* s = shown_state(slot, now);
+    if (!r.shown || std::strcmp(s, r.shown) == 0) {
+      if (!r.shown) r.shown = s;
+      return;
+    }
+    std::string why = reason_;
+    if (std::strcmp(s, "expired") == 0)
+      why = "no ack within the host timeout (" + format_duration(duration(host_timeout_ms_)) + ")";
+    else if (why.empty())
+      why = std::string("was ") + r.shown;
+    changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") " + s + ": " + why);
+    r.shown = s;
+  }
+  // Lets the trials whose back-off is over be picked.
+  void wake(std::int64_t now) {
+    if (resting_.empty() || now < next_wake_) return;
+    next_wake_ = std::numeric_limits<std::int64_t>::max();
+    for (std::size_t i = 0; i < resting_.size();) {
+      std::uint32_t slot = resting_[i];
+      record& r = records_[slot];
+      if (!r.used || !r.health.passively_out()) {
+        r.resting = false;
+        resting_[i] = resting_.back();
+        resting_.pop_back();
+        continue;
+      }
+      if (r.health.usable(now) && !r.listed) refresh(slot, now);
+      // Its back-off, or (trial going on) a look now and then, in case it stalls.
+      next_wake_ = std::min(next_wake_, r.health.retry_at() > now ? r.health.retry_at() : now + 1000);
+      ++i;
+    }
   }
   void refresh(std::uint32_t slot, std::int64_t now) {
     record& r = records_[slot];
@@ -409,6 +586,7 @@ class registry {
       }
     }
     place(slot, now);
+    note(slot, now);
   }
 
   // Slow start, a pure function of now: 1/16 of the weight when the backend becomes
@@ -620,6 +798,11 @@ class registry {
   std::int64_t slow_start_ms_ = 0;
   std::int64_t ramp_checked_ = 0;          // the last now ramp() re-weighted at
   std::vector<std::uint32_t> ramping_;     // slots in their slow start
+  health_policy health_;
+  std::vector<std::uint32_t> resting_;     // slots passively out (>>health)
+  std::int64_t next_wake_ = std::numeric_limits<std::int64_t>::max();  // when wake() next has work
+  std::string reason_;                     // why the change being made happens, for note()
+  std::vector<std::string> changes_;       // noted state changes, for take_changes()
   std::unordered_map<std::string, std::uint32_t> by_id_;
 };
 

@@ -4,6 +4,7 @@ namespace detail {
 class admin_server;
 class stats_server;
 struct stats_snapshot;
+class health_monitor;
 class worker;
 }  // namespace detail
 
@@ -15,6 +16,14 @@ struct server::impl {
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
         concurrency(options.concurrency) {
     backends.lock()->set_slow_start(options.slow_start.count());
+    backends.lock()->set_health(health_of(options));
+    // Each state change is one log line, written once the table is unlocked again.
+    backends.after = [this](detail::registry& table, std::unique_lock<std::mutex>& held) {
+      if (!table.has_changes()) return;
+      std::vector<std::string> lines = table.take_changes();
+      held.unlock();
+      for (const std::string& line : lines) log(log_level::info, "%s", line.c_str());
+    };
     // `random` draws from a fast PRNG; its seed is the one thing it needs from the CSPRNG.
     std::uint64_t seed = 0;
     if (!detail::random_bytes(&seed, sizeof seed))
@@ -26,6 +35,17 @@ struct server::impl {
     detail::registry_limits l;
     l.backends = o.max_backends;
     return l;
+  }
+
+  static detail::health_policy health_of(const server_options& o) {
+    detail::health_policy p;
+    p.max_fails = o.max_fails;
+    p.fail_timeout_ms = o.fail_timeout.count();
+    p.max_out_ms = max_fail_backoff.count();
+    p.trial_limit_ms = o.connect_timeout.count() + o.fail_timeout.count();
+    p.rise = o.check_rise;
+    p.fall = o.check_fall;
+    return p;
   }
 
   // A slot is one proxied connection under the concurrency limit.
@@ -71,6 +91,7 @@ struct server::impl {
   std::unique_ptr<detail::admin_server> admin;
   std::unique_ptr<detail::stats_server> stats_port;
   std::int64_t started_ms = 0;
+  std::unique_ptr<detail::health_monitor> monitor;  // on the first loop: sweeps, active checks
   std::vector<detail::resolver_name> names;      // under lifecycle
   std::unique_ptr<detail::resolver> resolver;    // while running, when there are names
   std::vector<detail::discovery> discoveries;    // by name; touched on the first loop only

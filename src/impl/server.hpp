@@ -36,6 +36,8 @@ inline std::error_code server::impl::open() {
       return e;
     }
   }
+  monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
+  monitor->start();
   if (!options.admin.empty()) {
     endpoint admin_at;
     detail::address admin_where;
@@ -47,6 +49,7 @@ inline std::error_code server::impl::open() {
     }
     if (e) {
       admin.reset();
+      monitor.reset();
       workers.clear();
       return e;
     }
@@ -142,20 +145,16 @@ inline void server::impl::apply(const detail::resolution& r) {
             if (c.backup) table->set_backup(id, true);
             if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
             d.bind(c.to, id);
-            notes.push_back("backend " + at + " from " + name + " added, id " + id + ", weight " +
-                            std::to_string(c.weight) + (c.backup ? ", backup" : ""));
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
           }
           break;
         }
         case kind::drain:
-          table->drain(c.id, true, now);
-          notes.push_back("backend " + at + " is gone from " + name + ": draining");
+          table->drain(c.id, true, now, "gone from " + name);
           break;
         case kind::restore:
-          table->drain(c.id, false, now);
-          notes.push_back("backend " + at + " is back in " + name);
+          table->drain(c.id, false, now, "back in " + name);
           break;
         case kind::reweight:
           table->set_weight(c.id, c.weight);
@@ -167,9 +166,7 @@ inline void server::impl::apply(const detail::resolution& r) {
       }
     }
     for (const auto& c : d.sweep([&](std::string_view id) { return table->active_of(id); })) {
-      table->remove(c.id);
-      notes.push_back("backend " + detail::to_os_address(c.to).to_endpoint().to_string() + " from " + name +
-                      " removed: its connections have ended");
+      table->remove(c.id, "gone from " + name + ", its connections have ended");
     }
   }
   rebuild_tables();  // on this loop now, rather than after the task it posted
@@ -202,6 +199,7 @@ inline void server::impl::close_all() {
   threads.clear();
   admin.reset();
   stats_port.reset();
+  monitor.reset();
   workers.clear();
   bound_listen = endpoint{};
   bound_admin = endpoint{};

@@ -73,6 +73,7 @@ class worker final : public session_host {
   relay_counters& counters() noexcept override { return stats; }
   bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
   void release(const lease& backend, bool failed) override;
+  void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) override;
   std::string backend_id(const lease& backend) override;
   bool take_slot() override;
   void give_slot() override;
@@ -137,6 +138,14 @@ inline bool worker::pick(std::string_view client_key, const std::vector<lease>& 
 inline void worker::release(const lease& backend, bool failed) {
   if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
     owner_.wake_queues();
+}
+inline void worker::report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) {
+  auto table = owner_.backends.lock();
+  switch (what) {
+    case attempt_outcome::failed: return table->attempt_failed(backend, trial, why, loop_.now());
+    case attempt_outcome::answered: return table->attempt_succeeded(backend, trial, loop_.now());
+    case attempt_outcome::abandoned: return table->attempt_abandoned(backend, trial, loop_.now());
+  }
 }
 inline std::string worker::backend_id(const lease& backend) { return owner_.backends.lock()->id_of(backend); }
 
