@@ -171,6 +171,12 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--slow-start DUR", duration(so.slow_start)},
       {"--resolve-interval DUR", duration(so.resolve_interval)},
       {"--workers N", std::to_string(so.workers)},
+      {"--max-connections N", std::to_string(so.max_connections)},
+      {"--max-conns-per-client N", std::to_string(so.max_conns_per_client)},
+      {"--max-backends N", std::to_string(so.max_backends)},
+      {"--max-admin-connections N", std::to_string(so.max_admin_connections)},
+      {"--max-admin-line N", std::to_string(so.max_admin_line)},
+      {"--admin-timeout DUR", duration(so.admin_timeout)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},
   };
@@ -264,6 +270,23 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--host-timeout", "soon"}, "--host-timeout: 'soon' is not a duration"},
            {{"--connect-timeout", "5 s"}, "--connect-timeout: '5 s' is not a duration"},
            {{"--idle-timeout", "-1s"}, "--idle-timeout: '-1s' is not a duration"},
+           // Durations need a unit; timeouts that 0 would break must be positive.
+           {{"--queue-timeout", "10"}, "--queue-timeout: '10' has no unit: write 10s, 10ms, 10m or 10h"},
+           {{"--host-timeout", "60"}, "--host-timeout: '60' has no unit"},
+           {{"--idle-timeout", "600"}, "--idle-timeout: '600' has no unit"},
+           {{"agent", "--port", "80", "--ack", "20"}, "--ack: '20' has no unit"},
+           {{"--connect-timeout", "0"}, "--connect-timeout: must be positive"},
+           {{"--connect-timeout", "0s"}, "--connect-timeout: must be positive"},
+           {{"--host-timeout", "0s"}, "--host-timeout: must be positive"},
+           {{"--admin-timeout", "0ms"}, "--admin-timeout: must be positive"},
+           {{"--admin-timeout", "30"}, "--admin-timeout: '30' has no unit"},
+           // The limits.
+           {{"--max-connections", "-1"}, "--max-connections: "},
+           {{"--max-connections", std::to_string(harmony::max_max_connections + 1)}, "--max-connections: " + range(0, harmony::max_max_connections)},
+           {{"--max-conns-per-client", "many"}, "--max-conns-per-client: 'many' is not a number"},
+           {{"--max-backends", "0"}, "--max-backends: " + range(1, harmony::max_max_backends)},
+           {{"--max-admin-connections", "0"}, "--max-admin-connections: " + range(1, harmony::max_max_admin_connections)},
+           {{"--max-admin-line", "10"}, "--max-admin-line: " + range(harmony::min_max_admin_line, harmony::max_max_admin_line)},
            {{"--workers", "0"}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--workers", std::to_string(harmony::max_workers + 1)}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--log-level", "loud"}, "--log-level: unknown level 'loud'"},
@@ -290,12 +313,20 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
     std::string out = p.output();
     CHECK_MESSAGE(out.find("harmonyd: " + c.says) != std::string::npos, out);
   }
-  // A port that is taken is a start failure, not a usage error.
+  // A port that is taken fails the start, exit 2 as for a bad flag, naming the flag and
+  // the address: the listen port, then the admin port.
   harmony::endpoint taken;
   sock holder = listen_on("127.0.0.1", taken);
   process busy({"--listen", taken.to_string(), "--admin", free_address()});
-  CHECK(busy.wait() == 1);
-  CHECK(busy.output().find("cannot start") != std::string::npos);
+  CHECK(busy.wait() == 2);
+  CHECK_MESSAGE(busy.output().find("cannot start: --listen: cannot listen on " + taken.to_string() + ": ") !=
+                    std::string::npos,
+                busy.output());
+  process busy_admin({"--listen", free_address(), "--admin", taken.to_string()});
+  CHECK(busy_admin.wait() == 2);
+  CHECK_MESSAGE(busy_admin.output().find("cannot start: --admin: cannot listen on " + taken.to_string() + ": ") !=
+                    std::string::npos,
+                busy_admin.output());
 }
 
 // The library's half of the flags: the checks name the option, the parsers and the
