@@ -2470,7 +2470,7 @@ TEST_CASE("native commands: the operator's list, stats, add, remove, set-weight,
   bench.counters.bytes_spliced = 8;
   bench.limit = 12;
   CHECK(bench.say(op, "stats\n") ==
-        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 "
+        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 refused=0 "
         "backends=2 concurrency=12\n");
   // set-weight, drain, undrain, remove, with their usage and unknown-backend errors.
   CHECK(bench.say(op, "set-weight " + a + "\n") == "err usage set-weight ID W\n");
