@@ -4917,7 +4917,7 @@ class acceptor final : public acceptor_base {
       socket_handle s = accept_one(fd_, peer);
       if (s == invalid_socket) {
         int e = last_socket_error();
-        if (would_block(e)) return;
+        if (would_block(e)) return fed();  // a descriptor was there to take one
         if (e == EINTR || e == ECONNABORTED) continue;
         loop_.interest(fd_, this, 0);
         return starving(system_error_code(e));

@@ -32,6 +32,8 @@ int polite_stop() {
   return s && std::string(s) == "INT" ? SIGINT : SIGTERM;
 }
 
+std::size_t occurrences(const std::string& in, const std::string& text);
+
 // A child process we started; killed by its PID when the test ends.
 class process {
  public:
@@ -64,6 +66,7 @@ class process {
     if (output_fd_ >= 0) ::close(output_fd_);
   }
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   void signal(int s) { ::kill(pid_, s); }
   // The exit code, or -1 if it did not exit within `limit`.
   int wait(std::chrono::milliseconds limit = 5000ms) {
@@ -88,11 +91,11 @@ class process {
     while ((k = ::read(output_fd_, b, sizeof b)) > 0) s.append(b, static_cast<std::size_t>(k));
     return s;
   }
-  // Whether its output, while it runs, comes to contain `text` within `limit`
-  // (kept for output()); true at once for what it already wrote.
-  bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms) {
+  // Whether its output, while it runs, comes to contain `text` (`times` times) within
+  // `limit` (kept for output()); true at once for what it already wrote.
+  bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms, std::size_t times = 1) {
     auto end = std::chrono::steady_clock::now() + limit;
-    while (seen_.find(text) == std::string::npos) {
+    while (occurrences(seen_, text) < times) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
       if (output_fd_ < 0 || left.count() <= 0) return false;
       pollfd p{output_fd_, POLLIN, 0};
@@ -111,6 +114,12 @@ class process {
   bool exited_ = false;
   std::string seen_;  // what wrote() has read
 };
+
+std::size_t occurrences(const std::string& in, const std::string& text) {
+  std::size_t n = 0;
+  for (std::size_t at = in.find(text); at != std::string::npos; at = in.find(text, at + 1)) ++n;
+  return n;
+}
 
 std::string free_address() {
   harmony::endpoint at;
@@ -450,6 +459,90 @@ TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTER
   CHECK(agent.wait() == 0);
   CHECK(op.call("list").find("ok backends=0") != std::string::npos);
   CHECK(round_trip(listen, "x") == "none\n");
+}
+
+// ---- Limits and clear errors (issue 10).
+
+TEST_CASE("harmonyd agent: a balancer it cannot reach is logged once at warn, and once when it is reached") {
+  std::string admin = free_address();
+  process agent({"agent", "--balancer", admin, "--port", "80", "--log-level", "debug"});
+  // The first failure at warn, the retries that follow at debug only.
+  CHECK(agent.wrote("warn: agent: cannot reach the balancer " + admin));
+  CHECK(agent.wrote("debug: agent: cannot reach the balancer " + admin, 5000ms, 2));
+  process d({"--listen", free_address(), "--admin", admin, "--log-level", "error"});
+  CHECK(agent.wrote("info: agent: reached the balancer " + admin + " again"));
+  CHECK(agent.wrote("registered as"));
+  agent.signal(polite_stop());
+  CHECK(agent.wait() == 0);
+  std::string out = agent.output();
+  CHECK_MESSAGE(occurrences(out, "warn: agent: cannot reach") == 1, out);
+}
+
+TEST_CASE("harmonyd agent: a heartbeat longer than half the host timeout is logged on both sides") {
+  std::string admin = free_address();
+  process d({"--listen", free_address(), "--admin", admin, "--host-timeout", "2s"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  process agent({"agent", "--balancer", admin, "--port", "80", "--ack", "5s"});
+  CHECK(agent.wrote("notice heartbeat-too-long heartbeat 5s is more than half the host timeout 2s"));
+  CHECK(d.wrote("heartbeat 5s is more than half the host timeout 2s"));
+}
+
+// Reads the CPU time (user and system, in clock ticks) of a process from /proc.
+long cpu_ticks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::size_t close = all.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(all.substr(close + 2));
+  std::string f;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime + stime;
+}
+
+TEST_CASE("harmonyd out of descriptors (EMFILE): accepting pauses without spinning, then resumes") {
+  if (harmonyd_path().find("wine") != std::string::npos || !std::ifstream("/proc/self/stat")) return;  // Linux only
+  backend b(echo);
+  std::string listen = free_address(), admin = free_address();
+  // A low descriptor limit, soft and hard (harmonyd raises its soft limit to the hard
+  // one), and a --max-connections above what it allows, so that accept() runs out.
+  process d({"--listen", listen, "--admin", admin, "--backend", b.address(), "--max-connections", "1000"}, true,
+            {"prlimit", "--nofile=40:40"});
+  REQUIRE(d.wrote("listening on"));
+  admin_session op(admin);  // opened before: the admin port must stay usable
+  REQUIRE(op.call("ping") == "pong\n");
+  std::vector<sock> clients;
+  for (int i = 0; i < 40; ++i) {
+    clients.push_back(connect_to(listen));
+    clients.back().send_all("x");
+    if (d.wrote("accept failed", 30ms)) break;
+  }
+  REQUIRE(d.wrote("accept failed: Too many open files: pausing accepts"));
+  // Starved, with clients waiting in the backlog: well under a tenth of a CPU.
+  long before = cpu_ticks(d.pid());
+  auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(1s);  // the measurement window itself
+  long used = cpu_ticks(d.pid()) - before;
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double share = static_cast<double>(used) / static_cast<double>(::sysconf(_SC_CLK_TCK)) / seconds;
+  MESSAGE("CPU while starved: " << share * 100 << "%");
+  CHECK(share < 0.1);
+  CHECK(op.call("ping") == "pong\n");
+  // Descriptors come back: new clients are served, said once each.
+  clients.clear();
+  CHECK(d.wrote("accepting again", 3000ms));
+  CHECK(eventually([&] {
+    sock c = connect_to(listen);
+    c.set_timeout(1s);
+    return c.send_all("y") && c.read_n(1) == "y";
+  }));
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  std::string out = d.output();
+  CHECK_MESSAGE(occurrences(out, "accept failed") == 1, out);
 }
 
 // ---- More algorithms (issue 12) from the command line.
