@@ -160,6 +160,9 @@ struct endpoint {
 std::error_code parse_endpoint(std::string_view text, endpoint& out);
 // Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
 std::error_code parse_duration(std::string_view text, duration& out);
+// The same where people type durations (harmonyd's flags): the unit is required, so
+// that `10` is not silently 10 ms; only 0 may stand alone. errc::bad_duration otherwise.
+std::error_code parse_duration_with_unit(std::string_view text, duration& out);
 // The text parse_duration reads back: the largest unit that divides exactly (2h, 1m,
 // 30s, 500ms; zero is 0s).
 std::string format_duration(duration d);
@@ -263,6 +266,7 @@ struct server_stats {
   std::uint64_t bytes_in = 0;   // client to backend
   std::uint64_t bytes_out = 0;  // backend to client
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
+  std::uint64_t refused = 0;        // closed at once: over max_conns_per_client
 };
 
 // The ranges of server_options, defined once: check() and the daemon's flags use them.
@@ -279,6 +283,20 @@ inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer
 inline constexpr duration default_resolve_interval{5000};
 inline constexpr duration min_resolve_interval{100};
 inline constexpr duration max_resolve_interval{86400000};
+// The limits of server_options (see there).
+inline constexpr std::size_t default_max_backends = 10000;
+inline constexpr std::size_t max_max_backends = 10000000;
+inline constexpr std::size_t default_max_admin_connections = 256;
+inline constexpr std::size_t max_max_admin_connections = 1000000;
+inline constexpr std::size_t default_max_admin_line = 4096;
+inline constexpr std::size_t min_max_admin_line = 256;  // a register line with every option fits
+inline constexpr std::size_t max_max_admin_line = 1 << 20;
+inline constexpr std::size_t legacy_max_token = 256;    // a harmony.js id is 32 characters
+inline constexpr std::size_t max_max_connections = 100000000;
+// The max_connections that 0 stands for, given the descriptor limit (0: none known):
+// two descriptors per proxied connection after a reserve for listeners, the admin
+// connections, the poller and the log.
+std::size_t derived_max_connections(std::uint64_t descriptor_limit, std::size_t max_admin_connections) noexcept;
 
 // Health detection (server_options::max_fails and the options after it). Passive
 // detection takes nginx's defaults: one failed attempt (max_fails=1) takes a backend
@@ -312,8 +330,8 @@ struct server_options {
   // Called on the loop thread when a backend connect fails (refused, timed out, reset).
   std::function<void(const std::string& backend_id, std::error_code error)> on_backend_error;
   duration host_timeout{60000};     // backend ineligible when its last ack is older
-  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
-  duration idle_timeout{600000};    // a proxied connection without traffic is closed
+  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure (positive)
+  duration idle_timeout{600000};    // a proxied connection without traffic is closed; 0: never
   duration queue_timeout{30000};    // longest wait in the concurrency queue
   // A backend that joins or comes back ramps its effective weight from 1/16 up to its
   // weight over this long, so leastconn does not flood it; 0 (the default) is off.
@@ -358,9 +376,23 @@ struct server_options {
   int check_rise = default_check_rise;        // 1 … max_check_rise_fall
   int check_fall = default_check_fall;        // 1 … max_check_rise_fall
   // ---- end of health
-  std::size_t max_backends = 10000;          // registrations beyond this are refused
-  std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
+  // ---- Limits (each has a harmonyd flag; each is logged when it is hit, rate-limited).
+  std::size_t max_backends = default_max_backends;                  // registrations beyond this are refused
+  std::size_t max_admin_connections = default_max_admin_connections;  // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
+  // A native admin line longer than this gets `err line-too-long` and the connection is
+  // closed; a legacy token is limited to legacy_max_token bytes, whatever this says.
+  std::size_t max_admin_line = default_max_admin_line;
+  // Client connections open at once (queued or proxied). At the limit the listener stops
+  // accepting: new connections wait in the kernel's backlog until one ends (with IOCP,
+  // the few accepts already posted may still complete). 0: derived from the descriptor
+  // limit as HAProxy derives maxconn, (RLIMIT_NOFILE - reserve) / 2 with a reserve of
+  // 64 + max_admin_connections (see derived_max_connections); 10000 where there is none.
+  std::size_t max_connections = 0;
+  // Client connections open at once from one client address (IPv4, or IPv6 address);
+  // one more is closed at once, counted in server_stats::refused. 0: no limit.
+  std::size_t max_conns_per_client = 0;
+  // ---- end of the limits
   // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
   // status page at /); empty (the default): none. Keep it on loopback or a private
   // network: it shows every backend's address and takes no password.
@@ -391,10 +423,12 @@ class server {
   server(const server&) = delete;
   server& operator=(const server&) = delete;
 
-  // Binds the ports and runs the event loops on threads of its own.
-  std::error_code start();
+  // Binds the ports and runs the event loops on threads of its own. When it fails and
+  // `problem` is given, it says which option the failure belongs to ("listen", "admin"
+  // for a port that cannot be bound, with the address in the reason).
+  std::error_code start(option_problem* problem = nullptr);
   // Binds the ports and runs the first event loop on the calling thread until stop().
-  std::error_code run();
+  std::error_code run(option_problem* problem = nullptr);
   // Stops accepting, closes every connection and joins the threads. Idempotent.
   void stop();
 
@@ -638,6 +672,7 @@ std::error_code admin_command(std::string_view admin, std::string_view command, 
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -989,6 +1024,18 @@ inline std::error_code open_listener(const address& at, bool reuse_port, socket_
 
 #endif
 
+// The process's descriptor limit (RLIMIT_NOFILE, soft), 0 where there is none to read
+// (Windows: sockets are handles, limited by memory).
+inline std::uint64_t descriptor_limit() noexcept {
+#if defined(_WIN32)
+  return 0;
+#else
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0 || files.rlim_cur == RLIM_INFINITY) return 0;
+  return static_cast<std::uint64_t>(files.rlim_cur);
+#endif
+}
+
 inline std::error_code local_address(socket_handle s, address& out) {
   out.length = sizeof out.storage;
   if (::getsockname(s, out.get(), &out.length) != 0) return system_error_code(last_socket_error());
@@ -1264,6 +1311,29 @@ struct logger {
   }
 };
 
+// Lets a message that may repeat at a high rate (a flood of refused connections) through
+// at most once per interval, and counts those it held back. Thread-safe.
+class log_gate {
+ public:
+  explicit log_gate(std::int64_t interval_ms = 10000) noexcept : interval_(interval_ms) {}
+  // True when a message may go out at `now` (ms); `held` is then how many were held back
+  // since the last one that went out.
+  bool pass(std::int64_t now, std::uint64_t& held) noexcept {
+    std::int64_t next = next_.load(std::memory_order_relaxed);
+    if (now < next || !next_.compare_exchange_strong(next, now + interval_, std::memory_order_relaxed)) {
+      held_.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    held = held_.exchange(0, std::memory_order_relaxed);
+    return true;
+  }
+
+ private:
+  std::int64_t interval_;
+  std::atomic<std::int64_t> next_{std::numeric_limits<std::int64_t>::min()};
+  std::atomic<std::uint64_t> held_{0};
+};
+
 inline bool parse_uint(std::string_view text, std::uint64_t limit, std::uint64_t& out) noexcept {
   if (text.empty() || text.size() > 20) return false;
   std::uint64_t v = 0;
@@ -1350,6 +1420,20 @@ HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out)
     return make_error_code(errc::bad_duration);
   out = duration(static_cast<duration::rep>(number * scale));
   return {};
+}
+
+HARMONY_DEF std::error_code parse_duration_with_unit(std::string_view text, duration& out) {
+  bool bare = !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
+  if (bare && text.find_first_not_of('0') != std::string_view::npos) return make_error_code(errc::bad_duration);
+  return parse_duration(text, out);
+}
+
+HARMONY_DEF std::size_t derived_max_connections(std::uint64_t descriptor_limit,
+                                                std::size_t max_admin_connections) noexcept {
+  if (descriptor_limit == 0) return 10000;
+  std::uint64_t reserve = 64 + static_cast<std::uint64_t>(max_admin_connections);
+  std::uint64_t n = descriptor_limit > reserve + 2 ? (descriptor_limit - reserve) / 2 : 1;
+  return static_cast<std::size_t>(std::min<std::uint64_t>(n, max_max_connections));
 }
 
 HARMONY_DEF std::string format_duration(duration d) {
@@ -1454,7 +1538,7 @@ struct option_checker {
       fail(errc::bad_option, option, "must be from " + format_duration(low) + " to " + format_duration(high));
   }
   void positive(const char* option, duration d) {
-    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
+    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive (e.g. 5s)");
   }
   std::error_code done() {
     if (!error && problem) *problem = option_problem{};
@@ -1494,6 +1578,19 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.slow_start.count() < 0 || o.slow_start > max_slow_start)
     c.fail(errc::bad_option, "slow_start", "must be from 0s to " + format_duration(max_slow_start));
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
+  // 0 would make every backend expire, every connect fail at once, every admin
+  // connection close at once; idle_timeout 0 means no idle timeout, queue_timeout 0
+  // that a connection which finds no slot is refused at once.
+  c.positive("host_timeout", o.host_timeout);
+  c.positive("connect_timeout", o.connect_timeout);
+  if (o.idle_timeout.count() < 0) c.fail(errc::bad_option, "idle_timeout", "must not be negative (0: no idle timeout)");
+  if (o.queue_timeout.count() < 0) c.fail(errc::bad_option, "queue_timeout", "must not be negative");
+  c.positive("admin_timeout", o.admin_timeout);
+  c.range("max_backends", o.max_backends, std::size_t{1}, max_max_backends);
+  c.range("max_admin_connections", o.max_admin_connections, std::size_t{1}, max_max_admin_connections);
+  c.range("max_admin_line", o.max_admin_line, min_max_admin_line, max_max_admin_line);
+  c.range("max_connections", o.max_connections, std::size_t{0}, max_max_connections);
+  c.range("max_conns_per_client", o.max_conns_per_client, std::size_t{0}, max_max_connections);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
@@ -2384,16 +2481,20 @@ inline dialect detect_dialect(std::string_view first) noexcept {
 // one argument token, except BYE. Tokens may split anywhere across reads.
 class legacy_parser {
  public:
-  static constexpr std::size_t max_token = 256;
+  static constexpr std::size_t max_token = legacy_max_token;
 
   // Calls on_message(command, argument) per complete message. Returns false on
-  // a malformed stream (unknown command, oversized token); the connection should close.
+  // a malformed stream (unknown command, oversized token: too_long()); the
+  // connection should close.
   template <class OnMessage>
   bool feed(std::string_view bytes, OnMessage&& on_message) {
     while (!bytes.empty()) {
       std::size_t colon = bytes.find(':');
       std::string_view piece = bytes.substr(0, colon);
-      if (token_.size() + piece.size() > max_token) return false;
+      if (token_.size() + piece.size() > max_token) {
+        too_long_ = true;
+        return false;
+      }
       token_.append(piece.data(), piece.size());
       if (colon == std::string_view::npos) return true;
       bytes.remove_prefix(colon + 1);
@@ -2402,6 +2503,7 @@ class legacy_parser {
     }
     return true;
   }
+  bool too_long() const noexcept { return too_long_; }  // feed() failed on a token over max_token
 
  private:
   template <class OnMessage>
@@ -2425,12 +2527,13 @@ class legacy_parser {
   std::string token_;
   std::string command_;
   bool want_argument_ = false;
+  bool too_long_ = false;
 };
 
 // Splits a byte stream into lines (LF or CRLF), with a length limit.
 class line_splitter {
  public:
-  explicit line_splitter(std::size_t max_line = 4096) : max_line_(max_line) {}
+  explicit line_splitter(std::size_t max_line = default_max_admin_line) : max_line_(max_line) {}
 
   // Calls on_line(line) per complete line; returns false once a line is too long.
   template <class OnLine>
@@ -3247,6 +3350,13 @@ class registry {
     std::uint32_t slot;
     return find(id, slot);
   }
+
+  // How long a backend has gone without an ack (-1: unknown id), and the limit.
+  std::int64_t silent_for(std::string_view id, std::int64_t now) const {
+    std::uint32_t slot;
+    return find(id, slot) ? now - records_[slot].last_ack : -1;
+  }
+  std::int64_t host_timeout_ms() const noexcept { return host_timeout_ms_; }
 
   // Switches the algorithm of every later pick (open connections stay where they are).
   void set_algorithm(algorithm a) {
@@ -4763,7 +4873,8 @@ class admin_protocol {
  public:
   struct config {
     bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
-    std::size_t max_line = 4096;
+    std::size_t max_line = default_max_admin_line;  // server_options::max_admin_line
+    std::int64_t host_timeout_ms = 0;  // an agent whose heartbeat is longer is told; 0: not checked
     std::string secret;          // server_options::admin_secret; empty: no handshake
   };
 
@@ -4806,8 +4917,15 @@ class admin_protocol {
         if (!ended_) legacy_message(command, argument, ctx, out);
       });
       if (!ok && !ended_) {
-        ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
-        end(out, "malformed legacy message", false);
+        if (legacy_.too_long()) {
+          // The legacy dialect has no error reply: the log says why, the close ends it.
+          ctx.log(log_level::warn, "legacy message from %s refused: a token is longer than %zu bytes; closing",
+                  peer_name().c_str(), legacy_parser::max_token);
+          end(out, "token too long", false);
+        } else {
+          ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
+          end(out, "malformed legacy message", false);
+        }
       }
       return out;
     }
@@ -4815,6 +4933,8 @@ class admin_protocol {
       if (!ended_) native_line(line, ctx, out);
     });
     if (!ok && !ended_) {
+      ctx.log(log_level::warn, "admin line from %s refused: longer than %zu bytes; closing", peer_name().c_str(),
+              config_.max_line);
       error(out, "line-too-long", "lines are limited to " + std::to_string(config_.max_line) + " bytes");
       end(out, "line too long", true);
     }
@@ -4867,7 +4987,20 @@ class admin_protocol {
       return append(out, echo);
     }
     if (command == "ACK") {
-      ctx.backends.lock()->ack(argument, ctx.now);  // an unknown id is answered all the same
+      std::int64_t silent = -1, limit = 0;
+      {
+        auto r = ctx.backends.lock();
+        silent = r->silent_for(argument, ctx.now);
+        limit = r->host_timeout_ms();
+        r->ack(argument, ctx.now);  // an unknown id is answered all the same
+      }
+      // The legacy dialect cannot tell the agent; the log says why the backend flaps.
+      if (silent > limit)
+        ctx.log(log_level::warn,
+                "backend %.*s acked %s after its last ack, longer than the host timeout %s: it expires between acks "
+                "(its agent's ack interval must be at most half the host timeout)",
+                static_cast<int>(argument.size()), argument.data(), format_duration(duration(silent)).c_str(),
+                format_duration(duration(limit)).c_str());
       return append(out, echo);
     }
     if (command == "CLOSE") {
@@ -4972,6 +5105,7 @@ class admin_protocol {
                              " connect_failures=" + std::to_string(s.connect_failures) +
                              " bytes_in=" + std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
                              " bytes_spliced=" + std::to_string(s.bytes_spliced) +
+                             " refused=" + std::to_string(s.refused) +
                              " backends=" + std::to_string(backends) +
                              " concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
     }
@@ -5106,7 +5240,10 @@ class admin_protocol {
       } else {
         // A balancer that restarted does not know the agent: it rejoins under its old id.
         std::string wanted = id;
-        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
+        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) {
+          ctx.log(log_level::warn, "registration from %s refused: %s", peer_name().c_str(), e.message().c_str());
+          return error(out, "refused", e.message());
+        }
         ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
@@ -5120,6 +5257,16 @@ class admin_protocol {
     bound_id_ = id;
     agent_ = true;
     append(out, "ok id=" + id + "\n");
+    // A heartbeat longer than the host timeout lets the backend expire between two:
+    // it would flap between up and expired. Accepted, but the agent and the log are told.
+    if (config_.host_timeout_ms > 0 && heartbeat > config_.host_timeout_ms / 2) {
+      std::string h = format_duration(duration(heartbeat)), t = format_duration(duration(config_.host_timeout_ms));
+      ctx.log(log_level::warn, "backend %s: heartbeat %s is more than half the host timeout %s: it may expire between heartbeats",
+              id.c_str(), h.c_str(), t.c_str());
+      append(out, "notice heartbeat-too-long heartbeat " + h + " is more than half the host timeout " + t +
+                      ": the backend may expire between heartbeats; use at most " +
+                      format_duration(duration(config_.host_timeout_ms / 2)) + "\n");
+    }
   }
 
   // `report weight=W maxconn=N state=ready|drain|down`, any subset but not none: an
@@ -6162,6 +6309,9 @@ namespace detail {
 class acceptor_base : public io_handler {
  public:
   std::function<void(socket_handle, const address&)> on_accept;
+  // Asked before each accept: false pauses accepting (the connections wait in the
+  // kernel's backlog) until resume(). Empty: always accept.
+  std::function<bool()> admit;
   acceptor_base(const acceptor_base&) = delete;
   acceptor_base& operator=(const acceptor_base&) = delete;
   // Stops accepting and closes the listener (and cancels accepts in flight).
@@ -6181,6 +6331,25 @@ class acceptor_base : public io_handler {
   const logger& log_;
   socket_handle fd_ = invalid_socket;
   timer retry_;  // after running out of sockets or memory
+  bool paused_ = false;   // admit() said no: waiting for resume()
+  bool starved_ = false;  // an accept failed for want of descriptors or memory
+
+  // Out of descriptors (EMFILE, ENFILE) or memory: accepting pauses for a moment and
+  // is tried again, as nginx and HAProxy do, rather than spinning on the connection it
+  // cannot take. Logged once per episode, and once when it recovers.
+  void starving(std::error_code e) {
+    if (!starved_)
+      log_(log_level::error, "accept failed: %s: pausing accepts, trying again every %d ms", e.message().c_str(),
+           static_cast<int>(starved_retry_ms));
+    starved_ = true;
+    loop_.schedule(retry_, loop_.now() + starved_retry_ms);
+  }
+  void fed() {
+    if (!starved_) return;
+    starved_ = false;
+    log_(log_level::warn, "accepting again");
+  }
+  static constexpr std::int64_t starved_retry_ms = 100;
 };
 
 }  // namespace detail
@@ -6537,12 +6706,13 @@ class connection final : public connection_core<connection> {
 
 // A listening socket on a readiness loop: each readiness accepts every pending
 // connection and hands it to `on_accept` (non-blocking, no Nagle). Out of
-// descriptors or memory it pauses for 100 ms: a level-triggered poller would
-// otherwise spin on the connection it cannot take.
+// descriptors or memory it pauses (acceptor_base::starving): a level-triggered
+// poller would otherwise spin on the connection it cannot take.
 class acceptor final : public acceptor_base {
  public:
   acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log) {
     retry_.fire = [this] {
+      if (paused_) return;  // resume() takes over
       loop_.interest(fd_, this, io_read);
       accept_all();
     };
@@ -6556,21 +6726,34 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Accepts again after admit() said no; on the loop's thread.
+  void resume() {
+    if (!paused_ || fd_ == invalid_socket) return;
+    paused_ = false;
+    if (retry_.armed()) return;  // still starved: the retry resumes
+    loop_.interest(fd_, this, io_read);
+    accept_all();
+  }
+
  private:
   void on_io(unsigned) override { accept_all(); }
   void accept_all() {
     while (fd_ != invalid_socket) {
+      if (admit && !admit()) {
+        paused_ = true;
+        loop_.interest(fd_, this, 0);
+        return;
+      }
       address peer;
       socket_handle s = accept_one(fd_, peer);
       if (s == invalid_socket) {
         int e = last_socket_error();
-        if (would_block(e)) return;
+        if (would_block(e)) return fed();  // a descriptor was there to take one
         if (e == EINTR || e == ECONNABORTED) continue;
-        log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
         loop_.interest(fd_, this, 0);
-        loop_.schedule(retry_, loop_.now() + 100);
-        return;
+        return starving(system_error_code(e));
       }
+      fed();
       if (on_accept) on_accept(s, peer);
       else close_socket(s);
     }
@@ -6704,6 +6887,13 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Accepts again after admit() said no; on the loop's thread.
+  void resume() {
+    if (!paused_) return;
+    paused_ = false;
+    if (!retry_.armed()) start();
+  }
+
  private:
   static constexpr int in_flight = 8;
 
@@ -6722,22 +6912,26 @@ class acceptor final : public acceptor_base {
       close_socket(s);
       log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
     } else {
+      fed();
       set_nodelay(s);
       if (on_accept) on_accept(s, peer);
       else close_socket(s);
     }
     start();
   }
+  // Posts the accepts that are not in flight, while admit() allows (those in flight
+  // may still complete beyond it).
   void start() {
+    if (paused_ || retry_.armed()) return;
     for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
       accept_op& op = ops_[i];
       if (op.accepted != invalid_socket) continue;  // in flight
-      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) {
-        // Out of sockets or memory: try again in a moment instead of spinning.
-        log_(log_level::error, "accept failed: %s", e.message().c_str());
-        loop_.schedule(retry_, loop_.now() + 100);
+      if (admit && !admit()) {
+        paused_ = true;
         return;
       }
+      // Out of sockets or memory: try again in a moment instead of spinning.
+      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) return starving(e);
     }
   }
 
@@ -6952,6 +7146,8 @@ class session_host {
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
+  // The client connection from `peer` has ended (the connection limits count it).
+  virtual void client_ended(const address& peer) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -7197,7 +7393,8 @@ inline void session::connected() {
   connected_ = true;
   phase_ = phase::relaying;
   last_activity_ = loop.now();
-  loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
+  loop.cancel(clock_);
+  if (host_.settings().idle_timeout_ms > 0) loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
   pump();
 }
 
@@ -7269,6 +7466,7 @@ inline void session::on_clock() {
     case phase::retrying: return start_attempt();
     case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
     case phase::relaying: {
+      if (host_.settings().idle_timeout_ms <= 0) return;  // no idle timeout
       std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
       if (loop.now() >= deadline) {
         host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
@@ -7543,6 +7741,7 @@ inline void session::close(bool reset) {
   counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
   counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
   counters.active.fetch_sub(1, std::memory_order_relaxed);
+  host_.client_ended(peer_);
   phase_ = phase::idle;
   bool had_slot = holds_slot_;
   holds_slot_ = false;
@@ -7813,7 +8012,40 @@ struct server::impl {
   // Asks every loop to admit what waits in its queue (>>worker).
   void wake_queues();
 
-  std::error_code open();
+  // ---- The client connection limits (max_connections, max_conns_per_client), shared
+  // by every loop. A connection counts from its accept to its session's close.
+  // Whether a listener may accept one more; no pauses it (>>acceptor) until one ends.
+  bool may_accept() {
+    std::int64_t limit = static_cast<std::int64_t>(connection_limit);
+    if (clients.load(std::memory_order_relaxed) < limit) return true;
+    // Set before the count is read again: a connection that ends in between resumes.
+    if (!accept_paused.exchange(true)) log(log_level::warn, "%zu client connections open (--max-connections): "
+                                                             "new ones wait in the backlog", connection_limit);
+    return clients.load(std::memory_order_relaxed) < limit;
+  }
+  // Counts an accepted connection; false (counted as refused) when its address has
+  // max_conns_per_client open already.
+  bool take_client(const detail::address& peer) {
+    if (options.max_conns_per_client > 0) {
+      std::string key = peer.host_key();
+      std::lock_guard<std::mutex> lock(per_client_mutex);
+      std::size_t& open = per_client[key];
+      if (open >= options.max_conns_per_client) {
+        refused.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t held = 0;
+        if (refused_log.pass(detail::now_ms(), held))
+          log(log_level::warn, "connection from %s refused: %zu open from that address (--max-conns-per-client)%s",
+              peer.host_text().c_str(), open, held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
+        return false;
+      }
+      ++open;
+    }
+    clients.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+
+  std::error_code open(option_problem* problem);  // checks, binds, opens the loops
   void close_all();
   server_stats collect_stats() const;
   detail::stats_snapshot snapshot();  // for the stats port, on the first loop
@@ -7840,6 +8072,14 @@ struct server::impl {
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
+  std::size_t connection_limit = 0;            // max_connections in force (derived when 0), set by open()
+  std::atomic<std::int64_t> clients{0};        // client connections open
+  std::atomic<bool> accept_paused{false};      // a listener paused at connection_limit
+  std::atomic<bool> winding_down{false};       // close_all: the loops go, nothing is resumed
+  std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
+  detail::log_gate refused_log;
+  std::mutex per_client_mutex;
+  std::unordered_map<std::string, std::size_t> per_client;  // open connections by client address
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
   std::unique_ptr<detail::stats_server> stats_port;
@@ -7875,6 +8115,7 @@ class worker final : public session_host {
         log_(log),
         pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
+    listener_.admit = [this] { return owner_.may_accept(); };
     loop_.on_error = [this](std::error_code e) { log_(log_level::error, "event loop: %s", e.message().c_str()); };
     // Give the memory of a finished burst back to the system, a moment later
     // and at most four times a second, so that a quiet balancer shrinks again.
@@ -7916,6 +8157,8 @@ class worker final : public session_host {
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_.size(); }
+  // Accepts again after the connection limit paused the listener; on this loop.
+  void resume_accepting() { listener_.resume(); }
 
   relay_counters stats;
 
@@ -7942,6 +8185,7 @@ class worker final : public session_host {
   bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
   void recycle(session& s) override { free_sessions_.push_back(&s); }
+  void client_ended(const address& peer) override { owner_.client_ended(peer); }
 
   // Where one listener serves every loop, connections are dealt in turn.
   void deal(socket_handle fd, const address& peer);
@@ -7978,6 +8222,7 @@ inline session* worker::make_session() {
 }
 
 inline void worker::deal(socket_handle fd, const address& peer) {
+  if (!owner_.take_client(peer)) return close_socket(fd);  // over max_conns_per_client
   auto& all = owner_.workers;
   worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
@@ -8049,6 +8294,23 @@ inline void worker::admit_waiting() {
 }
 
 }  // namespace detail
+
+inline void server::impl::client_ended(const detail::address& peer) {
+  if (options.max_conns_per_client > 0) {
+    std::string key = peer.host_key();
+    std::lock_guard<std::mutex> lock(per_client_mutex);
+    auto it = per_client.find(key);
+    if (it != per_client.end() && --it->second == 0) per_client.erase(it);
+  }
+  std::int64_t now_open = clients.fetch_sub(1, std::memory_order_relaxed) - 1;
+  if (now_open >= static_cast<std::int64_t>(connection_limit) || winding_down.load(std::memory_order_relaxed) ||
+      !accept_paused.exchange(false))
+    return;
+  for (auto& w : workers) {
+    detail::worker* target = w.get();
+    target->loop().post([target] { target->resume_accepting(); });
+  }
+}
 
 inline void server::impl::wake_queues() {
   for (auto& w : workers) {
@@ -8283,6 +8545,7 @@ class admin_server {
   acceptor listener_;
   admin_server_services services_;
   timer sweep_;
+  log_gate refused_log_;
   std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
 };
 
@@ -8290,8 +8553,11 @@ class admin_server {
 
 inline void admin_server::adopt(socket_handle fd, const address& peer) {
   if (connections_.size() >= srv_.options.max_admin_connections) {
-    srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
-             peer.to_endpoint().to_string().c_str(), connections_.size());
+    std::uint64_t held = 0;
+    if (refused_log_.pass(loop_.now(), held))
+      srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open (--max-admin-connections)%s",
+               peer.to_endpoint().to_string().c_str(), connections_.size(),
+               held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
     close_socket(fd);
     return;
   }
@@ -8323,6 +8589,8 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   resolved_address from = to_resolved(peer);
   c.secret = o.admin_secret;
   c.refuse_legacy = !o.admin_secret.empty() && !in_any_cidr(o.allow_legacy, from);
+  c.max_line = o.max_admin_line;
+  c.host_timeout_ms = o.host_timeout.count();
   protocol_ = std::make_unique<admin_protocol>(from, peer.host_text(), std::move(c));
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };
@@ -8527,12 +8795,20 @@ inline void stats_connection::on_data(std::string_view bytes) {
 namespace harmony {
 
 // >>server-impl  harmony::server
-inline std::error_code server::impl::open() {
-  if (auto e = check(options)) return e;
+inline std::error_code server::impl::open(option_problem* problem) {
+  if (auto e = check(options, problem)) return e;
+  connection_limit = options.max_connections ? options.max_connections
+                                             : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections);
+  clients.store(0, std::memory_order_relaxed);
+  accept_paused.store(false, std::memory_order_relaxed);
+  winding_down.store(false, std::memory_order_relaxed);
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   detail::address where;
-  if (auto e = detail::resolve(at, where, true)) return e;
+  if (auto e = detail::resolve(at, where, true)) {
+    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
+    return e;
+  }
   std::vector<detail::socket_handle> listeners;
   for (int i = 0; i < options.workers; ++i) {
     detail::socket_handle s = detail::invalid_socket;
@@ -8551,6 +8827,7 @@ inline std::error_code server::impl::open() {
     if (e) {
       for (auto l : listeners)
         if (l != detail::invalid_socket) detail::close_socket(l);
+      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
       return e;
     }
     listeners.push_back(s);
@@ -8577,6 +8854,7 @@ inline std::error_code server::impl::open() {
       admin.reset();
       monitor.reset();
       workers.clear();
+      if (problem) *problem = option_problem{"admin", "cannot listen on " + admin_at.to_string() + ": " + e.message()};
       return e;
     }
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
@@ -8599,8 +8877,8 @@ inline std::error_code server::impl::open() {
     log(log_level::info, "stats on http://%s/ (/metrics, /status.json)", bound_stats.to_string().c_str());
   }
   started_ms = detail::now_ms();
-  log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
-      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  log(log_level::info, "listening on %s (%s, %d worker%s, at most %zu connections)", bound_listen.to_string().c_str(),
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "", connection_limit);
   detail::reactor* first = &workers.front()->loop();
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
@@ -8717,6 +8995,7 @@ inline void server::impl::rebuild_tables() {
 }
 
 inline void server::impl::close_all() {
+  winding_down.store(true, std::memory_order_relaxed);
   stop_resolver();  // before the loops it delivers to go
   backends.lock()->on_tables_stale(nullptr);  // picks rebuild them from now on, should any come
   for (auto& w : workers) w->loop().stop();
@@ -8737,21 +9016,21 @@ HARMONY_DEF server::server(server_options options) : impl_(std::make_unique<impl
 
 HARMONY_DEF server::~server() { stop(); }
 
-HARMONY_DEF std::error_code server::start() {
+HARMONY_DEF std::error_code server::start(option_problem* problem) {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   if (impl_->running) return make_error_code(errc::already_running);
-  if (auto e = impl_->open()) return e;
+  if (auto e = impl_->open(problem)) return e;
   impl_->running = true;
   impl_->caller_runs_loop = false;
   for (auto& w : impl_->workers) impl_->threads.emplace_back(&detail::worker::run_own_thread, w.get());
   return {};
 }
 
-HARMONY_DEF std::error_code server::run() {
+HARMONY_DEF std::error_code server::run(option_problem* problem) {
   {
     std::lock_guard<std::mutex> lock(impl_->lifecycle);
     if (impl_->running) return make_error_code(errc::already_running);
-    if (auto e = impl_->open()) return e;
+    if (auto e = impl_->open(problem)) return e;
     impl_->running = true;
     impl_->caller_runs_loop = true;
     for (std::size_t i = 1; i < impl_->workers.size(); ++i)
@@ -8887,6 +9166,7 @@ inline server_stats server::impl::collect_stats() const {
     s.bytes_spliced += w->stats.bytes_spliced.load(std::memory_order_relaxed);
   }
   s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
+  s.refused = refused.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -8925,6 +9205,7 @@ struct client::impl {
     std::int64_t backoff = 100;
     std::int64_t last_heard = 0;
     std::string id;  // the id this balancer knows the backend by
+    bool outage = false;  // the balancer cannot be reached: said once, and once when it can again
   };
 
   explicit impl(client_options o) : options(std::move(o)), log{options.log, options.level} {
@@ -8949,17 +9230,21 @@ struct client::impl {
       l.lines = detail::line_splitter{4096};
       e = l.io.connect(to);
     }
-    if (e) {
-      log(log_level::warn, "agent: cannot reach %s: %s", l.address.c_str(), e.message().c_str());
-      schedule_retry(l);
-    }
+    if (e) unreachable(l, e);
+  }
+
+  // Logged at warn once per outage (later attempts at debug), then retried with backoff.
+  void unreachable(link& l, std::error_code e) {
+    log(l.outage ? log_level::debug : log_level::warn, "agent: cannot reach the balancer %s: %s (retrying)",
+        l.address.c_str(), e.message().c_str());
+    l.outage = true;
+    schedule_retry(l);
   }
 
   void on_connect(link& l, std::error_code e) {
-    if (e) {
-      log(log_level::debug, "agent: connect to %s failed: %s", l.address.c_str(), e.message().c_str());
-      return schedule_retry(l);
-    }
+    if (e) return unreachable(l, e);
+    if (l.outage) log(log_level::info, "agent: reached the balancer %s again", l.address.c_str());
+    l.outage = false;
     l.last_heard = loop.now();
     l.io.write("hello harmony/1\n");
     loop.schedule(l.beat, loop.now() + options.ack.count());
@@ -9015,6 +9300,10 @@ struct client::impl {
   void on_line(link& l, std::string_view line) {
     l.last_heard = loop.now();
     detail::command_line c = detail::parse_command(line);
+    if (c.verb == "notice") {
+      log(log_level::warn, "agent: balancer %s says: %.*s", l.address.c_str(), static_cast<int>(line.size()), line.data());
+      return;
+    }
     std::string_view value;
     if (c.verb == "ok" && !c.args.empty() && c.args[0] == "harmony/1" && options.secret.empty() &&
         c.option("nonce", value))
@@ -9064,6 +9353,7 @@ struct client::impl {
     if (l.phase == state::closing || l.phase == state::closed) return finish(l);
     log(log_level::warn, "agent: lost the balancer %s%s%s", l.address.c_str(), e ? ": " : "",
         e ? e.message().c_str() : "");
+    l.outage = true;  // said: the failed reconnects that follow are not
     drop(l, false);
   }
 

@@ -42,7 +42,7 @@ const char usage_head[] =
     "       harmonyd ctl [ctl options] COMMAND...  one admin command (list, stats, drain ID, ...)\n"
     "       harmonyd --help | --version\n"
     "\n"
-    "Balancer options (durations: 500ms, 30s, 1m, 2h):\n";
+    "Balancer options (durations need a unit: 500ms, 30s, 1m, 2h):\n";
 const char usage_agent[] =
     "\n"
     "Agent options (harmonyd agent):\n";
@@ -179,12 +179,18 @@ void stopped() {
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
 // console event), wind down. Returns the exit code.
-template <class Start, class WindDown>
-int serve_until_stopped(const char* who, Start start, WindDown wind_down) {
+// A start-up failure exits 2, like a bad flag, naming the flag it belongs to when
+// `start` says (an address that cannot be bound).
+template <class Start, class WindDown, class Blame>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down, Blame blame) {
   block_stop_signals();
-  if (std::error_code e = start()) {
-    std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
-    return 1;
+  harmony::option_problem problem;
+  if (std::error_code e = start(&problem)) {
+    if (problem.option)
+      std::fprintf(stderr, "%s: cannot start: %s: %s\n", who, blame(problem.option).c_str(), problem.reason.c_str());
+    else
+      std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
+    return 2;
   }
   wait_for_stop_signal();
   wind_down();
@@ -330,10 +336,14 @@ std::string show_number(const Settings& d) {
   return std::to_string(d.options.*field);
 }
 
+// A duration needs its unit: a bare number (but 0) is refused, not read as milliseconds.
 template <class Settings, auto field>
 std::string set_duration(Settings& s, const std::string& text) {
-  if (harmony::parse_duration(text, s.options.*field)) return quoted(text) + " is not a duration (e.g. 500ms, 30s, 1m)";
-  return {};
+  if (!harmony::parse_duration_with_unit(text, s.options.*field)) return {};
+  harmony::duration ms{};
+  if (!harmony::parse_duration(text, ms))
+    return quoted(text) + " has no unit: write " + text + "s, " + text + "ms, " + text + "m or " + text + "h";
+  return quoted(text) + " is not a duration (e.g. 500ms, 30s, 1m)";
 }
 
 template <class Settings, auto field>
@@ -446,7 +456,7 @@ const std::vector<flag<B>> balancer_flags = {
      set_switch<B, &server_options::persistent, false>, show_switch<B, &server_options::persistent, false>},
     {"concurrency", "N", "-1 unlimited, 0 paused, N at most N proxied", "concurrency",
      set_integer<B, &server_options::concurrency>, show_number<B, &server_options::concurrency>},
-    {"queue-timeout", "DUR", "longest wait in the concurrency queue", "queue_timeout",
+    {"queue-timeout", "DUR", "longest wait in the concurrency queue (0s: no wait)", "queue_timeout",
      set_duration<B, &server_options::queue_timeout>, show_duration<B, &server_options::queue_timeout>},
     {"queue-limit", "N", "longest concurrency queue", "queue_limit", set_integer<B, &server_options::queue_limit>,
      show_number<B, &server_options::queue_limit>},
@@ -462,7 +472,7 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::host_timeout>, show_duration<B, &server_options::host_timeout>},
     {"connect-timeout", "DUR", "backend connect timeout", "connect_timeout",
      set_duration<B, &server_options::connect_timeout>, show_duration<B, &server_options::connect_timeout>},
-    {"idle-timeout", "DUR", "close proxied connections idle this long", "idle_timeout",
+    {"idle-timeout", "DUR", "close proxied connections idle this long (0s: never)", "idle_timeout",
      set_duration<B, &server_options::idle_timeout>, show_duration<B, &server_options::idle_timeout>},
     {"slow-start", "DUR", "a backend that joins or comes back ramps up its\nweight over DUR (0s: off)", "slow_start",
      set_duration<B, &server_options::slow_start>, show_duration<B, &server_options::slow_start>},
@@ -506,6 +516,21 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B&) { return std::string(); }},
+    {"max-connections", "N", "client connections open at once; more wait in the\nkernel's backlog (0: (descriptor limit - 64 -\nmax-admin-connections) / 2)",
+     "max_connections", set_integer<B, &server_options::max_connections>,
+     show_number<B, &server_options::max_connections>},
+    {"max-conns-per-client", "N", "connections open at once from one client address;\nmore are closed at once (0: no limit)",
+     "max_conns_per_client", set_integer<B, &server_options::max_conns_per_client>,
+     show_number<B, &server_options::max_conns_per_client>},
+    {"max-backends", "N", "registered and static backends; more are refused", "max_backends",
+     set_integer<B, &server_options::max_backends>, show_number<B, &server_options::max_backends>},
+    {"max-admin-connections", "N", "admin connections open at once; more are closed", "max_admin_connections",
+     set_integer<B, &server_options::max_admin_connections>, show_number<B, &server_options::max_admin_connections>},
+    {"max-admin-line", "N", "longest native admin line in bytes; longer: an\nerror, then the connection is closed",
+     "max_admin_line", set_integer<B, &server_options::max_admin_line>,
+     show_number<B, &server_options::max_admin_line>},
+    {"admin-timeout", "DUR", "an admin connection silent this long is closed\n(an agent's: three missed heartbeats)",
+     "admin_timeout", set_duration<B, &server_options::admin_timeout>, show_duration<B, &server_options::admin_timeout>},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
      "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
     log_level_flag<B>,
@@ -702,7 +727,9 @@ int run_balancer(int argc, char** argv) {
                                        (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
                                        (b.options.backup ? " backup" : "") + " id " + id);
   }
-  return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
+  return serve_until_stopped(
+      "harmonyd", [&](harmony::option_problem* p) { return balancer.start(p); }, [&] { balancer.stop(); },
+      [](const char* option) { return flag_for(balancer_flags, option); });
 }
 
 int run_agent(int argc, char** argv) {
@@ -712,7 +739,9 @@ int run_agent(int argc, char** argv) {
   s.options.log = log_to_stderr;
   daemon_level = s.options.level;
   harmony::client agent(s.options);
-  return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
+  return serve_until_stopped(
+      "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&] { agent.close(); },
+      [](const char* option) { return flag_for(agent_flags, option); });
 }
 
 // harmonyd ctl: one command, its reply on stdout.

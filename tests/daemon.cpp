@@ -32,6 +32,8 @@ int polite_stop() {
   return s && std::string(s) == "INT" ? SIGINT : SIGTERM;
 }
 
+std::size_t occurrences(const std::string& in, const std::string& text);
+
 // A child process we started; killed by its PID when the test ends.
 class process {
  public:
@@ -64,6 +66,7 @@ class process {
     if (output_fd_ >= 0) ::close(output_fd_);
   }
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
   void signal(int s) { ::kill(pid_, s); }
   // The exit code, or -1 if it did not exit within `limit`.
   int wait(std::chrono::milliseconds limit = 5000ms) {
@@ -88,11 +91,11 @@ class process {
     while ((k = ::read(output_fd_, b, sizeof b)) > 0) s.append(b, static_cast<std::size_t>(k));
     return s;
   }
-  // Whether its output, while it runs, comes to contain `text` within `limit`
-  // (kept for output()); true at once for what it already wrote.
-  bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms) {
+  // Whether its output, while it runs, comes to contain `text` (`times` times) within
+  // `limit` (kept for output()); true at once for what it already wrote.
+  bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms, std::size_t times = 1) {
     auto end = std::chrono::steady_clock::now() + limit;
-    while (seen_.find(text) == std::string::npos) {
+    while (occurrences(seen_, text) < times) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
       if (output_fd_ < 0 || left.count() <= 0) return false;
       pollfd p{output_fd_, POLLIN, 0};
@@ -111,6 +114,12 @@ class process {
   bool exited_ = false;
   std::string seen_;  // what wrote() has read
 };
+
+std::size_t occurrences(const std::string& in, const std::string& text) {
+  std::size_t n = 0;
+  for (std::size_t at = in.find(text); at != std::string::npos; at = in.find(text, at + 1)) ++n;
+  return n;
+}
 
 std::string free_address() {
   harmony::endpoint at;
@@ -180,6 +189,12 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--check-rise N", std::to_string(so.check_rise)},
       {"--check-fall N", std::to_string(so.check_fall)},
       {"--workers N", std::to_string(so.workers)},
+      {"--max-connections N", std::to_string(so.max_connections)},
+      {"--max-conns-per-client N", std::to_string(so.max_conns_per_client)},
+      {"--max-backends N", std::to_string(so.max_backends)},
+      {"--max-admin-connections N", std::to_string(so.max_admin_connections)},
+      {"--max-admin-line N", std::to_string(so.max_admin_line)},
+      {"--admin-timeout DUR", duration(so.admin_timeout)},
       {"--splice", so.splice ? "(default)" : ""},
       {"--secret-file FILE", ""},
       {"--allow-legacy CIDR", ""},
@@ -291,6 +306,23 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--check-rise", "0"}, "--check-rise: " + range(1, harmony::max_check_rise_fall)},
            {{"--check-fall", "0"}, "--check-fall: " + range(1, harmony::max_check_rise_fall)},
            {{"--check-expect", std::string(harmony::max_check_text + 1, 'x')}, "--check-expect: " + range(0, harmony::max_check_text)},
+           // Durations need a unit; timeouts that 0 would break must be positive.
+           {{"--queue-timeout", "10"}, "--queue-timeout: '10' has no unit: write 10s, 10ms, 10m or 10h"},
+           {{"--host-timeout", "60"}, "--host-timeout: '60' has no unit"},
+           {{"--idle-timeout", "600"}, "--idle-timeout: '600' has no unit"},
+           {{"agent", "--port", "80", "--ack", "20"}, "--ack: '20' has no unit"},
+           {{"--connect-timeout", "0"}, "--connect-timeout: must be positive"},
+           {{"--connect-timeout", "0s"}, "--connect-timeout: must be positive"},
+           {{"--host-timeout", "0s"}, "--host-timeout: must be positive"},
+           {{"--admin-timeout", "0ms"}, "--admin-timeout: must be positive"},
+           {{"--admin-timeout", "30"}, "--admin-timeout: '30' has no unit"},
+           // The limits.
+           {{"--max-connections", "-1"}, "--max-connections: "},
+           {{"--max-connections", std::to_string(harmony::max_max_connections + 1)}, "--max-connections: " + range(0, harmony::max_max_connections)},
+           {{"--max-conns-per-client", "many"}, "--max-conns-per-client: 'many' is not a number"},
+           {{"--max-backends", "0"}, "--max-backends: " + range(1, harmony::max_max_backends)},
+           {{"--max-admin-connections", "0"}, "--max-admin-connections: " + range(1, harmony::max_max_admin_connections)},
+           {{"--max-admin-line", "10"}, "--max-admin-line: " + range(harmony::min_max_admin_line, harmony::max_max_admin_line)},
            {{"--workers", "0"}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--workers", std::to_string(harmony::max_workers + 1)}, "--workers: " + range(harmony::min_workers, harmony::max_workers)},
            {{"--log-level", "loud"}, "--log-level: unknown level 'loud'"},
@@ -317,12 +349,20 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
     std::string out = p.output();
     CHECK_MESSAGE(out.find("harmonyd: " + c.says) != std::string::npos, out);
   }
-  // A port that is taken is a start failure, not a usage error.
+  // A port that is taken fails the start, exit 2 as for a bad flag, naming the flag and
+  // the address: the listen port, then the admin port.
   harmony::endpoint taken;
   sock holder = listen_on("127.0.0.1", taken);
   process busy({"--listen", taken.to_string(), "--admin", free_address()});
-  CHECK(busy.wait() == 1);
-  CHECK(busy.output().find("cannot start") != std::string::npos);
+  CHECK(busy.wait() == 2);
+  CHECK_MESSAGE(busy.output().find("cannot start: --listen: cannot listen on " + taken.to_string() + ": ") !=
+                    std::string::npos,
+                busy.output());
+  process busy_admin({"--listen", free_address(), "--admin", taken.to_string()});
+  CHECK(busy_admin.wait() == 2);
+  CHECK_MESSAGE(busy_admin.output().find("cannot start: --admin: cannot listen on " + taken.to_string() + ": ") !=
+                    std::string::npos,
+                busy_admin.output());
 }
 
 // The library's half of the flags: the checks name the option, the parsers and the
@@ -446,6 +486,90 @@ TEST_CASE("harmonyd agent: registers, carries traffic, and deregisters on SIGTER
   CHECK(agent.wait() == 0);
   CHECK(op.call("list").find("ok backends=0") != std::string::npos);
   CHECK(round_trip(listen, "x") == "none\n");
+}
+
+// ---- Limits and clear errors (issue 10).
+
+TEST_CASE("harmonyd agent: a balancer it cannot reach is logged once at warn, and once when it is reached") {
+  std::string admin = free_address();
+  process agent({"agent", "--balancer", admin, "--port", "80", "--log-level", "debug"});
+  // The first failure at warn, the retries that follow at debug only.
+  CHECK(agent.wrote("warn: agent: cannot reach the balancer " + admin));
+  CHECK(agent.wrote("debug: agent: cannot reach the balancer " + admin, 5000ms, 2));
+  process d({"--listen", free_address(), "--admin", admin, "--log-level", "error"});
+  CHECK(agent.wrote("info: agent: reached the balancer " + admin + " again"));
+  CHECK(agent.wrote("registered as"));
+  agent.signal(polite_stop());
+  CHECK(agent.wait() == 0);
+  std::string out = agent.output();
+  CHECK_MESSAGE(occurrences(out, "warn: agent: cannot reach") == 1, out);
+}
+
+TEST_CASE("harmonyd agent: a heartbeat longer than half the host timeout is logged on both sides") {
+  std::string admin = free_address();
+  process d({"--listen", free_address(), "--admin", admin, "--host-timeout", "2s"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  process agent({"agent", "--balancer", admin, "--port", "80", "--ack", "5s"});
+  CHECK(agent.wrote("notice heartbeat-too-long heartbeat 5s is more than half the host timeout 2s"));
+  CHECK(d.wrote("heartbeat 5s is more than half the host timeout 2s"));
+}
+
+// Reads the CPU time (user and system, in clock ticks) of a process from /proc.
+long cpu_ticks(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::size_t close = all.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(all.substr(close + 2));
+  std::string f;
+  long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime + stime;
+}
+
+TEST_CASE("harmonyd out of descriptors (EMFILE): accepting pauses without spinning, then resumes") {
+  if (harmonyd_path().find("wine") != std::string::npos || !std::ifstream("/proc/self/stat")) return;  // Linux only
+  backend b(echo);
+  std::string listen = free_address(), admin = free_address();
+  // A low descriptor limit, soft and hard (harmonyd raises its soft limit to the hard
+  // one), and a --max-connections above what it allows, so that accept() runs out.
+  process d({"--listen", listen, "--admin", admin, "--backend", b.address(), "--max-connections", "1000"}, true,
+            {"prlimit", "--nofile=40:40"});
+  REQUIRE(d.wrote("listening on"));
+  admin_session op(admin);  // opened before: the admin port must stay usable
+  REQUIRE(op.call("ping") == "pong\n");
+  std::vector<sock> clients;
+  for (int i = 0; i < 40; ++i) {
+    clients.push_back(connect_to(listen));
+    clients.back().send_all("x");
+    if (d.wrote("accept failed", 30ms)) break;
+  }
+  REQUIRE(d.wrote("accept failed: Too many open files: pausing accepts"));
+  // Starved, with clients waiting in the backlog: well under a tenth of a CPU.
+  long before = cpu_ticks(d.pid());
+  auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(1s);  // the measurement window itself
+  long used = cpu_ticks(d.pid()) - before;
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  double share = static_cast<double>(used) / static_cast<double>(::sysconf(_SC_CLK_TCK)) / seconds;
+  MESSAGE("CPU while starved: " << share * 100 << "%");
+  CHECK(share < 0.1);
+  CHECK(op.call("ping") == "pong\n");
+  // Descriptors come back: new clients are served, said once each.
+  clients.clear();
+  CHECK(d.wrote("accepting again", 3000ms));
+  CHECK(eventually([&] {
+    sock c = connect_to(listen);
+    c.set_timeout(1s);
+    return c.send_all("y") && c.read_n(1) == "y";
+  }));
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  std::string out = d.output();
+  CHECK_MESSAGE(occurrences(out, "accept failed") == 1, out);
 }
 
 // ---- More algorithms (issue 12) from the command line.

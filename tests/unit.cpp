@@ -2156,6 +2156,71 @@ TEST_CASE("registry: active check results, expiry and drain are one line each; t
   CHECK(lines[2] == "backend " + agent + " (127.0.0.1:9) removed: its agent closed");
 }
 
+TEST_CASE("limits: a duration typed by a person needs its unit; only 0 stands alone") {
+  duration d{};
+  CHECK_FALSE(parse_duration_with_unit("10s", d));
+  CHECK(d == duration(10000));
+  CHECK_FALSE(parse_duration_with_unit("250ms", d));
+  CHECK(d == duration(250));
+  CHECK_FALSE(parse_duration_with_unit("2h", d));
+  CHECK(d == duration(7200000));
+  CHECK_FALSE(parse_duration_with_unit("0", d));
+  CHECK(d == duration(0));
+  CHECK_FALSE(parse_duration_with_unit("000", d));
+  for (const char* bad : {"10", "1", "007", "", "s", "10 s", "-1s", "1.5s", "10sec"}) {
+    CHECK_MESSAGE(parse_duration_with_unit(bad, d) == errc::bad_duration, bad);
+  }
+  // The library's own parser keeps reading a bare number as milliseconds.
+  CHECK_FALSE(parse_duration("10", d));
+  CHECK(d == duration(10));
+}
+
+TEST_CASE("limits: check() refuses the zero timeouts that break, and gives idle_timeout 0 a meaning") {
+  option_problem p;
+  auto problem_of = [&](auto change) {
+    server_options o;
+    change(o);
+    p = option_problem{};
+    check(o, &p);
+    return p.option ? std::string(p.option) + ": " + p.reason : std::string();
+  };
+  CHECK(problem_of([](server_options&) {}).empty());
+  CHECK(problem_of([](server_options& o) { o.connect_timeout = duration(0); }) == "connect_timeout: must be positive (e.g. 5s)");
+  CHECK(problem_of([](server_options& o) { o.host_timeout = duration(0); }) == "host_timeout: must be positive (e.g. 5s)");
+  CHECK(problem_of([](server_options& o) { o.admin_timeout = duration(0); }) == "admin_timeout: must be positive (e.g. 5s)");
+  CHECK(problem_of([](server_options& o) { o.idle_timeout = duration(0); }).empty());  // no idle timeout
+  CHECK(problem_of([](server_options& o) { o.queue_timeout = duration(0); }).empty());  // no waiting
+  CHECK(problem_of([](server_options& o) { o.idle_timeout = duration(-1); }).rfind("idle_timeout: ", 0) == 0);
+  CHECK(problem_of([](server_options& o) { o.max_backends = 0; }).rfind("max_backends: must be from 1", 0) == 0);
+  CHECK(problem_of([](server_options& o) { o.max_admin_connections = 0; }).rfind("max_admin_connections: ", 0) == 0);
+  CHECK(problem_of([](server_options& o) { o.max_admin_line = min_max_admin_line - 1; }).rfind("max_admin_line: ", 0) == 0);
+  CHECK(problem_of([](server_options& o) { o.max_admin_line = min_max_admin_line; }).empty());
+  CHECK(problem_of([](server_options& o) { o.max_connections = max_max_connections + 1; }).rfind("max_connections: ", 0) == 0);
+  CHECK(problem_of([](server_options& o) { o.max_conns_per_client = 3; }).empty());
+}
+
+TEST_CASE("limits: max_connections 0 is derived from the descriptor limit, two per connection after a reserve") {
+  CHECK(derived_max_connections(1024, 256) == (1024 - 64 - 256) / 2);
+  CHECK(derived_max_connections(1048576, 256) == (1048576 - 64 - 256) / 2);
+  CHECK(derived_max_connections(1024, 0) == (1024 - 64) / 2);
+  CHECK(derived_max_connections(100, 256) == 1);  // a tiny limit still lets one through
+  CHECK(derived_max_connections(0, 256) == 10000);  // none known (Windows)
+  CHECK(derived_max_connections(std::uint64_t{1} << 40, 256) == max_max_connections);
+}
+
+TEST_CASE("limits: a log gate lets one line through per interval and counts the rest") {
+  detail::log_gate gate(1000);
+  std::uint64_t held = 99;
+  CHECK(gate.pass(5000, held));
+  CHECK(held == 0);
+  CHECK_FALSE(gate.pass(5000, held));
+  CHECK_FALSE(gate.pass(5999, held));
+  CHECK(gate.pass(6000, held));
+  CHECK(held == 2);
+  CHECK(gate.pass(9000, held));
+  CHECK(held == 0);
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);
@@ -3155,7 +3220,7 @@ TEST_CASE("legacy commands: refusals and malformed input end the connection") {
   auto d = from_agent();
   r = bench.feed(d, "ACK:" + std::string(300, 'A'));
   REQUIRE(only_effect(r));
-  CHECK(std::string(r.effects[0].why) == "malformed legacy message");
+  CHECK(std::string(r.effects[0].why) == "token too long");
   // With a secret set and legacy not allowed, the dialect itself is refused.
   detail::admin_protocol::config strict;
   strict.refuse_legacy = true;
@@ -3307,7 +3372,7 @@ TEST_CASE("native commands: the operator's list, stats, add, remove, set-weight,
   bench.counters.bytes_spliced = 8;
   bench.limit = 12;
   CHECK(bench.say(op, "stats\n") ==
-        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 "
+        "ok accepted=10 active=2 queued=3 unavailable=4 connect_failures=5 bytes_in=6 bytes_out=7 bytes_spliced=8 refused=0 "
         "backends=2 concurrency=12\n");
   // set-weight, drain, undrain, remove, with their usage and unknown-backend errors.
   CHECK(bench.say(op, "set-weight " + a + "\n") == "err usage set-weight ID W\n");
@@ -3382,6 +3447,65 @@ TEST_CASE("native commands: concurrency, help, quit, comments, unknown commands,
   CHECK(r.effects[0].graceful);
   CHECK(std::string(r.effects[0].why) == "line too long");
   CHECK_FALSE(has_effect(bench.feed(l, "ping\n"), detail::admin_effect::kind::end));
+}
+
+TEST_CASE("limits: admin lines and tokens over the limit are refused and logged; a heartbeat over half the host timeout is told") {
+  admin_bench bench;
+  std::vector<std::string> lines;
+  bench.log.fn = [&](log_level, std::string_view m) { lines.emplace_back(m); };
+  bench.log.level = log_level::debug;
+  // A configured line limit, split across reads: nothing is kept beyond it.
+  detail::admin_protocol::config c;
+  c.max_line = 300;
+  auto n = from_agent(c);
+  CHECK(bench.feed(n, "hello " + std::string(200, 'x')).replies.empty());
+  auto r = bench.feed(n, std::string(200, 'x'));
+  CHECK(r.text() == "err line-too-long lines are limited to 300 bytes\n");
+  REQUIRE(only_effect(r));
+  CHECK(r.effects[0].graceful);
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0] == "admin line from 203.0.113.5:40000 refused: longer than 300 bytes; closing");
+  // A legacy token over legacy_max_token: no reply (the dialect has none), a log line, the end.
+  lines.clear();
+  auto l = from_agent();
+  CHECK(bench.feed(l, "ACK:" + std::string(legacy_max_token, 'A')).replies.empty());
+  r = bench.feed(l, "A");
+  CHECK(r.replies.empty());
+  REQUIRE(only_effect(r));
+  CHECK(std::string(r.effects[0].why) == "token too long");
+  REQUIRE(lines.size() == 1);
+  CHECK(lines[0].find("a token is longer than 256 bytes") != std::string::npos);
+  // Heartbeats: within half the host timeout (60 s here) nothing is said; beyond, a notice.
+  c = {};
+  c.host_timeout_ms = 60000;
+  lines.clear();
+  auto good = from_agent(c);
+  CHECK(bench.say(good, "register port=80 heartbeat=30s\n").rfind("ok id=", 0) == 0);
+  CHECK(lines.size() == 1);  // registered
+  lines.clear();
+  auto slow = from_agent(c);
+  r = bench.feed(slow, "register port=81 heartbeat=2m\n");
+  REQUIRE(r.replies.size() == 2);
+  CHECK(r.replies[0].rfind("ok id=", 0) == 0);
+  CHECK(r.replies[1] == "notice heartbeat-too-long heartbeat 2m is more than half the host timeout 1m: the backend may "
+                        "expire between heartbeats; use at most 30s\n");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1].find("heartbeat 2m is more than half the host timeout 1m") != std::string::npos);
+  // A legacy agent's ack that comes later than the host timeout is logged (it cannot be told).
+  lines.clear();
+  auto reg = from_agent();
+  std::string id = bench.say(reg, "NID::");
+  id = id.substr(4, id.size() - 5);
+  bench.now += 30000;
+  auto ack = from_agent();
+  CHECK(bench.say(ack, "ACK:" + id + ":") == "ACK:" + id + ":");
+  CHECK(lines.size() == 1);  // only the registration
+  bench.now += 90000;
+  auto late = from_agent();
+  CHECK(bench.say(late, "ACK:" + id + ":") == "ACK:" + id + ":");
+  REQUIRE(lines.size() == 2);
+  CHECK(lines[1] == "backend " + id + " acked 90s after its last ack, longer than the host timeout 1m: it expires "
+                    "between acks (its agent's ack interval must be at most half the host timeout)");
 }
 
 TEST_CASE("admin dialect: undecided first bytes are held, then judged") {

@@ -44,6 +44,7 @@ struct server_stats {
   std::uint64_t bytes_in = 0;   // client to backend
   std::uint64_t bytes_out = 0;  // backend to client
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
+  std::uint64_t refused = 0;        // closed at once: over max_conns_per_client
 };
 
 // The ranges of server_options, defined once: check() and the daemon's flags use them.
@@ -60,6 +61,20 @@ inline constexpr std::size_t max_buffer_bytes = std::size_t{1} << 30;  // buffer
 inline constexpr duration default_resolve_interval{5000};
 inline constexpr duration min_resolve_interval{100};
 inline constexpr duration max_resolve_interval{86400000};
+// The limits of server_options (see there).
+inline constexpr std::size_t default_max_backends = 10000;
+inline constexpr std::size_t max_max_backends = 10000000;
+inline constexpr std::size_t default_max_admin_connections = 256;
+inline constexpr std::size_t max_max_admin_connections = 1000000;
+inline constexpr std::size_t default_max_admin_line = 4096;
+inline constexpr std::size_t min_max_admin_line = 256;  // a register line with every option fits
+inline constexpr std::size_t max_max_admin_line = 1 << 20;
+inline constexpr std::size_t legacy_max_token = 256;    // a harmony.js id is 32 characters
+inline constexpr std::size_t max_max_connections = 100000000;
+// The max_connections that 0 stands for, given the descriptor limit (0: none known):
+// two descriptors per proxied connection after a reserve for listeners, the admin
+// connections, the poller and the log.
+std::size_t derived_max_connections(std::uint64_t descriptor_limit, std::size_t max_admin_connections) noexcept;
 
 // Health detection (server_options::max_fails and the options after it). Passive
 // detection takes nginx's defaults: one failed attempt (max_fails=1) takes a backend
@@ -93,8 +108,8 @@ struct server_options {
   // Called on the loop thread when a backend connect fails (refused, timed out, reset).
   std::function<void(const std::string& backend_id, std::error_code error)> on_backend_error;
   duration host_timeout{60000};     // backend ineligible when its last ack is older
-  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure
-  duration idle_timeout{600000};    // a proxied connection without traffic is closed
+  duration connect_timeout{5000};   // a backend connect that hangs longer is a failure (positive)
+  duration idle_timeout{600000};    // a proxied connection without traffic is closed; 0: never
   duration queue_timeout{30000};    // longest wait in the concurrency queue
   // A backend that joins or comes back ramps its effective weight from 1/16 up to its
   // weight over this long, so leastconn does not flood it; 0 (the default) is off.
@@ -139,9 +154,23 @@ struct server_options {
   int check_rise = default_check_rise;        // 1 … max_check_rise_fall
   int check_fall = default_check_fall;        // 1 … max_check_rise_fall
   // ---- end of health
-  std::size_t max_backends = 10000;          // registrations beyond this are refused
-  std::size_t max_admin_connections = 256;   // admin connections beyond this are closed
+  // ---- Limits (each has a harmonyd flag; each is logged when it is hit, rate-limited).
+  std::size_t max_backends = default_max_backends;                  // registrations beyond this are refused
+  std::size_t max_admin_connections = default_max_admin_connections;  // admin connections beyond this are closed
   duration admin_timeout{30000};             // an admin connection silent this long is closed
+  // A native admin line longer than this gets `err line-too-long` and the connection is
+  // closed; a legacy token is limited to legacy_max_token bytes, whatever this says.
+  std::size_t max_admin_line = default_max_admin_line;
+  // Client connections open at once (queued or proxied). At the limit the listener stops
+  // accepting: new connections wait in the kernel's backlog until one ends (with IOCP,
+  // the few accepts already posted may still complete). 0: derived from the descriptor
+  // limit as HAProxy derives maxconn, (RLIMIT_NOFILE - reserve) / 2 with a reserve of
+  // 64 + max_admin_connections (see derived_max_connections); 10000 where there is none.
+  std::size_t max_connections = 0;
+  // Client connections open at once from one client address (IPv4, or IPv6 address);
+  // one more is closed at once, counted in server_stats::refused. 0: no limit.
+  std::size_t max_conns_per_client = 0;
+  // ---- end of the limits
   // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
   // status page at /); empty (the default): none. Keep it on loopback or a private
   // network: it shows every backend's address and takes no password.
@@ -172,10 +201,12 @@ class server {
   server(const server&) = delete;
   server& operator=(const server&) = delete;
 
-  // Binds the ports and runs the event loops on threads of its own.
-  std::error_code start();
+  // Binds the ports and runs the event loops on threads of its own. When it fails and
+  // `problem` is given, it says which option the failure belongs to ("listen", "admin"
+  // for a port that cannot be bound, with the address in the reason).
+  std::error_code start(option_problem* problem = nullptr);
   // Binds the ports and runs the first event loop on the calling thread until stop().
-  std::error_code run();
+  std::error_code run(option_problem* problem = nullptr);
   // Stops accepting, closes every connection and joins the threads. Idempotent.
   void stop();
 

@@ -14,6 +14,9 @@ struct endpoint {
 std::error_code parse_endpoint(std::string_view text, endpoint& out);
 // Parses 500ms, 30s, 1m, 2h, or a bare number of milliseconds.
 std::error_code parse_duration(std::string_view text, duration& out);
+// The same where people type durations (harmonyd's flags): the unit is required, so
+// that `10` is not silently 10 ms; only 0 may stand alone. errc::bad_duration otherwise.
+std::error_code parse_duration_with_unit(std::string_view text, duration& out);
 // The text parse_duration reads back: the largest unit that divides exactly (2h, 1m,
 // 30s, 500ms; zero is 0s).
 std::string format_duration(duration d);

@@ -101,6 +101,7 @@ class admin_server {
   acceptor listener_;
   admin_server_services services_;
   timer sweep_;
+  log_gate refused_log_;
   std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
 };
 
@@ -108,8 +109,11 @@ class admin_server {
 
 inline void admin_server::adopt(socket_handle fd, const address& peer) {
   if (connections_.size() >= srv_.options.max_admin_connections) {
-    srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open",
-             peer.to_endpoint().to_string().c_str(), connections_.size());
+    std::uint64_t held = 0;
+    if (refused_log_.pass(loop_.now(), held))
+      srv_.log(log_level::warn, "admin connection from %s refused: %zu connections open (--max-admin-connections)%s",
+               peer.to_endpoint().to_string().c_str(), connections_.size(),
+               held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
     close_socket(fd);
     return;
   }
@@ -141,6 +145,8 @@ inline void admin_connection::start(socket_handle fd, const address& peer) {
   resolved_address from = to_resolved(peer);
   c.secret = o.admin_secret;
   c.refuse_legacy = !o.admin_secret.empty() && !in_any_cidr(o.allow_legacy, from);
+  c.max_line = o.max_admin_line;
+  c.host_timeout_ms = o.host_timeout.count();
   protocol_ = std::make_unique<admin_protocol>(from, peer.host_text(), std::move(c));
   last_heard_ = loop_.now();
   io.on_data = [this](std::string_view bytes) { on_data(bytes); };

@@ -31,6 +31,7 @@ struct client::impl {
     std::int64_t backoff = 100;
     std::int64_t last_heard = 0;
     std::string id;  // the id this balancer knows the backend by
+    bool outage = false;  // the balancer cannot be reached: said once, and once when it can again
   };
 
   explicit impl(client_options o) : options(std::move(o)), log{options.log, options.level} {
@@ -55,17 +56,21 @@ struct client::impl {
       l.lines = detail::line_splitter{4096};
       e = l.io.connect(to);
     }
-    if (e) {
-      log(log_level::warn, "agent: cannot reach %s: %s", l.address.c_str(), e.message().c_str());
-      schedule_retry(l);
-    }
+    if (e) unreachable(l, e);
+  }
+
+  // Logged at warn once per outage (later attempts at debug), then retried with backoff.
+  void unreachable(link& l, std::error_code e) {
+    log(l.outage ? log_level::debug : log_level::warn, "agent: cannot reach the balancer %s: %s (retrying)",
+        l.address.c_str(), e.message().c_str());
+    l.outage = true;
+    schedule_retry(l);
   }
 
   void on_connect(link& l, std::error_code e) {
-    if (e) {
-      log(log_level::debug, "agent: connect to %s failed: %s", l.address.c_str(), e.message().c_str());
-      return schedule_retry(l);
-    }
+    if (e) return unreachable(l, e);
+    if (l.outage) log(log_level::info, "agent: reached the balancer %s again", l.address.c_str());
+    l.outage = false;
     l.last_heard = loop.now();
     l.io.write("hello harmony/1\n");
     loop.schedule(l.beat, loop.now() + options.ack.count());
@@ -121,6 +126,10 @@ struct client::impl {
   void on_line(link& l, std::string_view line) {
     l.last_heard = loop.now();
     detail::command_line c = detail::parse_command(line);
+    if (c.verb == "notice") {
+      log(log_level::warn, "agent: balancer %s says: %.*s", l.address.c_str(), static_cast<int>(line.size()), line.data());
+      return;
+    }
     std::string_view value;
     if (c.verb == "ok" && !c.args.empty() && c.args[0] == "harmony/1" && options.secret.empty() &&
         c.option("nonce", value))
@@ -170,6 +179,7 @@ struct client::impl {
     if (l.phase == state::closing || l.phase == state::closed) return finish(l);
     log(log_level::warn, "agent: lost the balancer %s%s%s", l.address.c_str(), e ? ": " : "",
         e ? e.message().c_str() : "");
+    l.outage = true;  // said: the failed reconnects that follow are not
     drop(l, false);
   }
 

@@ -31,16 +31,20 @@ inline dialect detect_dialect(std::string_view first) noexcept {
 // one argument token, except BYE. Tokens may split anywhere across reads.
 class legacy_parser {
  public:
-  static constexpr std::size_t max_token = 256;
+  static constexpr std::size_t max_token = legacy_max_token;
 
   // Calls on_message(command, argument) per complete message. Returns false on
-  // a malformed stream (unknown command, oversized token); the connection should close.
+  // a malformed stream (unknown command, oversized token: too_long()); the
+  // connection should close.
   template <class OnMessage>
   bool feed(std::string_view bytes, OnMessage&& on_message) {
     while (!bytes.empty()) {
       std::size_t colon = bytes.find(':');
       std::string_view piece = bytes.substr(0, colon);
-      if (token_.size() + piece.size() > max_token) return false;
+      if (token_.size() + piece.size() > max_token) {
+        too_long_ = true;
+        return false;
+      }
       token_.append(piece.data(), piece.size());
       if (colon == std::string_view::npos) return true;
       bytes.remove_prefix(colon + 1);
@@ -49,6 +53,7 @@ class legacy_parser {
     }
     return true;
   }
+  bool too_long() const noexcept { return too_long_; }  // feed() failed on a token over max_token
 
  private:
   template <class OnMessage>
@@ -72,12 +77,13 @@ class legacy_parser {
   std::string token_;
   std::string command_;
   bool want_argument_ = false;
+  bool too_long_ = false;
 };
 
 // Splits a byte stream into lines (LF or CRLF), with a length limit.
 class line_splitter {
  public:
-  explicit line_splitter(std::size_t max_line = 4096) : max_line_(max_line) {}
+  explicit line_splitter(std::size_t max_line = default_max_admin_line) : max_line_(max_line) {}
 
   // Calls on_line(line) per complete line; returns false once a line is too long.
   template <class OnLine>

@@ -94,7 +94,8 @@ class admin_protocol {
  public:
   struct config {
     bool refuse_legacy = false;  // a secret is set and the legacy dialect is not allowed
-    std::size_t max_line = 4096;
+    std::size_t max_line = default_max_admin_line;  // server_options::max_admin_line
+    std::int64_t host_timeout_ms = 0;  // an agent whose heartbeat is longer is told; 0: not checked
     std::string secret;          // server_options::admin_secret; empty: no handshake
   };
 
@@ -137,8 +138,15 @@ class admin_protocol {
         if (!ended_) legacy_message(command, argument, ctx, out);
       });
       if (!ok && !ended_) {
-        ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
-        end(out, "malformed legacy message", false);
+        if (legacy_.too_long()) {
+          // The legacy dialect has no error reply: the log says why, the close ends it.
+          ctx.log(log_level::warn, "legacy message from %s refused: a token is longer than %zu bytes; closing",
+                  peer_name().c_str(), legacy_parser::max_token);
+          end(out, "token too long", false);
+        } else {
+          ctx.log(log_level::warn, "malformed legacy message from %s", peer_name().c_str());
+          end(out, "malformed legacy message", false);
+        }
       }
       return out;
     }
@@ -146,6 +154,8 @@ class admin_protocol {
       if (!ended_) native_line(line, ctx, out);
     });
     if (!ok && !ended_) {
+      ctx.log(log_level::warn, "admin line from %s refused: longer than %zu bytes; closing", peer_name().c_str(),
+              config_.max_line);
       error(out, "line-too-long", "lines are limited to " + std::to_string(config_.max_line) + " bytes");
       end(out, "line too long", true);
     }
@@ -198,7 +208,20 @@ class admin_protocol {
       return append(out, echo);
     }
     if (command == "ACK") {
-      ctx.backends.lock()->ack(argument, ctx.now);  // an unknown id is answered all the same
+      std::int64_t silent = -1, limit = 0;
+      {
+        auto r = ctx.backends.lock();
+        silent = r->silent_for(argument, ctx.now);
+        limit = r->host_timeout_ms();
+        r->ack(argument, ctx.now);  // an unknown id is answered all the same
+      }
+      // The legacy dialect cannot tell the agent; the log says why the backend flaps.
+      if (silent > limit)
+        ctx.log(log_level::warn,
+                "backend %.*s acked %s after its last ack, longer than the host timeout %s: it expires between acks "
+                "(its agent's ack interval must be at most half the host timeout)",
+                static_cast<int>(argument.size()), argument.data(), format_duration(duration(silent)).c_str(),
+                format_duration(duration(limit)).c_str());
       return append(out, echo);
     }
     if (command == "CLOSE") {
@@ -303,6 +326,7 @@ class admin_protocol {
                              " connect_failures=" + std::to_string(s.connect_failures) +
                              " bytes_in=" + std::to_string(s.bytes_in) + " bytes_out=" + std::to_string(s.bytes_out) +
                              " bytes_spliced=" + std::to_string(s.bytes_spliced) +
+                             " refused=" + std::to_string(s.refused) +
                              " backends=" + std::to_string(backends) +
                              " concurrency=" + std::to_string(concurrency(ctx, out)) + "\n");
     }
@@ -437,7 +461,10 @@ class admin_protocol {
       } else {
         // A balancer that restarted does not know the agent: it rejoins under its old id.
         std::string wanted = id;
-        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) return error(out, "refused", e.message());
+        if (auto e = r->add(at, &to, weight, true, &id, ctx.now, wanted)) {
+          ctx.log(log_level::warn, "registration from %s refused: %s", peer_name().c_str(), e.message().c_str());
+          return error(out, "refused", e.message());
+        }
         ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
@@ -451,6 +478,16 @@ class admin_protocol {
     bound_id_ = id;
     agent_ = true;
     append(out, "ok id=" + id + "\n");
+    // A heartbeat longer than the host timeout lets the backend expire between two:
+    // it would flap between up and expired. Accepted, but the agent and the log are told.
+    if (config_.host_timeout_ms > 0 && heartbeat > config_.host_timeout_ms / 2) {
+      std::string h = format_duration(duration(heartbeat)), t = format_duration(duration(config_.host_timeout_ms));
+      ctx.log(log_level::warn, "backend %s: heartbeat %s is more than half the host timeout %s: it may expire between heartbeats",
+              id.c_str(), h.c_str(), t.c_str());
+      append(out, "notice heartbeat-too-long heartbeat " + h + " is more than half the host timeout " + t +
+                      ": the backend may expire between heartbeats; use at most " +
+                      format_duration(duration(config_.host_timeout_ms / 2)) + "\n");
+    }
   }
 
   // `report weight=W maxconn=N state=ready|drain|down`, any subset but not none: an

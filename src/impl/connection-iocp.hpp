@@ -121,6 +121,13 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Accepts again after admit() said no; on the loop's thread.
+  void resume() {
+    if (!paused_) return;
+    paused_ = false;
+    if (!retry_.armed()) start();
+  }
+
  private:
   static constexpr int in_flight = 8;
 
@@ -139,22 +146,26 @@ class acceptor final : public acceptor_base {
       close_socket(s);
       log_(log_level::debug, "accept failed: %s", system_error_code(error).message().c_str());
     } else {
+      fed();
       set_nodelay(s);
       if (on_accept) on_accept(s, peer);
       else close_socket(s);
     }
     start();
   }
+  // Posts the accepts that are not in flight, while admit() allows (those in flight
+  // may still complete beyond it).
   void start() {
+    if (paused_ || retry_.armed()) return;
     for (int i = 0; i < in_flight && fd_ != invalid_socket; ++i) {
       accept_op& op = ops_[i];
       if (op.accepted != invalid_socket) continue;  // in flight
-      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) {
-        // Out of sockets or memory: try again in a moment instead of spinning.
-        log_(log_level::error, "accept failed: %s", e.message().c_str());
-        loop_.schedule(retry_, loop_.now() + 100);
+      if (admit && !admit()) {
+        paused_ = true;
         return;
       }
+      // Out of sockets or memory: try again in a moment instead of spinning.
+      if (std::error_code e = loop_.engine().accept(fd_, this, op, family_)) return starving(e);
     }
   }
 

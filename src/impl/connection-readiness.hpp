@@ -159,12 +159,13 @@ class connection final : public connection_core<connection> {
 
 // A listening socket on a readiness loop: each readiness accepts every pending
 // connection and hands it to `on_accept` (non-blocking, no Nagle). Out of
-// descriptors or memory it pauses for 100 ms: a level-triggered poller would
-// otherwise spin on the connection it cannot take.
+// descriptors or memory it pauses (acceptor_base::starving): a level-triggered
+// poller would otherwise spin on the connection it cannot take.
 class acceptor final : public acceptor_base {
  public:
   acceptor(reactor& loop, const logger& log) : acceptor_base(loop, log) {
     retry_.fire = [this] {
+      if (paused_) return;  // resume() takes over
       loop_.interest(fd_, this, io_read);
       accept_all();
     };
@@ -178,21 +179,34 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Accepts again after admit() said no; on the loop's thread.
+  void resume() {
+    if (!paused_ || fd_ == invalid_socket) return;
+    paused_ = false;
+    if (retry_.armed()) return;  // still starved: the retry resumes
+    loop_.interest(fd_, this, io_read);
+    accept_all();
+  }
+
  private:
   void on_io(unsigned) override { accept_all(); }
   void accept_all() {
     while (fd_ != invalid_socket) {
+      if (admit && !admit()) {
+        paused_ = true;
+        loop_.interest(fd_, this, 0);
+        return;
+      }
       address peer;
       socket_handle s = accept_one(fd_, peer);
       if (s == invalid_socket) {
         int e = last_socket_error();
-        if (would_block(e)) return;
+        if (would_block(e)) return fed();  // a descriptor was there to take one
         if (e == EINTR || e == ECONNABORTED) continue;
-        log_(log_level::error, "accept failed: %s", system_error_code(e).message().c_str());
         loop_.interest(fd_, this, 0);
-        loop_.schedule(retry_, loop_.now() + 100);
-        return;
+        return starving(system_error_code(e));
       }
+      fed();
       if (on_accept) on_accept(s, peer);
       else close_socket(s);
     }

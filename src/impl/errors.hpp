@@ -70,6 +70,20 @@ HARMONY_DEF std::error_code parse_duration(std::string_view text, duration& out)
   return {};
 }
 
+HARMONY_DEF std::error_code parse_duration_with_unit(std::string_view text, duration& out) {
+  bool bare = !text.empty() && text.find_first_not_of("0123456789") == std::string_view::npos;
+  if (bare && text.find_first_not_of('0') != std::string_view::npos) return make_error_code(errc::bad_duration);
+  return parse_duration(text, out);
+}
+
+HARMONY_DEF std::size_t derived_max_connections(std::uint64_t descriptor_limit,
+                                                std::size_t max_admin_connections) noexcept {
+  if (descriptor_limit == 0) return 10000;
+  std::uint64_t reserve = 64 + static_cast<std::uint64_t>(max_admin_connections);
+  std::uint64_t n = descriptor_limit > reserve + 2 ? (descriptor_limit - reserve) / 2 : 1;
+  return static_cast<std::size_t>(std::min<std::uint64_t>(n, max_max_connections));
+}
+
 HARMONY_DEF std::string format_duration(duration d) {
   long long ms = static_cast<long long>(d.count());
   if (ms == 0) return "0s";
@@ -172,7 +186,7 @@ struct option_checker {
       fail(errc::bad_option, option, "must be from " + format_duration(low) + " to " + format_duration(high));
   }
   void positive(const char* option, duration d) {
-    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive");
+    if (d.count() <= 0) fail(errc::bad_option, option, "must be positive (e.g. 5s)");
   }
   std::error_code done() {
     if (!error && problem) *problem = option_problem{};
@@ -212,6 +226,19 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.slow_start.count() < 0 || o.slow_start > max_slow_start)
     c.fail(errc::bad_option, "slow_start", "must be from 0s to " + format_duration(max_slow_start));
   c.range("queue_limit", o.queue_limit, std::size_t{0}, max_queue_limit);
+  // 0 would make every backend expire, every connect fail at once, every admin
+  // connection close at once; idle_timeout 0 means no idle timeout, queue_timeout 0
+  // that a connection which finds no slot is refused at once.
+  c.positive("host_timeout", o.host_timeout);
+  c.positive("connect_timeout", o.connect_timeout);
+  if (o.idle_timeout.count() < 0) c.fail(errc::bad_option, "idle_timeout", "must not be negative (0: no idle timeout)");
+  if (o.queue_timeout.count() < 0) c.fail(errc::bad_option, "queue_timeout", "must not be negative");
+  c.positive("admin_timeout", o.admin_timeout);
+  c.range("max_backends", o.max_backends, std::size_t{1}, max_max_backends);
+  c.range("max_admin_connections", o.max_admin_connections, std::size_t{1}, max_max_admin_connections);
+  c.range("max_admin_line", o.max_admin_line, min_max_admin_line, max_max_admin_line);
+  c.range("max_connections", o.max_connections, std::size_t{0}, max_max_connections);
+  c.range("max_conns_per_client", o.max_conns_per_client, std::size_t{0}, max_max_connections);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)

@@ -58,6 +58,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -408,6 +409,18 @@ inline std::error_code open_listener(const address& at, bool reuse_port, socket_
 }
 
 #endif
+
+// The process's descriptor limit (RLIMIT_NOFILE, soft), 0 where there is none to read
+// (Windows: sockets are handles, limited by memory).
+inline std::uint64_t descriptor_limit() noexcept {
+#if defined(_WIN32)
+  return 0;
+#else
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) != 0 || files.rlim_cur == RLIM_INFINITY) return 0;
+  return static_cast<std::uint64_t>(files.rlim_cur);
+#endif
+}
 
 inline std::error_code local_address(socket_handle s, address& out) {
   out.length = sizeof out.storage;

@@ -61,6 +61,8 @@ class session_host {
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
+  // The client connection from `peer` has ended (the connection limits count it).
+  virtual void client_ended(const address& peer) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -306,7 +308,8 @@ inline void session::connected() {
   connected_ = true;
   phase_ = phase::relaying;
   last_activity_ = loop.now();
-  loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
+  loop.cancel(clock_);
+  if (host_.settings().idle_timeout_ms > 0) loop.schedule(clock_, last_activity_ + host_.settings().idle_timeout_ms);
   pump();
 }
 
@@ -378,6 +381,7 @@ inline void session::on_clock() {
     case phase::retrying: return start_attempt();
     case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
     case phase::relaying: {
+      if (host_.settings().idle_timeout_ms <= 0) return;  // no idle timeout
       std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
       if (loop.now() >= deadline) {
         host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
@@ -652,6 +656,7 @@ inline void session::close(bool reset) {
   counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
   counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
   counters.active.fetch_sub(1, std::memory_order_relaxed);
+  host_.client_ended(peer_);
   phase_ = phase::idle;
   bool had_slot = holds_slot_;
   holds_slot_ = false;

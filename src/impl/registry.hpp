@@ -229,6 +229,13 @@ class registry {
     return find(id, slot);
   }
 
+  // How long a backend has gone without an ack (-1: unknown id), and the limit.
+  std::int64_t silent_for(std::string_view id, std::int64_t now) const {
+    std::uint32_t slot;
+    return find(id, slot) ? now - records_[slot].last_ack : -1;
+  }
+  std::int64_t host_timeout_ms() const noexcept { return host_timeout_ms_; }
+
   // Switches the algorithm of every later pick (open connections stay where they are).
   void set_algorithm(algorithm a) {
     algorithm_ = a;

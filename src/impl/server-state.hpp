@@ -60,7 +60,40 @@ struct server::impl {
   // Asks every loop to admit what waits in its queue (>>worker).
   void wake_queues();
 
-  std::error_code open();
+  // ---- The client connection limits (max_connections, max_conns_per_client), shared
+  // by every loop. A connection counts from its accept to its session's close.
+  // Whether a listener may accept one more; no pauses it (>>acceptor) until one ends.
+  bool may_accept() {
+    std::int64_t limit = static_cast<std::int64_t>(connection_limit);
+    if (clients.load(std::memory_order_relaxed) < limit) return true;
+    // Set before the count is read again: a connection that ends in between resumes.
+    if (!accept_paused.exchange(true)) log(log_level::warn, "%zu client connections open (--max-connections): "
+                                                             "new ones wait in the backlog", connection_limit);
+    return clients.load(std::memory_order_relaxed) < limit;
+  }
+  // Counts an accepted connection; false (counted as refused) when its address has
+  // max_conns_per_client open already.
+  bool take_client(const detail::address& peer) {
+    if (options.max_conns_per_client > 0) {
+      std::string key = peer.host_key();
+      std::lock_guard<std::mutex> lock(per_client_mutex);
+      std::size_t& open = per_client[key];
+      if (open >= options.max_conns_per_client) {
+        refused.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t held = 0;
+        if (refused_log.pass(detail::now_ms(), held))
+          log(log_level::warn, "connection from %s refused: %zu open from that address (--max-conns-per-client)%s",
+              peer.host_text().c_str(), open, held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
+        return false;
+      }
+      ++open;
+    }
+    clients.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  }
+  void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+
+  std::error_code open(option_problem* problem);  // checks, binds, opens the loops
   void close_all();
   server_stats collect_stats() const;
   detail::stats_snapshot snapshot();  // for the stats port, on the first loop
@@ -87,6 +120,14 @@ struct server::impl {
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
+  std::size_t connection_limit = 0;            // max_connections in force (derived when 0), set by open()
+  std::atomic<std::int64_t> clients{0};        // client connections open
+  std::atomic<bool> accept_paused{false};      // a listener paused at connection_limit
+  std::atomic<bool> winding_down{false};       // close_all: the loops go, nothing is resumed
+  std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
+  detail::log_gate refused_log;
+  std::mutex per_client_mutex;
+  std::unordered_map<std::string, std::size_t> per_client;  // open connections by client address
   std::vector<std::unique_ptr<detail::worker>> workers;
   std::unique_ptr<detail::admin_server> admin;
   std::unique_ptr<detail::stats_server> stats_port;

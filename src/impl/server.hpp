@@ -1,12 +1,20 @@
 namespace harmony {
 
 // >>server-impl  harmony::server
-inline std::error_code server::impl::open() {
-  if (auto e = check(options)) return e;
+inline std::error_code server::impl::open(option_problem* problem) {
+  if (auto e = check(options, problem)) return e;
+  connection_limit = options.max_connections ? options.max_connections
+                                             : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections);
+  clients.store(0, std::memory_order_relaxed);
+  accept_paused.store(false, std::memory_order_relaxed);
+  winding_down.store(false, std::memory_order_relaxed);
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   detail::address where;
-  if (auto e = detail::resolve(at, where, true)) return e;
+  if (auto e = detail::resolve(at, where, true)) {
+    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
+    return e;
+  }
   std::vector<detail::socket_handle> listeners;
   for (int i = 0; i < options.workers; ++i) {
     detail::socket_handle s = detail::invalid_socket;
@@ -25,6 +33,7 @@ inline std::error_code server::impl::open() {
     if (e) {
       for (auto l : listeners)
         if (l != detail::invalid_socket) detail::close_socket(l);
+      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
       return e;
     }
     listeners.push_back(s);
@@ -51,6 +60,7 @@ inline std::error_code server::impl::open() {
       admin.reset();
       monitor.reset();
       workers.clear();
+      if (problem) *problem = option_problem{"admin", "cannot listen on " + admin_at.to_string() + ": " + e.message()};
       return e;
     }
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
@@ -73,8 +83,8 @@ inline std::error_code server::impl::open() {
     log(log_level::info, "stats on http://%s/ (/metrics, /status.json)", bound_stats.to_string().c_str());
   }
   started_ms = detail::now_ms();
-  log(log_level::info, "listening on %s (%s, %d worker%s)", bound_listen.to_string().c_str(),
-      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "");
+  log(log_level::info, "listening on %s (%s, %d worker%s, at most %zu connections)", bound_listen.to_string().c_str(),
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "", connection_limit);
   detail::reactor* first = &workers.front()->loop();
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
@@ -191,6 +201,7 @@ inline void server::impl::rebuild_tables() {
 }
 
 inline void server::impl::close_all() {
+  winding_down.store(true, std::memory_order_relaxed);
   stop_resolver();  // before the loops it delivers to go
   backends.lock()->on_tables_stale(nullptr);  // picks rebuild them from now on, should any come
   for (auto& w : workers) w->loop().stop();
@@ -211,21 +222,21 @@ HARMONY_DEF server::server(server_options options) : impl_(std::make_unique<impl
 
 HARMONY_DEF server::~server() { stop(); }
 
-HARMONY_DEF std::error_code server::start() {
+HARMONY_DEF std::error_code server::start(option_problem* problem) {
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
   if (impl_->running) return make_error_code(errc::already_running);
-  if (auto e = impl_->open()) return e;
+  if (auto e = impl_->open(problem)) return e;
   impl_->running = true;
   impl_->caller_runs_loop = false;
   for (auto& w : impl_->workers) impl_->threads.emplace_back(&detail::worker::run_own_thread, w.get());
   return {};
 }
 
-HARMONY_DEF std::error_code server::run() {
+HARMONY_DEF std::error_code server::run(option_problem* problem) {
   {
     std::lock_guard<std::mutex> lock(impl_->lifecycle);
     if (impl_->running) return make_error_code(errc::already_running);
-    if (auto e = impl_->open()) return e;
+    if (auto e = impl_->open(problem)) return e;
     impl_->running = true;
     impl_->caller_runs_loop = true;
     for (std::size_t i = 1; i < impl_->workers.size(); ++i)
@@ -361,6 +372,7 @@ inline server_stats server::impl::collect_stats() const {
     s.bytes_spliced += w->stats.bytes_spliced.load(std::memory_order_relaxed);
   }
   s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
+  s.refused = refused.load(std::memory_order_relaxed);
   return s;
 }
 

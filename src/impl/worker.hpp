@@ -14,6 +14,7 @@ class worker final : public session_host {
         log_(log),
         pool_(options.buffer_bytes, options.bulk_buffer_bytes) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { deal(fd, peer); };
+    listener_.admit = [this] { return owner_.may_accept(); };
     loop_.on_error = [this](std::error_code e) { log_(log_level::error, "event loop: %s", e.message().c_str()); };
     // Give the memory of a finished burst back to the system, a moment later
     // and at most four times a second, so that a quiet balancer shrinks again.
@@ -55,6 +56,8 @@ class worker final : public session_host {
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_.size(); }
+  // Accepts again after the connection limit paused the listener; on this loop.
+  void resume_accepting() { listener_.resume(); }
 
   relay_counters stats;
 
@@ -81,6 +84,7 @@ class worker final : public session_host {
   bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
   void recycle(session& s) override { free_sessions_.push_back(&s); }
+  void client_ended(const address& peer) override { owner_.client_ended(peer); }
 
   // Where one listener serves every loop, connections are dealt in turn.
   void deal(socket_handle fd, const address& peer);
@@ -117,6 +121,7 @@ inline session* worker::make_session() {
 }
 
 inline void worker::deal(socket_handle fd, const address& peer) {
+  if (!owner_.take_client(peer)) return close_socket(fd);  // over max_conns_per_client
   auto& all = owner_.workers;
   worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
@@ -188,6 +193,23 @@ inline void worker::admit_waiting() {
 }
 
 }  // namespace detail
+
+inline void server::impl::client_ended(const detail::address& peer) {
+  if (options.max_conns_per_client > 0) {
+    std::string key = peer.host_key();
+    std::lock_guard<std::mutex> lock(per_client_mutex);
+    auto it = per_client.find(key);
+    if (it != per_client.end() && --it->second == 0) per_client.erase(it);
+  }
+  std::int64_t now_open = clients.fetch_sub(1, std::memory_order_relaxed) - 1;
+  if (now_open >= static_cast<std::int64_t>(connection_limit) || winding_down.load(std::memory_order_relaxed) ||
+      !accept_paused.exchange(false))
+    return;
+  for (auto& w : workers) {
+    detail::worker* target = w.get();
+    target->loop().post([target] { target->resume_accepting(); });
+  }
+}
 
 inline void server::impl::wake_queues() {
   for (auto& w : workers) {
