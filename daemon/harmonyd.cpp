@@ -4,6 +4,7 @@
 #define HARMONY_IMPLEMENTATION
 #include "../harmony.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -45,12 +47,14 @@ const char usage_agent[] =
 const char usage_tail[] =
     "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; Ctrl-C, Ctrl-Break or closing\n"
-    "the console stops (an agent deregisters first).\n";
+    "the console stops: the balancer drains (see --drain-timeout), an agent deregisters\n"
+    "first; a second Ctrl-C stops at once.\n";
 #else
 const char usage_tail[] =
     "\n"
-    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
-    "(an agent deregisters first).\n";
+    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops: the\n"
+    "balancer drains (see --drain-timeout), an agent deregisters first; a second SIGINT or\n"
+    "SIGTERM stops at once.\n";
 #endif
 
 std::mutex log_mutex;
@@ -87,16 +91,14 @@ struct console_stop {
   std::mutex mutex;
   std::condition_variable changed;
   DWORD event = 0;
-  bool requested = false;
+  int requests = 0;       // stop events so far: the second one stops at once
+  bool wound_down = false;  // the first one's wind-down is over
   bool finished = false;
 } stop_state;
 
 BOOL WINAPI on_console_event(DWORD event) {
   std::unique_lock<std::mutex> lock(stop_state.mutex);
-  if (!stop_state.requested) {
-    stop_state.requested = true;
-    stop_state.event = event;
-  }
+  if (++stop_state.requests == 1) stop_state.event = event;
   stop_state.changed.notify_all();
   if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
     stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
@@ -115,6 +117,8 @@ const char* console_event_name(DWORD event) {
 }
 #else
 sigset_t stop_signals;
+pthread_t main_thread;
+std::atomic<bool> wound_down{false};
 #endif
 
 // Signals are taken synchronously by the main thread; the loops never see them.
@@ -130,6 +134,7 @@ void block_stop_signals() {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  main_thread = pthread_self();
   std::signal(SIGPIPE, SIG_IGN);
 #else
   ::SetConsoleCtrlHandler(on_console_event, TRUE);
@@ -150,10 +155,44 @@ void wait_for_stop_signal() {
   DWORD event = 0;
   {
     std::unique_lock<std::mutex> lock(stop_state.mutex);
-    stop_state.changed.wait(lock, [] { return stop_state.requested; });
+    stop_state.changed.wait(lock, [] { return stop_state.requests > 0; });
     event = stop_state.event;
   }
   note(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
+#endif
+}
+
+// After the first stop signal: waits until the wind-down is over (true) or a second
+// stop signal comes (false).
+bool wait_for_wind_down_or_second_signal() {
+#if !defined(_WIN32)
+  for (;;) {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    if (wound_down.load()) return true;  // the wind-down's own wake-up (or a signal as it ended)
+    note(harmony::log_level::info,
+         std::string("stopping at once on a second ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+    return false;
+  }
+#else
+  std::unique_lock<std::mutex> lock(stop_state.mutex);
+  stop_state.changed.wait(lock, [] { return stop_state.wound_down || stop_state.requests > 1; });
+  if (stop_state.wound_down) return true;
+  lock.unlock();
+  note(harmony::log_level::info, "stopping at once on a second stop event");
+  return false;
+#endif
+}
+
+// Wakes wait_for_wind_down_or_second_signal: the wind-down is over.
+void wind_down_over() {
+#if !defined(_WIN32)
+  wound_down.store(true);
+  pthread_kill(main_thread, SIGTERM);  // blocked everywhere: sigwait takes it
+#else
+  std::lock_guard<std::mutex> lock(stop_state.mutex);
+  stop_state.wound_down = true;
+  stop_state.changed.notify_all();
 #endif
 }
 
@@ -169,16 +208,22 @@ void stopped() {
 }
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
-// console event), wind down. Returns the exit code.
-template <class Start, class WindDown>
-int serve_until_stopped(const char* who, Start start, WindDown wind_down) {
+// console event), wind down (the balancer drains) on a thread of its own while a
+// second signal may cut it short. Returns the exit code.
+template <class Start, class WindDown, class CutShort>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutShort cut_short) {
   block_stop_signals();
   if (std::error_code e = start()) {
     std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
     return 1;
   }
   wait_for_stop_signal();
-  wind_down();
+  std::thread winding([&] {
+    wind_down();
+    wind_down_over();
+  });
+  if (!wait_for_wind_down_or_second_signal()) cut_short();
+  winding.join();
   stopped();
   return 0;
 }
@@ -425,6 +470,10 @@ const std::vector<flag<B>> balancer_flags = {
      set_duration<B, &server_options::resolve_interval>, show_duration<B, &server_options::resolve_interval>},
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
+    {"drain-timeout", "DUR", "on SIGTERM or SIGINT, connections in flight may\nfinish for this long (0s: stop at once)",
+     "drain_timeout", set_duration<B, &server_options::drain_timeout>, show_duration<B, &server_options::drain_timeout>},
+    {"state-file", "FILE", "keeps the backends agents registered across\nrestarts (see README, State file)", "state_file",
+     set_text<B, &server_options::state_file>, [](const B&) { return std::string("none"); }},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
      "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
     log_level_flag<B>,
@@ -593,7 +642,8 @@ int run_balancer(int argc, char** argv) {
                                        (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
                                        (b.options.backup ? " backup" : "") + " id " + id);
   }
-  return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
+  return serve_until_stopped(
+      "harmonyd", [&] { return balancer.start(); }, [&] { balancer.shutdown(); }, [&] { balancer.stop(); });
 }
 
 int run_agent(int argc, char** argv) {
@@ -603,7 +653,7 @@ int run_agent(int argc, char** argv) {
   s.options.log = log_to_stderr;
   daemon_level = s.options.level;
   harmony::client agent(s.options);
-  return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
+  return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); }, [] {});
 }
 
 }  // namespace

@@ -190,6 +190,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
+  if (o.drain_timeout.count() < 0 || o.drain_timeout > max_drain_timeout)
+    c.fail(errc::bad_option, "drain_timeout", "must be from 0s (stop at once) to " + format_duration(max_drain_timeout));
   return c.done();
 }
 

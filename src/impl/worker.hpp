@@ -52,6 +52,9 @@ class worker final : public session_host {
     loop_.run();
   }
 
+  // A drain (server::shutdown): closes the listener; what it had accepted goes on.
+  void stop_accepting() { listener_.close(); }
+
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_.size(); }
@@ -79,7 +82,10 @@ class worker final : public session_host {
   bool wait_for_slot(session& s) override;
   bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
-  void recycle(session& s) override { free_sessions_.push_back(&s); }
+  void recycle(session& s) override {
+    free_sessions_.push_back(&s);
+    owner_.session_ended();  // a drain waits for the last one
+  }
 
   // Where one listener serves every loop, connections are dealt in turn.
   void deal(socket_handle fd, const address& peer);
