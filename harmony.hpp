@@ -6310,8 +6310,6 @@ class state_keeper {
     write();
   }
 
-  std::uint64_t writes() const noexcept { return writes_.load(std::memory_order_relaxed); }
-
  private:
   void run() {
     block_sigpipe_on_this_thread();
@@ -6324,23 +6322,27 @@ class state_keeper {
       if (wake_.wait_until(lock, when, [this] { return stopping_; })) break;  // stop() writes
       dirty_ = false;
       lock.unlock();
-      write();
+      bool written = write();
       lock.lock();
       last_write = clock::now();
+      if (!written && !dirty_) {  // a full disk, a reader holding it (Windows): again in a moment
+        dirty_ = true;
+        dirty_since_ = last_write;
+      }
     }
   }
 
-  void write() {
+  bool write() {
     std::string text = snapshot_();
     std::error_code e = replace_file(path_, text);
     if (e) {
       if (!failing_) log_(log_level::error, "cannot write the state file %s: %s", path_.c_str(), e.message().c_str());
       failing_ = true;
-      return;
+      return false;
     }
     if (failing_) log_(log_level::info, "the state file %s is written again", path_.c_str());
     failing_ = false;
-    writes_.fetch_add(1, std::memory_order_relaxed);
+    return true;
   }
 
   std::string path_;
@@ -6353,7 +6355,6 @@ class state_keeper {
   bool stopping_ = false;
   clock::time_point dirty_since_;
   bool failing_ = false;  // the thread's, then stop()'s once it has joined
-  std::atomic<std::uint64_t> writes_{0};
 };
 
 }  // namespace detail

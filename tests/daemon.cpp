@@ -171,6 +171,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--slow-start DUR", duration(so.slow_start)},
       {"--resolve-interval DUR", duration(so.resolve_interval)},
       {"--workers N", std::to_string(so.workers)},
+      {"--drain-timeout DUR", duration(so.drain_timeout)},
+      {"--state-file FILE", "none"},
       {"--splice", so.splice ? "(default)" : ""},
       {"--log-level LEVEL", harmony::to_string(so.level)},
   };
