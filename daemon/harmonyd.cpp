@@ -98,7 +98,10 @@ struct console_stop {
 
 BOOL WINAPI on_console_event(DWORD event) {
   std::unique_lock<std::mutex> lock(stop_state.mutex);
-  if (++stop_state.requests == 1) stop_state.event = event;
+  if (stop_state.requests == 0) stop_state.event = event;
+  // Windows ends the process about five seconds after a close, logoff or shutdown
+  // event: that one stops at once (no drain), so the state file is still written.
+  stop_state.requests += event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT ? 1 : 2;
   stop_state.changed.notify_all();
   if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
     stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
@@ -179,7 +182,7 @@ bool wait_for_wind_down_or_second_signal() {
   stop_state.changed.wait(lock, [] { return stop_state.wound_down || stop_state.requests > 1; });
   if (stop_state.wound_down) return true;
   lock.unlock();
-  note(harmony::log_level::info, "stopping at once on a second stop event");
+  note(harmony::log_level::info, "stopping at once (a second stop event, or the console closing)");
   return false;
 #endif
 }
