@@ -256,7 +256,16 @@ TEST_CASE("state file: every version a reader finds is whole, and it follows eac
   std::string admin = s.srv.admin_endpoint().to_string();
   std::atomic<bool> done{false};
   std::atomic<int> reads{0}, broken{0};
-  std::thread reader([&] {
+  std::thread reader;
+  struct joined {  // also when a REQUIRE ends the test
+    std::atomic<bool>& done;
+    std::thread& t;
+    ~joined() {
+      done = true;
+      if (t.joinable()) t.join();
+    }
+  } join_reader{done, reader};
+  reader = std::thread([&] {
     bool written = false;
     while (!done) {
       std::string text = file.read();
@@ -264,6 +273,9 @@ TEST_CASE("state file: every version a reader finds is whole, and it follows eac
       written = true;
       if (!whole_state(text)) ++broken;
       ++reads;
+      // Leaves the file closed most of the time: on Windows an open file holds back
+      // the rename over it (the writer tries again).
+      std::this_thread::sleep_for(1ms);
     }
   });
   // Three batches, each seen in the file before the next: three versions at least,

@@ -514,8 +514,14 @@ inline std::error_code replace_file(const std::string& path, std::string_view co
   }
   if (!failure && !::FlushFileBuffers(h)) failure = ::GetLastError();
   ::CloseHandle(h);
-  if (!failure && !::MoveFileExA(temporary.c_str(), path.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH))
-    failure = ::GetLastError();
+  // A reader that has the file open (without FILE_SHARE_DELETE) holds the rename
+  // back: tried again for up to about 100 ms (on the state-file thread, never a loop).
+  for (int attempt = 0; !failure; ++attempt) {
+    if (::MoveFileExA(temporary.c_str(), path.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) break;
+    DWORD e = ::GetLastError();
+    if ((e != ERROR_ACCESS_DENIED && e != ERROR_SHARING_VIOLATION) || attempt == 20) failure = e;
+    else ::Sleep(5);
+  }
   if (failure) {
     ::DeleteFileA(temporary.c_str());
     return {static_cast<int>(failure), std::system_category()};
