@@ -28,8 +28,17 @@ struct temporary_file {
     std::filesystem::remove(path + ".tmp", e);
   }
   std::string read() const {
+    std::string text;
+    opened(text);
+    return text;
+  }
+  // False when the file cannot be opened now (there is none yet; on Windows, the
+  // moment the writer renames over it).
+  bool opened(std::string& text) const {
     std::ifstream in(path, std::ios::binary);
-    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in) return false;
+    text.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return true;
   }
   void write(const std::string& text) const {
     std::ofstream out(path, std::ios::binary);
@@ -268,8 +277,8 @@ TEST_CASE("state file: every version a reader finds is whole, and it follows eac
   reader = std::thread([&] {
     bool written = false;
     while (!done) {
-      std::string text = file.read();
-      if (text.empty() && !written) continue;  // not written yet; later, empty is a broken version
+      std::string text;
+      if (!file.opened(text) || (text.empty() && !written)) continue;  // none yet; later, empty is broken
       written = true;
       if (!whole_state(text)) ++broken;
       ++reads;
