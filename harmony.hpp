@@ -28,6 +28,7 @@
 //   >>proxy-header   sans-IO PROXY protocol v1 and v2 headers: written towards backends, read from upstream
 //   >>affinity       sans-IO persistence table: client key -> backend lease, bounded, idle TTL
 //   >>health         a backend's health: passive failure counting, one trial, back-off, active checks
+//   >>state-file     sans-IO state file: the kept registry as versioned text, and back
 //   >>registry       the backend table: sans-IO, shared between loops through locked<>
 //   >>discovery      backends from DNS: what a name's new address set changes (sans-IO)
 //   >>dns            sans-IO DNS messages: SRV queries, their answers, resolv.conf, SRV records to backends
@@ -47,6 +48,7 @@
 //   >>stream         a buffered byte stream on a connection, for the admin port and the agent
 //   >>pump           the proxy core: two connections, both directions, backpressure, half-close
 //   >>resolver       the server's resolver thread: getaddrinfo and SRV queries off the event loops
+//   >>state-keeper   the server's state-file thread: writes the kept registry off the event loops
 //   >>server-state   the state a server shares between its loops
 //   >>worker         one event loop: accept, admit, pick, and the host of its sessions
 //   >>checker        the health monitor: the registry's sweep and the active checks, on the first loop
@@ -316,6 +318,17 @@ inline constexpr int default_check_fall = 3;
 inline constexpr int max_check_rise_fall = 1000;
 inline constexpr std::size_t max_check_text = 4096;  // check_send, check_expect
 
+// server::shutdown()'s deadline (server_options::drain_timeout), from 0 (stop at once) to a day.
+inline constexpr duration default_drain_timeout{30000};
+inline constexpr duration max_drain_timeout{86400000};
+
+// What a graceful stop (server::shutdown) found and did.
+struct drain_report {
+  std::uint64_t open = 0;      // client connections open (or queued) when it began
+  std::uint64_t finished = 0;  // of those and any still being taken in, the ones that ended on their own
+  std::uint64_t cut = 0;       // closed at the deadline (or by stop())
+};
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -409,6 +422,18 @@ struct server_options {
   std::vector<std::string> allow_legacy;
   log_function log;                 // silent when empty
   log_level level = log_level::info;
+
+  // ---- Keeping what it has across a stop and a restart (README, "Stopping and restarting").
+  // The deadline shutdown() gives the connections in flight when it is called without one;
+  // 0 stops at once.
+  duration drain_timeout = default_drain_timeout;
+  // Where the registry of backends that registered over the admin port is kept: written
+  // atomically (a temporary file beside it, fsync, rename) on a thread of the server's own
+  // shortly after each change (at most once a second) and when the server stops, and read
+  // when it starts, so agents that ack after a restart are known with their id, weight and
+  // port. A file that cannot be read, or lines that cannot be parsed, are logged (file and
+  // line) and skipped. Empty (the default): nothing is kept.
+  std::string state_file;
 };
 
 // Checks every option against its range, as server::start() and run() do: errc::bad_address
@@ -431,6 +456,19 @@ class server {
   std::error_code run(option_problem* problem = nullptr);
   // Stops accepting, closes every connection and joins the threads. Idempotent.
   void stop();
+  // A graceful stop, like HAProxy's soft-stop. At once: the listen sockets close (new
+  // clients are refused; ones the kernel had not yet handed over are reset). Connections
+  // being proxied go on, and so do those waiting in the concurrency queue: they are still
+  // served if a slot or a backend frees up before the deadline. The admin port stays open
+  // meanwhile, so agents still ack and deregister and operators can watch `stats`. When the
+  // last connection has ended, or at `deadline` (then the rest are closed), the server stops
+  // as stop() does: run() returns, the threads are joined and the state file is written.
+  // Logs one line when it begins (connections open) and one when it ends (finished, cut).
+  // Blocks until then; from one of the server's own callbacks it only begins the drain and
+  // returns at once (report.open set). A stop() or a shorter shutdown() from another thread
+  // cuts a drain short. Does nothing (and reports zeros) when the server is not running.
+  drain_report shutdown(duration deadline);
+  drain_report shutdown();  // with server_options::drain_timeout
 
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
@@ -1108,6 +1146,96 @@ inline socket_handle accept_one(socket_handle listener, address& peer) noexcept 
 
 #endif
 
+// ---- Files (--state-file): read whole, replaced atomically.
+
+// The wall clock in milliseconds since 1970, for what outlives the process.
+inline std::int64_t unix_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Reads the file at `path` into `out`, at most `limit` bytes (errc::bad_option beyond).
+// std::errc::no_such_file_or_directory when there is none.
+inline std::error_code read_file(const std::string& path, std::string& out, std::size_t limit) {
+  out.clear();
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return {errno, std::generic_category()};
+  char chunk[65536];
+  std::size_t n;
+  while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (out.size() + n > limit) {
+      std::fclose(f);
+      return make_error_code(errc::bad_option);
+    }
+    out.append(chunk, n);
+  }
+  bool failed = std::ferror(f) != 0;
+  int e = errno;
+  std::fclose(f);
+  if (failed) return {e ? e : EIO, std::generic_category()};
+  return {};
+}
+
+// Replaces the file at `path` with `content` so that a reader (or a crash) sees the old
+// file or the new one, never a part: a temporary file beside it (PATH.tmp), written and
+// flushed to disk, then renamed over it (MoveFileEx on Windows).
+inline std::error_code replace_file(const std::string& path, std::string_view content) {
+  std::string temporary = path + ".tmp";
+#if defined(_WIN32)
+  HANDLE h = ::CreateFileA(temporary.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr);
+  if (h == INVALID_HANDLE_VALUE) return {static_cast<int>(::GetLastError()), std::system_category()};
+  std::size_t done = 0;
+  DWORD failure = 0;
+  while (done < content.size() && !failure) {
+    DWORD wrote = 0;
+    DWORD chunk = static_cast<DWORD>(std::min<std::size_t>(content.size() - done, 1u << 30));
+    if (!::WriteFile(h, content.data() + done, chunk, &wrote, nullptr)) failure = ::GetLastError();
+    done += wrote;
+  }
+  if (!failure && !::FlushFileBuffers(h)) failure = ::GetLastError();
+  ::CloseHandle(h);
+  // A reader that has the file open (without FILE_SHARE_DELETE) holds the rename
+  // back: tried again for up to about 100 ms (on the state-file thread, never a loop).
+  for (int attempt = 0; !failure; ++attempt) {
+    if (::MoveFileExA(temporary.c_str(), path.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) break;
+    DWORD e = ::GetLastError();
+    if ((e != ERROR_ACCESS_DENIED && e != ERROR_SHARING_VIOLATION) || attempt == 20) failure = e;
+    else ::Sleep(5);
+  }
+  if (failure) {
+    ::DeleteFileA(temporary.c_str());
+    return {static_cast<int>(failure), std::system_category()};
+  }
+  return {};
+#else
+  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return {errno, std::generic_category()};
+  std::size_t done = 0;
+  int failure = 0;
+  while (done < content.size() && !failure) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n > 0) done += static_cast<std::size_t>(n);
+    else if (n < 0 && errno != EINTR) failure = errno;
+  }
+  if (!failure && ::fsync(fd) != 0) failure = errno;
+  if (::close(fd) != 0 && !failure) failure = errno;
+  if (!failure && ::rename(temporary.c_str(), path.c_str()) != 0) failure = errno;
+  if (failure) {
+    ::unlink(temporary.c_str());
+    return {failure, std::generic_category()};
+  }
+  // The rename itself lasts once the directory is on disk too.
+  std::string::size_type slash = path.rfind('/');
+  std::string directory = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+  int dir = ::open(directory.c_str(), O_RDONLY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return {};
+#endif
+}
+
 // Backend ids must be unguessable: they come from the OS CSPRNG.
 inline bool random_bytes(void* out, std::size_t n) noexcept {
   auto* p = static_cast<unsigned char*>(out);
@@ -1611,6 +1739,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("check_fall", o.check_fall, 1, max_check_rise_fall);
   c.range("check_send", o.check_send.size(), std::size_t{0}, max_check_text);
   c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
+  if (o.drain_timeout.count() < 0 || o.drain_timeout > max_drain_timeout)
+    c.fail(errc::bad_option, "drain_timeout", "must be from 0s (stop at once) to " + format_duration(max_drain_timeout));
   return c.done();
 }
 
@@ -3123,6 +3253,240 @@ class backend_health {
 namespace harmony {
 namespace detail {
 
+// >>state-file  sans-IO state file: the kept registry as versioned text, and back
+// What --state-file keeps of one backend that registered over the admin port, as
+// plain values: the I/O layer writes format_state()'s text atomically and hands
+// what it reads to parse_state(), the one entry point for untrusted bytes.
+//
+//   harmony-state 1
+//   backend id=5F38…7BDA kind=legacy host=10.0.0.7 addr=10.0.0.7 port=11081 weight=1000 maxconn=0 backup=0 drained=0 state=ready ack=1764651234567
+//   end 1
+//
+// One `backend` line per backend: space-separated key=value fields in any order;
+// unknown keys are skipped (a later version 1 writer may add some); `-` is an empty
+// value. `end N` closes the file and counts the backend lines, so a cut file is told
+// from a complete one. Lines starting with `#` and blank lines are comments.
+enum class kept_kind : std::uint8_t {
+  legacy,  // a harmony.js agent: no live connection, kept alive by acks
+  native,  // a harmony/1 agent: offline until its agent connects and registers again
+};
+
+struct state_record {
+  std::string id;
+  kept_kind kind = kept_kind::legacy;
+  std::string host;  // where it is reached, as registered (a name or an address)
+  std::string addr;  // the address it resolved to, numeric; empty while it has no port
+  std::uint16_t port = 0;  // 0: no service port yet
+  int weight = default_weight;
+  int maxconn = 0;
+  bool backup = false;
+  bool drained = false;  // by an operator
+  readiness reported = readiness::ready;  // by its agent
+  std::int64_t ack_unix_ms = 0;  // the last ack, wall clock (ms since 1970)
+  std::string source;
+};
+
+struct state_problem {
+  std::size_t line = 0;  // 1-based; 0 for the file as a whole
+  std::string what;
+};
+
+struct parsed_state {
+  std::vector<state_record> records;   // every backend line that could be read
+  std::vector<state_problem> problems;  // what could not, line by line
+  bool complete = false;                // the `end` line was found and its count matches
+};
+
+inline constexpr int state_version = 1;
+inline constexpr std::size_t max_state_problems = 100;  // problems listed beyond this are counted only
+
+inline const char* to_string(kept_kind k) noexcept { return k == kept_kind::native ? "native" : "legacy"; }
+
+// A value the format can carry: no blank, no control byte, not empty (written as `-`).
+inline bool state_token(std::string_view v) noexcept {
+  for (char c : v)
+    if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f) return false;
+  return true;
+}
+
+// The text of a state file holding `records`. A record whose text fields the format
+// cannot carry is left out (none can come from the admin parsers, which split on blanks).
+inline std::string format_state(const std::vector<state_record>& records) {
+  std::string out = "# harmony state file: backends registered over the admin port (README, State file)\n";
+  out += "harmony-state " + std::to_string(state_version) + "\n";
+  auto text = [](const std::string& v) { return v.empty() ? std::string("-") : v; };
+  std::size_t written = 0;
+  for (const state_record& r : records) {
+    if (!is_backend_id(r.id) || !state_token(r.host) || !state_token(r.addr) || !state_token(r.source)) continue;
+    out += "backend id=" + r.id + " kind=" + to_string(r.kind) + " host=" + text(r.host) + " addr=" + text(r.addr) +
+           " port=" + std::to_string(r.port) + " weight=" + std::to_string(r.weight) +
+           " maxconn=" + std::to_string(r.maxconn) + " backup=" + (r.backup ? "1" : "0") +
+           " drained=" + (r.drained ? "1" : "0") + " state=" + harmony::to_string(r.reported) +
+           " ack=" + std::to_string(r.ack_unix_ms) + " source=" + text(r.source) + "\n";
+    ++written;
+  }
+  out += "end " + std::to_string(written) + "\n";
+  return out;
+}
+
+namespace state_parsing {
+
+inline bool flag_value(std::string_view v, bool& out) noexcept {
+  if (v == "0" || v == "1") {
+    out = v == "1";
+    return true;
+  }
+  return false;
+}
+
+// One `backend` line's fields (after the word); what is wrong, empty when it reads.
+inline std::string backend_line(std::string_view fields, state_record& r) {
+  bool has_id = false, has_host = false, has_port = false;
+  std::size_t at = 0;
+  while (at < fields.size()) {
+    while (at < fields.size() && (fields[at] == ' ' || fields[at] == '\t')) ++at;
+    std::size_t end = at;
+    while (end < fields.size() && fields[end] != ' ' && fields[end] != '\t') ++end;
+    std::string_view field = fields.substr(at, end - at);
+    at = end;
+    if (field.empty()) continue;
+    std::size_t eq = field.find('=');
+    if (eq == std::string_view::npos || eq == 0) return "'" + std::string(field) + "' is not key=value";
+    std::string_view key = field.substr(0, eq), value = field.substr(eq + 1);
+    if (value.empty()) return std::string(key) + " has no value";
+    std::string text = value == "-" ? std::string() : std::string(value);
+    std::uint64_t n = 0;
+    long long number = 0;
+    if (key == "id") {
+      if (!is_backend_id(value)) return "id '" + std::string(value) + "' is not 32 uppercase hex digits";
+      r.id = text;
+      has_id = true;
+    } else if (key == "kind") {
+      if (value == "legacy") r.kind = kept_kind::legacy;
+      else if (value == "native") r.kind = kept_kind::native;
+      else return "kind '" + std::string(value) + "' is not legacy or native";
+    } else if (key == "host") {
+      r.host = text;
+      has_host = true;
+    } else if (key == "addr") {
+      r.addr = text;
+    } else if (key == "port") {
+      if (!parse_uint(value, 65535, n)) return "port '" + std::string(value) + "' is not 0 to 65535";
+      r.port = static_cast<std::uint16_t>(n);
+      has_port = true;
+    } else if (key == "weight") {
+      if (parse_weight(value, r.weight)) return "weight '" + std::string(value) + "' is out of range";
+    } else if (key == "maxconn") {
+      if (parse_integer(value, 0, max_maxconn, number)) return "maxconn '" + std::string(value) + "' is out of range";
+      r.maxconn = static_cast<int>(number);
+    } else if (key == "backup") {
+      if (!flag_value(value, r.backup)) return "backup is 0 or 1";
+    } else if (key == "drained") {
+      if (!flag_value(value, r.drained)) return "drained is 0 or 1";
+    } else if (key == "state") {
+      if (parse_readiness(value, r.reported)) return "state '" + std::string(value) + "' is not ready, drain or down";
+    } else if (key == "ack") {
+      if (parse_integer(value, 0, std::numeric_limits<long long>::max(), number))
+        return "ack '" + std::string(value) + "' is not a time";
+      r.ack_unix_ms = number;
+    } else if (key == "source") {
+      r.source = text;
+    }  // another key: from a later writer of this version, skipped
+  }
+  if (!has_id) return "no id";
+  if (!has_host) return "no host";
+  if (!has_port) return "no port";
+  if (r.port != 0 && r.addr.empty()) return "a port but no addr";
+  return {};
+}
+
+}  // namespace state_parsing
+
+// Reads a state file's text. Never fails as a whole: what can be read is returned,
+// and each line that cannot (and a missing or wrong `end`) is a problem. A file of
+// another version gives no record. Duplicate ids: the first line wins.
+inline parsed_state parse_state(std::string_view text) {
+  parsed_state out;
+  auto problem = [&](std::size_t line, std::string what) {
+    if (out.problems.size() < max_state_problems) out.problems.push_back(state_problem{line, std::move(what)});
+  };
+  bool versioned = false, ended = false;
+  std::size_t line_number = 0, backend_lines = 0;
+  std::unordered_map<std::string, std::size_t> first_line;  // by id
+  std::size_t at = 0;
+  while (at < text.size()) {
+    std::size_t end = text.find('\n', at);
+    bool cut = end == std::string_view::npos;  // the last line has no newline: written partly
+    if (cut) end = text.size();
+    std::string_view line = text.substr(at, end - at);
+    at = end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    std::size_t first = line.find_first_not_of(" \t");
+    if (first == std::string_view::npos || line[first] == '#') continue;
+    line.remove_prefix(first);
+    if (cut && versioned) {
+      problem(line_number, "the file ends inside this line (cut short)");
+      break;
+    }
+    if (ended) {
+      problem(line_number, "text after the end line");
+      break;
+    }
+    std::size_t space = line.find_first_of(" \t");
+    std::string_view word = line.substr(0, space);
+    std::string_view rest = space == std::string_view::npos ? std::string_view() : line.substr(space + 1);
+    if (!versioned) {
+      std::uint64_t version = 0;
+      if (word != "harmony-state" || !parse_uint(rest, 1000000, version)) {
+        problem(line_number, "not a harmony state file (expected 'harmony-state " + std::to_string(state_version) + "')");
+        return out;
+      }
+      if (version != static_cast<std::uint64_t>(state_version)) {
+        problem(line_number, "version " + std::to_string(version) + " is not " + std::to_string(state_version));
+        return out;
+      }
+      versioned = true;
+      continue;
+    }
+    if (word == "backend") {
+      ++backend_lines;
+      state_record r;
+      std::string wrong = state_parsing::backend_line(rest, r);
+      if (wrong.empty()) {
+        auto seen = first_line.emplace(r.id, line_number);
+        if (!seen.second) wrong = "id " + r.id + " is listed on line " + std::to_string(seen.first->second) + " already";
+      }
+      if (!wrong.empty()) problem(line_number, wrong);
+      else out.records.push_back(std::move(r));
+      continue;
+    }
+    if (word == "end") {
+      std::uint64_t count = 0;
+      if (!parse_uint(rest, std::numeric_limits<std::uint32_t>::max(), count)) {
+        problem(line_number, "the end line has no count");
+      } else if (count != backend_lines) {
+        problem(line_number, "the end line counts " + std::to_string(count) + " backends, the file has " +
+                                 std::to_string(backend_lines));
+      } else {
+        out.complete = true;
+      }
+      ended = true;
+      continue;
+    }
+    problem(line_number, "unknown line '" + std::string(word) + "'");
+  }
+  if (!versioned && out.problems.empty()) problem(0, "empty: not a harmony state file");
+  else if (versioned && !ended) problem(line_number, "no end line: the file is cut short");
+  return out;
+}
+
+}  // namespace detail
+}  // namespace harmony
+
+namespace harmony {
+namespace detail {
+
 // >>registry  the backend table: sans-IO, shared between loops through locked<>
 // The backend table. It holds no OS type: addresses are resolved_address, ids
 // come from an injected generator, and it has no lock of its own. Every event
@@ -3138,6 +3502,13 @@ struct pick_result {
   // whether its outcome must be reported (a trial, or failures are being counted).
   bool trial = false;
   bool watch = false;
+};
+
+// One kept backend (--state-file, >>state-file) and the address it is reached at; the
+// server turns the address into text and back, the registry never does.
+struct kept_backend {
+  state_record record;
+  resolved_address to;
 };
 
 struct registry_limits {
@@ -3250,6 +3621,7 @@ class registry {
     changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") registered, weight " + std::to_string(weight) +
                        ": " + r.shown);
     if (id_out) *id_out = r.id;
+    changed();
     return {};
   }
 
@@ -3272,6 +3644,7 @@ class registry {
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
     free_slots_.push_back(slot);
+    changed();
     return {};
   }
 
@@ -3316,6 +3689,7 @@ class registry {
     return update(id, now, [&](record& r, std::uint32_t) {
       reason_ = online ? "its agent is connected again" : "its agent's connection dropped";
       r.online = online;
+      r.tied = true;
       if (online) r.last_ack = now;
     });
   }
@@ -3592,6 +3966,59 @@ class registry {
   std::size_t size() const noexcept { return by_id_.size(); }
   std::size_t affinity_size() const noexcept { return affinities_.size(); }
 
+  // ---- Kept across restarts (--state-file). Called, under the registry's lock, after
+  // every change worth keeping (a backend added or removed, an ack, a new weight...),
+  // never for a pick or a release: it must only note the change and return.
+  void on_change(std::function<void()> f) { on_change_ = std::move(f); }
+  // The backends that registered over the admin port (static and DNS backends come
+  // from the configuration), with the wall-clock time `unix_now` that is `now`.
+  std::vector<kept_backend> keep(std::int64_t now, std::int64_t unix_now) const {
+    std::vector<kept_backend> out;
+    for (const record& r : records_) {
+      if (!r.used || !r.expires) continue;
+      kept_backend k;
+      state_record& s = k.record;
+      s.id = r.id;
+      s.kind = r.tied ? kept_kind::native : kept_kind::legacy;
+      s.host = r.at.host;
+      s.port = r.routable ? r.at.port : 0;
+      s.weight = r.weight;
+      s.maxconn = r.maxconn;
+      s.backup = r.backup;
+      s.drained = r.draining;
+      s.reported = r.reported;
+      s.ack_unix_ms = std::max<std::int64_t>(0, unix_now - (now - r.last_ack));
+      s.source = r.source;
+      if (r.routable) k.to = r.to;
+      out.push_back(std::move(k));
+    }
+    return out;
+  }
+  // Adds a kept backend again under its id, as it was: its last ack as old as it was
+  // then, and a native agent's backend offline until its agent registers again. `to`
+  // is where it is reached (null: no service port). errc::bad_option when the id is
+  // taken or the record does not fit the registry's ranges.
+  std::error_code restore(const state_record& k, const resolved_address* to, std::int64_t now,
+                          std::int64_t unix_now) {
+    if (!is_backend_id(k.id) || known(k.id) || k.maxconn < 0 || k.maxconn > max_maxconn)
+      return make_error_code(errc::bad_option);
+    std::string id;
+    endpoint at{k.host, k.port};
+    if (auto e = add(at, k.port != 0 ? to : nullptr, k.weight, true, &id, now, k.id)) return e;
+    set_backup(id, k.backup);
+    set_source(id, k.source);
+    std::int64_t age = std::max<std::int64_t>(0, unix_now - k.ack_unix_ms);
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.maxconn = k.maxconn;
+      r.full = false;
+      r.draining = k.drained;
+      r.reported = k.reported;
+      r.last_ack = now - age;
+      r.tied = k.kind == kept_kind::native;
+      r.online = !r.tied;
+    });
+  }
+
  private:
   struct record {
     std::string id;
@@ -3624,6 +4051,7 @@ class registry {
     backend_health health;
     bool resting = false;        // in resting_: passively out, its trial to be woken
     const char* shown = nullptr;  // the state last noted (shown_state)
+    bool tied = false;  // kept online by its agent's connection (native dialect)
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -3634,7 +4062,11 @@ class registry {
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     change(records_[slot], slot);
     if (now >= 0) refresh(slot, now);
+    changed();
     return {};
+  }
+  void changed() {
+    if (on_change_) on_change_();
   }
 
   bool find(std::string_view id, std::uint32_t& slot) const {
@@ -3933,6 +4365,7 @@ class registry {
   std::string reason_;                     // why the change being made happens, for note()
   std::vector<std::string> changes_;       // noted state changes, for take_changes()
   std::unordered_map<std::string, std::uint32_t> by_id_;
+  std::function<void()> on_change_;
 };
 
 }  // namespace detail
@@ -7950,6 +8383,109 @@ class resolver {
 }  // namespace detail
 }  // namespace harmony
 
+#include <condition_variable>
+
+namespace harmony {
+namespace detail {
+
+// >>state-keeper  the server's state-file thread: writes the kept registry off the event loops
+// How long after a change the state file is written (changes in between join it), and
+// the least time between two writes: a burst of registrations, or thousands of agents
+// acking, cost at most one write a second.
+inline constexpr duration state_write_delay{100};
+inline constexpr duration state_write_interval{1000};
+// The largest state file read (a full registry of 100,000 backends is about 25 MB).
+inline constexpr std::size_t max_state_file_bytes = std::size_t{256} << 20;
+
+// One thread per server with a state file. changed() (called under the registry's lock,
+// on any thread) only marks the state dirty; the thread then takes a snapshot (the
+// registry's lock, briefly) and writes it with replace_file (fsync and rename), so no
+// event loop ever waits for the disk. stop() ends the thread and writes the last state.
+class state_keeper {
+ public:
+  using snapshot_function = std::function<std::string()>;  // the file's text now
+
+  state_keeper(std::string path, snapshot_function snapshot, const logger& log)
+      : path_(std::move(path)), snapshot_(std::move(snapshot)), log_(log) {}
+  ~state_keeper() { stop(); }
+  state_keeper(const state_keeper&) = delete;
+  state_keeper& operator=(const state_keeper&) = delete;
+
+  void start() {
+    thread_ = std::thread([this] { run(); });
+  }
+
+  // Thread-safe and cheap: a write follows within state_write_delay to state_write_interval.
+  void changed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (dirty_) return;
+    dirty_ = true;
+    dirty_since_ = clock::now();
+    wake_.notify_one();
+  }
+
+  // Ends the thread, then writes the state as it is now. Idempotent (writes once).
+  void stop() {
+    if (!thread_.joinable()) return;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+      wake_.notify_one();
+    }
+    thread_.join();
+    write();
+  }
+
+ private:
+  void run() {
+    block_sigpipe_on_this_thread();
+    std::unique_lock<std::mutex> lock(mutex_);
+    clock::time_point last_write = clock::now() - state_write_interval;
+    while (!stopping_) {
+      wake_.wait(lock, [this] { return stopping_ || dirty_; });
+      if (stopping_) break;
+      clock::time_point when = std::max(dirty_since_ + state_write_delay, last_write + state_write_interval);
+      if (wake_.wait_until(lock, when, [this] { return stopping_; })) break;  // stop() writes
+      dirty_ = false;
+      lock.unlock();
+      bool written = write();
+      lock.lock();
+      last_write = clock::now();
+      if (!written && !dirty_) {  // a full disk, a reader holding it (Windows): again in a moment
+        dirty_ = true;
+        dirty_since_ = last_write;
+      }
+    }
+  }
+
+  bool write() {
+    std::string text = snapshot_();
+    std::error_code e = replace_file(path_, text);
+    if (e) {
+      if (!failing_) log_(log_level::error, "cannot write the state file %s: %s", path_.c_str(), e.message().c_str());
+      failing_ = true;
+      return false;
+    }
+    if (failing_) log_(log_level::info, "the state file %s is written again", path_.c_str());
+    failing_ = false;
+    return true;
+  }
+
+  std::string path_;
+  snapshot_function snapshot_;
+  const logger& log_;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool dirty_ = false;
+  bool stopping_ = false;
+  clock::time_point dirty_since_;
+  bool failing_ = false;  // the thread's, then stop()'s once it has joined
+};
+
+}  // namespace detail
+}  // namespace harmony
+
 namespace harmony {
 
 namespace detail {
@@ -8066,6 +8602,22 @@ struct server::impl {
   void apply(const detail::resolution& r);  // on the first loop
   void rebuild_tables();  // with hash: the stale Maglev tables, on the first loop
 
+  // ---- Keeping what it has (server::shutdown, --state-file).
+  std::uint64_t open_connections() const;  // client connections open on every loop now
+  bool on_own_thread() const;              // a loop thread of this server (under lifecycle)
+  // Graceful stop: begins (or, with an earlier deadline, hurries) the drain; under lifecycle.
+  void begin_drain(duration deadline);
+  // A session ended: during a drain, the last one ends it (any loop thread).
+  void session_ended() {
+    if (drain_watch.load(std::memory_order_relaxed)) drain_check();
+  }
+  void drain_check();
+  // Ends the drain: what is still open is `cut` when the loops go; they are told to stop.
+  void finish_drain(const char* how);
+  void load_state();   // once, before the ports open
+  void start_keeper();  // under lifecycle, with a state file
+  std::string state_text();  // the state file's text now
+
   server_options options;
   detail::logger log;
   detail::locked<detail::registry> backends;  // shared by every loop: lock() for each use
@@ -8095,6 +8647,22 @@ struct server::impl {
   endpoint bound_listen;
   endpoint bound_admin;
   endpoint bound_stats;
+  std::thread::id run_thread;  // the thread in run(), while it runs the first loop
+
+  // The drain: its state under drain_mutex; drain_watch lets the loops' check cost a load.
+  std::mutex drain_mutex;
+  std::condition_variable drain_over;
+  bool draining = false;
+  std::uint64_t drain_round = 0;  // ends of drains so far: a waiter waits for the next
+  std::uint64_t accepted_at_drain = 0;
+  std::int64_t drain_began = 0;
+  std::int64_t drain_deadline = 0;  // steady ms
+  drain_report drain;               // the drain going on, then the last one
+  std::atomic<bool> drain_watch{false};
+  detail::timer drain_timer;  // the deadline, on the first loop
+  // --state-file
+  bool state_loaded = false;
+  std::unique_ptr<detail::state_keeper> keeper;  // while running, with a state file
 };
 
 }  // namespace harmony
@@ -8154,6 +8722,9 @@ class worker final : public session_host {
     loop_.run();
   }
 
+  // A drain (server::shutdown): closes the listener; what it had accepted goes on.
+  void stop_accepting() { listener_.close(); }
+
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_.size(); }
@@ -8184,7 +8755,10 @@ class worker final : public session_host {
   bool wait_for_slot(session& s) override;
   bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
-  void recycle(session& s) override { free_sessions_.push_back(&s); }
+  void recycle(session& s) override {
+    free_sessions_.push_back(&s);
+    owner_.session_ended();  // a drain waits for the last one
+  }
   void client_ended(const address& peer) override { owner_.client_ended(peer); }
 
   // Where one listener serves every loop, connections are dealt in turn.
@@ -8802,6 +9376,13 @@ inline std::error_code server::impl::open(option_problem* problem) {
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
+  if (!options.state_file.empty() && !state_loaded) load_state();  // before agents can ack
+  {
+    std::lock_guard<std::mutex> lock(drain_mutex);
+    draining = false;
+  }
+  drain_watch.store(false, std::memory_order_relaxed);
+  drain_timer.fire = [this] { finish_drain("at the deadline"); };
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   detail::address where;
@@ -8883,6 +9464,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
   if (!names.empty()) start_resolver();
+  if (!options.state_file.empty()) start_keeper();
   return {};
 }
 
@@ -8996,16 +9578,23 @@ inline void server::impl::rebuild_tables() {
 
 inline void server::impl::close_all() {
   winding_down.store(true, std::memory_order_relaxed);
+  finish_drain("cut short by stop()");  // when one is going on
   stop_resolver();  // before the loops it delivers to go
   backends.lock()->on_tables_stale(nullptr);  // picks rebuild them from now on, should any come
   for (auto& w : workers) w->loop().stop();
   for (auto& t : threads)
     if (t.joinable()) t.join();
   threads.clear();
+  if (!workers.empty()) workers.front()->loop().cancel(drain_timer);  // its thread has ended
   admin.reset();
   stats_port.reset();
   monitor.reset();
   workers.clear();
+  if (keeper) {  // the loops are gone: the last state is final
+    backends.lock()->on_change(nullptr);
+    keeper->stop();
+    keeper.reset();
+  }
   bound_listen = endpoint{};
   bound_admin = endpoint{};
   bound_stats = endpoint{};
@@ -9035,6 +9624,7 @@ HARMONY_DEF std::error_code server::run(option_problem* problem) {
     impl_->caller_runs_loop = true;
     for (std::size_t i = 1; i < impl_->workers.size(); ++i)
       impl_->threads.emplace_back(&detail::worker::run_own_thread, impl_->workers[i].get());
+    impl_->run_thread = std::this_thread::get_id();
   }
   impl_->workers.front()->loop().run();
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
@@ -9050,6 +9640,166 @@ HARMONY_DEF void server::stop() {
   for (auto& t : impl_->threads)
     if (t.get_id() == std::this_thread::get_id()) return;  // from a callback: the destructor joins
   impl_->close_all();
+}
+
+HARMONY_DEF drain_report server::shutdown() { return shutdown(impl_->options.drain_timeout); }
+
+HARMONY_DEF drain_report server::shutdown(duration deadline) {
+  std::uint64_t round;
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);
+    if (!impl_->running) return {};
+    {
+      std::lock_guard<std::mutex> drain_lock(impl_->drain_mutex);
+      round = impl_->drain_round;
+    }
+    impl_->begin_drain(deadline);
+    if (impl_->on_own_thread()) {  // a callback cannot wait for its own loop
+      std::lock_guard<std::mutex> drain_lock(impl_->drain_mutex);
+      return impl_->drain;
+    }
+  }
+  drain_report report;
+  {
+    std::unique_lock<std::mutex> lock(impl_->drain_mutex);
+    // The first loop's timer ends the drain at the deadline; the bound here only keeps a
+    // loop that cannot run its timer from holding the caller for ever.
+    auto bound = std::chrono::steady_clock::now() + std::max(deadline, duration{0}) + std::chrono::seconds(5);
+    impl_->drain_over.wait_until(lock, bound, [&] { return impl_->drain_round != round; });
+    report = impl_->drain;
+  }
+  stop();  // joins the threads (in run(), the thread running it cleans up)
+  return report;
+}
+
+inline std::uint64_t server::impl::open_connections() const {
+  std::uint64_t n = 0;
+  for (auto& w : workers) n += w->stats.active.load(std::memory_order_relaxed);
+  return n;
+}
+
+inline bool server::impl::on_own_thread() const {
+  auto me = std::this_thread::get_id();
+  if (caller_runs_loop && me == run_thread) return true;
+  for (auto& t : threads)
+    if (t.get_id() == me) return true;
+  return false;
+}
+
+inline void server::impl::begin_drain(duration deadline) {
+  std::int64_t now = detail::now_ms();
+  std::int64_t until = now + std::max<std::int64_t>(0, deadline.count());
+  {
+    std::lock_guard<std::mutex> lock(drain_mutex);
+    if (draining) {
+      if (until >= drain_deadline) return;
+      drain_deadline = until;  // hurried: the timer moves up
+    } else {
+      draining = true;
+      drain_began = now;
+      drain_deadline = until;
+      drain = drain_report{};
+      drain.open = open_connections();
+      accepted_at_drain = 0;
+      for (auto& w : workers) accepted_at_drain += w->stats.accepted.load(std::memory_order_relaxed);
+      log(log_level::info, "draining: the listen port is closed, %llu connection%s open, waiting up to %s",
+          static_cast<unsigned long long>(drain.open), drain.open == 1 ? "" : "s", format_duration(deadline).c_str());
+      drain_watch.store(true, std::memory_order_relaxed);
+      for (auto& w : workers) {
+        detail::worker* target = w.get();
+        target->loop().post([target] { target->stop_accepting(); });
+      }
+    }
+  }
+  detail::reactor& first = workers.front()->loop();
+  first.post([this, &first, until] {
+    drain_check();  // none open: done at once
+    if (!drain_watch.load(std::memory_order_relaxed)) return;
+    first.schedule(drain_timer, until);
+  });
+}
+
+inline void server::impl::drain_check() {
+  if (open_connections() == 0) finish_drain("");
+}
+
+inline void server::impl::finish_drain(const char* how) {
+  std::lock_guard<std::mutex> lock(drain_mutex);
+  if (!draining || !drain_watch.load(std::memory_order_relaxed)) return;
+  drain_watch.store(false, std::memory_order_relaxed);
+  std::uint64_t accepted = 0;
+  for (auto& w : workers) accepted += w->stats.accepted.load(std::memory_order_relaxed);
+  drain.cut = open_connections();  // closed when the loops go
+  std::uint64_t served = drain.open + (accepted - accepted_at_drain);
+  drain.finished = served > drain.cut ? served - drain.cut : 0;
+  std::string took = format_duration(duration{detail::now_ms() - drain_began});
+  if (drain.cut == 0)
+    log(log_level::info, "drained in %s: %llu connection%s finished, none cut", took.c_str(),
+        static_cast<unsigned long long>(drain.finished), drain.finished == 1 ? "" : "s");
+  else
+    log(log_level::warn, "drain ended %s after %s: %llu connection%s finished, %llu cut", how, took.c_str(),
+        static_cast<unsigned long long>(drain.finished), drain.finished == 1 ? "" : "s",
+        static_cast<unsigned long long>(drain.cut));
+  ++drain_round;
+  drain_over.notify_all();
+  for (auto& w : workers) w->loop().stop();
+}
+
+inline void server::impl::load_state() {
+  state_loaded = true;
+  const std::string& path = options.state_file;
+  std::string text;
+  std::error_code e = detail::read_file(path, text, detail::max_state_file_bytes);
+  if (e == std::errc::no_such_file_or_directory) {
+    log(log_level::info, "state file %s does not exist yet: no backend to restore", path.c_str());
+    return;
+  }
+  if (e) {
+    log(log_level::error, "cannot read the state file %s (%s): starting without its backends", path.c_str(),
+        e.message().c_str());
+    return;
+  }
+  detail::parsed_state parsed = detail::parse_state(text);
+  for (const auto& p : parsed.problems) {
+    if (p.line) log(log_level::warn, "state file %s line %zu: %s (skipped)", path.c_str(), p.line, p.what.c_str());
+    else log(log_level::warn, "state file %s: %s", path.c_str(), p.what.c_str());
+  }
+  std::size_t restored = 0;
+  std::int64_t now = detail::now_ms(), unix_now = detail::unix_ms();
+  for (const auto& r : parsed.records) {
+    detail::resolved_address to;
+    if (r.port != 0 && detail::resolve(endpoint{r.addr, r.port}, to)) {
+      log(log_level::warn, "state file %s: backend %s: '%s' is not an address (skipped)", path.c_str(), r.id.c_str(),
+          r.addr.c_str());
+      continue;
+    }
+    if (auto re = backends.lock()->restore(r, r.port ? &to : nullptr, now, unix_now)) {
+      log(log_level::warn, "state file %s: backend %s not restored: %s", path.c_str(), r.id.c_str(),
+          re.message().c_str());
+      continue;
+    }
+    ++restored;
+  }
+  log(log_level::info, "state file %s: %zu backend%s restored%s", path.c_str(), restored, restored == 1 ? "" : "s",
+      parsed.complete ? "" : " (the file is incomplete)");
+}
+
+inline std::string server::impl::state_text() {
+  std::vector<detail::kept_backend> kept = backends.lock()->keep(detail::now_ms(), detail::unix_ms());
+  std::vector<detail::state_record> records;
+  records.reserve(kept.size());
+  for (auto& k : kept) {
+    if (k.to.valid()) k.record.addr = detail::to_os_address(k.to).host_text();
+    records.push_back(std::move(k.record));
+  }
+  return detail::format_state(records);
+}
+
+inline void server::impl::start_keeper() {
+  keeper = std::make_unique<detail::state_keeper>(options.state_file, [this] { return state_text(); }, log);
+  detail::state_keeper* k = keeper.get();
+  backends.lock()->on_change([k] { k->changed(); });
+  keeper->start();
 }
 
 HARMONY_DEF endpoint server::listen_endpoint() const {

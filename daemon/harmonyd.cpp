@@ -4,6 +4,7 @@
 #define HARMONY_IMPLEMENTATION
 #include "../harmony.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cerrno>
 #include <csignal>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -54,12 +56,14 @@ const char usage_ctl[] =
 const char usage_tail[] =
     "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; Ctrl-C, Ctrl-Break or closing\n"
-    "the console stops (an agent deregisters first).\n";
+    "the console stops: the balancer drains (see --drain-timeout), an agent deregisters\n"
+    "first; a second Ctrl-C stops at once.\n";
 #else
 const char usage_tail[] =
     "\n"
-    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
-    "(an agent deregisters first).\n";
+    "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops: the\n"
+    "balancer drains (see --drain-timeout), an agent deregisters first; a second SIGINT or\n"
+    "SIGTERM stops at once.\n";
 #endif
 
 std::mutex log_mutex;
@@ -96,16 +100,17 @@ struct console_stop {
   std::mutex mutex;
   std::condition_variable changed;
   DWORD event = 0;
-  bool requested = false;
+  int requests = 0;       // stop events so far: the second one stops at once
+  bool wound_down = false;  // the first one's wind-down is over
   bool finished = false;
 } stop_state;
 
 BOOL WINAPI on_console_event(DWORD event) {
   std::unique_lock<std::mutex> lock(stop_state.mutex);
-  if (!stop_state.requested) {
-    stop_state.requested = true;
-    stop_state.event = event;
-  }
+  if (stop_state.requests == 0) stop_state.event = event;
+  // Windows ends the process about five seconds after a close, logoff or shutdown
+  // event: that one stops at once (no drain), so the state file is still written.
+  stop_state.requests += event == CTRL_C_EVENT || event == CTRL_BREAK_EVENT ? 1 : 2;
   stop_state.changed.notify_all();
   if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT)
     stop_state.changed.wait_for(lock, std::chrono::seconds(4), [] { return stop_state.finished; });
@@ -124,6 +129,8 @@ const char* console_event_name(DWORD event) {
 }
 #else
 sigset_t stop_signals;
+pthread_t main_thread;
+std::atomic<bool> wound_down{false};
 #endif
 
 // Signals are taken synchronously by the main thread; the loops never see them.
@@ -139,6 +146,7 @@ void block_stop_signals() {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  main_thread = pthread_self();
   std::signal(SIGPIPE, SIG_IGN);
 #else
   ::SetConsoleCtrlHandler(on_console_event, TRUE);
@@ -159,10 +167,44 @@ void wait_for_stop_signal() {
   DWORD event = 0;
   {
     std::unique_lock<std::mutex> lock(stop_state.mutex);
-    stop_state.changed.wait(lock, [] { return stop_state.requested; });
+    stop_state.changed.wait(lock, [] { return stop_state.requests > 0; });
     event = stop_state.event;
   }
   note(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
+#endif
+}
+
+// After the first stop signal: waits until the wind-down is over (true) or a second
+// stop signal comes (false).
+bool wait_for_wind_down_or_second_signal() {
+#if !defined(_WIN32)
+  for (;;) {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    if (wound_down.load()) return true;  // the wind-down's own wake-up (or a signal as it ended)
+    note(harmony::log_level::info,
+         std::string("stopping at once on a second ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+    return false;
+  }
+#else
+  std::unique_lock<std::mutex> lock(stop_state.mutex);
+  stop_state.changed.wait(lock, [] { return stop_state.wound_down || stop_state.requests > 1; });
+  if (stop_state.wound_down) return true;
+  lock.unlock();
+  note(harmony::log_level::info, "stopping at once (a second stop event, or the console closing)");
+  return false;
+#endif
+}
+
+// Wakes wait_for_wind_down_or_second_signal: the wind-down is over.
+void wind_down_over() {
+#if !defined(_WIN32)
+  wound_down.store(true);
+  pthread_kill(main_thread, SIGTERM);  // blocked everywhere: sigwait takes it
+#else
+  std::lock_guard<std::mutex> lock(stop_state.mutex);
+  stop_state.wound_down = true;
+  stop_state.changed.notify_all();
 #endif
 }
 
@@ -178,11 +220,12 @@ void stopped() {
 }
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
-// console event), wind down. Returns the exit code.
+// console event), wind down (the balancer drains) on a thread of its own while a
+// second signal may cut it short. Returns the exit code.
 // A start-up failure exits 2, like a bad flag, naming the flag it belongs to when
 // `start` says (an address that cannot be bound).
-template <class Start, class WindDown, class Blame>
-int serve_until_stopped(const char* who, Start start, WindDown wind_down, Blame blame) {
+template <class Start, class WindDown, class CutShort, class Blame>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutShort cut_short, Blame blame) {
   block_stop_signals();
   harmony::option_problem problem;
   if (std::error_code e = start(&problem)) {
@@ -193,7 +236,12 @@ int serve_until_stopped(const char* who, Start start, WindDown wind_down, Blame 
     return 2;
   }
   wait_for_stop_signal();
-  wind_down();
+  std::thread winding([&] {
+    wind_down();
+    wind_down_over();
+  });
+  if (!wait_for_wind_down_or_second_signal()) cut_short();
+  winding.join();
   stopped();
   return 0;
 }
@@ -531,6 +579,10 @@ const std::vector<flag<B>> balancer_flags = {
      show_number<B, &server_options::max_admin_line>},
     {"admin-timeout", "DUR", "an admin connection silent this long is closed\n(an agent's: three missed heartbeats)",
      "admin_timeout", set_duration<B, &server_options::admin_timeout>, show_duration<B, &server_options::admin_timeout>},
+    {"drain-timeout", "DUR", "on SIGTERM or SIGINT, connections in flight may\nfinish for this long (0s: stop at once)",
+     "drain_timeout", set_duration<B, &server_options::drain_timeout>, show_duration<B, &server_options::drain_timeout>},
+    {"state-file", "FILE", "keeps the backends agents registered across\nrestarts (see README, State file)", "state_file",
+     set_text<B, &server_options::state_file>, [](const B&) { return std::string("none"); }},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
      "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
     log_level_flag<B>,
@@ -728,8 +780,8 @@ int run_balancer(int argc, char** argv) {
                                        (b.options.backup ? " backup" : "") + " id " + id);
   }
   return serve_until_stopped(
-      "harmonyd", [&](harmony::option_problem* p) { return balancer.start(p); }, [&] { balancer.stop(); },
-      [](const char* option) { return flag_for(balancer_flags, option); });
+      "harmonyd", [&](harmony::option_problem* p) { return balancer.start(p); }, [&] { balancer.shutdown(); },
+      [&] { balancer.stop(); }, [](const char* option) { return flag_for(balancer_flags, option); });
 }
 
 int run_agent(int argc, char** argv) {
@@ -740,7 +792,7 @@ int run_agent(int argc, char** argv) {
   daemon_level = s.options.level;
   harmony::client agent(s.options);
   return serve_until_stopped(
-      "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&] { agent.close(); },
+      "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&] { agent.close(); }, [] {},
       [](const char* option) { return flag_for(agent_flags, option); });
 }
 

@@ -195,6 +195,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--max-admin-connections N", std::to_string(so.max_admin_connections)},
       {"--max-admin-line N", std::to_string(so.max_admin_line)},
       {"--admin-timeout DUR", duration(so.admin_timeout)},
+      {"--drain-timeout DUR", duration(so.drain_timeout)},
+      {"--state-file FILE", "none"},
       {"--splice", so.splice ? "(default)" : ""},
       {"--secret-file FILE", ""},
       {"--allow-legacy CIDR", ""},
@@ -852,4 +854,75 @@ TEST_CASE("harmonyd agent --balancer A --balancer B: one id on both, traffic thr
   CHECK(listed_ids(admin_a).empty());
   CHECK(listed_ids(admin_b).empty());
   CHECK(round_trip(listen_b, "x") == "none");
+}
+
+TEST_CASE("harmonyd: SIGTERM with four 4 MiB transfers in flight loses no byte and exits 0; a second one stops at once") {
+  std::string data = random_bytes(4u << 20, 77);
+  gate go;
+  backend b(gated_sender(data, go));
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--backend", b.address(), "--workers", "2"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  std::vector<std::future<std::string>> transfers;
+  for (int i = 0; i < 4; ++i) transfers.push_back(fetch(listen));
+  REQUIRE(eventually([&] { return b.accepted() == 4; }));
+  d.signal(polite_stop());
+  REQUIRE(d.wrote("4 connections open"));
+  CHECK(eventually([&] { return !listening(listen); }));  // refused while the transfers go on
+  go.open();
+  for (auto& t : transfers) CHECK(t.get() == data);
+  CHECK(d.wait(10000ms) == 0);
+  CHECK(d.output().find("connections finished, none cut") != std::string::npos);
+
+  // A second signal does not wait for the transfer that is still held.
+  holding_backend held("held");
+  std::string listen2 = free_address(), admin2 = free_address();
+  process d2({"--listen", listen2, "--admin", admin2, "--backend", held.server().address(), "--drain-timeout", "1m"});
+  REQUIRE(eventually([&] { return listening(admin2); }));
+  sock c = connect_to(listen2);
+  REQUIRE(c);
+  c.set_timeout(5s);
+  CHECK(c.read_n(4) == "held");
+  d2.signal(polite_stop());
+  REQUIRE(d2.wrote("1 connection open"));
+  auto began = std::chrono::steady_clock::now();
+  d2.signal(polite_stop());
+  CHECK(d2.wait(5000ms) == 0);
+  CHECK(std::chrono::steady_clock::now() - began < 5s);
+  std::string out = d2.output();
+  CHECK(out.find("stopping at once") != std::string::npos);
+  CHECK(out.find("1 cut") != std::string::npos);
+  held.release();
+}
+
+TEST_CASE("harmonyd --state-file: a harmony.js agent acks after a restart and keeps its weight and port") {
+  std::string dir = "build/tests";
+  std::string file = dir + "/harmonyd-state-" + std::to_string(::getpid());
+  ::unlink(file.c_str());
+  backend web(named("web"));
+  std::string listen = free_address(), admin = free_address();
+  std::vector<std::string> args{"--listen", listen, "--admin", admin, "--state-file", file, "--drain-timeout", "0s"};
+  std::string id;
+  {
+    process d(args);
+    REQUIRE(eventually([&] { return listening(admin); }));
+    id = legacy_register(admin, 1000, web.at().port);
+    REQUIRE(id.size() == 32);
+    d.signal(polite_stop());
+    CHECK(d.wait() == 0);
+  }
+  process d(args);
+  REQUIRE(eventually([&] { return listening(admin); }));
+  CHECK(d.wrote("1 backend restored"));
+  std::string ack = "ACK:" + id + ":ID:" + id + ":";
+  CHECK(admin_exchange(admin, {ack}, ack.size()) == ack);
+  admin_session ops(admin);
+  std::string list = ops.call("list");
+  CHECK(list.find("id=" + id) != std::string::npos);
+  CHECK(list.find("weight=1000") != std::string::npos);
+  CHECK(list.find("address=127.0.0.1:" + std::to_string(web.at().port)) != std::string::npos);
+  CHECK(name_of(round_trip(listen, "x")) == "web");
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  ::unlink(file.c_str());
 }

@@ -42,6 +42,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <map>
 #include <set>
 #include <mutex>
@@ -686,6 +687,32 @@ struct blackhole {
     });
   }
 };
+
+// A backend that reads the client's two bytes, sends the first MiB of `data`, waits
+// for `go`, then sends the rest and its FIN: its transfers are in flight until then.
+inline backend::handler gated_sender(const std::string& data, gate& go) {
+  return [&data, &go](const sock& s) {
+    s.read_n(2);
+    std::size_t first = std::min<std::size_t>(data.size(), 1u << 20);
+    if (!s.send_all(data.data(), first)) return;
+    go.wait(20000ms);
+    s.send_all(data.data() + first, data.size() - first);
+    s.shutdown_send();
+  };
+}
+
+// A client of such a backend on a thread of its own: sends two bytes, reads to EOF.
+inline std::future<std::string> fetch(const std::string& address) {
+  sock s = connect_to(address);
+  REQUIRE(s);
+  REQUIRE(s.send_all("go"));
+  return std::async(std::launch::async, [s = std::move(s)]() mutable {
+    s.set_timeout(20s);
+    std::string got;
+    s.read_to_eof(got);
+    return got;
+  });
+}
 
 // A backend that writes its name at once and holds the connection until released.
 class holding_backend {

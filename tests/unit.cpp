@@ -2221,6 +2221,178 @@ TEST_CASE("limits: a log gate lets one line through per interval and counts the 
   CHECK(held == 0);
 }
 
+// ---- --state-file: the sans-IO format (>>state-file) and the registry's keep/restore.
+namespace {
+detail::state_record kept_sample(char digit, detail::kept_kind kind) {
+  detail::state_record r;
+  r.id = std::string(32, digit);
+  r.kind = kind;
+  r.host = "10.0.0.7";
+  r.addr = "10.0.0.7";
+  r.port = 11081;
+  r.weight = 1000;
+  r.maxconn = 12;
+  r.backup = true;
+  r.drained = true;
+  r.reported = readiness::drain;
+  r.ack_unix_ms = 1764651234567;
+  r.source = "";
+  return r;
+}
+bool same_record(const detail::state_record& a, const detail::state_record& b) {
+  return a.id == b.id && a.kind == b.kind && a.host == b.host && a.addr == b.addr && a.port == b.port &&
+         a.weight == b.weight && a.maxconn == b.maxconn && a.backup == b.backup && a.drained == b.drained &&
+         a.reported == b.reported && a.ack_unix_ms == b.ack_unix_ms && a.source == b.source;
+}
+}  // namespace
+
+TEST_CASE("state file: what format_state writes, parse_state reads back, field for field") {
+  std::vector<detail::state_record> records{kept_sample('A', detail::kept_kind::legacy),
+                                            kept_sample('B', detail::kept_kind::native)};
+  records[1].port = 0;
+  records[1].addr.clear();
+  records[1].host = "[::1]";
+  records[1].backup = false;
+  records[1].reported = readiness::ready;
+  records[1].source = "web:80";
+  std::string text = detail::format_state(records);
+  CHECK(text.find("harmony-state 1\n") != std::string::npos);
+  CHECK(text.size() >= 5);
+  CHECK(text.compare(text.size() - 6, 6, "end 2\n") == 0);
+  detail::parsed_state p = detail::parse_state(text);
+  CHECK(p.complete);
+  CHECK(p.problems.empty());
+  REQUIRE(p.records.size() == 2);
+  CHECK(same_record(p.records[0], records[0]));
+  CHECK(same_record(p.records[1], records[1]));
+  // None kept is a file too; a record the format cannot carry is left out.
+  CHECK(detail::parse_state(detail::format_state({})).complete);
+  records[0].host = "a b";
+  p = detail::parse_state(detail::format_state(records));
+  CHECK(p.complete);
+  REQUIRE(p.records.size() == 1);
+  CHECK(p.records[0].id == records[1].id);
+}
+
+TEST_CASE("state file: a bad line is a problem with its number, the others are read") {
+  std::string good = "backend id=" + std::string(32, 'C') + " host=h addr=127.0.0.1 port=80 weight=7";
+  std::string text = "# comment\n\nharmony-state 1\r\n" + good + "\n" +                      // lines 1-4
+                     "backend id=nothex host=h port=0\n" +                                   // 5
+                     "backend id=" + std::string(32, 'D') + " host=h port=99999\n" +         // 6
+                     "backend id=" + std::string(32, 'E') + " host=h port=80\n" +            // 7: port, no addr
+                     "backend id=" + std::string(32, 'F') + " host=h port=0 weight=0\n" +    // 8
+                     "backend id=" + std::string(32, '1') + " port=0\n" +                    // 9: no host
+                     "backend " + good.substr(8) + " future=1\n" +                           // 10: a duplicate
+                     "backend id=" + std::string(32, '2') + " host=h port=0 state=up\n" +    // 11
+                     "backend id=" + std::string(32, '3') + " host=h port=0 drained\n" +     // 12
+                     "frobnicate\n" +                                                        // 13
+                     "backend id=" + std::string(32, '4') + " host=h port=0 kind=mystery\n" +  // 14
+                     "backend id=" + std::string(32, '5') + " host=h port=0 new-key=x ack=5\n" +  // 15: read
+                     "end 11\n";                                                             // 16
+  detail::parsed_state p = detail::parse_state(text);
+  REQUIRE(p.records.size() == 2);
+  CHECK(p.records[0].id == std::string(32, 'C'));
+  CHECK(p.records[0].weight == 7);
+  CHECK(p.records[0].port == 80);
+  CHECK(p.records[1].ack_unix_ms == 5);
+  std::vector<std::size_t> lines;
+  for (const auto& problem : p.problems) lines.push_back(problem.line);
+  CHECK(lines == std::vector<std::size_t>{5, 6, 7, 8, 9, 10, 11, 12, 13, 14});
+  CHECK(p.complete);  // the end line counts every backend line, read or not
+  CHECK(p.problems[5].what.find("line 4") != std::string::npos);  // the duplicate names the first
+}
+
+TEST_CASE("state file: a cut, foreign or empty file gives what could be read, and says so") {
+  std::vector<detail::state_record> records{kept_sample('A', detail::kept_kind::legacy),
+                                            kept_sample('B', detail::kept_kind::legacy),
+                                            kept_sample('C', detail::kept_kind::native)};
+  std::string text = detail::format_state(records);
+  // Cut at every byte: never a crash, never a record that was not written, and a
+  // complete file only when nothing is missing.
+  for (std::size_t n = 0; n <= text.size(); ++n) {
+    detail::parsed_state p = detail::parse_state(std::string_view(text).substr(0, n));
+    CHECK(p.records.size() <= records.size());
+    for (std::size_t i = 0; i < p.records.size(); ++i) CHECK(same_record(p.records[i], records[i]));
+    if (n < text.size()) {
+      CHECK_FALSE(p.complete);
+      CHECK_FALSE(p.problems.empty());
+    } else {
+      CHECK(p.complete);
+      CHECK(p.records.size() == 3);
+    }
+  }
+  // The newline is what makes a line whole: a last line without one is not read.
+  detail::parsed_state cut = detail::parse_state(text.substr(0, text.find("end 3")) + "backend id=" + std::string(32, 'D'));
+  CHECK(cut.records.size() == 3);
+  CHECK(cut.problems.back().what.find("cut short") != std::string::npos);
+  CHECK(detail::parse_state("").problems.size() == 1);
+  CHECK(detail::parse_state("harmony-state 2\n" + text.substr(text.find("backend"))).records.empty());
+  CHECK(detail::parse_state("\x7f" "ELF\x01\x02\n\n").records.empty());
+  std::string miscount = text;
+  miscount.replace(miscount.find("end 3"), 5, "end 9");
+  CHECK_FALSE(detail::parse_state(miscount).complete);
+  CHECK(detail::parse_state(miscount).records.size() == 3);
+}
+
+TEST_CASE("registry: keep and restore carry a backend across a restart, its last ack as old as it was") {
+  detail::registry before(algorithm::leastconn, duration(60000), false, {}, detail::random_id);
+  int changes = 0;
+  before.on_change([&] { ++changes; });
+  std::string legacy, native, fixed;
+  auto to = detail::resolved_address::v4(127, 0, 0, 1, 0);
+  REQUIRE_FALSE(before.add(endpoint{"127.0.0.1", 0}, &to, default_weight, true, &legacy, 1000));
+  REQUIRE_FALSE(before.set_address(legacy, endpoint{"127.0.0.1", 9001}, to.with_port(9001), 1000));
+  REQUIRE_FALSE(before.set_weight(legacy, 1000));
+  REQUIRE_FALSE(before.add(endpoint{"127.0.0.1", 9002}, &to, 300, true, &native, 1000));
+  REQUIRE_FALSE(before.set_online(native, true, 1000));
+  REQUIRE_FALSE(before.set_maxconn(native, 5));
+  REQUIRE_FALSE(before.drain(native, true, 1000));
+  REQUIRE_FALSE(before.add(endpoint{"127.0.0.1", 9003}, &to, 500, false, &fixed, 1000));  // static: not kept
+  CHECK(changes >= 8);
+  int seen = changes;
+  detail::pick_result pick;
+  REQUIRE(before.pick(1500, "", {}, pick));  // picks and releases are no change to keep
+  before.release(pick.chosen, false);
+  CHECK(changes == seen);
+
+  // Kept at steady 2000 = wall 50000: the legacy backend acked 1 s ago.
+  std::vector<detail::kept_backend> kept = before.keep(2000, 50000);
+  REQUIRE(kept.size() == 2);
+  const detail::state_record& l = kept[0].record.id == legacy ? kept[0].record : kept[1].record;
+  const detail::state_record& n = kept[0].record.id == native ? kept[0].record : kept[1].record;
+  CHECK(l.kind == detail::kept_kind::legacy);
+  CHECK(l.port == 9001);
+  CHECK(l.weight == 1000);
+  CHECK(l.ack_unix_ms == 49000);
+  CHECK(n.kind == detail::kept_kind::native);
+  CHECK(n.maxconn == 5);
+  CHECK(n.drained);
+
+  // Restored in a registry whose clock reads 100 when the wall reads 80000 (30 s later).
+  detail::registry after(algorithm::leastconn, duration(60000), false, {}, detail::random_id);
+  for (const auto& k : kept) CHECK_FALSE(after.restore(k.record, &k.to, 100, 80000));
+  CHECK(after.restore(kept[0].record, &kept[0].to, 100, 80000) == errc::bad_option);  // the id is taken
+  auto list = after.list(100);
+  REQUIRE(list.size() == 2);
+  for (const auto& b : list) {
+    if (b.id == legacy) {
+      CHECK(b.weight == 1000);
+      CHECK(b.address.port == 9001);
+      CHECK(b.state == "up");
+    } else {
+      CHECK(b.id == native);
+      CHECK(b.maxconn == 5);
+      CHECK(b.draining);
+      CHECK(b.state == "offline");  // until its agent registers again
+    }
+  }
+  // 31 s had gone by at the restart: 29 s later the legacy backend expires, unless it acks.
+  CHECK(after.list(100 + 29001)[0].state != "up");
+  CHECK_FALSE(after.ack(legacy, 29000));
+  for (const auto& b : after.list(29100))
+    if (b.id == legacy) CHECK(b.state == "up");
+}
+
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
   detail::registry r(algorithm::roundrobin, duration(1000), false, {}, detail::random_id);
   detail::resolved_address a = detail::resolved_address::v4(127, 0, 0, 1, 9);

@@ -94,6 +94,17 @@ inline constexpr int default_check_fall = 3;
 inline constexpr int max_check_rise_fall = 1000;
 inline constexpr std::size_t max_check_text = 4096;  // check_send, check_expect
 
+// server::shutdown()'s deadline (server_options::drain_timeout), from 0 (stop at once) to a day.
+inline constexpr duration default_drain_timeout{30000};
+inline constexpr duration max_drain_timeout{86400000};
+
+// What a graceful stop (server::shutdown) found and did.
+struct drain_report {
+  std::uint64_t open = 0;      // client connections open (or queued) when it began
+  std::uint64_t finished = 0;  // of those and any still being taken in, the ones that ended on their own
+  std::uint64_t cut = 0;       // closed at the deadline (or by stop())
+};
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -187,6 +198,18 @@ struct server_options {
   std::vector<std::string> allow_legacy;
   log_function log;                 // silent when empty
   log_level level = log_level::info;
+
+  // ---- Keeping what it has across a stop and a restart (README, "Stopping and restarting").
+  // The deadline shutdown() gives the connections in flight when it is called without one;
+  // 0 stops at once.
+  duration drain_timeout = default_drain_timeout;
+  // Where the registry of backends that registered over the admin port is kept: written
+  // atomically (a temporary file beside it, fsync, rename) on a thread of the server's own
+  // shortly after each change (at most once a second) and when the server stops, and read
+  // when it starts, so agents that ack after a restart are known with their id, weight and
+  // port. A file that cannot be read, or lines that cannot be parsed, are logged (file and
+  // line) and skipped. Empty (the default): nothing is kept.
+  std::string state_file;
 };
 
 // Checks every option against its range, as server::start() and run() do: errc::bad_address
@@ -209,6 +232,19 @@ class server {
   std::error_code run(option_problem* problem = nullptr);
   // Stops accepting, closes every connection and joins the threads. Idempotent.
   void stop();
+  // A graceful stop, like HAProxy's soft-stop. At once: the listen sockets close (new
+  // clients are refused; ones the kernel had not yet handed over are reset). Connections
+  // being proxied go on, and so do those waiting in the concurrency queue: they are still
+  // served if a slot or a backend frees up before the deadline. The admin port stays open
+  // meanwhile, so agents still ack and deregister and operators can watch `stats`. When the
+  // last connection has ended, or at `deadline` (then the rest are closed), the server stops
+  // as stop() does: run() returns, the threads are joined and the state file is written.
+  // Logs one line when it begins (connections open) and one when it ends (finished, cut).
+  // Blocks until then; from one of the server's own callbacks it only begins the drain and
+  // returns at once (report.open set). A stop() or a shorter shutdown() from another thread
+  // cuts a drain short. Does nothing (and reports zeros) when the server is not running.
+  drain_report shutdown(duration deadline);
+  drain_report shutdown();  // with server_options::drain_timeout
 
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;

@@ -259,6 +259,8 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("check_fall", o.check_fall, 1, max_check_rise_fall);
   c.range("check_send", o.check_send.size(), std::size_t{0}, max_check_text);
   c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
+  if (o.drain_timeout.count() < 0 || o.drain_timeout > max_drain_timeout)
+    c.fail(errc::bad_option, "drain_timeout", "must be from 0s (stop at once) to " + format_duration(max_drain_timeout));
   return c.done();
 }
 

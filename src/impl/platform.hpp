@@ -494,6 +494,96 @@ inline socket_handle accept_one(socket_handle listener, address& peer) noexcept 
 
 #endif
 
+// ---- Files (--state-file): read whole, replaced atomically.
+
+// The wall clock in milliseconds since 1970, for what outlives the process.
+inline std::int64_t unix_ms() noexcept {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Reads the file at `path` into `out`, at most `limit` bytes (errc::bad_option beyond).
+// std::errc::no_such_file_or_directory when there is none.
+inline std::error_code read_file(const std::string& path, std::string& out, std::size_t limit) {
+  out.clear();
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return {errno, std::generic_category()};
+  char chunk[65536];
+  std::size_t n;
+  while ((n = std::fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (out.size() + n > limit) {
+      std::fclose(f);
+      return make_error_code(errc::bad_option);
+    }
+    out.append(chunk, n);
+  }
+  bool failed = std::ferror(f) != 0;
+  int e = errno;
+  std::fclose(f);
+  if (failed) return {e ? e : EIO, std::generic_category()};
+  return {};
+}
+
+// Replaces the file at `path` with `content` so that a reader (or a crash) sees the old
+// file or the new one, never a part: a temporary file beside it (PATH.tmp), written and
+// flushed to disk, then renamed over it (MoveFileEx on Windows).
+inline std::error_code replace_file(const std::string& path, std::string_view content) {
+  std::string temporary = path + ".tmp";
+#if defined(_WIN32)
+  HANDLE h = ::CreateFileA(temporary.c_str(), GENERIC_WRITE, 0, nullptr, CREATE_ALWAYS, FILE_ATTRIBUTE_NORMAL, nullptr);
+  if (h == INVALID_HANDLE_VALUE) return {static_cast<int>(::GetLastError()), std::system_category()};
+  std::size_t done = 0;
+  DWORD failure = 0;
+  while (done < content.size() && !failure) {
+    DWORD wrote = 0;
+    DWORD chunk = static_cast<DWORD>(std::min<std::size_t>(content.size() - done, 1u << 30));
+    if (!::WriteFile(h, content.data() + done, chunk, &wrote, nullptr)) failure = ::GetLastError();
+    done += wrote;
+  }
+  if (!failure && !::FlushFileBuffers(h)) failure = ::GetLastError();
+  ::CloseHandle(h);
+  // A reader that has the file open (without FILE_SHARE_DELETE) holds the rename
+  // back: tried again for up to about 100 ms (on the state-file thread, never a loop).
+  for (int attempt = 0; !failure; ++attempt) {
+    if (::MoveFileExA(temporary.c_str(), path.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) break;
+    DWORD e = ::GetLastError();
+    if ((e != ERROR_ACCESS_DENIED && e != ERROR_SHARING_VIOLATION) || attempt == 20) failure = e;
+    else ::Sleep(5);
+  }
+  if (failure) {
+    ::DeleteFileA(temporary.c_str());
+    return {static_cast<int>(failure), std::system_category()};
+  }
+  return {};
+#else
+  int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return {errno, std::generic_category()};
+  std::size_t done = 0;
+  int failure = 0;
+  while (done < content.size() && !failure) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n > 0) done += static_cast<std::size_t>(n);
+    else if (n < 0 && errno != EINTR) failure = errno;
+  }
+  if (!failure && ::fsync(fd) != 0) failure = errno;
+  if (::close(fd) != 0 && !failure) failure = errno;
+  if (!failure && ::rename(temporary.c_str(), path.c_str()) != 0) failure = errno;
+  if (failure) {
+    ::unlink(temporary.c_str());
+    return {failure, std::generic_category()};
+  }
+  // The rename itself lasts once the directory is on disk too.
+  std::string::size_type slash = path.rfind('/');
+  std::string directory = slash == std::string::npos ? std::string(".") : slash == 0 ? std::string("/") : path.substr(0, slash);
+  int dir = ::open(directory.c_str(), O_RDONLY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return {};
+#endif
+}
+
 // Backend ids must be unguessable: they come from the OS CSPRNG.
 inline bool random_bytes(void* out, std::size_t n) noexcept {
   auto* p = static_cast<unsigned char*>(out);

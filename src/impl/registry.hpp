@@ -18,6 +18,13 @@ struct pick_result {
   bool watch = false;
 };
 
+// One kept backend (--state-file, >>state-file) and the address it is reached at; the
+// server turns the address into text and back, the registry never does.
+struct kept_backend {
+  state_record record;
+  resolved_address to;
+};
+
 struct registry_limits {
   std::size_t backends = 100000;
   std::size_t affinity_entries = 100000;
@@ -128,6 +135,7 @@ class registry {
     changes_.push_back("backend " + r.id + " (" + r.at.to_string() + ") registered, weight " + std::to_string(weight) +
                        ": " + r.shown);
     if (id_out) *id_out = r.id;
+    changed();
     return {};
   }
 
@@ -150,6 +158,7 @@ class registry {
     ++r.generation;  // open leases of the old backend no longer count against the slot
     r.id.clear();
     free_slots_.push_back(slot);
+    changed();
     return {};
   }
 
@@ -194,6 +203,7 @@ class registry {
     return update(id, now, [&](record& r, std::uint32_t) {
       reason_ = online ? "its agent is connected again" : "its agent's connection dropped";
       r.online = online;
+      r.tied = true;
       if (online) r.last_ack = now;
     });
   }
@@ -470,6 +480,59 @@ class registry {
   std::size_t size() const noexcept { return by_id_.size(); }
   std::size_t affinity_size() const noexcept { return affinities_.size(); }
 
+  // ---- Kept across restarts (--state-file). Called, under the registry's lock, after
+  // every change worth keeping (a backend added or removed, an ack, a new weight...),
+  // never for a pick or a release: it must only note the change and return.
+  void on_change(std::function<void()> f) { on_change_ = std::move(f); }
+  // The backends that registered over the admin port (static and DNS backends come
+  // from the configuration), with the wall-clock time `unix_now` that is `now`.
+  std::vector<kept_backend> keep(std::int64_t now, std::int64_t unix_now) const {
+    std::vector<kept_backend> out;
+    for (const record& r : records_) {
+      if (!r.used || !r.expires) continue;
+      kept_backend k;
+      state_record& s = k.record;
+      s.id = r.id;
+      s.kind = r.tied ? kept_kind::native : kept_kind::legacy;
+      s.host = r.at.host;
+      s.port = r.routable ? r.at.port : 0;
+      s.weight = r.weight;
+      s.maxconn = r.maxconn;
+      s.backup = r.backup;
+      s.drained = r.draining;
+      s.reported = r.reported;
+      s.ack_unix_ms = std::max<std::int64_t>(0, unix_now - (now - r.last_ack));
+      s.source = r.source;
+      if (r.routable) k.to = r.to;
+      out.push_back(std::move(k));
+    }
+    return out;
+  }
+  // Adds a kept backend again under its id, as it was: its last ack as old as it was
+  // then, and a native agent's backend offline until its agent registers again. `to`
+  // is where it is reached (null: no service port). errc::bad_option when the id is
+  // taken or the record does not fit the registry's ranges.
+  std::error_code restore(const state_record& k, const resolved_address* to, std::int64_t now,
+                          std::int64_t unix_now) {
+    if (!is_backend_id(k.id) || known(k.id) || k.maxconn < 0 || k.maxconn > max_maxconn)
+      return make_error_code(errc::bad_option);
+    std::string id;
+    endpoint at{k.host, k.port};
+    if (auto e = add(at, k.port != 0 ? to : nullptr, k.weight, true, &id, now, k.id)) return e;
+    set_backup(id, k.backup);
+    set_source(id, k.source);
+    std::int64_t age = std::max<std::int64_t>(0, unix_now - k.ack_unix_ms);
+    return update(id, now, [&](record& r, std::uint32_t) {
+      r.maxconn = k.maxconn;
+      r.full = false;
+      r.draining = k.drained;
+      r.reported = k.reported;
+      r.last_ack = now - age;
+      r.tied = k.kind == kept_kind::native;
+      r.online = !r.tied;
+    });
+  }
+
  private:
   struct record {
     std::string id;
@@ -502,6 +565,7 @@ class registry {
     backend_health health;
     bool resting = false;        // in resting_: passively out, its trial to be woken
     const char* shown = nullptr;  // the state last noted (shown_state)
+    bool tied = false;  // kept online by its agent's connection (native dialect)
   };
 
   // Changes one backend, then re-judges its eligibility at `now` (a negative
@@ -512,7 +576,11 @@ class registry {
     if (!find(id, slot)) return make_error_code(errc::unknown_backend);
     change(records_[slot], slot);
     if (now >= 0) refresh(slot, now);
+    changed();
     return {};
+  }
+  void changed() {
+    if (on_change_) on_change_();
   }
 
   bool find(std::string_view id, std::uint32_t& slot) const {
@@ -811,6 +879,7 @@ class registry {
   std::string reason_;                     // why the change being made happens, for note()
   std::vector<std::string> changes_;       // noted state changes, for take_changes()
   std::unordered_map<std::string, std::uint32_t> by_id_;
+  std::function<void()> on_change_;
 };
 
 }  // namespace detail

@@ -114,6 +114,22 @@ struct server::impl {
   void apply(const detail::resolution& r);  // on the first loop
   void rebuild_tables();  // with hash: the stale Maglev tables, on the first loop
 
+  // ---- Keeping what it has (server::shutdown, --state-file).
+  std::uint64_t open_connections() const;  // client connections open on every loop now
+  bool on_own_thread() const;              // a loop thread of this server (under lifecycle)
+  // Graceful stop: begins (or, with an earlier deadline, hurries) the drain; under lifecycle.
+  void begin_drain(duration deadline);
+  // A session ended: during a drain, the last one ends it (any loop thread).
+  void session_ended() {
+    if (drain_watch.load(std::memory_order_relaxed)) drain_check();
+  }
+  void drain_check();
+  // Ends the drain: what is still open is `cut` when the loops go; they are told to stop.
+  void finish_drain(const char* how);
+  void load_state();   // once, before the ports open
+  void start_keeper();  // under lifecycle, with a state file
+  std::string state_text();  // the state file's text now
+
   server_options options;
   detail::logger log;
   detail::locked<detail::registry> backends;  // shared by every loop: lock() for each use
@@ -143,6 +159,22 @@ struct server::impl {
   endpoint bound_listen;
   endpoint bound_admin;
   endpoint bound_stats;
+  std::thread::id run_thread;  // the thread in run(), while it runs the first loop
+
+  // The drain: its state under drain_mutex; drain_watch lets the loops' check cost a load.
+  std::mutex drain_mutex;
+  std::condition_variable drain_over;
+  bool draining = false;
+  std::uint64_t drain_round = 0;  // ends of drains so far: a waiter waits for the next
+  std::uint64_t accepted_at_drain = 0;
+  std::int64_t drain_began = 0;
+  std::int64_t drain_deadline = 0;  // steady ms
+  drain_report drain;               // the drain going on, then the last one
+  std::atomic<bool> drain_watch{false};
+  detail::timer drain_timer;  // the deadline, on the first loop
+  // --state-file
+  bool state_loaded = false;
+  std::unique_ptr<detail::state_keeper> keeper;  // while running, with a state file
 };
 
 }  // namespace harmony

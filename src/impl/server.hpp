@@ -8,6 +8,13 @@ inline std::error_code server::impl::open(option_problem* problem) {
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
+  if (!options.state_file.empty() && !state_loaded) load_state();  // before agents can ack
+  {
+    std::lock_guard<std::mutex> lock(drain_mutex);
+    draining = false;
+  }
+  drain_watch.store(false, std::memory_order_relaxed);
+  drain_timer.fire = [this] { finish_drain("at the deadline"); };
   endpoint at;
   if (auto e = parse_endpoint(options.listen, at)) return e;
   detail::address where;
@@ -89,6 +96,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
   if (!names.empty()) start_resolver();
+  if (!options.state_file.empty()) start_keeper();
   return {};
 }
 
@@ -202,16 +210,23 @@ inline void server::impl::rebuild_tables() {
 
 inline void server::impl::close_all() {
   winding_down.store(true, std::memory_order_relaxed);
+  finish_drain("cut short by stop()");  // when one is going on
   stop_resolver();  // before the loops it delivers to go
   backends.lock()->on_tables_stale(nullptr);  // picks rebuild them from now on, should any come
   for (auto& w : workers) w->loop().stop();
   for (auto& t : threads)
     if (t.joinable()) t.join();
   threads.clear();
+  if (!workers.empty()) workers.front()->loop().cancel(drain_timer);  // its thread has ended
   admin.reset();
   stats_port.reset();
   monitor.reset();
   workers.clear();
+  if (keeper) {  // the loops are gone: the last state is final
+    backends.lock()->on_change(nullptr);
+    keeper->stop();
+    keeper.reset();
+  }
   bound_listen = endpoint{};
   bound_admin = endpoint{};
   bound_stats = endpoint{};
@@ -241,6 +256,7 @@ HARMONY_DEF std::error_code server::run(option_problem* problem) {
     impl_->caller_runs_loop = true;
     for (std::size_t i = 1; i < impl_->workers.size(); ++i)
       impl_->threads.emplace_back(&detail::worker::run_own_thread, impl_->workers[i].get());
+    impl_->run_thread = std::this_thread::get_id();
   }
   impl_->workers.front()->loop().run();
   std::lock_guard<std::mutex> lock(impl_->lifecycle);
@@ -256,6 +272,166 @@ HARMONY_DEF void server::stop() {
   for (auto& t : impl_->threads)
     if (t.get_id() == std::this_thread::get_id()) return;  // from a callback: the destructor joins
   impl_->close_all();
+}
+
+HARMONY_DEF drain_report server::shutdown() { return shutdown(impl_->options.drain_timeout); }
+
+HARMONY_DEF drain_report server::shutdown(duration deadline) {
+  std::uint64_t round;
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);
+    if (!impl_->running) return {};
+    {
+      std::lock_guard<std::mutex> drain_lock(impl_->drain_mutex);
+      round = impl_->drain_round;
+    }
+    impl_->begin_drain(deadline);
+    if (impl_->on_own_thread()) {  // a callback cannot wait for its own loop
+      std::lock_guard<std::mutex> drain_lock(impl_->drain_mutex);
+      return impl_->drain;
+    }
+  }
+  drain_report report;
+  {
+    std::unique_lock<std::mutex> lock(impl_->drain_mutex);
+    // The first loop's timer ends the drain at the deadline; the bound here only keeps a
+    // loop that cannot run its timer from holding the caller for ever.
+    auto bound = std::chrono::steady_clock::now() + std::max(deadline, duration{0}) + std::chrono::seconds(5);
+    impl_->drain_over.wait_until(lock, bound, [&] { return impl_->drain_round != round; });
+    report = impl_->drain;
+  }
+  stop();  // joins the threads (in run(), the thread running it cleans up)
+  return report;
+}
+
+inline std::uint64_t server::impl::open_connections() const {
+  std::uint64_t n = 0;
+  for (auto& w : workers) n += w->stats.active.load(std::memory_order_relaxed);
+  return n;
+}
+
+inline bool server::impl::on_own_thread() const {
+  auto me = std::this_thread::get_id();
+  if (caller_runs_loop && me == run_thread) return true;
+  for (auto& t : threads)
+    if (t.get_id() == me) return true;
+  return false;
+}
+
+inline void server::impl::begin_drain(duration deadline) {
+  std::int64_t now = detail::now_ms();
+  std::int64_t until = now + std::max<std::int64_t>(0, deadline.count());
+  {
+    std::lock_guard<std::mutex> lock(drain_mutex);
+    if (draining) {
+      if (until >= drain_deadline) return;
+      drain_deadline = until;  // hurried: the timer moves up
+    } else {
+      draining = true;
+      drain_began = now;
+      drain_deadline = until;
+      drain = drain_report{};
+      drain.open = open_connections();
+      accepted_at_drain = 0;
+      for (auto& w : workers) accepted_at_drain += w->stats.accepted.load(std::memory_order_relaxed);
+      log(log_level::info, "draining: the listen port is closed, %llu connection%s open, waiting up to %s",
+          static_cast<unsigned long long>(drain.open), drain.open == 1 ? "" : "s", format_duration(deadline).c_str());
+      drain_watch.store(true, std::memory_order_relaxed);
+      for (auto& w : workers) {
+        detail::worker* target = w.get();
+        target->loop().post([target] { target->stop_accepting(); });
+      }
+    }
+  }
+  detail::reactor& first = workers.front()->loop();
+  first.post([this, &first, until] {
+    drain_check();  // none open: done at once
+    if (!drain_watch.load(std::memory_order_relaxed)) return;
+    first.schedule(drain_timer, until);
+  });
+}
+
+inline void server::impl::drain_check() {
+  if (open_connections() == 0) finish_drain("");
+}
+
+inline void server::impl::finish_drain(const char* how) {
+  std::lock_guard<std::mutex> lock(drain_mutex);
+  if (!draining || !drain_watch.load(std::memory_order_relaxed)) return;
+  drain_watch.store(false, std::memory_order_relaxed);
+  std::uint64_t accepted = 0;
+  for (auto& w : workers) accepted += w->stats.accepted.load(std::memory_order_relaxed);
+  drain.cut = open_connections();  // closed when the loops go
+  std::uint64_t served = drain.open + (accepted - accepted_at_drain);
+  drain.finished = served > drain.cut ? served - drain.cut : 0;
+  std::string took = format_duration(duration{detail::now_ms() - drain_began});
+  if (drain.cut == 0)
+    log(log_level::info, "drained in %s: %llu connection%s finished, none cut", took.c_str(),
+        static_cast<unsigned long long>(drain.finished), drain.finished == 1 ? "" : "s");
+  else
+    log(log_level::warn, "drain ended %s after %s: %llu connection%s finished, %llu cut", how, took.c_str(),
+        static_cast<unsigned long long>(drain.finished), drain.finished == 1 ? "" : "s",
+        static_cast<unsigned long long>(drain.cut));
+  ++drain_round;
+  drain_over.notify_all();
+  for (auto& w : workers) w->loop().stop();
+}
+
+inline void server::impl::load_state() {
+  state_loaded = true;
+  const std::string& path = options.state_file;
+  std::string text;
+  std::error_code e = detail::read_file(path, text, detail::max_state_file_bytes);
+  if (e == std::errc::no_such_file_or_directory) {
+    log(log_level::info, "state file %s does not exist yet: no backend to restore", path.c_str());
+    return;
+  }
+  if (e) {
+    log(log_level::error, "cannot read the state file %s (%s): starting without its backends", path.c_str(),
+        e.message().c_str());
+    return;
+  }
+  detail::parsed_state parsed = detail::parse_state(text);
+  for (const auto& p : parsed.problems) {
+    if (p.line) log(log_level::warn, "state file %s line %zu: %s (skipped)", path.c_str(), p.line, p.what.c_str());
+    else log(log_level::warn, "state file %s: %s", path.c_str(), p.what.c_str());
+  }
+  std::size_t restored = 0;
+  std::int64_t now = detail::now_ms(), unix_now = detail::unix_ms();
+  for (const auto& r : parsed.records) {
+    detail::resolved_address to;
+    if (r.port != 0 && detail::resolve(endpoint{r.addr, r.port}, to)) {
+      log(log_level::warn, "state file %s: backend %s: '%s' is not an address (skipped)", path.c_str(), r.id.c_str(),
+          r.addr.c_str());
+      continue;
+    }
+    if (auto re = backends.lock()->restore(r, r.port ? &to : nullptr, now, unix_now)) {
+      log(log_level::warn, "state file %s: backend %s not restored: %s", path.c_str(), r.id.c_str(),
+          re.message().c_str());
+      continue;
+    }
+    ++restored;
+  }
+  log(log_level::info, "state file %s: %zu backend%s restored%s", path.c_str(), restored, restored == 1 ? "" : "s",
+      parsed.complete ? "" : " (the file is incomplete)");
+}
+
+inline std::string server::impl::state_text() {
+  std::vector<detail::kept_backend> kept = backends.lock()->keep(detail::now_ms(), detail::unix_ms());
+  std::vector<detail::state_record> records;
+  records.reserve(kept.size());
+  for (auto& k : kept) {
+    if (k.to.valid()) k.record.addr = detail::to_os_address(k.to).host_text();
+    records.push_back(std::move(k.record));
+  }
+  return detail::format_state(records);
+}
+
+inline void server::impl::start_keeper() {
+  keeper = std::make_unique<detail::state_keeper>(options.state_file, [this] { return state_text(); }, log);
+  detail::state_keeper* k = keeper.get();
+  backends.lock()->on_change([k] { k->changed(); });
+  keeper->start();
 }
 
 HARMONY_DEF endpoint server::listen_endpoint() const {

@@ -53,6 +53,9 @@ class worker final : public session_host {
     loop_.run();
   }
 
+  // A drain (server::shutdown): closes the listener; what it had accepted goes on.
+  void stop_accepting() { listener_.close(); }
+
   // Admits waiting connections while the concurrency limit allows, oldest first.
   void admit_waiting();
   std::size_t waiting() const noexcept { return queue_.size(); }
@@ -83,7 +86,10 @@ class worker final : public session_host {
   bool wait_for_slot(session& s) override;
   bool wait_for_backend(session& s, bool keep_place) override;
   void stop_waiting(session& s) override;
-  void recycle(session& s) override { free_sessions_.push_back(&s); }
+  void recycle(session& s) override {
+    free_sessions_.push_back(&s);
+    owner_.session_ended();  // a drain waits for the last one
+  }
   void client_ended(const address& peer) override { owner_.client_ended(peer); }
 
   // Where one listener serves every loop, connections are dealt in turn.
