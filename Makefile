@@ -104,7 +104,7 @@ tsan:
 # each run for FUZZ_SECONDS from its seed corpus tests/fuzz/corpus/<target>/
 # (what it finds goes to build/fuzz/corpus/<target>/, not into the repository).
 # A new target is one more name here, its .cpp and its seeds.
-FUZZ_TARGETS := codec-legacy codec-native commands parsers split dns proxy-header
+FUZZ_TARGETS := codec-legacy codec-native commands parsers split dns proxy-header state-file
 FUZZ_SECONDS ?= 60
 FUZZ_CXX     ?= clang++
 FUZZ_FLAGS   := -std=c++17 $(WARN) -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \

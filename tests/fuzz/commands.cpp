@@ -2,7 +2,8 @@
 // reply is well-formed (native: lines, the last "ok ..." / "err CODE ..." /
 // "pong", the ones before it list or help lines; legacy: one "CMD:ARG:"
 // message), nothing is answered after the connection ended, and the registry
-// keeps its limit.
+// keeps its limit. With a secret (the handshake, HMAC-SHA256 over a fresh nonce),
+// nothing the fuzzer sends registers, steers or changes anything.
 #include "fuzz.hpp"
 
 using namespace harmony;
@@ -44,11 +45,12 @@ void check_legacy(const std::string& reply) {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::string_view in = fuzz::as_text(data, size);
   bool refuse_legacy = !in.empty() && (in[0] & 0x10);
+  bool with_secret = !in.empty() && (in[0] & 0x08);
   fuzz::split_input s = fuzz::split(in);
   std::size_t max_line = 64 + (in.empty() ? 0 : static_cast<unsigned char>(in[0]) >> 5) * 512;
 
   fuzz::admin_world world;
-  detail::admin_protocol p = fuzz::agent_connection(refuse_legacy, max_line);
+  detail::admin_protocol p = fuzz::agent_connection(refuse_legacy, max_line, with_secret ? "fuzz secret" : "");
   bool ended = false;
   std::size_t lines = 0, colons = 0;
   for (std::string_view piece : s.pieces) {
@@ -72,6 +74,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     FUZZ_CHECK(ended == p.ended());
     FUZZ_CHECK(world.backends.lock()->size() <= fuzz::admin_world::limits().backends);
+    if (with_secret && p.current_dialect() != detail::dialect::legacy) {
+      FUZZ_CHECK(world.backends.lock()->size() == 0);
+      FUZZ_CHECK(world.limit == -1);
+      for (const detail::admin_effect& e : r.effects) FUZZ_CHECK(e.what == detail::admin_effect::kind::end);
+    }
     if (p.current_dialect() == detail::dialect::legacy && refuse_legacy) FUZZ_CHECK(ended);
   }
   return 0;

@@ -101,10 +101,12 @@ struct admin_world final : harmony::detail::admin_services {
   }
 };
 
-inline harmony::detail::admin_protocol agent_connection(bool refuse_legacy, std::size_t max_line) {
+inline harmony::detail::admin_protocol agent_connection(bool refuse_legacy, std::size_t max_line,
+                                                        std::string secret = {}) {
   harmony::detail::admin_protocol::config c;
   c.refuse_legacy = refuse_legacy;
   c.max_line = max_line;
+  c.secret = std::move(secret);
   return harmony::detail::admin_protocol(harmony::detail::resolved_address::v4(203, 0, 113, 5, 40000), "203.0.113.5",
                                          c);
 }
