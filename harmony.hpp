@@ -1402,6 +1402,13 @@ inline long count_open_descriptors() {
 #endif
 }
 
+// Errors that say this host ran out of something (descriptors, buffers, memory),
+// not that a peer failed.
+inline bool is_local_resource_error(const std::error_code& e) noexcept {
+  return e == std::errc::too_many_files_open || e == std::errc::too_many_files_open_in_system ||
+         e == std::errc::no_buffer_space || e == std::errc::not_enough_memory;
+}
+
 // Backend ids are 32 uppercase hex digits, as random_id makes them.
 inline bool is_backend_id(std::string_view id) noexcept {
   if (id.size() != 32) return false;
@@ -7872,9 +7879,12 @@ inline void session::attempt_failed(std::error_code why) {
   host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
               why.message().c_str());
   if (settings.on_backend_error) settings.on_backend_error(id, why);
-  watch_ = true;  // every failure counts
-  report(attempt_outcome::failed, why.message());
-  host_.release(current_, true);
+  // A failure of this host (out of descriptors or memory for the socket) says
+  // nothing of the backend: it must not take a healthy backend out of rotation.
+  bool ours = is_local_resource_error(why);
+  if (!ours) watch_ = true;  // every failure of the backend counts; a trial of ours is abandoned
+  report(ours ? attempt_outcome::abandoned : attempt_outcome::failed, why.message());
+  host_.release(current_, !ours);
   tried_.push_back(current_);
   current_ = lease{};
   backend_.close(false);

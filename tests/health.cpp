@@ -46,30 +46,6 @@ std::string state_of(const harmony::server& srv, const std::string& id) {
   return "<gone>";
 }
 
-// A listener whose accept queue is full and never accepted: a connect to it
-// hangs (the kernel drops the SYN), as a blackholed host does. `hangs` says
-// whether this kernel does so (checked, not assumed).
-struct blackhole {
-  sock listener;
-  harmony::endpoint at;
-  std::vector<sock> fillers;
-  bool hangs = false;
-  blackhole() {
-    listener = listen_on("127.0.0.1", at, 0);
-    REQUIRE(listener);
-    for (int i = 0; i < 16 && !hangs; ++i) {
-      socklen_t len = 0;
-      sockaddr_storage ss = make_address(at, len);
-      sock s(::socket(ss.ss_family, SOCK_STREAM, 0));
-      set_nonblocking(s.fd(), true);
-      ::connect(s.fd(), reinterpret_cast<sockaddr*>(&ss), len);
-      hangs = !wait_writable(s.fd(), 300);
-      fillers.push_back(std::move(s));
-    }
-  }
-  std::string address() const { return at.to_string(); }
-};
-
 // Answers a check: reads up to a newline, writes `reply`, then waits for EOF.
 backend::handler answering(std::string reply) {
   return [reply](const sock& s) {

@@ -685,7 +685,19 @@ struct blackhole {
         if (wait_writable(f.fd(), 0)) return true;
       return false;
     });
+    // Checked, not assumed: one more connect must hang on this kernel.
+    if (ready) {
+      socklen_t len = 0;
+      sockaddr_storage ss = make_address(at, len);
+      sock probe(::socket(ss.ss_family, SOCK_STREAM, 0));
+      set_nonblocking(probe.fd(), true);
+      ::connect(probe.fd(), reinterpret_cast<sockaddr*>(&ss), len);
+      hangs = !wait_writable(probe.fd(), 300);
+      fillers.push_back(std::move(probe));
+    }
   }
+  std::string address() const { return at.to_string(); }
+  bool hangs = false;  // a connect to it does not complete (within 300 ms)
 };
 
 // A backend that reads the client's two bytes, sends the first MiB of `data`, waits

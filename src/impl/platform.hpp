@@ -750,6 +750,13 @@ inline long count_open_descriptors() {
 #endif
 }
 
+// Errors that say this host ran out of something (descriptors, buffers, memory),
+// not that a peer failed.
+inline bool is_local_resource_error(const std::error_code& e) noexcept {
+  return e == std::errc::too_many_files_open || e == std::errc::too_many_files_open_in_system ||
+         e == std::errc::no_buffer_space || e == std::errc::not_enough_memory;
+}
+
 // Backend ids are 32 uppercase hex digits, as random_id makes them.
 inline bool is_backend_id(std::string_view id) noexcept {
   if (id.size() != 32) return false;

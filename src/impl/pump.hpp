@@ -354,9 +354,12 @@ inline void session::attempt_failed(std::error_code why) {
   host_.log()(log_level::warn, "backend %s failed for %s: %s", id.c_str(), client_text().c_str(),
               why.message().c_str());
   if (settings.on_backend_error) settings.on_backend_error(id, why);
-  watch_ = true;  // every failure counts
-  report(attempt_outcome::failed, why.message());
-  host_.release(current_, true);
+  // A failure of this host (out of descriptors or memory for the socket) says
+  // nothing of the backend: it must not take a healthy backend out of rotation.
+  bool ours = is_local_resource_error(why);
+  if (!ours) watch_ = true;  // every failure of the backend counts; a trial of ours is abandoned
+  report(ours ? attempt_outcome::abandoned : attempt_outcome::failed, why.message());
+  host_.release(current_, !ours);
   tried_.push_back(current_);
   current_ = lease{};
   backend_.close(false);
