@@ -4,13 +4,17 @@
 #define HARMONY_IMPLEMENTATION
 #include "../harmony.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <cerrno>
 #include <limits>
+#include <map>
+#include <set>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -33,9 +37,18 @@ namespace {
 
 // The lines of --help around the flag tables.
 const char usage_head[] =
-    "usage: harmonyd [options]            run the balancer\n"
-    "       harmonyd agent [agent options]  register a backend with a balancer\n"
+    "usage: harmonyd [--config FILE] [options]              run the balancer\n"
+    "       harmonyd agent [--config FILE] [agent options]  register a backend with a balancer\n"
+    "       harmonyd [agent] --check [--config FILE] [...]  check the configuration, start nothing\n"
     "       harmonyd --help | --version\n"
+    "\n"
+    "Configuration (both commands):\n"
+    "  --config FILE             read FILE first: one directive a line, a flag's name\n"
+    "                            without the dashes and its value (listen 127.0.0.1:3000);\n"
+    "                            # starts a comment; the command line overrides the file\n"
+    "                            and adds to its repeatable flags\n"
+    "  --check                   check the file and the flags, start nothing: exit 0, or\n"
+    "                            2 with FILE:LINE: message for each problem\n"
     "\n"
     "Balancer options (durations: 500ms, 30s, 1m, 2h):\n";
 const char usage_agent[] =
@@ -209,6 +222,7 @@ struct static_backend {
   std::string address;
   harmony::backend_options options;
   bool resolve = false;  // ,resolve: every address of the name, followed (server::add_backend_name)
+  std::string origin;    // "FILE:LINE: backend" for a line of --config; empty for the command line
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -523,11 +537,167 @@ void print_usage() {
   std::fputs(usage_tail, stdout);
 }
 
-// Reads the command line from argv[first]: "--name value" or "--name=value". Returns
-// false when it met --help or --version and printed the answer.
+// ---- The configuration file (--config): the flags' own table, one directive a line.
+//
+// A directive is a flag's long name without the dashes, then, after spaces or tabs, its
+// value exactly as on the command line, to the end of the line (trailing blanks are
+// not part of it). A '#' that begins a line or follows a space or a tab starts a
+// comment to the end of the line; a '#' inside a word is part of the value. Blank
+// lines are ignored, CRLF line ends are read as LF. Lines are applied in order, as
+// their flags would be on the command line: a repeatable flag (backend, balancer)
+// adds, for any other the last line wins. The command line is applied after the file:
+// its flags override the file's, and its repeatable flags add to the file's.
+
+struct configuration {
+  std::string file;    // --config FILE; empty for none
+  bool check = false;  // --check: validate, start nothing
+  std::map<std::string, int> line_of;     // flag name -> the file's last line that set it
+  std::set<std::string> on_command_line;  // the flags the command line set
+  std::vector<std::string> problems;      // "FILE:LINE: message", in order
+  std::string at(int line) const { return file + ":" + std::to_string(line); }
+};
+
+bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+// The directive on one line; false for a blank or comment-only line.
+bool parse_directive(std::string_view line, std::string& name, std::string& value, bool& has_value) {
+  std::size_t end = 0;
+  while (end < line.size() && !(line[end] == '#' && (end == 0 || is_blank(line[end - 1])))) ++end;
+  std::size_t begin = 0;
+  while (begin < end && is_blank(line[begin])) ++begin;
+  while (end > begin && is_blank(line[end - 1])) --end;
+  if (begin == end) return false;
+  std::size_t gap = begin;
+  while (gap < end && !is_blank(line[gap])) ++gap;
+  std::size_t v = gap;
+  while (v < end && is_blank(line[v])) ++v;
+  name.assign(line.substr(begin, gap - begin));
+  value.assign(line.substr(v, end - v));
+  has_value = v < end;
+  return true;
+}
+
+// The whole file, or false with the system's reason.
+bool read_whole_file(const std::string& path, std::string& text, std::string& problem) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    problem = std::strerror(errno);
+    return false;
+  }
+  char block[4096];
+  std::size_t k;
+  while ((k = std::fread(block, 1, sizeof block, f)) > 0) text.append(block, k);
+  int error = errno;
+  bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) problem = std::strerror(error);
+  return !failed;
+}
+
+// Applies every line of c.file to `settings`, collecting a problem for each bad line;
+// a bad line changes nothing, so that the lines after it are judged on their own.
+template <class Settings>
+void load_config(const std::vector<flag<Settings>>& table, configuration& c, Settings& settings) {
+  std::string text, problem;
+  if (!read_whole_file(c.file, text, problem)) {
+    c.problems.push_back(c.file + ": cannot read the configuration: " + problem);
+    return;
+  }
+  int number = 0;
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t stop = text.find('\n', start);
+    if (stop == std::string::npos) stop = text.size();
+    std::string_view line(text.data() + start, stop - start);
+    start = stop + 1;
+    ++number;
+    std::string name, value;
+    bool has_value = false;
+    if (!parse_directive(line, name, value, has_value)) continue;
+    const std::string where = c.at(number);
+    if (!find_flag(table, name)) {
+      std::string bare = name.substr(std::min(name.find_first_not_of('-'), name.size()));
+      if (bare != name && find_flag(table, bare))
+        c.problems.push_back(where + ": write the directive without the dashes: " + quoted(bare));
+      else
+        c.problems.push_back(where + ": unknown directive " + quoted(name));
+      continue;
+    }
+    Settings before = settings;
+    problem = apply_flag(table, name, has_value ? &value : nullptr, settings);
+    if (!problem.empty()) {
+      settings = before;
+      c.problems.push_back(where + ": " + name + ": " + problem);
+      continue;
+    }
+    c.line_of[name] = number;
+    if constexpr (std::is_same<Settings, balancer_settings>::value)
+      for (std::size_t i = before.backends.size(); i < settings.backends.size(); ++i)
+        settings.backends[i].origin = where + ": " + name;
+  }
+}
+
+// What check() found, blamed on the file's line that set the option last; empty when
+// the command line set it or nothing did (the command line's error says it then).
+template <class Settings>
+std::string blame_line(const std::vector<flag<Settings>>& table, const configuration& c,
+                       const harmony::option_problem& p) {
+  const flag<Settings>* last = nullptr;
+  int line = 0;
+  for (const auto& f : table) {
+    if (!f.option || std::string_view(f.option) != p.option) continue;
+    if (c.on_command_line.count(f.name)) return {};
+    auto it = c.line_of.find(f.name);
+    if (it != c.line_of.end() && it->second > line) {
+      line = it->second;
+      last = &f;
+    }
+  }
+  return last ? c.at(line) + ": " + last->name + ": " + p.reason : std::string();
+}
+
+// Prints every problem found; exits 2 when there is one, and 0 after --check.
+void report(const configuration& c) {
+  for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.c_str());
+  const std::string what = c.file.empty() ? std::string("the command line") : "configuration " + c.file;
+  if (!c.problems.empty()) {
+    if (c.check) std::fprintf(stderr, "harmonyd: %s: %zu problem(s)\n", what.c_str(), c.problems.size());
+    std::exit(2);
+  }
+  if (c.check) {
+    std::printf("harmonyd: %s is valid\n", what.c_str());
+    std::exit(0);
+  }
+}
+
+// Reads --config FILE and --check anywhere on the command line from argv[first], then
+// the file, then the command line: "--name value" or "--name=value". Returns false when
+// it met --help or --version and printed the answer.
 template <class Settings>
 bool parse_command_line(const std::vector<flag<Settings>>& table, const char* unknown, int argc, char** argv,
-                        int first, bool has_version, Settings& settings) {
+                        int first, bool has_version, Settings& settings, configuration& c) {
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--check") c.check = true;
+    if (arg == "--config" || arg.rfind("--config=", 0) == 0) {
+      std::string file = arg.size() > 8 ? arg.substr(9) : std::string();
+      if (arg.size() == 8) {
+        if (i + 1 >= argc) usage_error("option --config needs a value");
+        file = argv[++i];
+      }
+      if (file.empty()) usage_error("--config: needs a file name");
+      if (!c.file.empty()) usage_error("--config: given twice");
+      c.file = file;
+    } else if (arg.rfind("--", 0) == 0 && arg.find('=') == std::string::npos) {
+      const flag<Settings>* f = find_flag(table, std::string_view(arg).substr(2));
+      if (f && f->value) ++i;  // its value is not a flag, whatever it reads
+    }
+  }
+  if (!c.file.empty()) load_config(table, c, settings);
+  // A mistake on the command line ends the reading at once: the file's come first.
+  auto fail = [&](const std::string& message) {
+    for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.c_str());
+    usage_error(message);
+  };
   for (int i = first; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -538,7 +708,12 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
       std::printf("harmonyd %d.%d.%d\n", HARMONY_VERSION_MAJOR, HARMONY_VERSION_MINOR, HARMONY_VERSION_PATCH);
       return false;
     }
-    if (arg.rfind("--", 0) != 0) usage_error(std::string(unknown) + " '" + arg + "'");
+    if (arg == "--check" || arg.rfind("--config=", 0) == 0) continue;
+    if (arg == "--config") {
+      ++i;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0) fail(std::string(unknown) + " '" + arg + "'");
     std::string name = arg.substr(2), value;
     bool inline_value = false;
     auto eq = name.find('=');
@@ -548,58 +723,76 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
       inline_value = true;
     }
     const flag<Settings>* f = find_flag(table, name);
-    if (!f) usage_error(std::string(unknown) + " '--" + name + "'");
+    if (!f) fail(std::string(unknown) + " '--" + name + "'");
     if (f->value && !inline_value) {
-      if (i + 1 >= argc) usage_error("option --" + name + " needs a value");
+      if (i + 1 >= argc) fail("option --" + name + " needs a value");
       value = argv[++i];
       inline_value = true;
     }
     std::string problem = apply_flag(table, name, inline_value ? &value : nullptr, settings);
-    if (!problem.empty()) usage_error("--" + name + ": " + problem);
+    if (!problem.empty()) fail("--" + name + ": " + problem);
+    c.on_command_line.insert(name);
   }
   // Whatever no single flag could be blamed for.
   harmony::option_problem p;
-  if (harmony::check(settings.options, &p)) usage_error(flag_for(table, p.option) + ": " + p.reason);
+  if (harmony::check(settings.options, &p)) {
+    std::string line = blame_line(table, c, p);
+    if (line.empty()) fail(flag_for(table, p.option) + ": " + p.reason);
+    c.problems.push_back(line);
+  }
   return true;
+}
+
+// Adds the static backends to `balancer`, collecting a problem for each one refused.
+// After --check the balancer is never started: names are not resolved then, but every
+// address and option is judged as it would be.
+void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c) {
+  for (const auto& b : s.backends) {
+    auto refuse = [&](const std::string& why) {
+      c.problems.push_back((b.origin.empty() ? std::string("harmonyd: --backend") : b.origin) + ": " +
+                           quoted(b.address) + ": " + why);
+    };
+    std::string id;
+    if (b.resolve) {
+      if (b.options.maxconn != 0 || b.options.backup) {
+        refuse("maxconn and backup are not yet taken with resolve");
+      } else if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
+        refuse(e.message());
+      } else if (!c.check) {
+        note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
+                                           ", resolved every " + harmony::format_duration(s.options.resolve_interval));
+      }
+    } else if (auto e = balancer.add_backend(b.address, b.options, &id)) {
+      refuse(e.message());
+    } else if (!c.check) {
+      note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
+                                         (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
+                                         (b.options.backup ? " backup" : "") + " id " + id);
+    }
+  }
 }
 
 int run_balancer(int argc, char** argv) {
   balancer_settings s;
-  if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s)) return 0;
-  s.options.log = log_to_stderr;
+  configuration c;
+  if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s, c)) return 0;
+  if (!c.check) s.options.log = log_to_stderr;
   daemon_level = s.options.level;
   harmony::server balancer(s.options);
-  for (const auto& b : s.backends) {
-    std::string id;
-    if (b.resolve) {
-      if (b.options.maxconn != 0 || b.options.backup) {
-        std::fprintf(stderr, "harmonyd: --backend: '%s': maxconn and backup are not yet taken with resolve\n",
-                     b.address.c_str());
-        return 2;
-      }
-      if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
-        std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
-        return 2;
-      }
-      note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
-                                         ", resolved every " + harmony::format_duration(s.options.resolve_interval));
-      continue;
-    }
-    if (auto e = balancer.add_backend(b.address, b.options, &id)) {
-      std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
-      return 2;
-    }
-    note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
-                                       (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
-                                       (b.options.backup ? " backup" : "") + " id " + id);
-  }
+  add_backends(balancer, s, c);
+  report(c);  // exits after --check or on a problem
   return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
 }
 
 int run_agent(int argc, char** argv) {
   agent_settings s;
-  if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s)) return 0;
-  if (!s.have_port) usage_error("agent: --port N is required (the port this backend serves on)");
+  configuration c;
+  if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s, c)) return 0;
+  if (!s.have_port) {
+    if (c.file.empty()) usage_error("agent: --port N is required (the port this backend serves on)");
+    c.problems.push_back(c.file + ": agent: port N is required (the port this backend serves on)");
+  }
+  report(c);
   s.options.log = log_to_stderr;
   daemon_level = s.options.level;
   harmony::client agent(s.options);
