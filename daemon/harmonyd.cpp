@@ -223,6 +223,7 @@ struct static_backend {
   harmony::backend_options options;
   bool resolve = false;  // ,resolve: every address of the name, followed (server::add_backend_name)
   std::string origin;    // "FILE:LINE: backend" for a line of --config; empty for the command line
+  int line = 0;          // that line's number
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -553,8 +554,9 @@ struct configuration {
   bool check = false;  // --check: validate, start nothing
   std::map<std::string, int> line_of;     // flag name -> the file's last line that set it
   std::set<std::string> on_command_line;  // the flags the command line set
-  std::vector<std::string> problems;      // "FILE:LINE: message", in order
+  std::vector<std::pair<int, std::string>> problems;  // "FILE:LINE: message" by its line; 0 for no line
   std::string at(int line) const { return file + ":" + std::to_string(line); }
+  void add(int line, std::string message) { problems.emplace_back(line, std::move(message)); }
 };
 
 bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r'; }
@@ -600,7 +602,7 @@ template <class Settings>
 void load_config(const std::vector<flag<Settings>>& table, configuration& c, Settings& settings) {
   std::string text, problem;
   if (!read_whole_file(c.file, text, problem)) {
-    c.problems.push_back(c.file + ": cannot read the configuration: " + problem);
+    c.add(0, c.file + ": cannot read the configuration: " + problem);
     return;
   }
   int number = 0;
@@ -617,22 +619,25 @@ void load_config(const std::vector<flag<Settings>>& table, configuration& c, Set
     if (!find_flag(table, name)) {
       std::string bare = name.substr(std::min(name.find_first_not_of('-'), name.size()));
       if (bare != name && find_flag(table, bare))
-        c.problems.push_back(where + ": write the directive without the dashes: " + quoted(bare));
+        c.add(number, where + ": write the directive without the dashes: " + quoted(bare));
       else
-        c.problems.push_back(where + ": unknown directive " + quoted(name));
+        c.add(number, where + ": unknown directive " + quoted(name));
       continue;
     }
     Settings before = settings;
     problem = apply_flag(table, name, has_value ? &value : nullptr, settings);
     if (!problem.empty()) {
       settings = before;
-      c.problems.push_back(where + ": " + name + ": " + problem);
+      c.add(number, where + ": " + name + ": " + problem);
       continue;
     }
     c.line_of[name] = number;
     if constexpr (std::is_same<Settings, balancer_settings>::value)
       for (std::size_t i = before.backends.size(); i < settings.backends.size(); ++i)
+      {
         settings.backends[i].origin = where + ": " + name;
+        settings.backends[i].line = number;
+      }
   }
 }
 
@@ -640,9 +645,9 @@ void load_config(const std::vector<flag<Settings>>& table, configuration& c, Set
 // the command line set it or nothing did (the command line's error says it then).
 template <class Settings>
 std::string blame_line(const std::vector<flag<Settings>>& table, const configuration& c,
-                       const harmony::option_problem& p) {
+                       const harmony::option_problem& p, int& line) {
   const flag<Settings>* last = nullptr;
-  int line = 0;
+  line = 0;
   for (const auto& f : table) {
     if (!f.option || std::string_view(f.option) != p.option) continue;
     if (c.on_command_line.count(f.name)) return {};
@@ -655,9 +660,16 @@ std::string blame_line(const std::vector<flag<Settings>>& table, const configura
   return last ? c.at(line) + ": " + last->name + ": " + p.reason : std::string();
 }
 
-// Prints every problem found; exits 2 when there is one, and 0 after --check.
-void report(const configuration& c) {
-  for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.c_str());
+// Prints every problem found, in the order of the file's lines; exits 2 when there is
+// one, and 0 after --check.
+void print_problems(configuration& c) {
+  std::stable_sort(c.problems.begin(), c.problems.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.second.c_str());
+}
+
+void report(configuration& c) {
+  print_problems(c);
   const std::string what = c.file.empty() ? std::string("the command line") : "configuration " + c.file;
   if (!c.problems.empty()) {
     if (c.check) std::fprintf(stderr, "harmonyd: %s: %zu problem(s)\n", what.c_str(), c.problems.size());
@@ -695,7 +707,7 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
   if (!c.file.empty()) load_config(table, c, settings);
   // A mistake on the command line ends the reading at once: the file's come first.
   auto fail = [&](const std::string& message) {
-    for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.c_str());
+    print_problems(c);
     usage_error(message);
   };
   for (int i = first; i < argc; ++i) {
@@ -736,9 +748,10 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
   // Whatever no single flag could be blamed for.
   harmony::option_problem p;
   if (harmony::check(settings.options, &p)) {
-    std::string line = blame_line(table, c, p);
+    int number = 0;
+    std::string line = blame_line(table, c, p, number);
     if (line.empty()) fail(flag_for(table, p.option) + ": " + p.reason);
-    c.problems.push_back(line);
+    c.add(number, line);
   }
   return true;
 }
@@ -749,8 +762,8 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
 void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c) {
   for (const auto& b : s.backends) {
     auto refuse = [&](const std::string& why) {
-      c.problems.push_back((b.origin.empty() ? std::string("harmonyd: --backend") : b.origin) + ": " +
-                           quoted(b.address) + ": " + why);
+      c.add(b.line, (b.origin.empty() ? std::string("harmonyd: --backend") : b.origin) + ": " + quoted(b.address) +
+                        ": " + why);
     };
     std::string id;
     if (b.resolve) {
@@ -790,7 +803,7 @@ int run_agent(int argc, char** argv) {
   if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s, c)) return 0;
   if (!s.have_port) {
     if (c.file.empty()) usage_error("agent: --port N is required (the port this backend serves on)");
-    c.problems.push_back(c.file + ": agent: port N is required (the port this backend serves on)");
+    c.add(0, c.file + ": agent: port N is required (the port this backend serves on)");
   }
   report(c);
   s.options.log = log_to_stderr;

@@ -153,6 +153,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   auto duration = [](harmony::duration d) { return harmony::format_duration(d); };
   // Each flag and the default its entry shows; "" for none, "(default)" for the switch that is.
   const std::map<std::string, std::string> balancer = {
+      {"--config FILE", ""},  // the configuration section, before the balancer's
+      {"--check", ""},
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
       {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
@@ -683,4 +685,156 @@ TEST_CASE("harmonyd agent --balancer A --balancer B: one id on both, traffic thr
   CHECK(listed_ids(admin_a).empty());
   CHECK(listed_ids(admin_b).empty());
   CHECK(round_trip(listen_b, "x") == "none");
+}
+
+// ---- harmonyd --config FILE and --check
+
+namespace {
+
+// A configuration file of the test's own, removed when the test ends.
+class config_file {
+ public:
+  explicit config_file(const std::string& content) {
+    static int count = 0;
+    path_ = "/tmp/harmony-test-" + std::to_string(::getpid()) + "-" + std::to_string(++count) + ".conf";
+    rewrite(path_, content);
+  }
+  ~config_file() { ::unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Every line of `text`, without a CR at its end.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd --config: a file with comments and repeated backend lines runs the balancer") {
+  backend heavy(echo), light(echo);
+  std::string listen = free_address(), admin = free_address();
+  config_file conf("# harmonyd.conf of a test\n"
+                   "\n"
+                   "listen " + listen + "   # where clients connect\n"
+                   "   admin\t" + admin + "\r\n"
+                   "backend " + heavy.address() + ",weight=1000\n"
+                   "backend " + light.address() + ",weight=500 # the second, repeated line\n"
+                   "  # an indented comment\n"
+                   "no-persistent\n"
+                   "log-level warn");  // no newline at the end
+  process d({"--config", conf.path()});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  std::string data = random_bytes(100000, 4);
+  for (int i = 0; i < 30; ++i) CHECK(round_trip(listen, data) == data);
+  CHECK(heavy.accepted() == 20);  // both lines, with their weights
+  CHECK(light.accepted() == 10);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  CHECK(d.output().find("harmonyd info") == std::string::npos);  // log-level warn applied
+}
+
+TEST_CASE("harmonyd --config: the command line overrides the file's flags and adds to its backends") {
+  backend from_file(named("file")), from_command_line(named("line"));
+  std::string file_listen = free_address(), listen = free_address(), admin = free_address();
+  config_file conf("listen " + file_listen + "\nadmin " + admin + "\nbackend " + from_file.address() +
+                   ",weight=1000\nalgorithm roundrobin\nno-persistent\nunavailable busy#1\n");
+  process d({"--listen=" + listen, "--backend", from_command_line.address() + ",weight=1000", "--config", conf.path(),
+             "--log-level", "warn"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  CHECK_FALSE(listening(file_listen));
+  std::map<std::string, int> count;
+  for (int i = 0; i < 10; ++i) ++count[name_of(round_trip(listen, "x"))];
+  CHECK(count["file"] == 5);  // round robin over both: the file's backend and the command line's
+  CHECK(count["line"] == 5);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+}
+
+TEST_CASE("harmonyd --check --config: exit 0 for a good file, 2 with FILE:LINE: message for every bad line") {
+  backend b(echo);
+  // Good: checked without binding, so a listen address in use does not matter.
+  harmony::endpoint taken;
+  sock holder = listen_on("127.0.0.1", taken);
+  config_file good("listen " + taken.to_string() + "\nadmin none\nbackend " + b.address() +
+                   ",weight=10,maxconn=5\nbackend localhost:80,resolve\nsplice\n");
+  process ok({"--check", "--config", good.path()});
+  CHECK(ok.wait() == 0);
+  CHECK(ok.output().find("is valid") != std::string::npos);
+  CHECK(b.accepted() == 0);
+
+  config_file bad("listen 127.0.0.1:3000\n"                 // 1 good
+                  "colour blue\n"                           // 2
+                  "concurrency\n"                           // 3
+                  "persistent yes\n"                        // 4
+                  "# a comment\n"                           // 5
+                  "--workers 2\n"                           // 6
+                  "backend 127.0.0.1:80,weight=heavy\n"     // 7
+                  "idle-timeout soon\n"                     // 8
+                  "requeue -1\n"                            // 9
+                  "backend nowhere\n"                       // 10: refused when added
+                  "backend svc:80,resolve,maxconn=3\n"      // 11
+                  "workers 4   # good after the bad ones\n"  // 12
+                  "listen nowhere\n");                      // 13
+  const std::string f = bad.path();
+  process d({"--check", "--config", f});
+  CHECK(d.wait() == 2);
+  std::vector<std::string> got = lines_of(d.output());
+  std::vector<std::string> expected = {
+      f + ":2: unknown directive 'colour'",
+      f + ":3: concurrency: needs a value",
+      f + ":4: persistent: takes no value",
+      f + ":6: write the directive without the dashes: 'workers'",
+      f + ":7: backend: weight 'heavy' is not a number from " + std::to_string(harmony::min_weight) + " to " +
+          std::to_string(harmony::max_weight),
+      f + ":8: idle-timeout: 'soon' is not a duration (e.g. 500ms, 30s, 1m)",
+      f + ":9: requeue: must be from " + "0 to " +
+          std::to_string(harmony::max_requeue),
+      f + ":10: backend: 'nowhere': malformed address (expected HOST:PORT or [IPv6]:PORT)",
+      f + ":11: backend: 'svc:80': maxconn and backup are not yet taken with resolve",
+      f + ":13: listen: 'nowhere' is not HOST:PORT (IPv6 as [::1]:PORT)",
+      "harmonyd: configuration " + f + ": 10 problem(s)",
+  };
+  INFO(d.output());
+  CHECK(got == expected);
+
+  // The command line is checked with the file; a mistake there is named as a flag.
+  process line({"--check", "--config", good.path(), "--workers", "0"});
+  CHECK(line.wait() == 2);
+  CHECK(line.output().find("--workers: must be from") != std::string::npos);
+
+  process missing({"--check", "--config", "/nonexistent/harmonyd.conf"});
+  CHECK(missing.wait() == 2);
+  CHECK(missing.output().find("/nonexistent/harmonyd.conf: cannot read the configuration: No such file") !=
+        std::string::npos);
+  process no_name({"--config"});
+  CHECK(no_name.wait() == 2);
+  CHECK(no_name.output().find("option --config needs a value") != std::string::npos);
+
+  // The agent reads the agent's table: its directives, its required port.
+  config_file agent_good("balancer 127.0.0.1:1666\nport 8081\nweight 20\n");
+  process a({"agent", "--check", "--config", agent_good.path()});
+  CHECK(a.wait() == 0);
+  config_file agent_bad("balancer 127.0.0.1:1666\nlisten 127.0.0.1:3000\nweight 0\n");
+  process ab({"agent", "--check", "--config", agent_bad.path()});
+  CHECK(ab.wait() == 2);
+  std::string out = ab.output();
+  CHECK(out.find(agent_bad.path() + ":2: unknown directive 'listen'") != std::string::npos);
+  CHECK(out.find(agent_bad.path() + ":3: weight: ") != std::string::npos);
+  CHECK(out.find(agent_bad.path() + ": agent: port N is required") != std::string::npos);
+}
+
+TEST_CASE("examples/harmonyd.conf passes harmonyd --check") {
+  process d({"--check", "--config", "examples/harmonyd.conf"});
+  CHECK(d.wait() == 0);
+  CHECK(d.output().find("is valid") != std::string::npos);
 }
