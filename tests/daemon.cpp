@@ -229,6 +229,24 @@ TEST_CASE("README documents every flag that --help lists") {
   CHECK(flags > 20);
 }
 
+TEST_CASE("the man page harmonyd(8) lists every flag that --help lists") {
+  std::ifstream file("docs/harmonyd.8");
+  REQUIRE_MESSAGE(file.good(), "run the tests from the repository's root");
+  std::string page((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  process help({"--help"});
+  REQUIRE(help.wait() == 0);
+  std::size_t flags = 0;
+  for (const auto& entry : help_entries(help.output())) {
+    std::string flag = entry.first.substr(0, entry.first.find(' '));
+    std::string roff;  // in roff a '-' is written '\-'
+    for (char c : flag) roff += c == '-' ? std::string("\\-") : std::string(1, c);
+    ++flags;
+    INFO(flag << " is in --help but not in docs/harmonyd.8 (as .B " << roff << " or .BI " << roff << ")");
+    CHECK((page.find(".B " + roff + "\n") != std::string::npos || page.find(".BI " + roff + " ") != std::string::npos));
+  }
+  CHECK(flags > 20);
+}
+
 TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit code 2") {
   auto range = [](auto low, auto high) { return "must be from " + std::to_string(low) + " to " + std::to_string(high); };
   const std::string weights = "is not a number from " + std::to_string(harmony::min_weight) + " to " +
