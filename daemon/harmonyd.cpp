@@ -5,6 +5,7 @@
 #include "../harmony.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -63,11 +64,13 @@ const char usage_tail[] =
 const char usage_tail[] =
     "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops\n"
-    "(an agent deregisters first).\n";
+    "(an agent deregisters first); SIGHUP reloads the balancer's --config file (backends,\n"
+    "log level; see harmonyd(8)).\n";
 #endif
 
 std::mutex log_mutex;
-harmony::log_level daemon_level = harmony::log_level::info;
+// The daemon's level, which SIGHUP may change while the loops log (see log_filtered).
+std::atomic<harmony::log_level> daemon_level{harmony::log_level::info};
 
 void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::time_t t = std::time(nullptr);
@@ -142,6 +145,7 @@ void block_stop_signals() {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);  // a reload, never a stop
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
 #else
@@ -149,17 +153,29 @@ void block_stop_signals() {
 #endif
 }
 
-// The daemon's own messages, filtered as the library filters its own.
-void note(harmony::log_level level, const std::string& message) {
+// The library's lines and the daemon's own, filtered by the daemon's level (which a
+// reload may change; the library filters first by the level it was started with).
+void log_filtered(harmony::log_level level, std::string_view message) {
   if (harmony::log_enabled(daemon_level, level)) log_to_stderr(level, message);
 }
 
-void wait_for_stop_signal() {
+void note(harmony::log_level level, const std::string& message) { log_filtered(level, message); }
+
+// Returns when a stop is asked for; calls reload() for each SIGHUP before that.
+template <class Reload>
+void wait_for_stop_signal(Reload reload) {
 #if !defined(_WIN32)
-  int received = 0;
-  sigwait(&stop_signals, &received);
-  note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+  for (;;) {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    if (received != SIGHUP) {
+      note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+      return;
+    }
+    reload();
+  }
 #else
+  (void)reload;  // Windows has no SIGHUP: a changed file needs a restart there
   DWORD event = 0;
   {
     std::unique_lock<std::mutex> lock(stop_state.mutex);
@@ -183,14 +199,14 @@ void stopped() {
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
 // console event), wind down. Returns the exit code.
-template <class Start, class WindDown>
-int serve_until_stopped(const char* who, Start start, WindDown wind_down) {
+template <class Start, class WindDown, class Reload>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down, Reload reload) {
   block_stop_signals();
   if (std::error_code e = start()) {
     std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
     return 1;
   }
-  wait_for_stop_signal();
+  wait_for_stop_signal(reload);
   wind_down();
   stopped();
   return 0;
@@ -554,6 +570,8 @@ struct configuration {
   bool check = false;  // --check: validate, start nothing
   std::map<std::string, int> line_of;     // flag name -> the file's last line that set it
   std::set<std::string> on_command_line;  // the flags the command line set
+  std::vector<std::pair<std::string, std::string>> given;  // the command line's flags and values, for a reload
+  std::vector<bool> has_value;                             // whether each of `given` had a value
   std::vector<std::pair<int, std::string>> problems;  // "FILE:LINE: message" by its line; 0 for no line
   std::string at(int line) const { return file + ":" + std::to_string(line); }
   void add(int line, std::string message) { problems.emplace_back(line, std::move(message)); }
@@ -744,6 +762,8 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
     std::string problem = apply_flag(table, name, inline_value ? &value : nullptr, settings);
     if (!problem.empty()) fail("--" + name + ": " + problem);
     c.on_command_line.insert(name);
+    c.given.emplace_back(name, value);
+    c.has_value.push_back(inline_value);
   }
   // Whatever no single flag could be blamed for.
   harmony::option_problem p;
@@ -756,10 +776,41 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
   return true;
 }
 
-// Adds the static backends to `balancer`, collecting a problem for each one refused.
-// After --check the balancer is never started: names are not resolved then, but every
-// address and option is judged as it would be.
-void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c) {
+// The file again with the command line over it, as at the start, for a reload: never
+// exits, every problem is in the returned configuration's problems.
+template <class Settings>
+configuration reread(const std::vector<flag<Settings>>& table, const configuration& at_start, Settings& settings) {
+  configuration c;
+  c.file = at_start.file;
+  c.check = true;  // judged, never started
+  load_config(table, c, settings);
+  for (std::size_t i = 0; i < at_start.given.size(); ++i) {
+    const auto& given = at_start.given[i];
+    std::string problem = apply_flag(table, given.first, at_start.has_value[i] ? &given.second : nullptr, settings);
+    if (!problem.empty()) c.add(0, "harmonyd: --" + given.first + ": " + problem);
+    c.on_command_line.insert(given.first);
+  }
+  harmony::option_problem p;
+  if (harmony::check(settings.options, &p)) {
+    int number = 0;
+    std::string line = blame_line(table, c, p, number);
+    c.add(number, line.empty() ? "harmonyd: " + flag_for(table, p.option) + ": " + p.reason : line);
+  }
+  return c;
+}
+
+// A static backend as it runs, with the id the server gave it.
+struct running_backend {
+  static_backend backend;
+  std::string id;
+};
+
+// Adds the static backends to `balancer`, collecting a problem for each one refused;
+// `statics` and `names`, when given, receive the backends as added. After --check the
+// balancer is never started: names are not resolved then, but every address and
+// option is judged as it would be.
+void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c,
+                  std::vector<running_backend>* statics = nullptr, std::vector<static_backend>* names = nullptr) {
   for (const auto& b : s.backends) {
     auto refuse = [&](const std::string& why) {
       c.add(b.line, (b.origin.empty() ? std::string("harmonyd: --backend") : b.origin) + ": " + quoted(b.address) +
@@ -769,19 +820,154 @@ void add_backends(harmony::server& balancer, const balancer_settings& s, configu
     if (b.resolve) {
       if (b.options.maxconn != 0 || b.options.backup) {
         refuse("maxconn and backup are not yet taken with resolve");
-      } else if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
+        continue;
+      }
+      if (auto e = balancer.add_backend_name(b.address, b.options.weight)) {
         refuse(e.message());
-      } else if (!c.check) {
+        continue;
+      }
+      if (names) names->push_back(b);
+      if (!c.check)
         note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
                                            ", resolved every " + harmony::format_duration(s.options.resolve_interval));
-      }
-    } else if (auto e = balancer.add_backend(b.address, b.options, &id)) {
+      continue;
+    }
+    if (auto e = balancer.add_backend(b.address, b.options, &id)) {
       refuse(e.message());
-    } else if (!c.check) {
+      continue;
+    }
+    if (statics) statics->push_back(running_backend{b, id});
+    if (!c.check)
       note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
                                          (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
                                          (b.options.backup ? " backup" : "") + " id " + id);
+  }
+}
+
+// What a reload compares the file with.
+struct balancer_state {
+  harmony::server& server;
+  const balancer_settings& started;  // the options as started: those a reload cannot change
+  const configuration& config;       // the file and the command line
+  std::vector<running_backend> statics;  // the static backends by address (not ,resolve)
+  std::vector<static_backend> names;     // the ,resolve ones
+};
+
+bool same_name(const static_backend& a, const static_backend& b) {
+  return a.address == b.address && a.options.weight == b.options.weight;
+}
+
+// SIGHUP: the file is read again with the command line over it, as at the start. A
+// file with a problem is refused, logged line by line, and nothing changes. Otherwise
+// the static backends follow the file (added, removed, re-weighted in place, re-added
+// for a changed maxconn or backup), a new ,resolve name is followed, and the log level
+// is taken (the library still logs only what the level at the start let it); any other
+// change is logged as waiting for a restart.
+void reload(balancer_state& st) {
+  const std::string& file = st.config.file;
+  if (file.empty()) {
+    note(harmony::log_level::warn, "SIGHUP: no --config file to reload");
+    return;
+  }
+  note(harmony::log_level::info, "SIGHUP: reloading " + file);
+  balancer_settings fresh;
+  configuration c = reread(balancer_flags, st.config, fresh);
+  {
+    harmony::server probe(fresh.options);  // never started: judges the backends only
+    add_backends(probe, fresh, c);
+  }
+  if (!c.problems.empty()) {
+    std::stable_sort(c.problems.begin(), c.problems.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& p : c.problems) note(harmony::log_level::error, "reload refused: " + p.second);
+    note(harmony::log_level::error, "reload refused: " + file + " has " + std::to_string(c.problems.size()) +
+                                        " problem(s); the configuration in force is unchanged");
+    return;
+  }
+  // Options that only a restart changes, compared as --help would show them.
+  std::vector<std::string> restart;
+  std::set<std::string> options_seen;
+  for (const auto& f : balancer_flags) {
+    if (f.apply == add_backend_flag || f.apply == set_log_level<B>) continue;
+    if (f.shown(st.started) == f.shown(fresh)) continue;
+    if (options_seen.insert(f.option ? f.option : f.name).second) restart.push_back(f.name);
+  }
+  int added = 0, removed = 0, reweighted = 0, readded = 0, failed = 0;
+  std::vector<bool> kept(st.statics.size(), false);
+  std::vector<running_backend> next;
+  auto add = [&](const static_backend& b, int& count) {
+    std::string id;
+    if (auto e = st.server.add_backend(b.address, b.options, &id)) {
+      note(harmony::log_level::error, "reload: backend " + b.address + ": " + e.message());
+      ++failed;
+      return;
     }
+    next.push_back(running_backend{b, id});
+    ++count;
+  };
+  std::vector<const static_backend*> fresh_names;
+  for (const auto& b : fresh.backends) {
+    if (b.resolve) {
+      fresh_names.push_back(&b);
+      continue;
+    }
+    std::size_t k = 0;
+    while (k < st.statics.size() && (kept[k] || st.statics[k].backend.address != b.address)) ++k;
+    if (k == st.statics.size()) {
+      add(b, added);
+      continue;
+    }
+    kept[k] = true;
+    running_backend r = st.statics[k];
+    if (r.backend.options.maxconn != b.options.maxconn || r.backend.options.backup != b.options.backup) {
+      st.server.remove_backend(r.id);  // its open connections finish
+      add(b, readded);
+      continue;
+    }
+    if (r.backend.options.weight != b.options.weight) {
+      if (auto e = st.server.set_weight(r.id, b.options.weight)) {
+        note(harmony::log_level::error, "reload: backend " + b.address + ": " + e.message());
+        ++failed;
+      } else {
+        r.backend.options.weight = b.options.weight;
+        ++reweighted;
+      }
+    }
+    next.push_back(r);
+  }
+  for (std::size_t k = 0; k < st.statics.size(); ++k)
+    if (!kept[k]) {
+      st.server.remove_backend(st.statics[k].id);
+      ++removed;
+    }
+  st.statics = std::move(next);
+  // A new ,resolve name is followed; one that is gone or changed needs a restart.
+  for (const auto* b : fresh_names)
+    if (std::none_of(st.names.begin(), st.names.end(), [&](const static_backend& n) { return same_name(n, *b); })) {
+      if (auto e = st.server.add_backend_name(b->address, b->options.weight)) {
+        note(harmony::log_level::error, "reload: backend " + b->address + ",resolve: " + e.message());
+        ++failed;
+      } else {
+        st.names.push_back(*b);
+        ++added;
+      }
+    }
+  for (const auto& n : st.names)
+    if (std::none_of(fresh_names.begin(), fresh_names.end(), [&](const static_backend* b) { return same_name(n, *b); }))
+      restart.push_back("backend " + n.address + ",resolve");
+  harmony::log_level level = fresh.options.level;
+  if (level != harmony::log_level::off && !harmony::log_enabled(st.started.options.level, level))
+    restart.push_back(std::string("log-level ") + harmony::to_string(level) + " (more verbose than at the start)");
+  daemon_level = level;
+  note(harmony::log_level::info, "reloaded " + file + ": " + std::to_string(added) + " backend(s) added, " +
+                                     std::to_string(removed) + " removed, " + std::to_string(reweighted) +
+                                     " re-weighted, " + std::to_string(readded) + " re-added; log level " +
+                                     harmony::to_string(level) +
+                                     (failed ? "; " + std::to_string(failed) + " change(s) failed" : std::string()));
+  if (!restart.empty()) {
+    std::string list;
+    for (const auto& r : restart) list += (list.empty() ? "" : ", ") + r;
+    note(harmony::log_level::warn, "reload: not applied until a restart: " + list);
   }
 }
 
@@ -789,12 +975,14 @@ int run_balancer(int argc, char** argv) {
   balancer_settings s;
   configuration c;
   if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s, c)) return 0;
-  if (!c.check) s.options.log = log_to_stderr;
+  if (!c.check) s.options.log = log_filtered;
   daemon_level = s.options.level;
   harmony::server balancer(s.options);
-  add_backends(balancer, s, c);
+  balancer_state state{balancer, s, c, {}, {}};
+  add_backends(balancer, s, c, &state.statics, &state.names);
   report(c);  // exits after --check or on a problem
-  return serve_until_stopped("harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); });
+  return serve_until_stopped(
+      "harmonyd", [&] { return balancer.start(); }, [&] { balancer.stop(); }, [&] { reload(state); });
 }
 
 int run_agent(int argc, char** argv) {
@@ -806,10 +994,12 @@ int run_agent(int argc, char** argv) {
     c.add(0, c.file + ": agent: port N is required (the port this backend serves on)");
   }
   report(c);
-  s.options.log = log_to_stderr;
+  s.options.log = log_filtered;
   daemon_level = s.options.level;
   harmony::client agent(s.options);
-  return serve_until_stopped("harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); });
+  return serve_until_stopped(
+      "harmonyd agent", [&] { return agent.start(); }, [&] { agent.close(); },
+      [] { note(harmony::log_level::warn, "SIGHUP: an agent does not reload; restart it to apply a change"); });
 }
 
 }  // namespace

@@ -856,3 +856,68 @@ TEST_CASE("examples/harmonyd.conf passes harmonyd --check") {
   CHECK(d.wait() == 0);
   CHECK(d.output().find("is valid") != std::string::npos);
 }
+
+namespace {
+
+// The `list` lines of the admin port, as "address weight" pairs in order.
+std::string listed_weights(admin_session& op) {
+  std::istringstream in(op.call("list"));
+  std::string line, out;
+  while (std::getline(in, line)) {
+    auto a = line.find(" address="), w = line.find(" weight=");
+    if (a == std::string::npos || w == std::string::npos) continue;
+    out += line.substr(a + 9, line.find(' ', a + 9) - a - 9) + " " + line.substr(w + 8, line.find(' ', w + 8) - w - 8) +
+           ";";
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, open connections keep running") {
+  if (polite_stop() != SIGTERM) {
+    MESSAGE("skipped: no SIGHUP for harmonyd.exe under Wine");
+    return;
+  }
+  backend one(named("one")), two(named("two")), three(named("three"));
+  std::string listen = free_address(), admin = free_address();
+  std::string head = "listen " + listen + "\nadmin " + admin + "\nalgorithm roundrobin\nno-persistent\n";
+  config_file conf(head + "backend " + one.address() + ",weight=1000\nbackend " + two.address() + "\n");
+  process d({"--config", conf.path()});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  admin_session op(admin);
+  CHECK(listed_weights(op) == one.address() + " 1000;" + two.address() + " 500;");
+  sock open = connect_to(listen);  // through the balancer before the reload, used after it
+  REQUIRE(open);
+  open.set_timeout(3s);
+  CHECK(name_of(round_trip(listen, "x")) != "");
+
+  // two removed, three added, one re-weighted; workers only at a restart.
+  rewrite(conf.path(), head + "backend " + one.address() + ",weight=250 # lighter\nbackend " + three.address() +
+                           "\nworkers 2\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reloaded " + conf.path() + ": 1 backend(s) added, 1 removed, 1 re-weighted"));
+  CHECK(d.wrote("not applied until a restart: workers"));
+  CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
+  std::map<std::string, int> count;
+  for (int i = 0; i < 12; ++i) ++count[name_of(round_trip(listen, "x"))];
+  CHECK(count["two"] == 0);
+  CHECK(count["one"] + count["three"] == 12);
+  CHECK(count["three"] > 0);
+  // The connection opened before the reload (to `two`, removed since, round robin
+  // permitting) is served to its end.
+  CHECK(open.send_all("still here"));
+  open.shutdown_send();
+  std::string reply = open.read_all();
+  CHECK((reply == "one:10" || reply == "two:10"));
+
+  // A file that fails the check changes nothing.
+  rewrite(conf.path(), head + "backend " + two.address() + "\nbogus line\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reload refused: " + conf.path() + ":6: unknown directive 'bogus'"));
+  CHECK(d.wrote("the configuration in force is unchanged"));
+  CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
+  CHECK(round_trip(listen, "x").find("two") == std::string::npos);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+}
