@@ -6,17 +6,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <cerrno>
 #include <limits>
 #include <map>
-#include <set>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
