@@ -923,6 +923,26 @@ TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, ope
   CHECK(d.wrote("the configuration in force is unchanged"));
   CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
   CHECK(round_trip(listen, "x").find("two") == std::string::npos);
+
+  // The log level: warn from this reload on, so its own summary and the next
+  // reload's info lines are not written; the next refusal (an error) is.
+  // The weight it changes too says when it has been applied.
+  std::string good = head + "backend " + one.address() + ",weight=200\nbackend " + three.address() + "\n";
+  rewrite(conf.path(), good + "log-level warn\n");
+  d.signal(SIGHUP);
+  REQUIRE(eventually([&] { return listed_weights(op) == one.address() + " 200;" + three.address() + " 500;"; }));
+  rewrite(conf.path(), good + "log-level warn\nworkers none\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reload refused: " + conf.path() + ":8: workers: 'none' is not a number"));
   d.signal(polite_stop());
   CHECK(d.wait() == 0);
+  std::string out = d.output();
+  auto count_of = [&](const std::string& text) {
+    std::size_t n = 0;
+    for (auto at = out.find(text); at != std::string::npos; at = out.find(text, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count_of("SIGHUP: reloading") == 3);  // the fourth came at warn
+  CHECK(count_of("reloaded ") == 1);
+  CHECK(count_of("stopping on") == 0);
 }
