@@ -856,6 +856,21 @@ TEST_CASE("harmonyd --check --config: exit 0 for a good file, 2 with FILE:LINE: 
   CHECK(out.find(agent_bad.path() + ": agent: port N is required") != std::string::npos);
 }
 
+TEST_CASE("harmonyd agent --config: the agent's flags from a file, the command line over them") {
+  backend b(named("b"));
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--log-level", "error"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  config_file conf("# an agent\nbalancer " + admin + "\nport " + std::to_string(b.at().port) +
+                   "\nweight 300   # overridden below\nack 1s\nlog-level warn\n");
+  process agent({"agent", "--config", conf.path(), "--weight", "700"});
+  REQUIRE(eventually([&] { return name_of(round_trip(listen, "x")) == "b"; }));
+  admin_session op(admin);
+  CHECK(op.call("list").find("weight=700") != std::string::npos);
+  agent.signal(polite_stop());
+  CHECK(agent.wait() == 0);
+}
+
 TEST_CASE("examples/harmonyd.conf passes harmonyd --check") {
   process d({"--check", "--config", "examples/harmonyd.conf"});
   CHECK(d.wait() == 0);
