@@ -807,8 +807,8 @@ struct running_backend {
 
 // Adds the static backends to `balancer`, collecting a problem for each one refused;
 // `statics` and `names`, when given, receive the backends as added. After --check the
-// balancer is never started: names are not resolved then, but every address and
-// option is judged as it would be.
+// balancer is never started: a ,resolve name is not resolved then (add_backend_name
+// resolves once running), but every address and option is judged as it would be.
 void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c,
                   std::vector<running_backend>* statics = nullptr, std::vector<static_backend>* names = nullptr) {
   for (const auto& b : s.backends) {
