@@ -235,3 +235,52 @@ bench: harmonyd
 
 clean:
 	rm -rf build harmonyd harmonyd.exe
+
+# ---- Install and packaging: make install [PREFIX=/usr/local] [DESTDIR=staging];
+# make uninstall with the same variables; make test-install checks an install
+# into a staging directory (tests/install/run: consumers through pkg-config and
+# find_package, the man page, the systemd unit). The CMake build installs the
+# same files (CMakeLists.txt).
+PREFIX         ?= /usr/local
+BINDIR         ?= $(PREFIX)/bin
+INCLUDEDIR     ?= $(PREFIX)/include
+LIBDIR         ?= $(PREFIX)/lib
+MANDIR         ?= $(PREFIX)/share/man
+DOCDIR         ?= $(PREFIX)/share/doc/harmony
+SYSCONFDIR     ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+INSTALL        ?= install
+HARMONY_VERSION_TEXT = $(shell awk '/^\#define HARMONY_VERSION_(MAJOR|MINOR|PATCH) /{v = v (v == "" ? "" : ".") $$3} END {print v}' $(HEADER))
+SUBSTITUTE = sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+  -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@VERSION@|$(HARMONY_VERSION_TEXT)|g' \
+  -e 's|@MAJOR@|$(firstword $(subst ., ,$(HARMONY_VERSION_TEXT)))|g'
+
+.PHONY: install uninstall test-install
+# The example configuration becomes SYSCONFDIR/harmony/harmonyd.conf unless one is
+# there already: an operator's file is never overwritten.
+install: harmonyd
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+	  $(DESTDIR)$(LIBDIR)/cmake/harmony $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples \
+	  $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSCONFDIR)/harmony
+	$(INSTALL) -m 755 harmonyd $(DESTDIR)$(BINDIR)/harmonyd
+	$(INSTALL) -m 644 $(HEADER) $(DESTDIR)$(INCLUDEDIR)/harmony.hpp
+	$(SUBSTITUTE) packaging/harmony.pc.in >$(DESTDIR)$(LIBDIR)/pkgconfig/harmony.pc
+	$(SUBSTITUTE) packaging/harmony-config.cmake.in >$(DESTDIR)$(LIBDIR)/cmake/harmony/harmony-config.cmake
+	$(SUBSTITUTE) packaging/harmony-config-version.cmake.in >$(DESTDIR)$(LIBDIR)/cmake/harmony/harmony-config-version.cmake
+	$(INSTALL) -m 644 docs/harmonyd.8 $(DESTDIR)$(MANDIR)/man8/harmonyd.8
+	$(INSTALL) -m 644 examples/harmonyd.conf $(DESTDIR)$(DOCDIR)/examples/harmonyd.conf
+	$(SUBSTITUTE) packaging/harmonyd.service.in >$(DESTDIR)$(SYSTEMDUNITDIR)/harmonyd.service
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/harmony/harmonyd.conf ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/harmony/harmonyd.conf"; \
+	else $(INSTALL) -m 644 examples/harmonyd.conf $(DESTDIR)$(SYSCONFDIR)/harmony/harmonyd.conf; fi
+
+# Leaves SYSCONFDIR/harmony/harmonyd.conf, which is the operator's.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/harmonyd $(DESTDIR)$(INCLUDEDIR)/harmony.hpp $(DESTDIR)$(LIBDIR)/pkgconfig/harmony.pc \
+	  $(DESTDIR)$(LIBDIR)/cmake/harmony/harmony-config.cmake $(DESTDIR)$(LIBDIR)/cmake/harmony/harmony-config-version.cmake \
+	  $(DESTDIR)$(MANDIR)/man8/harmonyd.8 $(DESTDIR)$(DOCDIR)/examples/harmonyd.conf \
+	  $(DESTDIR)$(SYSTEMDUNITDIR)/harmonyd.service
+	-rmdir $(DESTDIR)$(LIBDIR)/cmake/harmony $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+test-install: harmonyd
+	@CXX=$(CXX) tests/install/run

@@ -4,7 +4,9 @@
 #define HARMONY_IMPLEMENTATION
 #include "../harmony.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cerrno>
 #include <csignal>
@@ -15,7 +17,9 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -39,10 +43,19 @@ namespace {
 
 // The lines of --help around the flag tables.
 const char usage_head[] =
-    "usage: harmonyd [options]            run the balancer\n"
-    "       harmonyd agent [agent options]  register a backend with a balancer\n"
+    "usage: harmonyd [--config FILE] [options]              run the balancer\n"
+    "       harmonyd agent [--config FILE] [agent options]  register a backend with a balancer\n"
+    "       harmonyd [agent] --check [--config FILE] [...]  check the configuration, start nothing\n"
     "       harmonyd ctl [ctl options] COMMAND...  one admin command (list, stats, drain ID, ...)\n"
     "       harmonyd --help | --version\n"
+    "\n"
+    "Configuration (both commands):\n"
+    "  --config FILE             read FILE first: one directive a line, a flag's name\n"
+    "                            without the dashes and its value (listen 127.0.0.1:3000);\n"
+    "                            # starts a comment; the command line overrides the file\n"
+    "                            and adds to its repeatable flags\n"
+    "  --check                   check the file and the flags, start nothing: exit 0, or\n"
+    "                            2 with FILE:LINE: message for each problem\n"
     "\n"
     "Balancer options (durations need a unit: 500ms, 30s, 1m, 2h):\n";
 const char usage_agent[] =
@@ -63,11 +76,13 @@ const char usage_tail[] =
     "\n"
     "IPv6 addresses are written [::1]:PORT. Logs go to stderr; SIGINT or SIGTERM stops: the\n"
     "balancer drains (see --drain-timeout), an agent deregisters first; a second SIGINT or\n"
-    "SIGTERM stops at once.\n";
+    "SIGTERM stops at once. SIGHUP reloads the balancer's --config file (backends, log\n"
+    "level; see harmonyd(8)).\n";
 #endif
 
 std::mutex log_mutex;
-harmony::log_level daemon_level = harmony::log_level::info;
+// The daemon's level, which SIGHUP may change while the loops log (see log_filtered).
+std::atomic<harmony::log_level> daemon_level{harmony::log_level::info};
 
 void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::time_t t = std::time(nullptr);
@@ -145,6 +160,7 @@ void block_stop_signals() {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGHUP);  // a reload, never a stop
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   main_thread = pthread_self();
   std::signal(SIGPIPE, SIG_IGN);
@@ -153,17 +169,29 @@ void block_stop_signals() {
 #endif
 }
 
-// The daemon's own messages, filtered as the library filters its own.
-void note(harmony::log_level level, const std::string& message) {
+// The library's lines and the daemon's own, filtered by the daemon's level (which a
+// reload may change; the library filters first by the level it was started with).
+void log_filtered(harmony::log_level level, std::string_view message) {
   if (harmony::log_enabled(daemon_level, level)) log_to_stderr(level, message);
 }
 
-void wait_for_stop_signal() {
+void note(harmony::log_level level, const std::string& message) { log_filtered(level, message); }
+
+// Returns when a stop is asked for; calls reload() for each SIGHUP before that.
+template <class Reload>
+void wait_for_stop_signal(Reload reload) {
 #if !defined(_WIN32)
-  int received = 0;
-  sigwait(&stop_signals, &received);
-  note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+  for (;;) {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    if (received != SIGHUP) {
+      note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+      return;
+    }
+    reload();
+  }
 #else
+  (void)reload;  // Windows has no SIGHUP: a changed file needs a restart there
   DWORD event = 0;
   {
     std::unique_lock<std::mutex> lock(stop_state.mutex);
@@ -182,6 +210,7 @@ bool wait_for_wind_down_or_second_signal() {
     int received = 0;
     sigwait(&stop_signals, &received);
     if (wound_down.load()) return true;  // the wind-down's own wake-up (or a signal as it ended)
+    if (received == SIGHUP) continue;   // no reload while it drains, and no stop either
     note(harmony::log_level::info,
          std::string("stopping at once on a second ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
     return false;
@@ -221,11 +250,12 @@ void stopped() {
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
 // console event), wind down (the balancer drains) on a thread of its own while a
-// second signal may cut it short. Returns the exit code.
-// A start-up failure exits 2, like a bad flag, naming the flag it belongs to when
-// `start` says (an address that cannot be bound).
-template <class Start, class WindDown, class CutShort, class Blame>
-int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutShort cut_short, Blame blame) {
+// second signal may cut it short; each SIGHUP before the stop calls reload().
+// Returns the exit code. A start-up failure exits 2, like a bad flag, naming the
+// flag it belongs to when `start` says (an address that cannot be bound).
+template <class Start, class WindDown, class CutShort, class Reload, class Blame>
+int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutShort cut_short, Reload reload,
+                        Blame blame) {
   block_stop_signals();
   harmony::option_problem problem;
   if (std::error_code e = start(&problem)) {
@@ -235,7 +265,7 @@ int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutSho
       std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
     return 2;
   }
-  wait_for_stop_signal();
+  wait_for_stop_signal(reload);
   std::thread winding([&] {
     wind_down();
     wind_down_over();
@@ -272,6 +302,8 @@ struct static_backend {
   std::string address;
   harmony::backend_options options;
   bool resolve = false;  // ,resolve: every address of the name, followed (server::add_backend_name)
+  std::string origin;    // "FILE:LINE: backend" for a line of --config; empty for the command line
+  int line = 0;          // that line's number
 };
 
 // What the balancer's flags set: the library's options and the static backends.
@@ -709,12 +741,181 @@ void print_usage() {
   std::fputs(usage_tail, stdout);
 }
 
-// Reads the command line from argv[first]: "--name value" or "--name=value". Returns
-// false when it met --help or --version and printed the answer.
-// With `rest`, the first argument that is not a flag and every one after it go there.
+// ---- The configuration file (--config): the flags' own table, one directive a line.
+//
+// A directive is a flag's long name without the dashes, then, after spaces or tabs, its
+// value exactly as on the command line, to the end of the line (trailing blanks are
+// not part of it). A '#' that begins a line or follows a space or a tab starts a
+// comment to the end of the line; a '#' inside a word is part of the value. Blank
+// lines are ignored, CRLF line ends are read as LF. Lines are applied in order, as
+// their flags would be on the command line: a repeatable flag (backend, balancer)
+// adds, for any other the last line wins. The command line is applied after the file:
+// its flags override the file's, and its repeatable flags add to the file's.
+
+struct configuration {
+  std::string file;    // --config FILE; empty for none
+  bool check = false;  // --check: validate, start nothing
+  std::map<std::string, int> line_of;     // flag name -> the file's last line that set it
+  std::set<std::string> on_command_line;  // the flags the command line set
+  std::vector<std::pair<std::string, std::string>> given;  // the command line's flags and values, for a reload
+  std::vector<bool> has_value;                             // whether each of `given` had a value
+  std::vector<std::pair<int, std::string>> problems;  // "FILE:LINE: message" by its line; 0 for no line
+  std::string at(int line) const { return file + ":" + std::to_string(line); }
+  void add(int line, std::string message) { problems.emplace_back(line, std::move(message)); }
+};
+
+bool is_blank(char c) { return c == ' ' || c == '\t' || c == '\r'; }
+
+// The directive on one line; false for a blank or comment-only line.
+bool parse_directive(std::string_view line, std::string& name, std::string& value, bool& has_value) {
+  std::size_t end = 0;
+  while (end < line.size() && !(line[end] == '#' && (end == 0 || is_blank(line[end - 1])))) ++end;
+  std::size_t begin = 0;
+  while (begin < end && is_blank(line[begin])) ++begin;
+  while (end > begin && is_blank(line[end - 1])) --end;
+  if (begin == end) return false;
+  std::size_t gap = begin;
+  while (gap < end && !is_blank(line[gap])) ++gap;
+  std::size_t v = gap;
+  while (v < end && is_blank(line[v])) ++v;
+  name.assign(line.substr(begin, gap - begin));
+  value.assign(line.substr(v, end - v));
+  has_value = v < end;
+  return true;
+}
+
+// The whole file, or false with the system's reason.
+bool read_whole_file(const std::string& path, std::string& text, std::string& problem) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    problem = std::strerror(errno);
+    return false;
+  }
+  char block[4096];
+  std::size_t k;
+  while ((k = std::fread(block, 1, sizeof block, f)) > 0) text.append(block, k);
+  int error = errno;
+  bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) problem = std::strerror(error);
+  return !failed;
+}
+
+// Applies every line of c.file to `settings`, collecting a problem for each bad line;
+// a bad line changes nothing, so that the lines after it are judged on their own.
+template <class Settings>
+void load_config(const std::vector<flag<Settings>>& table, configuration& c, Settings& settings) {
+  std::string text, problem;
+  if (!read_whole_file(c.file, text, problem)) {
+    c.add(0, c.file + ": cannot read the configuration: " + problem);
+    return;
+  }
+  int number = 0;
+  for (std::size_t start = 0; start < text.size();) {
+    std::size_t stop = text.find('\n', start);
+    if (stop == std::string::npos) stop = text.size();
+    std::string_view line(text.data() + start, stop - start);
+    start = stop + 1;
+    ++number;
+    std::string name, value;
+    bool has_value = false;
+    if (!parse_directive(line, name, value, has_value)) continue;
+    const std::string where = c.at(number);
+    if (!find_flag(table, name)) {
+      std::string bare = name.substr(std::min(name.find_first_not_of('-'), name.size()));
+      if (bare != name && find_flag(table, bare))
+        c.add(number, where + ": write the directive without the dashes: " + quoted(bare));
+      else
+        c.add(number, where + ": unknown directive " + quoted(name));
+      continue;
+    }
+    Settings before = settings;
+    problem = apply_flag(table, name, has_value ? &value : nullptr, settings);
+    if (!problem.empty()) {
+      settings = before;
+      c.add(number, where + ": " + name + ": " + problem);
+      continue;
+    }
+    c.line_of[name] = number;
+    if constexpr (std::is_same<Settings, balancer_settings>::value)
+      for (std::size_t i = before.backends.size(); i < settings.backends.size(); ++i)
+      {
+        settings.backends[i].origin = where + ": " + name;
+        settings.backends[i].line = number;
+      }
+  }
+}
+
+// What check() found, blamed on the file's line that set the option last; empty when
+// the command line set it or nothing did (the command line's error says it then).
+template <class Settings>
+std::string blame_line(const std::vector<flag<Settings>>& table, const configuration& c,
+                       const harmony::option_problem& p, int& line) {
+  const flag<Settings>* last = nullptr;
+  line = 0;
+  for (const auto& f : table) {
+    if (!f.option || std::string_view(f.option) != p.option) continue;
+    if (c.on_command_line.count(f.name)) return {};
+    auto it = c.line_of.find(f.name);
+    if (it != c.line_of.end() && it->second > line) {
+      line = it->second;
+      last = &f;
+    }
+  }
+  return last ? c.at(line) + ": " + last->name + ": " + p.reason : std::string();
+}
+
+// Prints every problem found, in the order of the file's lines; exits 2 when there is
+// one, and 0 after --check.
+void print_problems(configuration& c) {
+  std::stable_sort(c.problems.begin(), c.problems.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (const auto& p : c.problems) std::fprintf(stderr, "%s\n", p.second.c_str());
+}
+
+void report(configuration& c) {
+  print_problems(c);
+  const std::string what = c.file.empty() ? std::string("the command line") : "configuration " + c.file;
+  if (!c.problems.empty()) {
+    if (c.check) std::fprintf(stderr, "harmonyd: %s: %zu problem(s)\n", what.c_str(), c.problems.size());
+    std::exit(2);
+  }
+  if (c.check) {
+    std::printf("harmonyd: %s is valid\n", what.c_str());
+    std::exit(0);
+  }
+}
+
+// Reads --config FILE and --check anywhere on the command line from argv[first], then
+// the file, then the command line: "--name value" or "--name=value". Returns false when
+// it met --help or --version and printed the answer.
 template <class Settings>
 bool parse_command_line(const std::vector<flag<Settings>>& table, const char* unknown, int argc, char** argv,
-                        int first, bool has_version, Settings& settings, std::vector<std::string>* rest = nullptr) {
+                        int first, bool has_version, Settings& settings, configuration& c,
+                        std::vector<std::string>* rest = nullptr) {
+  for (int i = first; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--check") c.check = true;
+    if (arg == "--config" || arg.rfind("--config=", 0) == 0) {
+      std::string file = arg.size() > 8 ? arg.substr(9) : std::string();
+      if (arg.size() == 8) {
+        if (i + 1 >= argc) usage_error("option --config needs a value");
+        file = argv[++i];
+      }
+      if (file.empty()) usage_error("--config: needs a file name");
+      if (!c.file.empty()) usage_error("--config: given twice");
+      c.file = file;
+    } else if (arg.rfind("--", 0) == 0 && arg.find('=') == std::string::npos) {
+      const flag<Settings>* f = find_flag(table, std::string_view(arg).substr(2));
+      if (f && f->value) ++i;  // its value is not a flag, whatever it reads
+    }
+  }
+  if (!c.file.empty()) load_config(table, c, settings);
+  // A mistake on the command line ends the reading at once: the file's come first.
+  auto fail = [&](const std::string& message) {
+    print_problems(c);
+    usage_error(message);
+  };
   for (int i = first; i < argc; ++i) {
     if (rest && std::string_view(argv[i]).rfind("--", 0) != 0) {
       rest->assign(argv + i, argv + argc);
@@ -729,7 +930,12 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
       std::printf("harmonyd %d.%d.%d\n", HARMONY_VERSION_MAJOR, HARMONY_VERSION_MINOR, HARMONY_VERSION_PATCH);
       return false;
     }
-    if (arg.rfind("--", 0) != 0) usage_error(std::string(unknown) + " '" + arg + "'");
+    if (arg == "--check" || arg.rfind("--config=", 0) == 0) continue;
+    if (arg == "--config") {
+      ++i;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0) fail(std::string(unknown) + " '" + arg + "'");
     std::string name = arg.substr(2), value;
     bool inline_value = false;
     auto eq = name.find('=');
@@ -739,67 +945,260 @@ bool parse_command_line(const std::vector<flag<Settings>>& table, const char* un
       inline_value = true;
     }
     const flag<Settings>* f = find_flag(table, name);
-    if (!f) usage_error(std::string(unknown) + " '--" + name + "'");
+    if (!f) fail(std::string(unknown) + " '--" + name + "'");
     if (f->value && !inline_value) {
-      if (i + 1 >= argc) usage_error("option --" + name + " needs a value");
+      if (i + 1 >= argc) fail("option --" + name + " needs a value");
       value = argv[++i];
       inline_value = true;
     }
     std::string problem = apply_flag(table, name, inline_value ? &value : nullptr, settings);
-    if (!problem.empty()) usage_error("--" + name + ": " + problem);
+    if (!problem.empty()) fail("--" + name + ": " + problem);
+    c.on_command_line.insert(name);
+    c.given.emplace_back(name, value);
+    c.has_value.push_back(inline_value);
   }
-  // Whatever no single flag could be blamed for.
+  // Whatever no single flag could be blamed for (ctl, whose command follows its
+  // flags, only borrows client_options for where and how to connect).
   harmony::option_problem p;
-  if (harmony::check(settings.options, &p)) usage_error(flag_for(table, p.option) + ": " + p.reason);
+  if (!rest && harmony::check(settings.options, &p)) {
+    int number = 0;
+    std::string line = blame_line(table, c, p, number);
+    if (line.empty()) fail(flag_for(table, p.option) + ": " + p.reason);
+    c.add(number, line);
+  }
   return true;
+}
+
+// The file again with the command line over it, as at the start, for a reload: never
+// exits, every problem is in the returned configuration's problems.
+template <class Settings>
+configuration reread(const std::vector<flag<Settings>>& table, const configuration& at_start, Settings& settings) {
+  configuration c;
+  c.file = at_start.file;
+  c.check = true;  // judged, never started
+  load_config(table, c, settings);
+  for (std::size_t i = 0; i < at_start.given.size(); ++i) {
+    const auto& given = at_start.given[i];
+    std::string problem = apply_flag(table, given.first, at_start.has_value[i] ? &given.second : nullptr, settings);
+    if (!problem.empty()) c.add(0, "harmonyd: --" + given.first + ": " + problem);
+    c.on_command_line.insert(given.first);
+  }
+  harmony::option_problem p;
+  if (harmony::check(settings.options, &p)) {
+    int number = 0;
+    std::string line = blame_line(table, c, p, number);
+    c.add(number, line.empty() ? "harmonyd: " + flag_for(table, p.option) + ": " + p.reason : line);
+  }
+  return c;
+}
+
+// A static backend as it runs, with the id the server gave it.
+struct running_backend {
+  static_backend backend;
+  std::string id;
+};
+
+// Adds the static backends to `balancer`, collecting a problem for each one refused;
+// `statics` and `names`, when given, receive the backends as added. After --check the
+// balancer is never started: a ,resolve name is not resolved then (add_backend_name
+// resolves once running), but every address and option is judged as it would be.
+void add_backends(harmony::server& balancer, const balancer_settings& s, configuration& c,
+                  std::vector<running_backend>* statics = nullptr, std::vector<static_backend>* names = nullptr) {
+  for (const auto& b : s.backends) {
+    auto refuse = [&](const std::string& why) {
+      c.add(b.line, (b.origin.empty() ? std::string("harmonyd: --backend") : b.origin) + ": " + quoted(b.address) +
+                        ": " + why);
+    };
+    std::string id;
+    if (b.resolve) {
+      if (auto e = balancer.add_backend_name(b.address, b.options)) {
+        refuse(e.message());
+        continue;
+      }
+      if (names) names->push_back(b);
+      if (!c.check)
+        note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
+                                           ", resolved every " + harmony::format_duration(s.options.resolve_interval));
+      continue;
+    }
+    if (auto e = balancer.add_backend(b.address, b.options, &id)) {
+      refuse(e.message());
+      continue;
+    }
+    if (statics) statics->push_back(running_backend{b, id});
+    if (!c.check)
+      note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
+                                         (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
+                                         (b.options.backup ? " backup" : "") + " id " + id);
+  }
+}
+
+// What a reload compares the file with.
+struct balancer_state {
+  harmony::server& server;
+  const balancer_settings& started;  // the options as started: those a reload cannot change
+  const configuration& config;       // the file and the command line
+  std::vector<running_backend> statics;  // the static backends by address (not ,resolve)
+  std::vector<static_backend> names;     // the ,resolve ones
+};
+
+bool same_name(const static_backend& a, const static_backend& b) {
+  return a.address == b.address && a.options.weight == b.options.weight;
+}
+
+// SIGHUP: the file is read again with the command line over it, as at the start. A
+// file with a problem is refused, logged line by line, and nothing changes. Otherwise
+// the static backends follow the file (added, removed, re-weighted in place, re-added
+// for a changed maxconn or backup), a new ,resolve name is followed, and the log level
+// is taken (the library still logs only what the level at the start let it); any other
+// change is logged as waiting for a restart.
+void reload(balancer_state& st) {
+  const std::string& file = st.config.file;
+  if (file.empty()) {
+    note(harmony::log_level::warn, "SIGHUP: no --config file to reload");
+    return;
+  }
+  note(harmony::log_level::info, "SIGHUP: reloading " + file);
+  balancer_settings fresh;
+  configuration c = reread(balancer_flags, st.config, fresh);
+  {
+    harmony::server probe(fresh.options);  // never started: judges the backends only
+    add_backends(probe, fresh, c);
+  }
+  if (!c.problems.empty()) {
+    std::stable_sort(c.problems.begin(), c.problems.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& p : c.problems) note(harmony::log_level::error, "reload refused: " + p.second);
+    note(harmony::log_level::error, "reload refused: " + file + " has " + std::to_string(c.problems.size()) +
+                                        " problem(s); the configuration in force is unchanged");
+    return;
+  }
+  // Options that only a restart changes, compared as --help would show them.
+  std::vector<std::string> restart;
+  std::set<std::string> options_seen;
+  for (const auto& f : balancer_flags) {
+    if (f.apply == add_backend_flag || f.apply == set_log_level<B>) continue;
+    if (f.shown(st.started) == f.shown(fresh)) continue;
+    if (options_seen.insert(f.option ? f.option : f.name).second) restart.push_back(f.name);
+  }
+  int added = 0, removed = 0, reweighted = 0, readded = 0, failed = 0;
+  std::vector<bool> kept(st.statics.size(), false);
+  std::vector<running_backend> next;
+  auto add = [&](const static_backend& b, int& count) {
+    std::string id;
+    if (auto e = st.server.add_backend(b.address, b.options, &id)) {
+      note(harmony::log_level::error, "reload: backend " + b.address + ": " + e.message());
+      ++failed;
+      return;
+    }
+    next.push_back(running_backend{b, id});
+    ++count;
+  };
+  std::vector<const static_backend*> fresh_names;
+  for (const auto& b : fresh.backends) {
+    if (b.resolve) {
+      fresh_names.push_back(&b);
+      continue;
+    }
+    std::size_t k = 0;
+    while (k < st.statics.size() && (kept[k] || st.statics[k].backend.address != b.address)) ++k;
+    if (k == st.statics.size()) {
+      add(b, added);
+      continue;
+    }
+    kept[k] = true;
+    running_backend r = st.statics[k];
+    if (r.backend.options.maxconn != b.options.maxconn || r.backend.options.backup != b.options.backup) {
+      st.server.remove_backend(r.id);  // its open connections finish
+      add(b, readded);
+      continue;
+    }
+    if (r.backend.options.weight != b.options.weight) {
+      if (auto e = st.server.set_weight(r.id, b.options.weight)) {
+        note(harmony::log_level::error, "reload: backend " + b.address + ": " + e.message());
+        ++failed;
+      } else {
+        r.backend.options.weight = b.options.weight;
+        ++reweighted;
+      }
+    }
+    next.push_back(r);
+  }
+  for (std::size_t k = 0; k < st.statics.size(); ++k)
+    if (!kept[k]) {
+      st.server.remove_backend(st.statics[k].id);
+      ++removed;
+    }
+  st.statics = std::move(next);
+  // A new ,resolve name is followed; one that is gone or changed needs a restart.
+  for (const auto* b : fresh_names)
+    if (std::none_of(st.names.begin(), st.names.end(), [&](const static_backend& n) { return same_name(n, *b); })) {
+      if (auto e = st.server.add_backend_name(b->address, b->options)) {
+        note(harmony::log_level::error, "reload: backend " + b->address + ",resolve: " + e.message());
+        ++failed;
+      } else {
+        st.names.push_back(*b);
+        ++added;
+      }
+    }
+  for (const auto& n : st.names)
+    if (std::none_of(fresh_names.begin(), fresh_names.end(), [&](const static_backend* b) { return same_name(n, *b); }))
+      restart.push_back("backend " + n.address + ",resolve");
+  harmony::log_level level = fresh.options.level;
+  if (level != harmony::log_level::off && !harmony::log_enabled(st.started.options.level, level))
+    restart.push_back(std::string("log-level ") + harmony::to_string(level) + " (more verbose than at the start)");
+  daemon_level = level;
+  note(harmony::log_level::info, "reloaded " + file + ": " + std::to_string(added) + " backend(s) added, " +
+                                     std::to_string(removed) + " removed, " + std::to_string(reweighted) +
+                                     " re-weighted, " + std::to_string(readded) + " re-added; log level " +
+                                     harmony::to_string(level) +
+                                     (failed ? "; " + std::to_string(failed) + " change(s) failed" : std::string()));
+  if (!restart.empty()) {
+    std::string list;
+    for (const auto& r : restart) list += (list.empty() ? "" : ", ") + r;
+    note(harmony::log_level::warn, "reload: not applied until a restart: " + list);
+  }
 }
 
 int run_balancer(int argc, char** argv) {
   balancer_settings s;
-  if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s)) return 0;
-  s.options.log = log_to_stderr;
+  configuration c;
+  if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s, c)) return 0;
+  if (!c.check) s.options.log = log_filtered;
   daemon_level = s.options.level;
   harmony::server balancer(s.options);
-  for (const auto& b : s.backends) {
-    std::string id;
-    if (b.resolve) {
-      if (auto e = balancer.add_backend_name(b.address, b.options)) {
-        std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
-        return 2;
-      }
-      note(harmony::log_level::info, "backends from " + b.address + " weight " + std::to_string(b.options.weight) +
-                                         ", resolved every " + harmony::format_duration(s.options.resolve_interval));
-      continue;
-    }
-    if (auto e = balancer.add_backend(b.address, b.options, &id)) {
-      std::fprintf(stderr, "harmonyd: --backend: '%s': %s\n", b.address.c_str(), e.message().c_str());
-      return 2;
-    }
-    note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
-                                       (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
-                                       (b.options.backup ? " backup" : "") + " id " + id);
-  }
+  balancer_state state{balancer, s, c, {}, {}};
+  add_backends(balancer, s, c, &state.statics, &state.names);
+  report(c);  // exits after --check or on a problem
   return serve_until_stopped(
       "harmonyd", [&](harmony::option_problem* p) { return balancer.start(p); }, [&] { balancer.shutdown(); },
-      [&] { balancer.stop(); }, [](const char* option) { return flag_for(balancer_flags, option); });
+      [&] { balancer.stop(); }, [&] { reload(state); },
+      [](const char* option) { return flag_for(balancer_flags, option); });
 }
 
 int run_agent(int argc, char** argv) {
   agent_settings s;
-  if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s)) return 0;
-  if (!s.have_port) usage_error("agent: --port N is required (the port this backend serves on)");
-  s.options.log = log_to_stderr;
+  configuration c;
+  if (!parse_command_line(agent_flags, "unknown agent option", argc, argv, 2, false, s, c)) return 0;
+  if (!s.have_port) {
+    if (c.file.empty()) usage_error("agent: --port N is required (the port this backend serves on)");
+    c.add(0, c.file + ": agent: port N is required (the port this backend serves on)");
+  }
+  report(c);
+  s.options.log = log_filtered;
   daemon_level = s.options.level;
   harmony::client agent(s.options);
   return serve_until_stopped(
       "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&] { agent.close(); }, [] {},
+      [] { note(harmony::log_level::warn, "SIGHUP: an agent does not reload; restart it to apply a change"); },
       [](const char* option) { return flag_for(agent_flags, option); });
 }
 
 // harmonyd ctl: one command, its reply on stdout.
 int run_ctl(int argc, char** argv) {
   ctl_settings s;
-  if (!parse_command_line(ctl_flags, "unknown ctl option", argc, argv, 2, false, s, &s.command)) return 0;
+  configuration c;
+  if (!parse_command_line(ctl_flags, "unknown ctl option", argc, argv, 2, false, s, c, &s.command)) return 0;
   if (s.command.empty()) usage_error("ctl: a command is required (e.g. list, stats, drain ID; 'help' lists them)");
   std::string line;
   for (const std::string& word : s.command) line += (line.empty() ? "" : " ") + word;

@@ -162,6 +162,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   auto duration = [](harmony::duration d) { return harmony::format_duration(d); };
   // Each flag and the default its entry shows; "" for none, "(default)" for the switch that is.
   const std::map<std::string, std::string> balancer = {
+      {"--config FILE", ""},  // the configuration section, before the balancer's
+      {"--check", ""},
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
       {"--stats [HOST:]PORT", "off"},
@@ -248,20 +250,43 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
   CHECK(version.output().rfind("harmonyd 0.", 0) == 0);
 }
 
-TEST_CASE("README documents every flag that --help lists") {
-  std::ifstream file("README.md");
+namespace {
+
+// A file of the repository, read whole.
+std::string repository_file(const std::string& path) {
+  std::ifstream file(path);
   REQUIRE_MESSAGE(file.good(), "run the tests from the repository's root");
-  std::string readme((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  return std::string((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+}
+
+// The flags --help lists, "--listen HOST:PORT" read as "--listen".
+std::vector<std::string> help_flags() {
   process help({"--help"});
   REQUIRE(help.wait() == 0);
-  std::size_t flags = 0;
-  for (const auto& entry : help_entries(help.output())) {
-    std::string flag = entry.first.substr(0, entry.first.find(' '));  // "--listen HOST:PORT" -> "--listen"
-    ++flags;
+  std::vector<std::string> flags;
+  for (const auto& entry : help_entries(help.output())) flags.push_back(entry.first.substr(0, entry.first.find(' ')));
+  CHECK(flags.size() > 20);
+  return flags;
+}
+
+}  // namespace
+
+TEST_CASE("README documents every flag that --help lists") {
+  std::string readme = repository_file("README.md");
+  for (const auto& flag : help_flags()) {
     INFO(flag << " is in --help but not in README.md");
     CHECK(readme.find("`" + flag) != std::string::npos);
   }
-  CHECK(flags > 20);
+}
+
+TEST_CASE("the man page harmonyd(8) lists every flag that --help lists") {
+  std::string page = repository_file("docs/harmonyd.8");
+  for (const auto& flag : help_flags()) {
+    std::string roff;  // in roff a '-' is written '\-'
+    for (char c : flag) roff += c == '-' ? std::string("\\-") : std::string(1, c);
+    INFO(flag << " is in --help but not in docs/harmonyd.8 (as .B " << roff << " or .BI " << roff << ")");
+    CHECK((page.find(".B " + roff + "\n") != std::string::npos || page.find(".BI " + roff + " ") != std::string::npos));
+  }
 }
 
 TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit code 2") {
@@ -925,4 +950,256 @@ TEST_CASE("harmonyd --state-file: a harmony.js agent acks after a restart and ke
   d.signal(polite_stop());
   CHECK(d.wait() == 0);
   ::unlink(file.c_str());
+}
+
+// ---- harmonyd --config FILE and --check
+
+namespace {
+
+// A configuration file of the test's own, removed when the test ends.
+class config_file {
+ public:
+  explicit config_file(const std::string& content) {
+    static int count = 0;
+    path_ = "/tmp/harmony-test-" + std::to_string(::getpid()) + "-" + std::to_string(++count) + ".conf";
+    rewrite(path_, content);
+  }
+  ~config_file() { ::unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Every line of `text`, without a CR at its end.
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd --config: a file with comments and repeated backend lines runs the balancer") {
+  backend heavy(echo), light(echo);
+  std::string listen = free_address(), admin = free_address();
+  config_file conf("# harmonyd.conf of a test\n"
+                   "\n"
+                   "listen " + listen + "   # where clients connect\n"
+                   "   admin\t" + admin + "\r\n"
+                   "backend " + heavy.address() + ",weight=1000\n"
+                   "backend " + light.address() + ",weight=500 # the second, repeated line\n"
+                   "  # an indented comment\n"
+                   "no-persistent\n"
+                   "log-level warn");  // no newline at the end
+  process d({"--config", conf.path()});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  std::string data = random_bytes(100000, 4);
+  for (int i = 0; i < 30; ++i) CHECK(round_trip(listen, data) == data);
+  CHECK(heavy.accepted() == 20);  // both lines, with their weights
+  CHECK(light.accepted() == 10);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  CHECK(d.output().find("harmonyd info") == std::string::npos);  // log-level warn applied
+}
+
+TEST_CASE("harmonyd --config: the command line overrides the file's flags and adds to its backends") {
+  backend from_file(named("file")), from_command_line(named("line"));
+  std::string file_listen = free_address(), listen = free_address(), admin = free_address();
+  config_file conf("listen " + file_listen + "\nadmin " + admin + "\nbackend " + from_file.address() +
+                   ",weight=1000\nalgorithm roundrobin\nno-persistent\nunavailable busy#1\n");
+  process d({"--listen=" + listen, "--backend", from_command_line.address() + ",weight=1000", "--config", conf.path(),
+             "--log-level", "warn"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  CHECK_FALSE(listening(file_listen));
+  std::map<std::string, int> count;
+  for (int i = 0; i < 10; ++i) ++count[name_of(round_trip(listen, "x"))];
+  CHECK(count["file"] == 5);  // round robin over both: the file's backend and the command line's
+  CHECK(count["line"] == 5);
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+}
+
+TEST_CASE("harmonyd --check --config: exit 0 for a good file, 2 with FILE:LINE: message for every bad line") {
+  backend b(echo);
+  // Good: checked without binding, so a listen address in use does not matter.
+  harmony::endpoint taken;
+  sock holder = listen_on("127.0.0.1", taken);
+  config_file good("listen " + taken.to_string() + "\nadmin none\nbackend " + b.address() +
+                   ",weight=10,maxconn=5\nbackend localhost:80,resolve\nsplice\n");
+  process ok({"--check", "--config", good.path()});
+  CHECK(ok.wait() == 0);
+  CHECK(ok.output().find("is valid") != std::string::npos);
+  CHECK(b.accepted() == 0);
+
+  config_file bad("listen 127.0.0.1:3000\n"                 // 1 good
+                  "colour blue\n"                           // 2
+                  "concurrency\n"                           // 3
+                  "persistent yes\n"                        // 4
+                  "# a comment\n"                           // 5
+                  "--workers 2\n"                           // 6
+                  "backend 127.0.0.1:80,weight=heavy\n"     // 7
+                  "idle-timeout soon\n"                     // 8
+                  "requeue -1\n"                            // 9
+                  "backend nowhere\n"                       // 10: refused when added
+                  "backend svc:80,resolve,maxconn=3\n"      // 11
+                  "workers 4   # good after the bad ones\n"  // 12
+                  "listen nowhere\n");                      // 13
+  const std::string f = bad.path();
+  process d({"--check", "--config", f});
+  CHECK(d.wait() == 2);
+  std::vector<std::string> got = lines_of(d.output());
+  std::vector<std::string> expected = {
+      f + ":2: unknown directive 'colour'",
+      f + ":3: concurrency: needs a value",
+      f + ":4: persistent: takes no value",
+      f + ":6: write the directive without the dashes: 'workers'",
+      f + ":7: backend: weight 'heavy' is not a number from " + std::to_string(harmony::min_weight) + " to " +
+          std::to_string(harmony::max_weight),
+      f + ":8: idle-timeout: 'soon' is not a duration (e.g. 500ms, 30s, 1m)",
+      f + ":9: requeue: must be from " + "0 to " +
+          std::to_string(harmony::max_requeue),
+      f + ":10: backend: 'nowhere': malformed address (expected HOST:PORT or [IPv6]:PORT)",
+      f + ":11: backend: 'svc:80': maxconn and backup are not yet taken with resolve",
+      f + ":13: listen: 'nowhere' is not HOST:PORT (IPv6 as [::1]:PORT)",
+      "harmonyd: configuration " + f + ": 10 problem(s)",
+  };
+  INFO(d.output());
+  CHECK(got == expected);
+
+  // The command line is checked with the file; a mistake there is named as a flag.
+  process line({"--check", "--config", good.path(), "--workers", "0"});
+  CHECK(line.wait() == 2);
+  CHECK(line.output().find("--workers: must be from") != std::string::npos);
+
+  process missing({"--check", "--config", "/nonexistent/harmonyd.conf"});
+  CHECK(missing.wait() == 2);
+  CHECK(missing.output().find("/nonexistent/harmonyd.conf: cannot read the configuration: No such file") !=
+        std::string::npos);
+  process no_name({"--config"});
+  CHECK(no_name.wait() == 2);
+  CHECK(no_name.output().find("option --config needs a value") != std::string::npos);
+
+  // The agent reads the agent's table: its directives, its required port.
+  config_file agent_good("balancer 127.0.0.1:1666\nport 8081\nweight 20\n");
+  process a({"agent", "--check", "--config", agent_good.path()});
+  CHECK(a.wait() == 0);
+  config_file agent_bad("balancer 127.0.0.1:1666\nlisten 127.0.0.1:3000\nweight 0\n");
+  process ab({"agent", "--check", "--config", agent_bad.path()});
+  CHECK(ab.wait() == 2);
+  std::string out = ab.output();
+  CHECK(out.find(agent_bad.path() + ":2: unknown directive 'listen'") != std::string::npos);
+  CHECK(out.find(agent_bad.path() + ":3: weight: ") != std::string::npos);
+  CHECK(out.find(agent_bad.path() + ": agent: port N is required") != std::string::npos);
+}
+
+TEST_CASE("harmonyd agent --config: the agent's flags from a file, the command line over them") {
+  backend b(named("b"));
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--log-level", "error"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  config_file conf("# an agent\nbalancer " + admin + "\nport " + std::to_string(b.at().port) +
+                   "\nweight 300   # overridden below\nack 1s\nlog-level warn\n");
+  process agent({"agent", "--config", conf.path(), "--weight", "700"});
+  REQUIRE(eventually([&] { return name_of(round_trip(listen, "x")) == "b"; }));
+  admin_session op(admin);
+  CHECK(op.call("list").find("weight=700") != std::string::npos);
+  agent.signal(polite_stop());
+  CHECK(agent.wait() == 0);
+}
+
+TEST_CASE("examples/harmonyd.conf passes harmonyd --check") {
+  process d({"--check", "--config", "examples/harmonyd.conf"});
+  CHECK(d.wait() == 0);
+  CHECK(d.output().find("is valid") != std::string::npos);
+}
+
+namespace {
+
+// The `list` lines of the admin port, as "address weight" pairs in order.
+std::string listed_weights(admin_session& op) {
+  std::istringstream in(op.call("list"));
+  std::string line, out;
+  while (std::getline(in, line)) {
+    auto a = line.find(" address="), w = line.find(" weight=");
+    if (a == std::string::npos || w == std::string::npos) continue;
+    out += line.substr(a + 9, line.find(' ', a + 9) - a - 9) + " " + line.substr(w + 8, line.find(' ', w + 8) - w - 8) +
+           ";";
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, open connections keep running") {
+  if (polite_stop() != SIGTERM) {
+    MESSAGE("skipped: no SIGHUP for harmonyd.exe under Wine");
+    return;
+  }
+  backend one(named("one")), two(named("two")), three(named("three"));
+  std::string listen = free_address(), admin = free_address();
+  std::string head = "listen " + listen + "\nadmin " + admin + "\nalgorithm roundrobin\nno-persistent\n";
+  config_file conf(head + "backend " + one.address() + ",weight=1000\nbackend " + two.address() + "\n");
+  process d({"--config", conf.path()});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  admin_session op(admin);
+  CHECK(listed_weights(op) == one.address() + " 1000;" + two.address() + " 500;");
+  sock open = connect_to(listen);  // through the balancer before the reload, used after it
+  REQUIRE(open);
+  open.set_timeout(3s);
+  CHECK(name_of(round_trip(listen, "x")) != "");
+
+  // two removed, three added, one re-weighted; workers only at a restart.
+  rewrite(conf.path(), head + "backend " + one.address() + ",weight=250 # lighter\nbackend " + three.address() +
+                           "\nworkers 2\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reloaded " + conf.path() + ": 1 backend(s) added, 1 removed, 1 re-weighted"));
+  CHECK(d.wrote("not applied until a restart: workers"));
+  CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
+  std::map<std::string, int> count;
+  for (int i = 0; i < 12; ++i) ++count[name_of(round_trip(listen, "x"))];
+  CHECK(count["two"] == 0);
+  CHECK(count["one"] + count["three"] == 12);
+  CHECK(count["three"] > 0);
+  // The connection opened before the reload (to `two`, removed since, round robin
+  // permitting) is served to its end.
+  CHECK(open.send_all("still here"));
+  open.shutdown_send();
+  std::string reply = open.read_all();
+  CHECK((reply == "one:10" || reply == "two:10"));
+
+  // A file that fails the check changes nothing.
+  rewrite(conf.path(), head + "backend " + two.address() + "\nbogus line\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reload refused: " + conf.path() + ":6: unknown directive 'bogus'"));
+  CHECK(d.wrote("the configuration in force is unchanged"));
+  CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
+  CHECK(round_trip(listen, "x").find("two") == std::string::npos);
+
+  // The log level: warn from this reload on, so its own summary and the next
+  // reload's info lines are not written; the next refusal (an error) is.
+  // The weight it changes too says when it has been applied.
+  std::string good = head + "backend " + one.address() + ",weight=200\nbackend " + three.address() + "\n";
+  rewrite(conf.path(), good + "log-level warn\n");
+  d.signal(SIGHUP);
+  REQUIRE(eventually([&] { return listed_weights(op) == one.address() + " 200;" + three.address() + " 500;"; }));
+  rewrite(conf.path(), good + "log-level warn\nworkers none\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reload refused: " + conf.path() + ":8: workers: 'none' is not a number"));
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  std::string out = d.output();
+  auto count_of = [&](const std::string& text) {
+    std::size_t n = 0;
+    for (auto at = out.find(text); at != std::string::npos; at = out.find(text, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count_of("SIGHUP: reloading") == 3);  // the fourth came at warn
+  CHECK(count_of("reloaded ") == 1);
+  CHECK(count_of("stopping on") == 0);
 }
