@@ -1047,7 +1047,7 @@ TEST_CASE("harmonyd --check --config: exit 0 for a good file, 2 with FILE:LINE: 
                   "idle-timeout soon\n"                     // 8
                   "requeue -1\n"                            // 9
                   "backend nowhere\n"                       // 10: refused when added
-                  "backend svc:80,resolve,maxconn=3\n"      // 11
+                  "backend svc:80,resolve,maxconn=-3\n"     // 11
                   "workers 4   # good after the bad ones\n"  // 12
                   "listen nowhere\n");                      // 13
   const std::string f = bad.path();
@@ -1065,7 +1065,7 @@ TEST_CASE("harmonyd --check --config: exit 0 for a good file, 2 with FILE:LINE: 
       f + ":9: requeue: must be from " + "0 to " +
           std::to_string(harmony::max_requeue),
       f + ":10: backend: 'nowhere': malformed address (expected HOST:PORT or [IPv6]:PORT)",
-      f + ":11: backend: 'svc:80': maxconn and backup are not yet taken with resolve",
+      f + ":11: backend: maxconn '-3' is not a number from 0 (no limit) to " + std::to_string(harmony::max_maxconn),
       f + ":13: listen: 'nowhere' is not HOST:PORT (IPv6 as [::1]:PORT)",
       "harmonyd: configuration " + f + ": 10 problem(s)",
   };
