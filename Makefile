@@ -83,8 +83,9 @@ test: test-build $(BUILD)/bin/harmonyd
 	@HARMONYD=$(BUILD)/bin/harmonyd tests/run $(foreach b,$(BACKENDS),$(BUILD)/harmony-tests-$(b))
 
 # The suite again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# HARMONY_UBSAN tells the tests that UBSan checks the daemon (see the EMFILE test).
 sanitize:
-	@$(MAKE) --no-print-directory test BUILD=build/sanitize OPT="-O1 -g -fno-omit-frame-pointer" DAEMON_LDFLAGS= \
+	@HARMONY_UBSAN=1 $(MAKE) --no-print-directory test BUILD=build/sanitize OPT="-O1 -g -fno-omit-frame-pointer" DAEMON_LDFLAGS= \
 	  EXTRA="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
 # The suite again under ThreadSanitizer, on the epoll engine (the threaded

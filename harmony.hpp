@@ -3361,6 +3361,8 @@ inline std::string backend_line(std::string_view fields, state_record& r) {
     if (eq == std::string_view::npos || eq == 0) return "'" + std::string(field) + "' is not key=value";
     std::string_view key = field.substr(0, eq), value = field.substr(eq + 1);
     if (value.empty()) return std::string(key) + " has no value";
+    // What format_state could not write back (a control byte) is not read either.
+    if (!state_token(value)) return std::string(key) + " holds a control character";
     std::string text = value == "-" ? std::string() : std::string(value);
     std::uint64_t n = 0;
     long long number = 0;
@@ -5347,7 +5349,7 @@ class admin_protocol {
         ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set and it is not in allow_legacy",
                 peer_name().c_str());
         // Not a harmony.js reply (there is none for this): a line for whoever looks at the bytes.
-        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):");
         end(out, "legacy dialect refused", true);
         return out;
       }
@@ -9379,6 +9381,26 @@ inline void stats_connection::on_data(std::string_view bytes) {
 namespace harmony {
 
 // >>server-impl  harmony::server
+// Opens a port beside the listen port (admin, stats) on the first loop; on a
+// failure `port` stays empty and `problem` names the option and the address.
+template <class Port>
+std::error_code open_side_port(server::impl& srv, const char* option, const std::string& text,
+                               std::unique_ptr<Port>& port, endpoint& bound, option_problem* problem) {
+  endpoint at;
+  detail::address where;
+  std::error_code e = parse_endpoint(text, at);
+  if (!e) e = detail::resolve(at, where, true);
+  if (!e) {
+    port = std::make_unique<Port>(srv, srv.workers.front()->loop());
+    e = port->open(where, bound);
+  }
+  if (e) {
+    port.reset();
+    if (problem) *problem = option_problem{option, "cannot listen on " + at.to_string() + ": " + e.message()};
+  }
+  return e;
+}
+
 inline std::error_code server::impl::open(option_problem* problem) {
   if (auto e = check(options, problem)) return e;
   connection_limit = options.max_connections ? options.max_connections
@@ -9433,35 +9455,17 @@ inline std::error_code server::impl::open(option_problem* problem) {
   monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
   monitor->start();
   if (!options.admin.empty()) {
-    endpoint admin_at;
-    detail::address admin_where;
-    std::error_code e = parse_endpoint(options.admin, admin_at);
-    if (!e) e = detail::resolve(admin_at, admin_where, true);
-    if (!e) {
-      admin = std::make_unique<detail::admin_server>(*this, workers.front()->loop());
-      e = admin->open(admin_where, bound_admin);
-    }
-    if (e) {
-      admin.reset();
+    if (auto e = open_side_port(*this, "admin", options.admin, admin, bound_admin, problem)) {
       monitor.reset();
       workers.clear();
-      if (problem) *problem = option_problem{"admin", "cannot listen on " + admin_at.to_string() + ": " + e.message()};
       return e;
     }
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
   }
   if (!options.stats.empty()) {
-    endpoint stats_at;
-    detail::address stats_where;
-    std::error_code e = parse_endpoint(options.stats, stats_at);
-    if (!e) e = detail::resolve(stats_at, stats_where, true);
-    if (!e) {
-      stats_port = std::make_unique<detail::stats_server>(*this, workers.front()->loop());
-      e = stats_port->open(stats_where, bound_stats);
-    }
-    if (e) {
-      stats_port.reset();
+    if (auto e = open_side_port(*this, "stats", options.stats, stats_port, bound_stats, problem)) {
       admin.reset();
+      monitor.reset();
       workers.clear();
       return e;
     }

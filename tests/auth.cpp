@@ -173,7 +173,7 @@ TEST_CASE("auth: with a secret the legacy dialect is refused, except from an all
     secured s;
     bool closed = false;
     std::string reply = admin_exchange(s.admin(), {request}, 1000, &closed);
-    CHECK(reply == "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+    CHECK(reply == "ERR:the legacy dialect is refused here (the admin port needs a secret):");
     CHECK(closed);
     CHECK(s.srv.srv.backends().empty());
     CHECK(s.logged_line("legacy agent from 127.0.0.1"));

@@ -559,6 +559,13 @@ long cpu_ticks(pid_t pid) {
 
 TEST_CASE("harmonyd out of descriptors (EMFILE): accepting pauses without spinning, then resumes") {
   if (harmonyd_path().find("wine") != std::string::npos || !std::ifstream("/proc/self/stat")) return;  // Linux only
+  if (std::getenv("HARMONY_UBSAN")) {
+    // UBSan's vptr check probes memory through a pipe of its own: with no descriptor
+    // left it reports every virtual call as a bad one (seen: "invalid vptr" on a
+    // session whose vtable gdb shows intact). The plain and TSan runs cover this.
+    MESSAGE("skipped under UBSan: its checks need descriptors the test takes away");
+    return;
+  }
   backend b(echo);
   std::string listen = free_address(), admin = free_address();
   // A low descriptor limit, soft and hard (harmonyd raises its soft limit to the hard
@@ -568,11 +575,13 @@ TEST_CASE("harmonyd out of descriptors (EMFILE): accepting pauses without spinni
   REQUIRE(d.wrote("listening on"));
   admin_session op(admin);  // opened before: the admin port must stay usable
   REQUIRE(op.call("ping") == "pong\n");
+  // In bursts: accept() runs out only when several clients wait at once (one at a
+  // time, the last descriptor goes to the client and the backend connect fails).
   std::vector<sock> clients;
-  for (int i = 0; i < 40; ++i) {
-    clients.push_back(connect_to(listen));
-    clients.back().send_all("x");
-    if (d.wrote("accept failed", 30ms)) break;
+  for (int burst = 0; burst < 8; ++burst) {
+    for (int i = 0; i < 8; ++i) clients.push_back(connect_to(listen));
+    for (auto& c : clients) c.send_all("x");
+    if (d.wrote("accept failed", 100ms)) break;
   }
   REQUIRE(d.wrote("accept failed: Too many open files: pausing accepts"));
   // Starved, with clients waiting in the backlog: well under a tenth of a CPU.

@@ -3399,7 +3399,7 @@ TEST_CASE("legacy commands: refusals and malformed input end the connection") {
   admin_bench fresh;
   auto e = from_agent(strict);
   r = fresh.feed(e, "NID::");
-  CHECK(r.text() == "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+  CHECK(r.text() == "ERR:the legacy dialect is refused here (the admin port needs a secret):");
   REQUIRE(only_effect(r));
   CHECK(std::string(r.effects[0].why) == "legacy dialect refused");
   CHECK(r.effects[0].graceful);  // the error line goes out first

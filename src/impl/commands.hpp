@@ -128,7 +128,7 @@ class admin_protocol {
         ctx.log(log_level::warn, "legacy agent from %s refused: a secret is set and it is not in allow_legacy",
                 peer_name().c_str());
         // Not a harmony.js reply (there is none for this): a line for whoever looks at the bytes.
-        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):\n");
+        append(out, "ERR:the legacy dialect is refused here (the admin port needs a secret):");
         end(out, "legacy dialect refused", true);
         return out;
       }

@@ -102,6 +102,8 @@ inline std::string backend_line(std::string_view fields, state_record& r) {
     if (eq == std::string_view::npos || eq == 0) return "'" + std::string(field) + "' is not key=value";
     std::string_view key = field.substr(0, eq), value = field.substr(eq + 1);
     if (value.empty()) return std::string(key) + " has no value";
+    // What format_state could not write back (a control byte) is not read either.
+    if (!state_token(value)) return std::string(key) + " holds a control character";
     std::string text = value == "-" ? std::string() : std::string(value);
     std::uint64_t n = 0;
     long long number = 0;

@@ -37,7 +37,7 @@ void check_legacy(const std::string& reply) {
   std::size_t colon = reply.find(':');
   FUZZ_CHECK(colon != std::string::npos && reply.back() == ':');
   std::string_view command(reply.data(), colon);
-  FUZZ_CHECK(detail::is_legacy_command(command) || command == "BID");
+  FUZZ_CHECK(detail::is_legacy_command(command) || command == "BID" || command == "ERR");  // ERR: the refusal
   FUZZ_CHECK(reply.find(':', colon + 1) == reply.size() - 1);
 }
 }  // namespace
