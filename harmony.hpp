@@ -398,7 +398,7 @@ struct server_options {
   std::size_t max_admin_line = default_max_admin_line;
   // Client connections open at once (queued or proxied). At the limit the listener stops
   // accepting: new connections wait in the kernel's backlog until one ends (with IOCP,
-  // the few accepts already posted may still complete). 0: derived from the descriptor
+  // the few accepts already posted complete, and are held unserved the same way). 0: derived from the descriptor
   // limit as HAProxy derives maxconn, (RLIMIT_NOFILE - reserve) / 2 with a reserve of
   // 64 + max_admin_connections (see derived_max_connections); 10000 where there is none.
   std::size_t max_connections = 0;
@@ -7316,6 +7316,7 @@ class acceptor final : public acceptor_base {
     }
     for (int i = 0; i < in_flight; ++i)
       if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
+    for (const held& h : held_) close_socket(h.s);
   }
 
   // Takes the listener over; the accepts are issued from the loop's own thread.
@@ -7333,11 +7334,32 @@ class acceptor final : public acceptor_base {
   void resume() {
     if (!paused_) return;
     paused_ = false;
+    while (!held_.empty()) {
+      if (admit && !admit()) {
+        paused_ = true;
+        return;
+      }
+      held h = held_.front();
+      held_.erase(held_.begin());
+      hand_over(h.s, h.peer);
+    }
     if (!retry_.armed()) start();
   }
 
  private:
   static constexpr int in_flight = 8;
+  // Accepts posted before admit() said no complete all the same: those are held here,
+  // taken in but not served, as a readiness listener leaves them in the backlog.
+  struct held {
+    socket_handle s;
+    address peer;
+  };
+  std::vector<held> held_;
+
+  void hand_over(socket_handle s, const address& peer) {
+    if (on_accept) on_accept(s, peer);
+    else close_socket(s);
+  }
 
   void on_complete(io_op& done, int error, std::uint32_t) override {
     accept_op& op = static_cast<accept_op&>(done);
@@ -7356,8 +7378,12 @@ class acceptor final : public acceptor_base {
     } else {
       fed();
       set_nodelay(s);
-      if (on_accept) on_accept(s, peer);
-      else close_socket(s);
+      if (admit && !admit()) {
+        held_.push_back(held{s, peer});
+        paused_ = true;
+        return;
+      }
+      hand_over(s, peer);
     }
     start();
   }

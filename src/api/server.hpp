@@ -174,7 +174,7 @@ struct server_options {
   std::size_t max_admin_line = default_max_admin_line;
   // Client connections open at once (queued or proxied). At the limit the listener stops
   // accepting: new connections wait in the kernel's backlog until one ends (with IOCP,
-  // the few accepts already posted may still complete). 0: derived from the descriptor
+  // the few accepts already posted complete, and are held unserved the same way). 0: derived from the descriptor
   // limit as HAProxy derives maxconn, (RLIMIT_NOFILE - reserve) / 2 with a reserve of
   // 64 + max_admin_connections (see derived_max_connections); 10000 where there is none.
   std::size_t max_connections = 0;

@@ -108,6 +108,7 @@ class acceptor final : public acceptor_base {
     }
     for (int i = 0; i < in_flight; ++i)
       if (ops_[i].accepted != invalid_socket) close_socket(ops_[i].accepted);
+    for (const held& h : held_) close_socket(h.s);
   }
 
   // Takes the listener over; the accepts are issued from the loop's own thread.
@@ -125,11 +126,32 @@ class acceptor final : public acceptor_base {
   void resume() {
     if (!paused_) return;
     paused_ = false;
+    while (!held_.empty()) {
+      if (admit && !admit()) {
+        paused_ = true;
+        return;
+      }
+      held h = held_.front();
+      held_.erase(held_.begin());
+      hand_over(h.s, h.peer);
+    }
     if (!retry_.armed()) start();
   }
 
  private:
   static constexpr int in_flight = 8;
+  // Accepts posted before admit() said no complete all the same: those are held here,
+  // taken in but not served, as a readiness listener leaves them in the backlog.
+  struct held {
+    socket_handle s;
+    address peer;
+  };
+  std::vector<held> held_;
+
+  void hand_over(socket_handle s, const address& peer) {
+    if (on_accept) on_accept(s, peer);
+    else close_socket(s);
+  }
 
   void on_complete(io_op& done, int error, std::uint32_t) override {
     accept_op& op = static_cast<accept_op&>(done);
@@ -148,8 +170,12 @@ class acceptor final : public acceptor_base {
     } else {
       fed();
       set_nodelay(s);
-      if (on_accept) on_accept(s, peer);
-      else close_socket(s);
+      if (admit && !admit()) {
+        held_.push_back(held{s, peer});
+        paused_ = true;
+        return;
+      }
+      hand_over(s, peer);
     }
     start();
   }
