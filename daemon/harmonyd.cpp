@@ -14,7 +14,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
@@ -312,14 +311,30 @@ struct balancer_settings {
   std::vector<static_backend> backends;
 };
 
+// The whole file, or false with the system's reason.
+bool read_whole_file(const std::string& path, std::string& text, std::string& problem) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) {
+    problem = std::strerror(errno);
+    return false;
+  }
+  char block[4096];
+  std::size_t k;
+  while ((k = std::fread(block, 1, sizeof block, f)) > 0) text.append(block, k);
+  int error = errno;
+  bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) problem = std::strerror(error);
+  return !failed;
+}
+
 // The shared secret of --secret-file: the file's content without its trailing newline.
 // Returns what is wrong, empty when `out` holds the secret. A file other users may read
 // is taken with a warning (the secret is only as private as the file).
 std::string read_secret_file(const std::string& path, std::string& out) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return "cannot read " + std::string("'") + path + "': " + std::strerror(errno);
-  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) return "cannot read '" + path + "'";
+  // stdio, not <fstream>: iostreams would double the daemon's code and its idle RSS.
+  std::string text, problem;
+  if (!read_whole_file(path, text, problem)) return "cannot read '" + path + "': " + problem;
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   if (text.empty()) return "'" + path + "' is empty: it should hold the shared secret";
 #if !defined(_WIN32)
@@ -782,23 +797,6 @@ bool parse_directive(std::string_view line, std::string& name, std::string& valu
   value.assign(line.substr(v, end - v));
   has_value = v < end;
   return true;
-}
-
-// The whole file, or false with the system's reason.
-bool read_whole_file(const std::string& path, std::string& text, std::string& problem) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) {
-    problem = std::strerror(errno);
-    return false;
-  }
-  char block[4096];
-  std::size_t k;
-  while ((k = std::fread(block, 1, sizeof block, f)) > 0) text.append(block, k);
-  int error = errno;
-  bool failed = std::ferror(f) != 0;
-  std::fclose(f);
-  if (failed) problem = std::strerror(error);
-  return !failed;
 }
 
 // Applies every line of c.file to `settings`, collecting a problem for each bad line;
