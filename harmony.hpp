@@ -7548,6 +7548,33 @@ class stream final : public connection_owner {
   std::string sending_;  // the write in flight: the connection points into it
 };
 
+// The connections of a port that serves streams (the admin port, the stats port):
+// owned here, each freed after the loop turn in which it closed (reactor::retire).
+// The port closes them and settles its loop before this goes.
+template <class Connection>
+class stream_set {
+ public:
+  explicit stream_set(reactor& loop) : loop_(loop) {}
+  template <class... Args>
+  Connection* add(Args&&... args) {
+    auto c = std::make_unique<Connection>(std::forward<Args>(args)...);
+    Connection* raw = c.get();
+    items_.emplace(raw, std::move(c));
+    return raw;
+  }
+  void release(Connection* c) {
+    loop_.retire(c->io.socket(), [this, c] { items_.erase(c); });
+  }
+  void close_all() {
+    for (auto& c : items_) c.second->io.close();
+  }
+  std::size_t size() const noexcept { return items_.size(); }
+
+ private:
+  reactor& loop_;
+  std::unordered_map<Connection*, std::unique_ptr<Connection>> items_;
+};
+
 }  // namespace detail
 }  // namespace harmony
 
@@ -9111,12 +9138,12 @@ class admin_server_services final : public admin_services {
 class admin_server {
  public:
   admin_server(server::impl& srv, reactor& loop)
-      : srv_(srv), loop_(loop), listener_(loop, srv.log), services_(srv) {
+      : srv_(srv), loop_(loop), listener_(loop, srv.log), services_(srv), connections_(loop) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
     sweep_.fire = [this] { sweep(); };
   }
   ~admin_server() {
-    for (auto& c : connections_) c.second->io.close();
+    connections_.close_all();
     listener_.close();
     loop_.cancel(sweep_);
     // The connections' streams and the accepts are memory the kernel may still write.
@@ -9144,9 +9171,7 @@ class admin_server {
   // Backends whose agent dropped: forgotten when they stay away a host timeout.
   std::unordered_map<std::string, std::int64_t> offline_since;
 
-  void release(admin_connection* c) {
-    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
-  }
+  void release(admin_connection* c) { connections_.release(c); }
 
  private:
   void adopt(socket_handle fd, const address& peer);
@@ -9158,7 +9183,7 @@ class admin_server {
   admin_server_services services_;
   timer sweep_;
   log_gate refused_log_;
-  std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
+  stream_set<admin_connection> connections_;
 };
 
 
@@ -9173,10 +9198,7 @@ inline void admin_server::adopt(socket_handle fd, const address& peer) {
     close_socket(fd);
     return;
   }
-  auto c = std::make_unique<admin_connection>(*this, loop_);
-  admin_connection* raw = c.get();
-  connections_.emplace(raw, std::move(c));
-  raw->start(fd, peer);
+  connections_.add(*this, loop_)->start(fd, peer);
 }
 
 inline void admin_server::sweep() {
@@ -9332,11 +9354,11 @@ class stats_connection {
 
 class stats_server {
  public:
-  stats_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
+  stats_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log), connections_(loop) {
     listener_.on_accept = [this](socket_handle fd, const address&) { adopt(fd); };
   }
   ~stats_server() {
-    for (auto& c : connections_) c.second->io.close();
+    connections_.close_all();
     listener_.close();
     loop_.settle();  // the streams and accepts are memory the kernel may still write
   }
@@ -9352,9 +9374,7 @@ class stats_server {
     return listener_.open(s);
   }
   server::impl& srv() noexcept { return srv_; }
-  void release(stats_connection* c) {
-    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
-  }
+  void release(stats_connection* c) { connections_.release(c); }
 
  private:
   void adopt(socket_handle fd) {
@@ -9362,16 +9382,13 @@ class stats_server {
       close_socket(fd);
       return;
     }
-    auto c = std::make_unique<stats_connection>(*this, loop_);
-    stats_connection* raw = c.get();
-    connections_.emplace(raw, std::move(c));
-    raw->start(fd);
+    connections_.add(*this, loop_)->start(fd);
   }
 
   server::impl& srv_;
   reactor& loop_;
   acceptor listener_;
-  std::unordered_map<stats_connection*, std::unique_ptr<stats_connection>> connections_;
+  stream_set<stats_connection> connections_;
 };
 
 inline void stats_connection::start(socket_handle fd) {

@@ -55,12 +55,12 @@ class admin_server_services final : public admin_services {
 class admin_server {
  public:
   admin_server(server::impl& srv, reactor& loop)
-      : srv_(srv), loop_(loop), listener_(loop, srv.log), services_(srv) {
+      : srv_(srv), loop_(loop), listener_(loop, srv.log), services_(srv), connections_(loop) {
     listener_.on_accept = [this](socket_handle fd, const address& peer) { adopt(fd, peer); };
     sweep_.fire = [this] { sweep(); };
   }
   ~admin_server() {
-    for (auto& c : connections_) c.second->io.close();
+    connections_.close_all();
     listener_.close();
     loop_.cancel(sweep_);
     // The connections' streams and the accepts are memory the kernel may still write.
@@ -88,9 +88,7 @@ class admin_server {
   // Backends whose agent dropped: forgotten when they stay away a host timeout.
   std::unordered_map<std::string, std::int64_t> offline_since;
 
-  void release(admin_connection* c) {
-    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
-  }
+  void release(admin_connection* c) { connections_.release(c); }
 
  private:
   void adopt(socket_handle fd, const address& peer);
@@ -102,7 +100,7 @@ class admin_server {
   admin_server_services services_;
   timer sweep_;
   log_gate refused_log_;
-  std::unordered_map<admin_connection*, std::unique_ptr<admin_connection>> connections_;
+  stream_set<admin_connection> connections_;
 };
 
 
@@ -117,10 +115,7 @@ inline void admin_server::adopt(socket_handle fd, const address& peer) {
     close_socket(fd);
     return;
   }
-  auto c = std::make_unique<admin_connection>(*this, loop_);
-  admin_connection* raw = c.get();
-  connections_.emplace(raw, std::move(c));
-  raw->start(fd, peer);
+  connections_.add(*this, loop_)->start(fd, peer);
 }
 
 inline void admin_server::sweep() {

@@ -36,11 +36,11 @@ class stats_connection {
 
 class stats_server {
  public:
-  stats_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log) {
+  stats_server(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop), listener_(loop, srv.log), connections_(loop) {
     listener_.on_accept = [this](socket_handle fd, const address&) { adopt(fd); };
   }
   ~stats_server() {
-    for (auto& c : connections_) c.second->io.close();
+    connections_.close_all();
     listener_.close();
     loop_.settle();  // the streams and accepts are memory the kernel may still write
   }
@@ -56,9 +56,7 @@ class stats_server {
     return listener_.open(s);
   }
   server::impl& srv() noexcept { return srv_; }
-  void release(stats_connection* c) {
-    loop_.retire(c->io.socket(), [this, c] { connections_.erase(c); });
-  }
+  void release(stats_connection* c) { connections_.release(c); }
 
  private:
   void adopt(socket_handle fd) {
@@ -66,16 +64,13 @@ class stats_server {
       close_socket(fd);
       return;
     }
-    auto c = std::make_unique<stats_connection>(*this, loop_);
-    stats_connection* raw = c.get();
-    connections_.emplace(raw, std::move(c));
-    raw->start(fd);
+    connections_.add(*this, loop_)->start(fd);
   }
 
   server::impl& srv_;
   reactor& loop_;
   acceptor listener_;
-  std::unordered_map<stats_connection*, std::unique_ptr<stats_connection>> connections_;
+  stream_set<stats_connection> connections_;
 };
 
 inline void stats_connection::start(socket_handle fd) {

@@ -135,5 +135,32 @@ class stream final : public connection_owner {
   std::string sending_;  // the write in flight: the connection points into it
 };
 
+// The connections of a port that serves streams (the admin port, the stats port):
+// owned here, each freed after the loop turn in which it closed (reactor::retire).
+// The port closes them and settles its loop before this goes.
+template <class Connection>
+class stream_set {
+ public:
+  explicit stream_set(reactor& loop) : loop_(loop) {}
+  template <class... Args>
+  Connection* add(Args&&... args) {
+    auto c = std::make_unique<Connection>(std::forward<Args>(args)...);
+    Connection* raw = c.get();
+    items_.emplace(raw, std::move(c));
+    return raw;
+  }
+  void release(Connection* c) {
+    loop_.retire(c->io.socket(), [this, c] { items_.erase(c); });
+  }
+  void close_all() {
+    for (auto& c : items_) c.second->io.close();
+  }
+  std::size_t size() const noexcept { return items_.size(); }
+
+ private:
+  reactor& loop_;
+  std::unordered_map<Connection*, std::unique_ptr<Connection>> items_;
+};
+
 }  // namespace detail
 }  // namespace harmony
