@@ -34,6 +34,12 @@ int polite_stop() {
 
 std::size_t occurrences(const std::string& in, const std::string& text);
 
+// harmonyd.exe under Wine starts in seconds rather than milliseconds, and more so
+// while the machine is loaded: its waits get four times as long.
+std::chrono::milliseconds patient(std::chrono::milliseconds limit) {
+  return harmonyd_path().find("wine") != std::string::npos ? 4 * limit : limit;
+}
+
 // A child process we started; killed by its PID when the test ends.
 class process {
  public:
@@ -70,7 +76,7 @@ class process {
   void signal(int s) { ::kill(pid_, s); }
   // The exit code, or -1 if it did not exit within `limit`.
   int wait(std::chrono::milliseconds limit = 5000ms) {
-    auto end = std::chrono::steady_clock::now() + limit;
+    auto end = std::chrono::steady_clock::now() + patient(limit);
     while (std::chrono::steady_clock::now() < end) {
       int status = 0;
       if (::waitpid(pid_, &status, WNOHANG) == pid_) {
@@ -94,7 +100,7 @@ class process {
   // Whether its output, while it runs, comes to contain `text` (`times` times) within
   // `limit` (kept for output()); true at once for what it already wrote.
   bool wrote(const std::string& text, std::chrono::milliseconds limit = 5000ms, std::size_t times = 1) {
-    auto end = std::chrono::steady_clock::now() + limit;
+    auto end = std::chrono::steady_clock::now() + patient(limit);
     while (occurrences(seen_, text) < times) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
       if (output_fd_ < 0 || left.count() <= 0) return false;
