@@ -55,6 +55,7 @@
 //   >>admin          the admin port: legacy (harmony.js) and native dialects
 //   >>stats          the stats port: /metrics, /status.json and the status page, on the first loop
 //   >>server-impl    harmony::server
+//   >>reconfigure    server::reconfigure: a running server takes new options
 //   >>client-impl    harmony::client: one event loop, one link per balancer
 //   >>admin-call     harmony::admin_command: one operator command, handshake included
 //   >>licence        MIT
@@ -469,6 +470,26 @@ class server {
   // cuts a drain short. Does nothing (and reports zeros) when the server is not running.
   drain_report shutdown(duration deadline);
   drain_report shutdown();  // with server_options::drain_timeout
+
+  // Applies `next` to the server as it runs, as a reload: what check() refuses is
+  // refused (nothing changes). Open connections go on; the registry, persistence and
+  // counters are kept. Applied at once: balance, persistent, concurrency, requeue,
+  // unavailable, on_unavailable, on_backend_error, the timeouts (host, connect, idle,
+  // queue, admin, drain: an open connection takes a new one when its timer fires; one
+  // that began with no idle timeout keeps none), slow_start, queue_limit, health detection and the active
+  // checks, the limits (max_backends, max_admin_connections, max_admin_line,
+  // max_connections: raising it resumes paused listeners; max_conns_per_client counts
+  // the connections accepted from then on) and level. A changed `listen` is bound
+  // first (on failure that error is returned and nothing changes), then each loop
+  // takes in what waits in the old listener's backlog and closes it: no connection
+  // that reached the old address is refused (on Windows a changed listen needs a
+  // restart). The options a running server cannot change (workers, admin, stats,
+  // buffer_bytes, bulk_buffer_bytes, splice, state_file, admin_secret, allow_legacy,
+  // resolve_interval, nameservers; the log function is always kept) keep their value
+  // and, when `next` differs, are named in `needs_restart` as check() names them.
+  // Before start() every option is taken. errc::shutting_down during a drain;
+  // resource_deadlock_would_occur from one of the server's own callbacks.
+  std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart = nullptr);
 
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
@@ -1426,8 +1447,9 @@ namespace detail {
 // >>util  logging, number parsing
 struct logger {
   log_function fn;
-  log_level level = log_level::off;
-  bool enabled(log_level l) const noexcept { return fn && log_enabled(level, l); }
+  // server::reconfigure changes it while the loops log.
+  std::atomic<log_level> level{log_level::off};
+  bool enabled(log_level l) const noexcept { return fn && log_enabled(level.load(std::memory_order_relaxed), l); }
 #if defined(__MINGW32__)
   // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
   __attribute__((format(gnu_printf, 3, 4)))
@@ -3750,6 +3772,18 @@ class registry {
     }
   }
   algorithm get_algorithm() const noexcept { return algorithm_; }
+
+  // Persistence on or off for later picks; the remembered choices are kept, so that
+  // turning it on again finds them (each still expires at its TTL).
+  void set_persistent(bool on) noexcept { persistent_ = on; }
+  // A new host timeout: every expiring backend is judged again by it at once.
+  void set_host_timeout(std::int64_t ms, std::int64_t now) {
+    host_timeout_ms_ = ms;
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot)
+      if (records_[slot].used && records_[slot].expires) refresh(slot, now);
+  }
+  // Backends beyond the new limit are refused from now on; none is removed.
+  void set_max_backends(std::size_t n) noexcept { limits_.backends = n; }
 
   // Seeds the random source of `random` (the server does so once, from the OS CSPRNG).
   void seed(std::uint64_t s) noexcept { random_.seed(s); }
@@ -7168,6 +7202,24 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Closes the listener after taking in what waits in its backlog, even past admit():
+  // closing would reset those clients, whose connect has succeeded already.
+  void close_after_backlog() {
+    while (fd_ != invalid_socket) {
+      address peer;
+      socket_handle s = accept_one(fd_, peer);
+      if (s == invalid_socket) {
+        int e = last_socket_error();
+        if (e == EINTR || e == ECONNABORTED) continue;
+        break;  // empty, or out of descriptors: what is left is lost with the listener
+      }
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+    close();
+    paused_ = false;  // the next listener starts afresh; admit() pauses it again if need be
+  }
+
   // Accepts again after admit() said no; on the loop's thread.
   void resume() {
     if (!paused_ || fd_ == invalid_socket) return;
@@ -8567,7 +8619,8 @@ struct server::impl {
       : options(std::move(o)),
         log{options.log, options.level},
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
-        concurrency(options.concurrency) {
+        concurrency(options.concurrency),
+        per_client_limit(options.max_conns_per_client) {
     backends.lock()->set_slow_start(options.slow_start.count());
     backends.lock()->set_health(health_of(options));
     // Each state change is one log line, written once the table is unlocked again.
@@ -8617,21 +8670,23 @@ struct server::impl {
   // by every loop. A connection counts from its accept to its session's close.
   // Whether a listener may accept one more; no pauses it (>>acceptor) until one ends.
   bool may_accept() {
-    std::int64_t limit = static_cast<std::int64_t>(connection_limit);
+    std::size_t at_most = connection_limit.load(std::memory_order_relaxed);
+    std::int64_t limit = static_cast<std::int64_t>(at_most);
     if (clients.load(std::memory_order_relaxed) < limit) return true;
     // Set before the count is read again: a connection that ends in between resumes.
     if (!accept_paused.exchange(true)) log(log_level::warn, "%zu client connections open (--max-connections): "
-                                                             "new ones wait in the backlog", connection_limit);
+                                                             "new ones wait in the backlog", at_most);
     return clients.load(std::memory_order_relaxed) < limit;
   }
   // Counts an accepted connection; false (counted as refused) when its address has
   // max_conns_per_client open already.
   bool take_client(const detail::address& peer) {
-    if (options.max_conns_per_client > 0) {
+    std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
+    if (per_client_max > 0) {
       std::string key = peer.host_key();
       std::lock_guard<std::mutex> lock(per_client_mutex);
       std::size_t& open = per_client[key];
-      if (open >= options.max_conns_per_client) {
+      if (open >= per_client_max) {
         refused.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t held = 0;
         if (refused_log.pass(detail::now_ms(), held))
@@ -8645,8 +8700,18 @@ struct server::impl {
     return true;
   }
   void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
+  // Binds `text` for the loops: with listeners_share_port one listener per loop on one
+  // port, otherwise one for the first loop (invalid_socket for the others).
+  std::error_code bind_listen(const std::string& text, std::vector<detail::socket_handle>& out, endpoint& bound,
+                              option_problem* problem);
+  // server::reconfigure, under lifecycle.
+  std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart);
+  // Runs `task` on every loop's own thread and waits until each has (bounded); false
+  // when one did not in time. Never from a loop thread.
+  bool on_every_loop(const std::function<void(detail::worker&, std::size_t index)>& task);
   void close_all();
   server_stats collect_stats() const;
   detail::stats_snapshot snapshot();  // for the stats port, on the first loop
@@ -8689,10 +8754,11 @@ struct server::impl {
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
-  std::size_t connection_limit = 0;            // max_connections in force (derived when 0), set by open()
+  std::atomic<std::size_t> connection_limit{0};  // max_connections in force (derived when 0), set by open()
   std::atomic<std::int64_t> clients{0};        // client connections open
   std::atomic<bool> accept_paused{false};      // a listener paused at connection_limit
   std::atomic<bool> winding_down{false};       // close_all: the loops go, nothing is resumed
+  std::atomic<std::size_t> per_client_limit;   // max_conns_per_client in force, read on every loop
   std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
   detail::log_gate refused_log;
   std::mutex per_client_mutex;
@@ -8795,6 +8861,16 @@ class worker final : public session_host {
   std::size_t waiting() const noexcept { return queue_.size(); }
   // Accepts again after the connection limit paused the listener; on this loop.
   void resume_accepting() { listener_.resume(); }
+  // server::reconfigure, on this loop: the settings of the connections from now on.
+  void set_settings(relay_settings next) { settings_ = std::move(next); }
+#if !defined(HARMONY_USE_IOCP)
+  // server::reconfigure, on this loop: a changed listen address. The new listener is
+  // bound already; what waits in the old one's backlog is taken in before it closes.
+  std::error_code replace_listener(socket_handle next) {
+    listener_.close_after_backlog();
+    return listener_.open(next);
+  }
+#endif
 
   relay_counters stats;
 
@@ -8935,15 +9011,20 @@ inline void worker::admit_waiting() {
 }  // namespace detail
 
 inline void server::impl::client_ended(const detail::address& peer) {
-  if (options.max_conns_per_client > 0) {
+  if (per_client_limit.load(std::memory_order_relaxed) > 0) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);
     if (it != per_client.end() && --it->second == 0) per_client.erase(it);
   }
-  std::int64_t now_open = clients.fetch_sub(1, std::memory_order_relaxed) - 1;
-  if (now_open >= static_cast<std::int64_t>(connection_limit) || winding_down.load(std::memory_order_relaxed) ||
-      !accept_paused.exchange(false))
+  clients.fetch_sub(1, std::memory_order_relaxed);
+  resume_if_room();
+}
+
+inline void server::impl::resume_if_room() {
+  std::int64_t now_open = clients.load(std::memory_order_relaxed);
+  if (now_open >= static_cast<std::int64_t>(connection_limit.load(std::memory_order_relaxed)) ||
+      winding_down.load(std::memory_order_relaxed) || !accept_paused.exchange(false))
     return;
   for (auto& w : workers) {
     detail::worker* target = w.get();
@@ -8972,9 +9053,7 @@ namespace detail {
 class health_monitor {
  public:
   health_monitor(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop) {
-    const server_options& o = srv.options;
-    interval_ms_ = o.check_interval.count();
-    timeout_ms_ = std::min<std::int64_t>(o.connect_timeout.count(), interval_ms_);
+    interval_ms_ = srv.options.check_interval.count();
     sweep_.fire = [this] { sweep(); };
     tick_.fire = [this] { tick(); };
   }
@@ -8992,6 +9071,16 @@ class health_monitor {
 
   void start() {
     loop_.schedule(sweep_, loop_.now() + sweep_ms);
+    if (interval_ms_ > 0) loop_.schedule(tick_, loop_.now());
+  }
+
+  // server::reconfigure, on this loop: a new check_interval starts a new round at once
+  // (0 ends the checks; probes in flight finish).
+  void set_interval(std::int64_t ms) {
+    if (ms == interval_ms_) return;
+    interval_ms_ = ms;
+    loop_.cancel(tick_);
+    next_ = round_.size();
     if (interval_ms_ > 0) loop_.schedule(tick_, loop_.now());
   }
 
@@ -9052,7 +9141,8 @@ class health_monitor {
     p->io.on_close = [this, p](std::error_code e) {
       finish(*p, false, e ? e.message() : std::string("closed before the expected reply"));
     };
-    loop_.schedule(p->deadline, loop_.now() + timeout_ms_);
+    std::int64_t timeout_ms = std::min<std::int64_t>(srv_.options.connect_timeout.count(), interval_ms_);
+    loop_.schedule(p->deadline, loop_.now() + timeout_ms);
     if (std::error_code e = p->io.connect(to_os_address(t.to))) finish(*p, false, e.message());
   }
 
@@ -9069,7 +9159,6 @@ class health_monitor {
   server::impl& srv_;
   reactor& loop_;
   std::int64_t interval_ms_ = 0;
-  std::int64_t timeout_ms_ = 0;
   timer sweep_;
   timer tick_;
   std::vector<registry::check_target> round_;  // this round's backends
@@ -9446,8 +9535,10 @@ std::error_code open_side_port(server::impl& srv, const char* option, const std:
 
 inline std::error_code server::impl::open(option_problem* problem) {
   if (auto e = check(options, problem)) return e;
-  connection_limit = options.max_connections ? options.max_connections
-                                             : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections);
+  connection_limit.store(options.max_connections ? options.max_connections
+                                                 : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections),
+                         std::memory_order_relaxed);
+  per_client_limit.store(options.max_conns_per_client, std::memory_order_relaxed);
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
@@ -9458,36 +9549,8 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   drain_watch.store(false, std::memory_order_relaxed);
   drain_timer.fire = [this] { finish_drain("at the deadline"); };
-  endpoint at;
-  if (auto e = parse_endpoint(options.listen, at)) return e;
-  detail::address where;
-  if (auto e = detail::resolve(at, where, true)) {
-    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
-    return e;
-  }
   std::vector<detail::socket_handle> listeners;
-  for (int i = 0; i < options.workers; ++i) {
-    detail::socket_handle s = detail::invalid_socket;
-    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
-      listeners.push_back(s);
-      continue;
-    }
-    std::error_code e = detail::open_listener(where, options.workers > 1, s);
-    if (!e && i == 0) {
-      // With port 0 every further worker must join the port the first one got.
-      detail::address bound;
-      detail::local_address(s, bound);
-      where.set_port(bound.port());
-      bound_listen = bound.to_endpoint();
-    }
-    if (e) {
-      for (auto l : listeners)
-        if (l != detail::invalid_socket) detail::close_socket(l);
-      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
-      return e;
-    }
-    listeners.push_back(s);
-  }
+  if (auto e = bind_listen(options.listen, listeners, bound_listen, problem)) return e;
   for (auto s : listeners) {
     workers.push_back(std::make_unique<detail::worker>(*this, options, log));
     if (auto e = workers.back()->open(s)) {
@@ -9516,12 +9579,49 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   started_ms = detail::now_ms();
   log(log_level::info, "listening on %s (%s, %d worker%s, at most %zu connections)", bound_listen.to_string().c_str(),
-      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "", connection_limit);
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "",
+      connection_limit.load(std::memory_order_relaxed));
   detail::reactor* first = &workers.front()->loop();
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
   if (!names.empty()) start_resolver();
   if (!options.state_file.empty()) start_keeper();
+  return {};
+}
+
+inline std::error_code server::impl::bind_listen(const std::string& text, std::vector<detail::socket_handle>& out,
+                                                endpoint& bound_at, option_problem* problem) {
+  endpoint at;
+  if (auto e = parse_endpoint(text, at)) return e;
+  detail::address where;
+  if (auto e = detail::resolve(at, where, true)) {
+    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
+    return e;
+  }
+  std::vector<detail::socket_handle> listeners;
+  for (int i = 0; i < options.workers; ++i) {
+    detail::socket_handle s = detail::invalid_socket;
+    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
+      listeners.push_back(s);
+      continue;
+    }
+    std::error_code e = detail::open_listener(where, options.workers > 1, s);
+    if (!e && i == 0) {
+      // With port 0 every further worker must join the port the first one got.
+      detail::address bound;
+      detail::local_address(s, bound);
+      where.set_port(bound.port());
+      bound_at = bound.to_endpoint();
+    }
+    if (e) {
+      for (auto l : listeners)
+        if (l != detail::invalid_socket) detail::close_socket(l);
+      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
+      return e;
+    }
+    listeners.push_back(s);
+  }
+  out = std::move(listeners);
   return {};
 }
 
@@ -9699,7 +9799,14 @@ HARMONY_DEF void server::stop() {
   impl_->close_all();
 }
 
-HARMONY_DEF drain_report server::shutdown() { return shutdown(impl_->options.drain_timeout); }
+HARMONY_DEF drain_report server::shutdown() {
+  duration deadline;
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);  // reconfigure may change it
+    deadline = impl_->options.drain_timeout;
+  }
+  return shutdown(deadline);
+}
 
 HARMONY_DEF drain_report server::shutdown(duration deadline) {
   std::uint64_t round;
@@ -9975,6 +10082,181 @@ inline server_stats server::impl::collect_stats() const {
   s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
   s.refused = refused.load(std::memory_order_relaxed);
   return s;
+}
+
+}  // namespace harmony
+
+namespace harmony {
+
+// >>reconfigure  server::reconfigure: a running server takes new options
+namespace detail {
+
+// The options a running server cannot change, by the name check() gives them: what
+// they set up (threads, ports beside the listen port, buffers, the state writer, the
+// admin handshake, the resolver thread) lives as long as the server runs.
+inline std::vector<std::string> restart_only_changes(const server_options& was, const server_options& next) {
+  std::vector<std::string> out;
+  auto fixed = [&](const char* option, bool same) {
+    if (!same) out.push_back(option);
+  };
+  fixed("workers", was.workers == next.workers);
+  fixed("admin", was.admin == next.admin);
+  fixed("stats", was.stats == next.stats);
+  fixed("buffer_bytes", was.buffer_bytes == next.buffer_bytes);
+  fixed("bulk_buffer_bytes", was.bulk_buffer_bytes == next.bulk_buffer_bytes);
+  fixed("splice", was.splice == next.splice);
+  fixed("state_file", was.state_file == next.state_file);
+  fixed("admin_secret", was.admin_secret == next.admin_secret);
+  fixed("allow_legacy", was.allow_legacy == next.allow_legacy);
+  fixed("resolve_interval", was.resolve_interval == next.resolve_interval);
+  fixed("nameservers", was.nameservers == next.nameservers);
+#if defined(HARMONY_USE_IOCP)
+  // Posted accepts of the old listener would be cancelled, and what they had matched lost.
+  fixed("listen", was.listen == next.listen);
+#endif
+  return out;
+}
+
+// The options the loops read as they run, copied into the server's on the first loop
+// (their reader) while the caller of reconfigure waits.
+inline void take_live_options(server_options& to, const server_options& from) {
+  to.balance = from.balance;
+  to.persistent = from.persistent;
+  to.concurrency = from.concurrency;
+  to.requeue = from.requeue;
+  to.unavailable = from.unavailable;
+  to.on_unavailable = from.on_unavailable;
+  to.on_backend_error = from.on_backend_error;
+  to.host_timeout = from.host_timeout;
+  to.connect_timeout = from.connect_timeout;
+  to.idle_timeout = from.idle_timeout;
+  to.queue_timeout = from.queue_timeout;
+  to.slow_start = from.slow_start;
+  to.queue_limit = from.queue_limit;
+  to.max_fails = from.max_fails;
+  to.fail_timeout = from.fail_timeout;
+  to.check_interval = from.check_interval;
+  to.check_send = from.check_send;
+  to.check_expect = from.check_expect;
+  to.check_rise = from.check_rise;
+  to.check_fall = from.check_fall;
+  to.max_backends = from.max_backends;
+  to.max_admin_connections = from.max_admin_connections;
+  to.admin_timeout = from.admin_timeout;
+  to.max_admin_line = from.max_admin_line;
+  to.max_connections = from.max_connections;
+  to.max_conns_per_client = from.max_conns_per_client;
+  to.level = from.level;
+  to.drain_timeout = from.drain_timeout;
+#if !defined(HARMONY_USE_IOCP)
+  to.listen = from.listen;
+#endif
+}
+
+// How long reconfigure waits for a loop to run its part: a loop never blocks, so
+// only a loop that has stopped running takes this long.
+inline constexpr std::chrono::seconds loop_task_wait{10};
+
+}  // namespace detail
+
+HARMONY_DEF std::error_code server::reconfigure(const server_options& next, std::vector<std::string>* needs_restart) {
+  if (needs_restart) needs_restart->clear();
+  if (auto e = check(next)) return e;
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  return impl_->reconfigure(next, needs_restart);
+}
+
+inline bool server::impl::on_every_loop(const std::function<void(detail::worker&, std::size_t)>& task) {
+  struct countdown {
+    std::mutex mutex;
+    std::condition_variable done;
+    std::size_t left = 0;
+  };
+  auto state = std::make_shared<countdown>();
+  state->left = workers.size();
+  auto shared_task = std::make_shared<std::function<void(detail::worker&, std::size_t)>>(task);
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    detail::worker* w = workers[i].get();
+    w->loop().post([state, shared_task, w, i] {
+      (*shared_task)(*w, i);
+      std::lock_guard<std::mutex> held(state->mutex);
+      if (--state->left == 0) state->done.notify_all();
+    });
+  }
+  std::unique_lock<std::mutex> held(state->mutex);
+  return state->done.wait_for(held, detail::loop_task_wait, [&] { return state->left == 0; });
+}
+
+inline std::error_code server::impl::reconfigure(const server_options& next, std::vector<std::string>* needs_restart) {
+  if (!running) {  // start() reads them all
+    options = next;
+    options.log = log.fn;  // the logger was made at construction and stays
+  } else {
+    if (on_own_thread()) return std::make_error_code(std::errc::resource_deadlock_would_occur);
+    {
+      std::lock_guard<std::mutex> drain_lock(drain_mutex);
+      if (draining) return make_error_code(errc::shutting_down);
+    }
+  }
+  std::vector<std::string> restart = running ? detail::restart_only_changes(options, next) : std::vector<std::string>{};
+  bool move_listen = running && next.listen != options.listen &&
+                     std::find(restart.begin(), restart.end(), "listen") == restart.end();
+  std::vector<detail::socket_handle> listeners;
+  endpoint moved_to;
+  if (move_listen) {
+    option_problem p;
+    if (auto e = bind_listen(next.listen, listeners, moved_to, &p)) {
+      log(log_level::error, "reconfigure: %s (nothing changed)", p.reason.c_str());
+      return e;
+    }
+  }
+  {
+    auto table = backends.lock();
+    std::int64_t now = detail::now_ms();
+    if (table->get_algorithm() != next.balance) table->set_algorithm(next.balance);
+    table->set_persistent(next.persistent);
+    if (table->host_timeout_ms() != next.host_timeout.count()) table->set_host_timeout(next.host_timeout.count(), now);
+    table->set_slow_start(next.slow_start.count());
+    table->set_health(health_of(next));
+    table->set_max_backends(next.max_backends);
+  }
+  rebuild_tables();
+  log.level.store(next.level, std::memory_order_relaxed);
+  per_client_limit.store(next.max_conns_per_client, std::memory_order_relaxed);
+  if (!running) {
+    concurrency.store(next.concurrency, std::memory_order_relaxed);
+    return {};
+  }
+  connection_limit.store(next.max_connections ? next.max_connections
+                                              : derived_max_connections(detail::descriptor_limit(), next.max_admin_connections),
+                         std::memory_order_relaxed);
+  apply_concurrency(next.concurrency);
+  detail::relay_settings relay = detail::relay_settings::from(next);
+  // By value: should a loop not run its part in time, it still may later.
+  auto apply = [this, next, relay, listeners](detail::worker& w, std::size_t i) {
+    w.set_settings(relay);
+    if (i == 0) {
+      detail::take_live_options(options, next);
+      if (monitor) monitor->set_interval(next.check_interval.count());
+    }
+#if !defined(HARMONY_USE_IOCP)
+    if (i < listeners.size() && listeners[i] != detail::invalid_socket)
+      if (std::error_code e = w.replace_listener(listeners[i]))
+        log(log_level::error, "loop %zu cannot watch its new listener: %s", i + 1, e.message().c_str());
+#endif
+  };
+  if (!on_every_loop(apply)) {
+    log(log_level::error, "reconfigure: a loop did not take the new options within %lld s",
+        static_cast<long long>(detail::loop_task_wait.count()));
+    return make_error_code(std::errc::timed_out);
+  }
+  resume_if_room();  // a raised max_connections
+  if (move_listen) {
+    log(log_level::info, "listening on %s (was %s)", moved_to.to_string().c_str(), bound_listen.to_string().c_str());
+    bound_listen = moved_to;
+  }
+  if (needs_restart) *needs_restart = std::move(restart);
+  return {};
 }
 
 }  // namespace harmony

@@ -246,6 +246,26 @@ class server {
   drain_report shutdown(duration deadline);
   drain_report shutdown();  // with server_options::drain_timeout
 
+  // Applies `next` to the server as it runs, as a reload: what check() refuses is
+  // refused (nothing changes). Open connections go on; the registry, persistence and
+  // counters are kept. Applied at once: balance, persistent, concurrency, requeue,
+  // unavailable, on_unavailable, on_backend_error, the timeouts (host, connect, idle,
+  // queue, admin, drain: an open connection takes a new one when its timer fires; one
+  // that began with no idle timeout keeps none), slow_start, queue_limit, health detection and the active
+  // checks, the limits (max_backends, max_admin_connections, max_admin_line,
+  // max_connections: raising it resumes paused listeners; max_conns_per_client counts
+  // the connections accepted from then on) and level. A changed `listen` is bound
+  // first (on failure that error is returned and nothing changes), then each loop
+  // takes in what waits in the old listener's backlog and closes it: no connection
+  // that reached the old address is refused (on Windows a changed listen needs a
+  // restart). The options a running server cannot change (workers, admin, stats,
+  // buffer_bytes, bulk_buffer_bytes, splice, state_file, admin_secret, allow_legacy,
+  // resolve_interval, nameservers; the log function is always kept) keep their value
+  // and, when `next` differs, are named in `needs_restart` as check() names them.
+  // Before start() every option is taken. errc::shutting_down during a drain;
+  // resource_deadlock_would_occur from one of the server's own callbacks.
+  std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart = nullptr);
+
   // Bound addresses (useful with port 0); empty before start().
   endpoint listen_endpoint() const;
   endpoint admin_endpoint() const;

@@ -10,9 +10,7 @@ namespace detail {
 class health_monitor {
  public:
   health_monitor(server::impl& srv, reactor& loop) : srv_(srv), loop_(loop) {
-    const server_options& o = srv.options;
-    interval_ms_ = o.check_interval.count();
-    timeout_ms_ = std::min<std::int64_t>(o.connect_timeout.count(), interval_ms_);
+    interval_ms_ = srv.options.check_interval.count();
     sweep_.fire = [this] { sweep(); };
     tick_.fire = [this] { tick(); };
   }
@@ -30,6 +28,16 @@ class health_monitor {
 
   void start() {
     loop_.schedule(sweep_, loop_.now() + sweep_ms);
+    if (interval_ms_ > 0) loop_.schedule(tick_, loop_.now());
+  }
+
+  // server::reconfigure, on this loop: a new check_interval starts a new round at once
+  // (0 ends the checks; probes in flight finish).
+  void set_interval(std::int64_t ms) {
+    if (ms == interval_ms_) return;
+    interval_ms_ = ms;
+    loop_.cancel(tick_);
+    next_ = round_.size();
     if (interval_ms_ > 0) loop_.schedule(tick_, loop_.now());
   }
 
@@ -90,7 +98,8 @@ class health_monitor {
     p->io.on_close = [this, p](std::error_code e) {
       finish(*p, false, e ? e.message() : std::string("closed before the expected reply"));
     };
-    loop_.schedule(p->deadline, loop_.now() + timeout_ms_);
+    std::int64_t timeout_ms = std::min<std::int64_t>(srv_.options.connect_timeout.count(), interval_ms_);
+    loop_.schedule(p->deadline, loop_.now() + timeout_ms);
     if (std::error_code e = p->io.connect(to_os_address(t.to))) finish(*p, false, e.message());
   }
 
@@ -107,7 +116,6 @@ class health_monitor {
   server::impl& srv_;
   reactor& loop_;
   std::int64_t interval_ms_ = 0;
-  std::int64_t timeout_ms_ = 0;
   timer sweep_;
   timer tick_;
   std::vector<registry::check_target> round_;  // this round's backends

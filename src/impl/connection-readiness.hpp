@@ -179,6 +179,24 @@ class acceptor final : public acceptor_base {
     return {};
   }
 
+  // Closes the listener after taking in what waits in its backlog, even past admit():
+  // closing would reset those clients, whose connect has succeeded already.
+  void close_after_backlog() {
+    while (fd_ != invalid_socket) {
+      address peer;
+      socket_handle s = accept_one(fd_, peer);
+      if (s == invalid_socket) {
+        int e = last_socket_error();
+        if (e == EINTR || e == ECONNABORTED) continue;
+        break;  // empty, or out of descriptors: what is left is lost with the listener
+      }
+      if (on_accept) on_accept(s, peer);
+      else close_socket(s);
+    }
+    close();
+    paused_ = false;  // the next listener starts afresh; admit() pauses it again if need be
+  }
+
   // Accepts again after admit() said no; on the loop's thread.
   void resume() {
     if (!paused_ || fd_ == invalid_socket) return;

@@ -256,6 +256,18 @@ class registry {
   }
   algorithm get_algorithm() const noexcept { return algorithm_; }
 
+  // Persistence on or off for later picks; the remembered choices are kept, so that
+  // turning it on again finds them (each still expires at its TTL).
+  void set_persistent(bool on) noexcept { persistent_ = on; }
+  // A new host timeout: every expiring backend is judged again by it at once.
+  void set_host_timeout(std::int64_t ms, std::int64_t now) {
+    host_timeout_ms_ = ms;
+    for (std::uint32_t slot = 0; slot < records_.size(); ++slot)
+      if (records_[slot].used && records_[slot].expires) refresh(slot, now);
+  }
+  // Backends beyond the new limit are refused from now on; none is removed.
+  void set_max_backends(std::size_t n) noexcept { limits_.backends = n; }
+
   // Seeds the random source of `random` (the server does so once, from the OS CSPRNG).
   void seed(std::uint64_t s) noexcept { random_.seed(s); }
 

@@ -14,7 +14,8 @@ struct server::impl {
       : options(std::move(o)),
         log{options.log, options.level},
         backends(options.balance, options.host_timeout, options.persistent, limits_of(options), detail::random_id),
-        concurrency(options.concurrency) {
+        concurrency(options.concurrency),
+        per_client_limit(options.max_conns_per_client) {
     backends.lock()->set_slow_start(options.slow_start.count());
     backends.lock()->set_health(health_of(options));
     // Each state change is one log line, written once the table is unlocked again.
@@ -64,21 +65,23 @@ struct server::impl {
   // by every loop. A connection counts from its accept to its session's close.
   // Whether a listener may accept one more; no pauses it (>>acceptor) until one ends.
   bool may_accept() {
-    std::int64_t limit = static_cast<std::int64_t>(connection_limit);
+    std::size_t at_most = connection_limit.load(std::memory_order_relaxed);
+    std::int64_t limit = static_cast<std::int64_t>(at_most);
     if (clients.load(std::memory_order_relaxed) < limit) return true;
     // Set before the count is read again: a connection that ends in between resumes.
     if (!accept_paused.exchange(true)) log(log_level::warn, "%zu client connections open (--max-connections): "
-                                                             "new ones wait in the backlog", connection_limit);
+                                                             "new ones wait in the backlog", at_most);
     return clients.load(std::memory_order_relaxed) < limit;
   }
   // Counts an accepted connection; false (counted as refused) when its address has
   // max_conns_per_client open already.
   bool take_client(const detail::address& peer) {
-    if (options.max_conns_per_client > 0) {
+    std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
+    if (per_client_max > 0) {
       std::string key = peer.host_key();
       std::lock_guard<std::mutex> lock(per_client_mutex);
       std::size_t& open = per_client[key];
-      if (open >= options.max_conns_per_client) {
+      if (open >= per_client_max) {
         refused.fetch_add(1, std::memory_order_relaxed);
         std::uint64_t held = 0;
         if (refused_log.pass(detail::now_ms(), held))
@@ -92,8 +95,18 @@ struct server::impl {
     return true;
   }
   void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
+  // Binds `text` for the loops: with listeners_share_port one listener per loop on one
+  // port, otherwise one for the first loop (invalid_socket for the others).
+  std::error_code bind_listen(const std::string& text, std::vector<detail::socket_handle>& out, endpoint& bound,
+                              option_problem* problem);
+  // server::reconfigure, under lifecycle.
+  std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart);
+  // Runs `task` on every loop's own thread and waits until each has (bounded); false
+  // when one did not in time. Never from a loop thread.
+  bool on_every_loop(const std::function<void(detail::worker&, std::size_t index)>& task);
   void close_all();
   server_stats collect_stats() const;
   detail::stats_snapshot snapshot();  // for the stats port, on the first loop
@@ -136,10 +149,11 @@ struct server::impl {
   std::atomic<int> concurrency;
   std::atomic<std::int64_t> proxied{0};
   std::atomic<std::int64_t> waiting{0};
-  std::size_t connection_limit = 0;            // max_connections in force (derived when 0), set by open()
+  std::atomic<std::size_t> connection_limit{0};  // max_connections in force (derived when 0), set by open()
   std::atomic<std::int64_t> clients{0};        // client connections open
   std::atomic<bool> accept_paused{false};      // a listener paused at connection_limit
   std::atomic<bool> winding_down{false};       // close_all: the loops go, nothing is resumed
+  std::atomic<std::size_t> per_client_limit;   // max_conns_per_client in force, read on every loop
   std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
   detail::log_gate refused_log;
   std::mutex per_client_mutex;

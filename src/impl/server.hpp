@@ -23,8 +23,10 @@ std::error_code open_side_port(server::impl& srv, const char* option, const std:
 
 inline std::error_code server::impl::open(option_problem* problem) {
   if (auto e = check(options, problem)) return e;
-  connection_limit = options.max_connections ? options.max_connections
-                                             : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections);
+  connection_limit.store(options.max_connections ? options.max_connections
+                                                 : derived_max_connections(detail::descriptor_limit(), options.max_admin_connections),
+                         std::memory_order_relaxed);
+  per_client_limit.store(options.max_conns_per_client, std::memory_order_relaxed);
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
@@ -35,36 +37,8 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   drain_watch.store(false, std::memory_order_relaxed);
   drain_timer.fire = [this] { finish_drain("at the deadline"); };
-  endpoint at;
-  if (auto e = parse_endpoint(options.listen, at)) return e;
-  detail::address where;
-  if (auto e = detail::resolve(at, where, true)) {
-    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
-    return e;
-  }
   std::vector<detail::socket_handle> listeners;
-  for (int i = 0; i < options.workers; ++i) {
-    detail::socket_handle s = detail::invalid_socket;
-    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
-      listeners.push_back(s);
-      continue;
-    }
-    std::error_code e = detail::open_listener(where, options.workers > 1, s);
-    if (!e && i == 0) {
-      // With port 0 every further worker must join the port the first one got.
-      detail::address bound;
-      detail::local_address(s, bound);
-      where.set_port(bound.port());
-      bound_listen = bound.to_endpoint();
-    }
-    if (e) {
-      for (auto l : listeners)
-        if (l != detail::invalid_socket) detail::close_socket(l);
-      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
-      return e;
-    }
-    listeners.push_back(s);
-  }
+  if (auto e = bind_listen(options.listen, listeners, bound_listen, problem)) return e;
   for (auto s : listeners) {
     workers.push_back(std::make_unique<detail::worker>(*this, options, log));
     if (auto e = workers.back()->open(s)) {
@@ -93,12 +67,49 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   started_ms = detail::now_ms();
   log(log_level::info, "listening on %s (%s, %d worker%s, at most %zu connections)", bound_listen.to_string().c_str(),
-      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "", connection_limit);
+      to_string(options.balance), options.workers, options.workers > 1 ? "s" : "",
+      connection_limit.load(std::memory_order_relaxed));
   detail::reactor* first = &workers.front()->loop();
   backends.lock()->on_tables_stale([this, first] { first->post([this] { rebuild_tables(); }); });
   rebuild_tables();
   if (!names.empty()) start_resolver();
   if (!options.state_file.empty()) start_keeper();
+  return {};
+}
+
+inline std::error_code server::impl::bind_listen(const std::string& text, std::vector<detail::socket_handle>& out,
+                                                endpoint& bound_at, option_problem* problem) {
+  endpoint at;
+  if (auto e = parse_endpoint(text, at)) return e;
+  detail::address where;
+  if (auto e = detail::resolve(at, where, true)) {
+    if (problem) *problem = option_problem{"listen", "cannot resolve " + at.to_string() + ": " + e.message()};
+    return e;
+  }
+  std::vector<detail::socket_handle> listeners;
+  for (int i = 0; i < options.workers; ++i) {
+    detail::socket_handle s = detail::invalid_socket;
+    if (i > 0 && !detail::listeners_share_port) {  // one listener: the first worker deals out what it accepts
+      listeners.push_back(s);
+      continue;
+    }
+    std::error_code e = detail::open_listener(where, options.workers > 1, s);
+    if (!e && i == 0) {
+      // With port 0 every further worker must join the port the first one got.
+      detail::address bound;
+      detail::local_address(s, bound);
+      where.set_port(bound.port());
+      bound_at = bound.to_endpoint();
+    }
+    if (e) {
+      for (auto l : listeners)
+        if (l != detail::invalid_socket) detail::close_socket(l);
+      if (problem) *problem = option_problem{"listen", "cannot listen on " + at.to_string() + ": " + e.message()};
+      return e;
+    }
+    listeners.push_back(s);
+  }
+  out = std::move(listeners);
   return {};
 }
 
@@ -276,7 +287,14 @@ HARMONY_DEF void server::stop() {
   impl_->close_all();
 }
 
-HARMONY_DEF drain_report server::shutdown() { return shutdown(impl_->options.drain_timeout); }
+HARMONY_DEF drain_report server::shutdown() {
+  duration deadline;
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);  // reconfigure may change it
+    deadline = impl_->options.drain_timeout;
+  }
+  return shutdown(deadline);
+}
 
 HARMONY_DEF drain_report server::shutdown(duration deadline) {
   std::uint64_t round;

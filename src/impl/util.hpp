@@ -4,8 +4,9 @@ namespace detail {
 // >>util  logging, number parsing
 struct logger {
   log_function fn;
-  log_level level = log_level::off;
-  bool enabled(log_level l) const noexcept { return fn && log_enabled(level, l); }
+  // server::reconfigure changes it while the loops log.
+  std::atomic<log_level> level{log_level::off};
+  bool enabled(log_level l) const noexcept { return fn && log_enabled(level.load(std::memory_order_relaxed), l); }
 #if defined(__MINGW32__)
   // MinGW's libstdc++ routes vsnprintf to the C99-conforming printf (%zu, %lld).
   __attribute__((format(gnu_printf, 3, 4)))

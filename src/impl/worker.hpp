@@ -61,6 +61,16 @@ class worker final : public session_host {
   std::size_t waiting() const noexcept { return queue_.size(); }
   // Accepts again after the connection limit paused the listener; on this loop.
   void resume_accepting() { listener_.resume(); }
+  // server::reconfigure, on this loop: the settings of the connections from now on.
+  void set_settings(relay_settings next) { settings_ = std::move(next); }
+#if !defined(HARMONY_USE_IOCP)
+  // server::reconfigure, on this loop: a changed listen address. The new listener is
+  // bound already; what waits in the old one's backlog is taken in before it closes.
+  std::error_code replace_listener(socket_handle next) {
+    listener_.close_after_backlog();
+    return listener_.open(next);
+  }
+#endif
 
   relay_counters stats;
 
@@ -201,15 +211,20 @@ inline void worker::admit_waiting() {
 }  // namespace detail
 
 inline void server::impl::client_ended(const detail::address& peer) {
-  if (options.max_conns_per_client > 0) {
+  if (per_client_limit.load(std::memory_order_relaxed) > 0) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);
     if (it != per_client.end() && --it->second == 0) per_client.erase(it);
   }
-  std::int64_t now_open = clients.fetch_sub(1, std::memory_order_relaxed) - 1;
-  if (now_open >= static_cast<std::int64_t>(connection_limit) || winding_down.load(std::memory_order_relaxed) ||
-      !accept_paused.exchange(false))
+  clients.fetch_sub(1, std::memory_order_relaxed);
+  resume_if_room();
+}
+
+inline void server::impl::resume_if_room() {
+  std::int64_t now_open = clients.load(std::memory_order_relaxed);
+  if (now_open >= static_cast<std::int64_t>(connection_limit.load(std::memory_order_relaxed)) ||
+      winding_down.load(std::memory_order_relaxed) || !accept_paused.exchange(false))
     return;
   for (auto& w : workers) {
     detail::worker* target = w.get();
