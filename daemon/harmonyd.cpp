@@ -169,7 +169,7 @@ void block_stop_signals() {
 }
 
 // The library's lines and the daemon's own, filtered by the daemon's level (which a
-// reload may change; the library filters first by the level it was started with).
+// reload changes, as it does the library's).
 void log_filtered(harmony::log_level level, std::string_view message) {
   if (harmony::log_enabled(daemon_level, level)) log_to_stderr(level, message);
 }
@@ -604,7 +604,7 @@ const std::vector<flag<B>> balancer_flags = {
     {"workers", "N", "event-loop threads", "workers", set_integer<B, &server_options::workers>,
      show_number<B, &server_options::workers>},
     {"secret-file", "FILE", "the admin port's shared secret: native peers must prove\nthey know it (HMAC-SHA256 challenge), harmony.js\nagents are refused except from --allow-legacy",
-     nullptr, set_secret_file<B, &server_options::admin_secret>, [](const B&) { return std::string(); }},
+     "admin_secret", set_secret_file<B, &server_options::admin_secret>, [](const B&) { return std::string(); }},
     {"allow-legacy", "CIDR", "with --secret-file, still accept harmony.js agents\nfrom this address block; repeatable", "allow_legacy",
      [](B& s, const std::string& v) {
        s.options.allow_legacy.push_back(v);
@@ -1034,7 +1034,7 @@ void add_backends(harmony::server& balancer, const balancer_settings& s, configu
 // What a reload compares the file with.
 struct balancer_state {
   harmony::server& server;
-  const balancer_settings& started;  // the options as started: those a reload cannot change
+  balancer_settings in_force;        // the options of the start or of the last reload
   const configuration& config;       // the file and the command line
   std::vector<running_backend> statics;  // the static backends by address (not ,resolve)
   std::vector<static_backend> names;     // the ,resolve ones
@@ -1046,10 +1046,11 @@ bool same_name(const static_backend& a, const static_backend& b) {
 
 // SIGHUP: the file is read again with the command line over it, as at the start. A
 // file with a problem is refused, logged line by line, and nothing changes. Otherwise
-// the static backends follow the file (added, removed, re-weighted in place, re-added
-// for a changed maxconn or backup), a new ,resolve name is followed, and the log level
-// is taken (the library still logs only what the level at the start let it); any other
-// change is logged as waiting for a restart.
+// the options are applied to the running server (server::reconfigure: a new listen
+// address that cannot be bound refuses the reload), the static backends follow the
+// file (added, removed, re-weighted in place, re-added for a changed maxconn or
+// backup), a new ,resolve name is followed, and the log level is taken; what only a
+// restart changes is logged as waiting for one.
 void reload(balancer_state& st) {
   const std::string& file = st.config.file;
   if (file.empty()) {
@@ -1071,14 +1072,23 @@ void reload(balancer_state& st) {
                                         " problem(s); the configuration in force is unchanged");
     return;
   }
-  // Options that only a restart changes, compared as --help would show them.
+  std::vector<std::string> needs_restart;
+  if (auto e = st.server.reconfigure(fresh.options, &needs_restart)) {
+    note(harmony::log_level::error, "reload refused: " + e.message() + "; the configuration in force is unchanged");
+    return;
+  }
   std::vector<std::string> restart;
+  for (const auto& option : needs_restart) restart.push_back(flag_for(balancer_flags, option.c_str()));
+  // What changed live, compared as --help would show it.
+  std::vector<std::string> applied;
   std::set<std::string> options_seen;
   for (const auto& f : balancer_flags) {
-    if (f.apply == add_backend_flag || f.apply == set_log_level<B>) continue;
-    if (f.shown(st.started) == f.shown(fresh)) continue;
-    if (options_seen.insert(f.option ? f.option : f.name).second) restart.push_back(f.name);
+    if (!f.option || f.apply == set_log_level<B> || f.shown(st.in_force) == f.shown(fresh)) continue;
+    std::string flag = std::string("--") + f.name;
+    if (std::find(restart.begin(), restart.end(), flag_for(balancer_flags, f.option)) != restart.end()) continue;
+    if (options_seen.insert(f.option).second) applied.push_back(flag);
   }
+  st.in_force = fresh;
   int added = 0, removed = 0, reweighted = 0, readded = 0, failed = 0;
   std::vector<bool> kept(st.statics.size(), false);
   std::vector<running_backend> next;
@@ -1143,14 +1153,17 @@ void reload(balancer_state& st) {
     if (std::none_of(fresh_names.begin(), fresh_names.end(), [&](const static_backend* b) { return same_name(n, *b); }))
       restart.push_back("backend " + n.address + ",resolve");
   harmony::log_level level = fresh.options.level;
-  if (level != harmony::log_level::off && !harmony::log_enabled(st.started.options.level, level))
-    restart.push_back(std::string("log-level ") + harmony::to_string(level) + " (more verbose than at the start)");
   daemon_level = level;
   note(harmony::log_level::info, "reloaded " + file + ": " + std::to_string(added) + " backend(s) added, " +
                                      std::to_string(removed) + " removed, " + std::to_string(reweighted) +
                                      " re-weighted, " + std::to_string(readded) + " re-added; log level " +
                                      harmony::to_string(level) +
                                      (failed ? "; " + std::to_string(failed) + " change(s) failed" : std::string()));
+  if (!applied.empty()) {
+    std::string list;
+    for (const auto& a : applied) list += (list.empty() ? "" : ", ") + a;
+    note(harmony::log_level::info, "reload: applied " + list);
+  }
   if (!restart.empty()) {
     std::string list;
     for (const auto& r : restart) list += (list.empty() ? "" : ", ") + r;

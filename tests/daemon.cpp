@@ -1174,7 +1174,7 @@ TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, ope
                            "\nworkers 2\n");
   d.signal(SIGHUP);
   REQUIRE(d.wrote("reloaded " + conf.path() + ": 1 backend(s) added, 1 removed, 1 re-weighted"));
-  CHECK(d.wrote("not applied until a restart: workers"));
+  CHECK(d.wrote("not applied until a restart: --workers"));
   CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
   std::map<std::string, int> count;
   for (int i = 0; i < 12; ++i) ++count[name_of(round_trip(listen, "x"))];
@@ -1196,6 +1196,21 @@ TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, ope
   CHECK(listed_weights(op) == one.address() + " 250;" + three.address() + " 500;");
   CHECK(round_trip(listen, "x").find("two") == std::string::npos);
 
+  // The listen address and the algorithm change live: the old address closes, and
+  // hash sends one client to one backend.
+  std::string moved = free_address();
+  head = "listen " + moved + "\nadmin " + admin + "\nalgorithm hash\nno-persistent\n";
+  rewrite(conf.path(), head + "backend " + one.address() + ",weight=250\nbackend " + three.address() + "\n");
+  d.signal(SIGHUP);
+  REQUIRE(d.wrote("reload: applied --listen, --algorithm"));
+  CHECK(d.wrote("listening on " + moved + " (was " + listen + ")"));
+  CHECK_FALSE(listening(listen));
+  std::map<std::string, int> hashed;
+  for (int i = 0; i < 12; ++i) ++hashed[name_of(round_trip(moved, "x"))];
+  CHECK(hashed.size() == 1);
+  CHECK((hashed.count("one") == 1 || hashed.count("three") == 1));
+  listen = moved;
+
   // The log level: warn from this reload on, so its own summary and the next
   // reload's info lines are not written; the next refusal (an error) is.
   // The weight it changes too says when it has been applied.
@@ -1214,7 +1229,7 @@ TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, ope
     for (auto at = out.find(text); at != std::string::npos; at = out.find(text, at + 1)) ++n;
     return n;
   };
-  CHECK(count_of("SIGHUP: reloading") == 3);  // the fourth came at warn
-  CHECK(count_of("reloaded ") == 1);
+  CHECK(count_of("SIGHUP: reloading") == 4);  // the fifth came at warn
+  CHECK(count_of("reloaded ") == 2);
   CHECK(count_of("stopping on") == 0);
 }
