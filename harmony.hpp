@@ -56,6 +56,7 @@
 //   >>stats          the stats port: /metrics, /status.json and the status page, on the first loop
 //   >>server-impl    harmony::server
 //   >>reconfigure    server::reconfigure: a running server takes new options
+//   >>upgrade        handing the listening sockets and the registry to a successor process
 //   >>client-impl    harmony::client: one event loop, one link per balancer
 //   >>admin-call     harmony::admin_command: one operator command, handshake included
 //   >>licence        MIT
@@ -330,6 +331,14 @@ struct drain_report {
   std::uint64_t cut = 0;       // closed at the deadline (or by stop())
 };
 
+// Listening sockets a process hands to its successor (server::hand_out), as native
+// descriptors; -1: none. POSIX only.
+struct inherited_sockets {
+  std::vector<std::int64_t> listen;  // one per loop with SO_REUSEPORT (workers > 1), otherwise one
+  std::int64_t admin = -1;
+  std::int64_t stats = -1;
+};
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -435,6 +444,16 @@ struct server_options {
   // port. A file that cannot be read, or lines that cannot be parsed, are logged (file and
   // line) and skipped. Empty (the default): nothing is kept.
   std::string state_file;
+
+  // ---- An upgrade without refusing a connection (README, "Upgrading"). POSIX only.
+  // Listening sockets to take over instead of binding listen, admin and stats: those the
+  // process before handed out. Its listeners keep their backlogs, so no client that
+  // connects while one process hands over to the next is refused. A loop without an
+  // inherited listener binds one beside the first (SO_REUSEPORT); extra ones are closed.
+  inherited_sockets inherited;
+  // A registry to start from instead of state_file's: the file server::save_state wrote
+  // (the state file format), read once at start() and never written.
+  std::string restore_from;
 };
 
 // Checks every option against its range, as server::start() and run() do: errc::bad_address
@@ -470,6 +489,19 @@ class server {
   // cuts a drain short. Does nothing (and reports zeros) when the server is not running.
   drain_report shutdown(duration deadline);
   drain_report shutdown();  // with server_options::drain_timeout
+
+  // ---- An upgrade (server_options::inherited, restore_from). POSIX only (elsewhere
+  // std::errc::not_supported).
+  // Duplicates of the listening sockets (listen, admin, stats), close-on-exec cleared,
+  // for a successor process to inherit; the caller closes them once it has started it.
+  std::error_code hand_out(inherited_sockets& out);
+  // Writes the registry as a state file (atomically) to `path`, for restore_from.
+  std::error_code save_state(const std::string& path);
+  // The successor serves: the state writer stops (without a last write: the state file
+  // is the successor's now), the admin and stats ports close (admin connections too, so
+  // agents register with the successor), then it drains and stops like shutdown(); the
+  // listeners close without resetting anything, their sockets live on in the successor.
+  drain_report hand_over(duration deadline);
 
   // Applies `next` to the server as it runs, as a reload: what check() refuses is
   // refused (nothing changes). Open connections go on; the registry, persistence and
@@ -1063,6 +1095,23 @@ inline socket_handle open_stream_socket(int family) noexcept {
   }
   return s;
 #endif
+}
+
+// A listening socket for a successor process to inherit: a duplicate, which dup()
+// makes without close-on-exec.
+inline std::error_code duplicate_for_successor(socket_handle s, socket_handle& out) noexcept {
+  out = ::dup(s);
+  return out < 0 ? system_error_code(errno) : std::error_code{};
+}
+
+// Takes over a listening socket the process before handed out (server_options::inherited).
+inline std::error_code adopt_listener(socket_handle s) noexcept {
+  int listening = 0;
+  socklen_t length = sizeof listening;
+  if (::getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0) return system_error_code(errno);
+  if (!listening) return std::make_error_code(std::errc::invalid_argument);
+  if (!set_nonblocking(s)) return system_error_code(errno);  // and close-on-exec again
+  return {};
 }
 
 inline std::error_code open_listener(const address& at, bool reuse_port, socket_handle& out) {
@@ -1770,6 +1819,13 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
   if (o.drain_timeout.count() < 0 || o.drain_timeout > max_drain_timeout)
     c.fail(errc::bad_option, "drain_timeout", "must be from 0s (stop at once) to " + format_duration(max_drain_timeout));
+#if defined(_WIN32)
+  if (!o.inherited.listen.empty() || o.inherited.admin >= 0 || o.inherited.stats >= 0)
+    c.fail(errc::bad_option, "inherited", "inherited sockets need POSIX (on Windows an upgrade is a restart)");
+#else
+  for (std::int64_t s : o.inherited.listen)
+    if (s < 0 || s > std::numeric_limits<int>::max()) c.fail(errc::bad_option, "inherited", "a listen socket is not a descriptor");
+#endif
   return c.done();
 }
 
@@ -6790,6 +6846,7 @@ class acceptor_base : public io_handler {
   std::function<bool()> admit;
   acceptor_base(const acceptor_base&) = delete;
   acceptor_base& operator=(const acceptor_base&) = delete;
+  socket_handle socket() const noexcept { return fd_; }  // invalid_socket once closed
   // Stops accepting and closes the listener (and cancels accepts in flight).
   void close() {
     if (fd_ == invalid_socket) return;
@@ -7619,6 +7676,11 @@ class stream_set {
   }
   void close_all() {
     for (auto& c : items_) c.second->io.close();
+  }
+  // Calls f on each; f may end (release) the one it is given.
+  template <class F>
+  void each(F f) {
+    for (auto& c : items_) f(*c.second);
   }
   std::size_t size() const noexcept { return items_.size(); }
 
@@ -8541,8 +8603,9 @@ class state_keeper {
     wake_.notify_one();
   }
 
-  // Ends the thread, then writes the state as it is now. Idempotent (writes once).
-  void stop() {
+  // Ends the thread, then writes the state as it is now (unless `last_write` is false:
+  // an upgrade's successor owns the file now). Idempotent (writes once).
+  void stop(bool last_write = true) {
     if (!thread_.joinable()) return;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -8550,7 +8613,7 @@ class state_keeper {
       wake_.notify_one();
     }
     thread_.join();
-    write();
+    if (last_write) write();
   }
 
  private:
@@ -8707,6 +8770,8 @@ struct server::impl {
   // port, otherwise one for the first loop (invalid_socket for the others).
   std::error_code bind_listen(const std::string& text, std::vector<detail::socket_handle>& out, endpoint& bound,
                               option_problem* problem);
+  // The same with the listeners of server_options::inherited (>>upgrade).
+  std::error_code adopt_listen(std::vector<detail::socket_handle>& out, option_problem* problem);
   // server::reconfigure, under lifecycle.
   std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart);
   // Runs `task` on every loop's own thread and waits until each has (bounded); false
@@ -8744,7 +8809,7 @@ struct server::impl {
   void drain_check();
   // Ends the drain: what is still open is `cut` when the loops go; they are told to stop.
   void finish_drain(const char* how);
-  void load_state();   // once, before the ports open
+  void load_state(const std::string& path);  // once, before the ports open
   void start_keeper();  // under lifecycle, with a state file
   std::string state_text();  // the state file's text now
 
@@ -8853,6 +8918,7 @@ class worker final : public session_host {
     loop_.run();
   }
 
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   // A drain (server::shutdown): closes the listener; what it had accepted goes on.
   void stop_accepting() { listener_.close(); }
 
@@ -9244,15 +9310,26 @@ class admin_server {
   std::error_code open(const address& at, endpoint& bound) {
     socket_handle s = invalid_socket;
     if (auto e = open_listener(at, false, s)) return e;
+    return take(s, bound);
+  }
+  // A listener bound already (inherited from the process before).
+  std::error_code take(socket_handle s, endpoint& bound) {
     address local;
     local_address(s, local);
     bound = local.to_endpoint();
     loop_.schedule(sweep_, loop_.now() + 1000);
     return listener_.open(s);
   }
+  // server::hand_over, on this loop: the successor takes the port; the agents, whose
+  // connections end here, register with it.
+  void hand_over() {
+    listener_.close();
+    connections_.each([](admin_connection& c) { c.end("handed over to the successor"); });
+  }
 
   server::impl& srv() noexcept { return srv_; }
   reactor& loop() noexcept { return loop_; }
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   admin_services& services() noexcept { return services_; }
 
   // The live native connection of each agent's backend.
@@ -9457,11 +9534,18 @@ class stats_server {
   std::error_code open(const address& at, endpoint& bound) {
     socket_handle s = invalid_socket;
     if (auto e = open_listener(at, false, s)) return e;
+    return take(s, bound);
+  }
+  // A listener bound already (inherited from the process before).
+  std::error_code take(socket_handle s, endpoint& bound) {
     address local;
     local_address(s, local);
     bound = local.to_endpoint();
     return listener_.open(s);
   }
+  // server::hand_over, on this loop: the successor takes the port.
+  void hand_over() { listener_.close(); }
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   server::impl& srv() noexcept { return srv_; }
   void release(stats_connection* c) { connections_.release(c); }
 
@@ -9515,12 +9599,31 @@ namespace harmony {
 // >>server-impl  harmony::server
 // Opens a port beside the listen port (admin, stats) on the first loop; on a
 // failure `port` stays empty and `problem` names the option and the address.
+// `inherited`: the port's listener from the process before (-1: none), taken instead.
 template <class Port>
-std::error_code open_side_port(server::impl& srv, const char* option, const std::string& text,
+std::error_code open_side_port(server::impl& srv, const char* option, const std::string& text, std::int64_t inherited,
                                std::unique_ptr<Port>& port, endpoint& bound, option_problem* problem) {
   endpoint at;
   detail::address where;
   std::error_code e = parse_endpoint(text, at);
+#if !defined(_WIN32)  // check() refuses inherited sockets elsewhere
+  if (!e && inherited >= 0) {
+    auto s = static_cast<detail::socket_handle>(inherited);
+    e = detail::adopt_listener(s);
+    if (!e) {
+      port = std::make_unique<Port>(srv, srv.workers.front()->loop());
+      e = port->take(s, bound);
+    } else {
+      detail::close_socket(s);
+    }
+    if (e) {
+      port.reset();
+      if (problem) *problem = option_problem{option, "cannot take the inherited listener: " + e.message()};
+    }
+    return e;
+  }
+#endif
+  (void)inherited;
   if (!e) e = detail::resolve(at, where, true);
   if (!e) {
     port = std::make_unique<Port>(srv, srv.workers.front()->loop());
@@ -9542,7 +9645,10 @@ inline std::error_code server::impl::open(option_problem* problem) {
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
-  if (!options.state_file.empty() && !state_loaded) load_state();  // before agents can ack
+  if (!state_loaded) {  // before agents can ack
+    if (!options.restore_from.empty()) load_state(options.restore_from);
+    else if (!options.state_file.empty()) load_state(options.state_file);
+  }
   {
     std::lock_guard<std::mutex> lock(drain_mutex);
     draining = false;
@@ -9550,7 +9656,9 @@ inline std::error_code server::impl::open(option_problem* problem) {
   drain_watch.store(false, std::memory_order_relaxed);
   drain_timer.fire = [this] { finish_drain("at the deadline"); };
   std::vector<detail::socket_handle> listeners;
-  if (auto e = bind_listen(options.listen, listeners, bound_listen, problem)) return e;
+  if (auto e = options.inherited.listen.empty() ? bind_listen(options.listen, listeners, bound_listen, problem)
+                                                 : adopt_listen(listeners, problem))
+    return e;
   for (auto s : listeners) {
     workers.push_back(std::make_unique<detail::worker>(*this, options, log));
     if (auto e = workers.back()->open(s)) {
@@ -9560,8 +9668,15 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
   monitor->start();
+#if !defined(_WIN32)
+  // Inherited ports this configuration has no use for.
+  if (options.admin.empty() && options.inherited.admin >= 0)
+    detail::close_socket(static_cast<detail::socket_handle>(options.inherited.admin));
+  if (options.stats.empty() && options.inherited.stats >= 0)
+    detail::close_socket(static_cast<detail::socket_handle>(options.inherited.stats));
+#endif
   if (!options.admin.empty()) {
-    if (auto e = open_side_port(*this, "admin", options.admin, admin, bound_admin, problem)) {
+    if (auto e = open_side_port(*this, "admin", options.admin, options.inherited.admin, admin, bound_admin, problem)) {
       monitor.reset();
       workers.clear();
       return e;
@@ -9569,7 +9684,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
   }
   if (!options.stats.empty()) {
-    if (auto e = open_side_port(*this, "stats", options.stats, stats_port, bound_stats, problem)) {
+    if (auto e = open_side_port(*this, "stats", options.stats, options.inherited.stats, stats_port, bound_stats, problem)) {
       admin.reset();
       monitor.reset();
       workers.clear();
@@ -9586,6 +9701,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
   rebuild_tables();
   if (!names.empty()) start_resolver();
   if (!options.state_file.empty()) start_keeper();
+  options.inherited = inherited_sockets{};  // taken: a later start() binds afresh
   return {};
 }
 
@@ -9909,9 +10025,8 @@ inline void server::impl::finish_drain(const char* how) {
   for (auto& w : workers) w->loop().stop();
 }
 
-inline void server::impl::load_state() {
+inline void server::impl::load_state(const std::string& path) {
   state_loaded = true;
-  const std::string& path = options.state_file;
   std::string text;
   std::error_code e = detail::read_file(path, text, detail::max_state_file_bytes);
   if (e == std::errc::no_such_file_or_directory) {
@@ -10257,6 +10372,131 @@ inline std::error_code server::impl::reconfigure(const server_options& next, std
   }
   if (needs_restart) *needs_restart = std::move(restart);
   return {};
+}
+
+}  // namespace harmony
+
+namespace harmony {
+
+// >>upgrade  handing the listening sockets and the registry to a successor process
+inline std::error_code server::impl::adopt_listen(std::vector<detail::socket_handle>& out, option_problem* problem) {
+#if defined(_WIN32)
+  (void)out;
+  (void)problem;
+  return std::make_error_code(std::errc::not_supported);  // check() refuses inherited sockets first
+#else
+  std::vector<detail::socket_handle> given;
+  for (std::int64_t s : options.inherited.listen) given.push_back(static_cast<detail::socket_handle>(s));
+  auto fail = [&](std::error_code e, const std::string& why) {
+    for (auto s : given) detail::close_socket(s);
+    for (auto s : out)
+      if (s != detail::invalid_socket && std::find(given.begin(), given.end(), s) == given.end()) detail::close_socket(s);
+    out.clear();
+    if (problem) *problem = option_problem{"listen", why + ": " + e.message()};
+    return e;
+  };
+  out.clear();
+  for (auto s : given)
+    if (std::error_code e = detail::adopt_listener(s)) return fail(e, "cannot take the inherited listener " + std::to_string(s));
+  detail::address where;
+  if (std::error_code e = detail::local_address(given.front(), where)) return fail(e, "cannot read the inherited listener");
+  std::size_t used = detail::listeners_share_port ? static_cast<std::size_t>(options.workers) : 1;
+  for (std::size_t i = 0; i < static_cast<std::size_t>(options.workers); ++i) {
+    if (i >= used) {
+      out.push_back(detail::invalid_socket);  // dealt connections by the first loop
+    } else if (i < given.size()) {
+      out.push_back(given[i]);
+    } else {  // more loops than the process before had: one more listener on the port
+      detail::socket_handle s = detail::invalid_socket;
+      if (std::error_code e = detail::open_listener(where, true, s))
+        return fail(e, "cannot listen beside the inherited listener on " + where.to_endpoint().to_string());
+      out.push_back(s);
+    }
+  }
+  for (std::size_t i = used; i < given.size(); ++i) detail::close_socket(given[i]);  // fewer loops than before
+  bound_listen = where.to_endpoint();
+  log(log_level::info, "took over %zu inherited listener%s on %s", std::min(used, given.size()),
+      std::min(used, given.size()) == 1 ? "" : "s", bound_listen.to_string().c_str());
+  return {};
+#endif
+}
+
+HARMONY_DEF std::error_code server::hand_out(inherited_sockets& out) {
+#if defined(_WIN32)
+  (void)out;
+  return std::make_error_code(std::errc::not_supported);
+#else
+  std::lock_guard<std::mutex> lock(impl_->lifecycle);
+  if (!impl_->running) return make_error_code(errc::not_running);
+  if (impl_->on_own_thread()) return std::make_error_code(std::errc::resource_deadlock_would_occur);
+  {
+    std::lock_guard<std::mutex> drain_lock(impl_->drain_mutex);
+    if (impl_->draining) return make_error_code(errc::shutting_down);
+  }
+  // Each loop reads its own listener; the results outlive a wait that gives up.
+  struct handed {
+    std::mutex mutex;
+    std::vector<std::int64_t> listen;
+    std::int64_t admin = -1, stats = -1;
+    std::error_code error;
+  };
+  auto got = std::make_shared<handed>();
+  got->listen.assign(impl_->workers.size(), -1);
+  server::impl* srv = impl_.get();
+  bool done = impl_->on_every_loop([got, srv](detail::worker& w, std::size_t i) {
+    auto take = [&](detail::socket_handle s, std::int64_t& to) {
+      if (s == detail::invalid_socket) return;
+      detail::socket_handle copy = detail::invalid_socket;
+      std::error_code e = detail::duplicate_for_successor(s, copy);
+      std::lock_guard<std::mutex> held(got->mutex);
+      if (e) got->error = e;
+      else to = copy;
+    };
+    take(w.listening_socket(), got->listen[i]);
+    if (i != 0) return;
+    if (srv->admin) take(srv->admin->listening_socket(), got->admin);
+    if (srv->stats_port) take(srv->stats_port->listening_socket(), got->stats);
+  });
+  std::lock_guard<std::mutex> held(got->mutex);
+  std::vector<std::int64_t> listen;
+  for (std::int64_t s : got->listen)
+    if (s >= 0) listen.push_back(s);
+  std::error_code e = !done ? std::make_error_code(std::errc::timed_out) : got->error;
+  if (!e && listen.empty()) e = make_error_code(errc::shutting_down);  // its listeners are closed
+  if (e) {
+    for (std::int64_t s : listen) detail::close_socket(static_cast<detail::socket_handle>(s));
+    if (got->admin >= 0) detail::close_socket(static_cast<detail::socket_handle>(got->admin));
+    if (got->stats >= 0) detail::close_socket(static_cast<detail::socket_handle>(got->stats));
+    return e;
+  }
+  out.listen = std::move(listen);
+  out.admin = got->admin;
+  out.stats = got->stats;
+  return {};
+#endif
+}
+
+HARMONY_DEF std::error_code server::save_state(const std::string& path) {
+  return detail::replace_file(path, impl_->state_text());
+}
+
+HARMONY_DEF drain_report server::hand_over(duration deadline) {
+  {
+    std::lock_guard<std::mutex> lock(impl_->lifecycle);
+    if (!impl_->running) return {};
+    server::impl* srv = impl_.get();
+    if (srv->keeper) {
+      srv->backends.lock()->on_change(nullptr);
+      srv->keeper->stop(false);
+      srv->keeper.reset();
+    }
+    srv->workers.front()->loop().post([srv] {
+      if (srv->admin) srv->admin->hand_over();
+      if (srv->stats_port) srv->stats_port->hand_over();
+    });
+    srv->log(log_level::info, "handing over to the successor: the admin and stats ports are its own now");
+  }
+  return shutdown(deadline);
 }
 
 }  // namespace harmony

@@ -3,6 +3,8 @@
 // connections it has go on.
 #include "support.hpp"
 
+#include <filesystem>
+
 using namespace test;
 
 namespace {
@@ -151,6 +153,47 @@ TEST_CASE("reconfigure: a new listen address serves, the old one's backlog is se
   CHECK(echoes(fresh, payload));
 }
 
+namespace {
+
+// Clients connecting one after another on a few threads, each connection checked
+// byte-exact through an echo backend. The test moves `phase` on (0 before a change, 1
+// while it happens, 2 after); refusals are counted by the phase the connect began in.
+// Bounded: each thread stops after 400 connections, all stop after 200 in phase 2.
+struct storm {
+  explicit storm(std::function<harmony::endpoint()> target) : target_(std::move(target)) {
+    for (unsigned i = 0; i < 4; ++i) threads_.emplace_back([this, i] { run(100 + i); });
+  }
+  ~storm() { join(); }
+  void join() {
+    for (auto& t : threads_)
+      if (t.joinable()) t.join();
+  }
+  std::atomic<int> phase{0};
+  std::atomic<int> served{0}, broken{0}, after{0};
+  std::atomic<int> refused[3] = {{0}, {0}, {0}};
+
+ private:
+  void run(unsigned seed) {
+    const std::string payload = random_bytes(4096, seed);
+    for (int n = 0; n < 400 && after.load() < 200; ++n) {
+      int began = phase.load();
+      sock c = connect_to(target_(), nullptr, 5000ms);
+      if (!c) {
+        ++refused[std::max(began, phase.load() == 1 ? 1 : began)];
+        if (began < 2) eventually([&] { return phase.load() == 2; });  // what comes next is coming
+        continue;
+      }
+      if (echoes(c, payload)) ++served;
+      else ++broken;
+      if (began == 2) ++after;
+    }
+  }
+  std::function<harmony::endpoint()> target_;
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace
+
 TEST_CASE("reconfigure: a storm of connections across a listen change sees no refusal and no reset") {
   backend b(echo);
   auto o = quiet_options();
@@ -159,47 +202,70 @@ TEST_CASE("reconfigure: a storm of connections across a listen change sees no re
   s.add(b);
   std::mutex m;
   harmony::endpoint advertised = s.srv.listen_endpoint();
-  std::atomic<bool> changing{false}, changed{false};
-  std::atomic<int> served{0}, broken{0}, refused_before{0}, refused_during{0}, refused_after{0}, after_change{0};
-  auto client = [&](unsigned seed) {
-    const std::string payload = random_bytes(4096, seed);
-    for (int n = 0; n < 400 && after_change.load() < 200; ++n) {
-      harmony::endpoint at;
-      bool late = changed.load(), during = changing.load();
-      {
-        std::lock_guard<std::mutex> lock(m);
-        at = advertised;
-      }
-      sock c = connect_to(at, nullptr, 5000ms);
-      if (!c) {
-        ++(late ? refused_after : during || changing.load() ? refused_during : refused_before);
-        if (!late) eventually([&] { return changed.load(); });  // the new address is coming
-        continue;
-      }
-      if (echoes(c, payload)) ++served;
-      else ++broken;
-      if (late) ++after_change;
-    }
-  };
-  std::vector<std::thread> storm;
-  for (unsigned i = 0; i < 4; ++i) storm.emplace_back(client, 100 + i);
-  REQUIRE(eventually([&] { return served.load() >= 100; }));
+  storm clients([&] {
+    std::lock_guard<std::mutex> lock(m);
+    return advertised;
+  });
+  REQUIRE(eventually([&] { return clients.served.load() >= 100; }));
   harmony::server_options next = o;
   next.listen = "127.0.0.2:0";
-  changing = true;
+  clients.phase = 1;
   REQUIRE_FALSE(s.srv.reconfigure(next));
   {
     std::lock_guard<std::mutex> lock(m);
     advertised = s.srv.listen_endpoint();
   }
-  changed = true;
-  for (auto& t : storm) t.join();
-  MESSAGE("served " << served.load() << ", connects to the old address refused while it closed: "
-                    << refused_during.load());
-  CHECK(broken == 0);
-  CHECK(refused_before == 0);
-  CHECK(refused_after == 0);
-  CHECK(after_change >= 200);
+  clients.phase = 2;
+  clients.join();
+  MESSAGE("served " << clients.served.load() << "; connects to the old address refused as it closed: "
+                    << clients.refused[1].load());
+  CHECK(clients.broken == 0);
+  CHECK(clients.refused[0] == 0);
+  CHECK(clients.refused[2] == 0);
+  CHECK(clients.after >= 200);
+}
+
+TEST_CASE("upgrade: a successor takes the listeners and the registry over; no connection is refused or reset") {
+  backend b(echo), registered(echo);
+  auto o = quiet_options();
+  o.workers = 2;
+  auto first = std::make_unique<running_server>(o);
+  first->add(b);
+  admin_session agent(first->srv.admin_endpoint().to_string());
+  std::string reply = agent.call("register port=" + std::to_string(registered.at().port));
+  REQUIRE(reply.rfind("ok id=", 0) == 0);
+  std::string id = reply.substr(6, reply.find_first_of(" \n", 6) - 6);
+  harmony::endpoint at = first->srv.listen_endpoint();
+  storm clients([at] { return at; });
+  REQUIRE(eventually([&] { return clients.served.load() >= 100; }));
+  clients.phase = 1;
+  harmony::server_options next = o;
+  REQUIRE_FALSE(first->srv.hand_out(next.inherited));
+  CHECK_FALSE(next.inherited.listen.empty());  // two with SO_REUSEPORT, one where the first loop deals
+  CHECK(next.inherited.admin >= 0);
+  std::string saved = (std::filesystem::temp_directory_path() /
+                       ("harmony-upgrade-" + std::to_string(std::random_device{}()))).string();
+  REQUIRE_FALSE(first->srv.save_state(saved));
+  next.restore_from = saved;
+  harmony::server second(next);
+  REQUIRE_FALSE(second.start());
+  std::filesystem::remove(saved);
+  REQUIRE_FALSE(second.add_backend(b.address(), 500));
+  CHECK(second.listen_endpoint().to_string() == at.to_string());
+  CHECK(second.admin_endpoint().to_string() == first->srv.admin_endpoint().to_string());
+  auto kept = second.backends();
+  CHECK(std::any_of(kept.begin(), kept.end(), [&](const harmony::backend_info& i) { return i.id == id; }));
+  harmony::drain_report report = first->srv.hand_over(harmony::duration{5000});
+  CHECK(report.cut == 0);
+  first.reset();
+  clients.phase = 2;
+  clients.join();
+  CHECK(clients.broken == 0);
+  CHECK(clients.refused[0] + clients.refused[1] + clients.refused[2] == 0);
+  CHECK(clients.after >= 200);
+  // The agent's connection to the process before ended: it registers with the successor.
+  admin_session again(second.admin_endpoint().to_string());
+  CHECK(again.call("ping") == "pong\n");
 }
 #else
 TEST_CASE("reconfigure: on Windows a changed listen address is named for a restart") {

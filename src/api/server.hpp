@@ -105,6 +105,14 @@ struct drain_report {
   std::uint64_t cut = 0;       // closed at the deadline (or by stop())
 };
 
+// Listening sockets a process hands to its successor (server::hand_out), as native
+// descriptors; -1: none. POSIX only.
+struct inherited_sockets {
+  std::vector<std::int64_t> listen;  // one per loop with SO_REUSEPORT (workers > 1), otherwise one
+  std::int64_t admin = -1;
+  std::int64_t stats = -1;
+};
+
 struct server_options {
   std::string listen = "127.0.0.1:3000";  // where clients connect
   std::string admin = "127.0.0.1:1666";   // where backends register; empty: no admin port
@@ -210,6 +218,16 @@ struct server_options {
   // port. A file that cannot be read, or lines that cannot be parsed, are logged (file and
   // line) and skipped. Empty (the default): nothing is kept.
   std::string state_file;
+
+  // ---- An upgrade without refusing a connection (README, "Upgrading"). POSIX only.
+  // Listening sockets to take over instead of binding listen, admin and stats: those the
+  // process before handed out. Its listeners keep their backlogs, so no client that
+  // connects while one process hands over to the next is refused. A loop without an
+  // inherited listener binds one beside the first (SO_REUSEPORT); extra ones are closed.
+  inherited_sockets inherited;
+  // A registry to start from instead of state_file's: the file server::save_state wrote
+  // (the state file format), read once at start() and never written.
+  std::string restore_from;
 };
 
 // Checks every option against its range, as server::start() and run() do: errc::bad_address
@@ -245,6 +263,19 @@ class server {
   // cuts a drain short. Does nothing (and reports zeros) when the server is not running.
   drain_report shutdown(duration deadline);
   drain_report shutdown();  // with server_options::drain_timeout
+
+  // ---- An upgrade (server_options::inherited, restore_from). POSIX only (elsewhere
+  // std::errc::not_supported).
+  // Duplicates of the listening sockets (listen, admin, stats), close-on-exec cleared,
+  // for a successor process to inherit; the caller closes them once it has started it.
+  std::error_code hand_out(inherited_sockets& out);
+  // Writes the registry as a state file (atomically) to `path`, for restore_from.
+  std::error_code save_state(const std::string& path);
+  // The successor serves: the state writer stops (without a last write: the state file
+  // is the successor's now), the admin and stats ports close (admin connections too, so
+  // agents register with the successor), then it drains and stops like shutdown(); the
+  // listeners close without resetting anything, their sockets live on in the successor.
+  drain_report hand_over(duration deadline);
 
   // Applies `next` to the server as it runs, as a reload: what check() refuses is
   // refused (nothing changes). Open connections go on; the registry, persistence and

@@ -12,6 +12,7 @@ class acceptor_base : public io_handler {
   std::function<bool()> admit;
   acceptor_base(const acceptor_base&) = delete;
   acceptor_base& operator=(const acceptor_base&) = delete;
+  socket_handle socket() const noexcept { return fd_; }  // invalid_socket once closed
   // Stops accepting and closes the listener (and cancels accepts in flight).
   void close() {
     if (fd_ == invalid_socket) return;

@@ -72,15 +72,26 @@ class admin_server {
   std::error_code open(const address& at, endpoint& bound) {
     socket_handle s = invalid_socket;
     if (auto e = open_listener(at, false, s)) return e;
+    return take(s, bound);
+  }
+  // A listener bound already (inherited from the process before).
+  std::error_code take(socket_handle s, endpoint& bound) {
     address local;
     local_address(s, local);
     bound = local.to_endpoint();
     loop_.schedule(sweep_, loop_.now() + 1000);
     return listener_.open(s);
   }
+  // server::hand_over, on this loop: the successor takes the port; the agents, whose
+  // connections end here, register with it.
+  void hand_over() {
+    listener_.close();
+    connections_.each([](admin_connection& c) { c.end("handed over to the successor"); });
+  }
 
   server::impl& srv() noexcept { return srv_; }
   reactor& loop() noexcept { return loop_; }
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   admin_services& services() noexcept { return services_; }
 
   // The live native connection of each agent's backend.

@@ -261,6 +261,13 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("check_expect", o.check_expect.size(), std::size_t{0}, max_check_text);
   if (o.drain_timeout.count() < 0 || o.drain_timeout > max_drain_timeout)
     c.fail(errc::bad_option, "drain_timeout", "must be from 0s (stop at once) to " + format_duration(max_drain_timeout));
+#if defined(_WIN32)
+  if (!o.inherited.listen.empty() || o.inherited.admin >= 0 || o.inherited.stats >= 0)
+    c.fail(errc::bad_option, "inherited", "inherited sockets need POSIX (on Windows an upgrade is a restart)");
+#else
+  for (std::int64_t s : o.inherited.listen)
+    if (s < 0 || s > std::numeric_limits<int>::max()) c.fail(errc::bad_option, "inherited", "a listen socket is not a descriptor");
+#endif
   return c.done();
 }
 

@@ -392,6 +392,23 @@ inline socket_handle open_stream_socket(int family) noexcept {
 #endif
 }
 
+// A listening socket for a successor process to inherit: a duplicate, which dup()
+// makes without close-on-exec.
+inline std::error_code duplicate_for_successor(socket_handle s, socket_handle& out) noexcept {
+  out = ::dup(s);
+  return out < 0 ? system_error_code(errno) : std::error_code{};
+}
+
+// Takes over a listening socket the process before handed out (server_options::inherited).
+inline std::error_code adopt_listener(socket_handle s) noexcept {
+  int listening = 0;
+  socklen_t length = sizeof listening;
+  if (::getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) != 0) return system_error_code(errno);
+  if (!listening) return std::make_error_code(std::errc::invalid_argument);
+  if (!set_nonblocking(s)) return system_error_code(errno);  // and close-on-exec again
+  return {};
+}
+
 inline std::error_code open_listener(const address& at, bool reuse_port, socket_handle& out) {
   socket_handle s = open_stream_socket(at.family());
   if (s == invalid_socket) return system_error_code(last_socket_error());

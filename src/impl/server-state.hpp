@@ -102,6 +102,8 @@ struct server::impl {
   // port, otherwise one for the first loop (invalid_socket for the others).
   std::error_code bind_listen(const std::string& text, std::vector<detail::socket_handle>& out, endpoint& bound,
                               option_problem* problem);
+  // The same with the listeners of server_options::inherited (>>upgrade).
+  std::error_code adopt_listen(std::vector<detail::socket_handle>& out, option_problem* problem);
   // server::reconfigure, under lifecycle.
   std::error_code reconfigure(const server_options& next, std::vector<std::string>* needs_restart);
   // Runs `task` on every loop's own thread and waits until each has (bounded); false
@@ -139,7 +141,7 @@ struct server::impl {
   void drain_check();
   // Ends the drain: what is still open is `cut` when the loops go; they are told to stop.
   void finish_drain(const char* how);
-  void load_state();   // once, before the ports open
+  void load_state(const std::string& path);  // once, before the ports open
   void start_keeper();  // under lifecycle, with a state file
   std::string state_text();  // the state file's text now
 

@@ -3,12 +3,31 @@ namespace harmony {
 // >>server-impl  harmony::server
 // Opens a port beside the listen port (admin, stats) on the first loop; on a
 // failure `port` stays empty and `problem` names the option and the address.
+// `inherited`: the port's listener from the process before (-1: none), taken instead.
 template <class Port>
-std::error_code open_side_port(server::impl& srv, const char* option, const std::string& text,
+std::error_code open_side_port(server::impl& srv, const char* option, const std::string& text, std::int64_t inherited,
                                std::unique_ptr<Port>& port, endpoint& bound, option_problem* problem) {
   endpoint at;
   detail::address where;
   std::error_code e = parse_endpoint(text, at);
+#if !defined(_WIN32)  // check() refuses inherited sockets elsewhere
+  if (!e && inherited >= 0) {
+    auto s = static_cast<detail::socket_handle>(inherited);
+    e = detail::adopt_listener(s);
+    if (!e) {
+      port = std::make_unique<Port>(srv, srv.workers.front()->loop());
+      e = port->take(s, bound);
+    } else {
+      detail::close_socket(s);
+    }
+    if (e) {
+      port.reset();
+      if (problem) *problem = option_problem{option, "cannot take the inherited listener: " + e.message()};
+    }
+    return e;
+  }
+#endif
+  (void)inherited;
   if (!e) e = detail::resolve(at, where, true);
   if (!e) {
     port = std::make_unique<Port>(srv, srv.workers.front()->loop());
@@ -30,7 +49,10 @@ inline std::error_code server::impl::open(option_problem* problem) {
   clients.store(0, std::memory_order_relaxed);
   accept_paused.store(false, std::memory_order_relaxed);
   winding_down.store(false, std::memory_order_relaxed);
-  if (!options.state_file.empty() && !state_loaded) load_state();  // before agents can ack
+  if (!state_loaded) {  // before agents can ack
+    if (!options.restore_from.empty()) load_state(options.restore_from);
+    else if (!options.state_file.empty()) load_state(options.state_file);
+  }
   {
     std::lock_guard<std::mutex> lock(drain_mutex);
     draining = false;
@@ -38,7 +60,9 @@ inline std::error_code server::impl::open(option_problem* problem) {
   drain_watch.store(false, std::memory_order_relaxed);
   drain_timer.fire = [this] { finish_drain("at the deadline"); };
   std::vector<detail::socket_handle> listeners;
-  if (auto e = bind_listen(options.listen, listeners, bound_listen, problem)) return e;
+  if (auto e = options.inherited.listen.empty() ? bind_listen(options.listen, listeners, bound_listen, problem)
+                                                 : adopt_listen(listeners, problem))
+    return e;
   for (auto s : listeners) {
     workers.push_back(std::make_unique<detail::worker>(*this, options, log));
     if (auto e = workers.back()->open(s)) {
@@ -48,8 +72,15 @@ inline std::error_code server::impl::open(option_problem* problem) {
   }
   monitor = std::make_unique<detail::health_monitor>(*this, workers.front()->loop());
   monitor->start();
+#if !defined(_WIN32)
+  // Inherited ports this configuration has no use for.
+  if (options.admin.empty() && options.inherited.admin >= 0)
+    detail::close_socket(static_cast<detail::socket_handle>(options.inherited.admin));
+  if (options.stats.empty() && options.inherited.stats >= 0)
+    detail::close_socket(static_cast<detail::socket_handle>(options.inherited.stats));
+#endif
   if (!options.admin.empty()) {
-    if (auto e = open_side_port(*this, "admin", options.admin, admin, bound_admin, problem)) {
+    if (auto e = open_side_port(*this, "admin", options.admin, options.inherited.admin, admin, bound_admin, problem)) {
       monitor.reset();
       workers.clear();
       return e;
@@ -57,7 +88,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
     log(log_level::info, "admin port on %s", bound_admin.to_string().c_str());
   }
   if (!options.stats.empty()) {
-    if (auto e = open_side_port(*this, "stats", options.stats, stats_port, bound_stats, problem)) {
+    if (auto e = open_side_port(*this, "stats", options.stats, options.inherited.stats, stats_port, bound_stats, problem)) {
       admin.reset();
       monitor.reset();
       workers.clear();
@@ -74,6 +105,7 @@ inline std::error_code server::impl::open(option_problem* problem) {
   rebuild_tables();
   if (!names.empty()) start_resolver();
   if (!options.state_file.empty()) start_keeper();
+  options.inherited = inherited_sockets{};  // taken: a later start() binds afresh
   return {};
 }
 
@@ -397,9 +429,8 @@ inline void server::impl::finish_drain(const char* how) {
   for (auto& w : workers) w->loop().stop();
 }
 
-inline void server::impl::load_state() {
+inline void server::impl::load_state(const std::string& path) {
   state_loaded = true;
-  const std::string& path = options.state_file;
   std::string text;
   std::error_code e = detail::read_file(path, text, detail::max_state_file_bytes);
   if (e == std::errc::no_such_file_or_directory) {

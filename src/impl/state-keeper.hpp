@@ -39,8 +39,9 @@ class state_keeper {
     wake_.notify_one();
   }
 
-  // Ends the thread, then writes the state as it is now. Idempotent (writes once).
-  void stop() {
+  // Ends the thread, then writes the state as it is now (unless `last_write` is false:
+  // an upgrade's successor owns the file now). Idempotent (writes once).
+  void stop(bool last_write = true) {
     if (!thread_.joinable()) return;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -48,7 +49,7 @@ class state_keeper {
       wake_.notify_one();
     }
     thread_.join();
-    write();
+    if (last_write) write();
   }
 
  private:

@@ -50,11 +50,18 @@ class stats_server {
   std::error_code open(const address& at, endpoint& bound) {
     socket_handle s = invalid_socket;
     if (auto e = open_listener(at, false, s)) return e;
+    return take(s, bound);
+  }
+  // A listener bound already (inherited from the process before).
+  std::error_code take(socket_handle s, endpoint& bound) {
     address local;
     local_address(s, local);
     bound = local.to_endpoint();
     return listener_.open(s);
   }
+  // server::hand_over, on this loop: the successor takes the port.
+  void hand_over() { listener_.close(); }
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   server::impl& srv() noexcept { return srv_; }
   void release(stats_connection* c) { connections_.release(c); }
 

@@ -155,6 +155,11 @@ class stream_set {
   void close_all() {
     for (auto& c : items_) c.second->io.close();
   }
+  // Calls f on each; f may end (release) the one it is given.
+  template <class F>
+  void each(F f) {
+    for (auto& c : items_) f(*c.second);
+  }
   std::size_t size() const noexcept { return items_.size(); }
 
  private:

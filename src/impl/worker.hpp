@@ -53,6 +53,7 @@ class worker final : public session_host {
     loop_.run();
   }
 
+  socket_handle listening_socket() const noexcept { return listener_.socket(); }  // on this loop
   // A drain (server::shutdown): closes the listener; what it had accepted goes on.
   void stop_accepting() { listener_.close(); }
 
