@@ -32,10 +32,16 @@
 #endif
 #include <windows.h>
 #else
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char** environ;
 #endif
 
 namespace {
@@ -159,7 +165,8 @@ void block_stop_signals() {
   sigemptyset(&stop_signals);
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGHUP);  // a reload, never a stop
+  sigaddset(&stop_signals, SIGHUP);   // a reload, never a stop
+  sigaddset(&stop_signals, SIGUSR2);  // an upgrade: a stop only once a successor serves
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   main_thread = pthread_self();
   std::signal(SIGPIPE, SIG_IGN);
@@ -176,21 +183,29 @@ void log_filtered(harmony::log_level level, std::string_view message) {
 
 void note(harmony::log_level level, const std::string& message) { log_filtered(level, message); }
 
-// Returns when a stop is asked for; calls reload() for each SIGHUP before that.
-template <class Reload>
-void wait_for_stop_signal(Reload reload) {
+// Returns when a stop is asked for; calls reload() for each SIGHUP before that, and
+// upgrade() for each SIGUSR2: true (returned here too) when a successor serves.
+template <class Reload, class Upgrade>
+bool wait_for_stop_signal(Reload reload, Upgrade upgrade) {
 #if !defined(_WIN32)
   for (;;) {
     int received = 0;
     sigwait(&stop_signals, &received);
-    if (received != SIGHUP) {
-      note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
-      return;
+    if (received == SIGHUP) {
+      reload();
+      continue;
     }
-    reload();
+    if (received == SIGUSR2) {
+      if (upgrade()) return true;
+      continue;
+    }
+    note(harmony::log_level::info, std::string("stopping on ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
+    return false;
   }
 #else
-  (void)reload;  // Windows has no SIGHUP: a changed file needs a restart there
+  // Windows has no SIGHUP and no SIGUSR2: a changed file or binary needs a restart there.
+  (void)reload;
+  (void)upgrade;
   DWORD event = 0;
   {
     std::unique_lock<std::mutex> lock(stop_state.mutex);
@@ -198,6 +213,7 @@ void wait_for_stop_signal(Reload reload) {
     event = stop_state.event;
   }
   note(harmony::log_level::info, std::string("stopping on ") + console_event_name(event));
+  return false;
 #endif
 }
 
@@ -209,7 +225,7 @@ bool wait_for_wind_down_or_second_signal() {
     int received = 0;
     sigwait(&stop_signals, &received);
     if (wound_down.load()) return true;  // the wind-down's own wake-up (or a signal as it ended)
-    if (received == SIGHUP) continue;   // no reload while it drains, and no stop either
+    if (received == SIGHUP || received == SIGUSR2) continue;  // no reload or upgrade while it drains, and no stop
     note(harmony::log_level::info,
          std::string("stopping at once on a second ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
     return false;
@@ -248,13 +264,14 @@ void stopped() {
 }
 
 // The life of a daemon command: start, serve until SIGINT or SIGTERM (or a
-// console event), wind down (the balancer drains) on a thread of its own while a
-// second signal may cut it short; each SIGHUP before the stop calls reload().
-// Returns the exit code. A start-up failure exits 2, like a bad flag, naming the
-// flag it belongs to when `start` says (an address that cannot be bound).
-template <class Start, class WindDown, class CutShort, class Reload, class Blame>
+// console event) or until a successor serves after SIGUSR2, wind down (the balancer
+// drains; wind_down(true) after an upgrade) on a thread of its own while a second
+// signal may cut it short; each SIGHUP before the stop calls reload(), each SIGUSR2
+// upgrade(). Returns the exit code. A start-up failure exits 2, like a bad flag,
+// naming the flag it belongs to when `start` says (an address that cannot be bound).
+template <class Start, class WindDown, class CutShort, class Reload, class Upgrade, class Blame>
 int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutShort cut_short, Reload reload,
-                        Blame blame) {
+                        Upgrade upgrade, Blame blame) {
   block_stop_signals();
   harmony::option_problem problem;
   if (std::error_code e = start(&problem)) {
@@ -264,9 +281,9 @@ int serve_until_stopped(const char* who, Start start, WindDown wind_down, CutSho
       std::fprintf(stderr, "%s: cannot start: %s\n", who, e.message().c_str());
     return 2;
   }
-  wait_for_stop_signal(reload);
+  bool upgraded = wait_for_stop_signal(reload, upgrade);
   std::thread winding([&] {
-    wind_down();
+    wind_down(upgraded);
     wind_down_over();
   });
   if (!wait_for_wind_down_or_second_signal()) cut_short();
@@ -1171,19 +1188,227 @@ void reload(balancer_state& st) {
   }
 }
 
+// ---- SIGUSR2: an upgrade. The successor is this program again (the binary at the
+// path it was started from, read at the start: the file may be replaced since), with
+// the same arguments and, in HARMONYD_INHERIT, what it takes over:
+//   listen=FD[,FD...];admin=FD;stats=FD;ready=FD;state=PATH
+// (admin and stats only when there are such ports). It adopts the listeners, restores
+// the registry from PATH, and once it serves writes one byte on `ready`; only then does
+// this process hand over (its admin and stats ports close) and drain.
+constexpr const char* inherit_variable = "HARMONYD_INHERIT";
+constexpr int upgrade_ready_seconds = 15;  // a successor that does not serve by then is killed
+
+std::string self_path;                 // the binary, read at the start
+std::vector<std::string> self_arguments;
+
+// What HARMONYD_INHERIT gave this process (a successor), read once at the start.
+struct inheritance {
+  harmony::inherited_sockets sockets;
+  int ready = -1;
+  std::string state;
+};
+
+#if !defined(_WIN32)
+void remember_self(int argc, char** argv) {
+  char path[4096];
+  ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  self_path = n > 0 ? std::string(path, static_cast<std::size_t>(n)) : std::string(argv[0]);
+  self_arguments.assign(argv, argv + argc);
+}
+
+// Parses HARMONYD_INHERIT; false (with what is wrong) when it is malformed.
+bool parse_inheritance(const std::string& text, inheritance& out, std::string& problem) {
+  auto descriptor = [&](const std::string& v, std::int64_t& fd) {
+    long long n = 0;
+    if (harmony::parse_integer(v, 0, std::numeric_limits<int>::max(), n)) return false;
+    fd = n;
+    return true;
+  };
+  std::size_t at = 0;
+  while (at < text.size()) {
+    std::size_t end = text.find(';', at);
+    std::string item = text.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    at = end == std::string::npos ? text.size() : end + 1;
+    std::size_t eq = item.find('=');
+    std::string key = item.substr(0, eq), value = eq == std::string::npos ? std::string() : item.substr(eq + 1);
+    std::int64_t fd = -1;
+    bool ok = true;
+    if (key == "listen") {
+      for (std::size_t from = 0; ok && from <= value.size();) {
+        std::size_t comma = value.find(',', from);
+        ok = descriptor(value.substr(from, comma == std::string::npos ? std::string::npos : comma - from), fd);
+        if (ok) out.sockets.listen.push_back(fd);
+        from = comma == std::string::npos ? value.size() + 1 : comma + 1;
+      }
+    } else if (key == "admin") {
+      ok = descriptor(value, out.sockets.admin);
+    } else if (key == "stats") {
+      ok = descriptor(value, out.sockets.stats);
+    } else if (key == "ready") {
+      ok = descriptor(value, fd);
+      out.ready = static_cast<int>(fd);
+    } else if (key == "state") {
+      out.state = value;
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      problem = "malformed item " + quoted(item);
+      return false;
+    }
+  }
+  if (out.sockets.listen.empty()) problem = "no listen socket";
+  return problem.empty();
+}
+
+std::string inheritance_text(const harmony::inherited_sockets& handed, int ready, const std::string& state) {
+  std::string text = "listen=";
+  for (std::size_t i = 0; i < handed.listen.size(); ++i) text += (i ? "," : "") + std::to_string(handed.listen[i]);
+  if (handed.admin >= 0) text += ";admin=" + std::to_string(handed.admin);
+  if (handed.stats >= 0) text += ";stats=" + std::to_string(handed.stats);
+  return text + ";ready=" + std::to_string(ready) + ";state=" + state;
+}
+
+void close_handed(const harmony::inherited_sockets& handed) {
+  for (std::int64_t fd : handed.listen) ::close(static_cast<int>(fd));
+  if (handed.admin >= 0) ::close(static_cast<int>(handed.admin));
+  if (handed.stats >= 0) ::close(static_cast<int>(handed.stats));
+}
+
+// Waits for the successor's ready byte: true once it serves; false (logged) when it
+// exits first or does not serve in time (then it is killed).
+bool successor_serves(pid_t pid, int ready) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(upgrade_ready_seconds);
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{ready, POLLIN, 0};
+    int n = left.count() > 0 ? ::poll(&p, 1, static_cast<int>(left.count())) : 0;
+    if (n < 0 && errno == EINTR) continue;
+    if (n > 0) {
+      char byte = 0;
+      if (::read(ready, &byte, 1) == 1) return true;
+      int status = 0;  // closed without a byte: it has exited, or is about to
+      ::waitpid(pid, &status, 0);
+      std::string how = WIFEXITED(status) ? "with status " + std::to_string(WEXITSTATUS(status))
+                                          : "on signal " + std::to_string(WTERMSIG(status));
+      note(harmony::log_level::error,
+           "upgrade failed: PID " + std::to_string(pid) + " exited " + how + " before it served; still serving");
+      return false;
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    note(harmony::log_level::error, "upgrade failed: PID " + std::to_string(pid) + " did not serve within " +
+                                        std::to_string(upgrade_ready_seconds) + " s (killed); still serving");
+    return false;
+  }
+}
+
+// SIGUSR2: starts the successor; true once it serves (this process then hands over).
+bool upgrade(harmony::server& server, const balancer_settings& in_force) {
+  note(harmony::log_level::info, "SIGUSR2: upgrading to " + self_path);
+  harmony::inherited_sockets handed;
+  if (std::error_code e = server.hand_out(handed)) {
+    note(harmony::log_level::error, "upgrade failed: cannot hand out the listeners: " + e.message() + "; still serving");
+    return false;
+  }
+  const char* tmp = std::getenv("TMPDIR");
+  std::string state = in_force.options.state_file.empty()
+                          ? std::string(tmp && *tmp ? tmp : "/tmp") + "/harmonyd-upgrade-" + std::to_string(::getpid()) + ".state"
+                          : in_force.options.state_file + ".upgrade";
+  int ready[2] = {-1, -1};
+  std::string problem;
+  if (std::error_code e = server.save_state(state)) problem = "cannot write " + state + ": " + e.message();
+  else if (::pipe(ready) != 0 || ::fcntl(ready[0], F_SETFD, FD_CLOEXEC) != 0) problem = std::strerror(errno);
+  pid_t pid = -1;
+  if (problem.empty()) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e)
+      if (std::strncmp(*e, inherit_variable, std::strlen(inherit_variable)) != 0) env.emplace_back(*e);
+    env.push_back(std::string(inherit_variable) + "=" + inheritance_text(handed, ready[1], state));
+    std::vector<char*> envp, argv;
+    for (auto& v : env) envp.push_back(&v[0]);
+    envp.push_back(nullptr);
+    for (auto& a : self_arguments) argv.push_back(&a[0]);
+    argv.push_back(nullptr);
+    int e = ::posix_spawn(&pid, self_path.c_str(), nullptr, nullptr, argv.data(), envp.data());
+    if (e != 0) problem = "cannot start " + self_path + ": " + std::strerror(e);
+  }
+  close_handed(handed);
+  if (ready[1] >= 0) ::close(ready[1]);
+  bool serves = false;
+  if (problem.empty()) {
+    note(harmony::log_level::info, "upgrade: new process PID " + std::to_string(pid));
+    serves = successor_serves(pid, ready[0]);
+  } else {
+    note(harmony::log_level::error, "upgrade failed: " + problem + "; still serving");
+  }
+  if (ready[0] >= 0) ::close(ready[0]);
+  std::remove(state.c_str());  // read by the successor before it served, or of no use
+  if (serves)
+    note(harmony::log_level::info, "upgrade: PID " + std::to_string(pid) + " serves: handing over, then draining");
+  return serves;
+}
+
+// A successor: takes what HARMONYD_INHERIT says into the options; exits 2 when malformed.
+void take_inheritance(harmony::server_options& options, inheritance& got) {
+  const char* text = std::getenv(inherit_variable);
+  if (!text) return;
+  std::string problem;
+  if (!parse_inheritance(text, got, problem)) {
+    std::fprintf(stderr, "harmonyd: %s: %s\n", inherit_variable, problem.c_str());
+    std::exit(2);
+  }
+  ::unsetenv(inherit_variable);
+  options.inherited = got.sockets;
+  options.restore_from = got.state;
+}
+
+// A successor serves: the process before may hand over.
+void tell_ready(const inheritance& got) {
+  if (got.ready < 0) return;
+  note(harmony::log_level::info, "upgrade: serving in place of PID " + std::to_string(::getppid()));
+  ssize_t n = ::write(got.ready, "1", 1);
+  (void)n;  // a process before that is gone kills its successor's wait, not this one
+  ::close(got.ready);
+}
+#endif
+
 int run_balancer(int argc, char** argv) {
   balancer_settings s;
   configuration c;
   if (!parse_command_line(balancer_flags, "unknown option", argc, argv, 1, true, s, c)) return 0;
   if (!c.check) s.options.log = log_filtered;
   daemon_level = s.options.level;
+  inheritance inherited;
+#if !defined(_WIN32)
+  remember_self(argc, argv);
+  if (!c.check) take_inheritance(s.options, inherited);
+#endif
   harmony::server balancer(s.options);
   balancer_state state{balancer, s, c, {}, {}};
   add_backends(balancer, s, c, &state.statics, &state.names);
   report(c);  // exits after --check or on a problem
   return serve_until_stopped(
-      "harmonyd", [&](harmony::option_problem* p) { return balancer.start(p); }, [&] { balancer.shutdown(); },
+      "harmonyd",
+      [&](harmony::option_problem* p) {
+        std::error_code e = balancer.start(p);
+#if !defined(_WIN32)
+        if (!e) tell_ready(inherited);
+#endif
+        return e;
+      },
+      [&](bool upgraded) {
+        if (upgraded) balancer.hand_over(state.in_force.options.drain_timeout);
+        else balancer.shutdown();
+      },
       [&] { balancer.stop(); }, [&] { reload(state); },
+      [&] {
+#if !defined(_WIN32)
+        return upgrade(balancer, state.in_force);
+#else
+        return false;
+#endif
+      },
       [](const char* option) { return flag_for(balancer_flags, option); });
 }
 
@@ -1200,8 +1425,12 @@ int run_agent(int argc, char** argv) {
   daemon_level = s.options.level;
   harmony::client agent(s.options);
   return serve_until_stopped(
-      "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&] { agent.close(); }, [] {},
+      "harmonyd agent", [&](harmony::option_problem*) { return agent.start(); }, [&](bool) { agent.close(); }, [] {},
       [] { note(harmony::log_level::warn, "SIGHUP: an agent does not reload; restart it to apply a change"); },
+      [] {
+        note(harmony::log_level::warn, "SIGUSR2: an agent does not upgrade; restart it to run a new binary");
+        return false;
+      },
       [](const char* option) { return flag_for(agent_flags, option); });
 }
 

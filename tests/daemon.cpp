@@ -12,6 +12,9 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 extern char** environ;
 
@@ -113,6 +116,8 @@ class process {
     }
     return true;
   }
+  // What wrote() has read so far.
+  const std::string& so_far() const { return seen_; }
 
  private:
   pid_t pid_ = -1;
@@ -1232,4 +1237,75 @@ TEST_CASE("harmonyd SIGHUP: backends follow the file, a bad file is refused, ope
   CHECK(count_of("SIGHUP: reloading") == 4);  // the fifth came at warn
   CHECK(count_of("reloaded ") == 2);
   CHECK(count_of("stopping on") == 0);
+}
+
+TEST_CASE("harmonyd SIGUSR2: a new process takes over; a storm of connections sees no refusal or reset") {
+  if (polite_stop() != SIGTERM) {
+    MESSAGE("skipped: no SIGUSR2 for harmonyd.exe under Wine (an upgrade is a restart on Windows)");
+    return;
+  }
+#if defined(__linux__)
+  // The new harmonyd outlives its parent: as our orphan it is ours to wait for.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+#endif
+  backend b(echo), registered(echo);
+  std::string listen = free_address(), admin = free_address();
+  process d({"--listen", listen, "--admin", admin, "--backend", b.address(), "--workers", "2", "--drain-timeout", "5s"});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  std::string id;
+  {
+    admin_session agent(admin);
+    std::string reply = agent.call("register port=" + std::to_string(registered.at().port));
+    REQUIRE(reply.rfind("ok id=", 0) == 0);
+    id = reply.substr(6, reply.find_first_of(" \n", 6) - 6);
+  }
+  // Bounded: each client thread stops after 300 connections, all soon after the old process is gone.
+  std::atomic<bool> old_gone{false};
+  std::atomic<int> served{0}, failed{0}, after{0};
+  auto client = [&](unsigned seed) {
+    const std::string payload = random_bytes(4096, seed);
+    for (int n = 0; n < 300 && after.load() < 100; ++n) {
+      bool late = old_gone.load();
+      sock c = connect_to(listen);
+      c.set_timeout(5s);
+      if (c && c.send_all(payload) && c.read_n(payload.size()) == payload) ++served;
+      else ++failed;
+      if (late) ++after;
+    }
+  };
+  std::vector<std::thread> storm;
+  for (unsigned i = 0; i < 4; ++i) storm.emplace_back(client, 7 + i);
+  REQUIRE(eventually([&] { return served.load() >= 50; }));
+  d.signal(SIGUSR2);
+  REQUIRE(d.wrote("upgrade: new process PID "));
+  const std::string& out = d.so_far();
+  pid_t successor = std::atoi(out.c_str() + out.find("upgrade: new process PID ") + 25);
+  REQUIRE(successor > 0);
+  struct reaper {  // should a check below end the test early
+    pid_t pid;
+    ~reaper() {
+      if (::kill(pid, SIGKILL) == 0) ::waitpid(pid, nullptr, 0);
+    }
+  } reap{successor};
+  CHECK(d.wrote("serving in place of PID " + std::to_string(d.pid())));
+  CHECK(d.wait(15s) == 0);
+  old_gone = true;
+  for (auto& t : storm) t.join();
+  CHECK(failed == 0);
+  CHECK(after >= 100);
+  MESSAGE("served " << served.load() << " connections across the upgrade");
+  // The successor keeps the registry, and serves the admin port.
+  admin_session op(admin);
+  CHECK(op.call("list").find(id) != std::string::npos);
+  CHECK(round_trip(listen, "after") == "after");
+  ::kill(successor, SIGTERM);
+  int status = -1;
+#if defined(__linux__)
+  CHECK(eventually([&] { return ::waitpid(successor, &status, WNOHANG) == successor; }, patient(5000ms)));
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+#else
+  CHECK(eventually([&] { return ::kill(successor, 0) != 0; }, patient(5000ms)));
+#endif
 }
