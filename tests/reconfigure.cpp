@@ -28,6 +28,23 @@ bool closed_within(const sock& s, std::chrono::milliseconds limit) {
   }
 }
 
+// A balancer in front of an echo backend.
+struct echo_balancer {
+  explicit echo_balancer(std::size_t max_connections, int workers = 1)
+      : options(options_with(max_connections, workers)), s(options) {
+    s.add(b);
+  }
+  static harmony::server_options options_with(std::size_t max_connections, int workers) {
+    auto o = quiet_options();
+    o.max_connections = max_connections;
+    o.workers = workers;
+    return o;
+  }
+  backend b{echo};
+  harmony::server_options options;
+  running_server s;
+};
+
 }  // namespace
 
 TEST_CASE("reconfigure: the algorithm and persistence change for the next connections") {
@@ -87,11 +104,9 @@ TEST_CASE("reconfigure: a new idle timeout closes an idle connection; restart-on
 }
 
 TEST_CASE("reconfigure: a raised max_connections takes in the client waiting in the backlog") {
-  backend b(echo);
-  auto o = quiet_options();
-  o.max_connections = 1;
-  running_server s(o);
-  s.add(b);
+  echo_balancer e(1);
+  auto& s = e.s;
+  const auto& o = e.options;
   sock first = connect_to(s.address());
   REQUIRE(echoes(first, "a"));
   sock second = connect_to(s.address());
@@ -108,11 +123,9 @@ TEST_CASE("reconfigure: a raised max_connections takes in the client waiting in 
 
 #if !defined(_WIN32)
 TEST_CASE("reconfigure: a new listen address serves, the old one's backlog is served, open connections go on") {
-  backend b(echo);
-  auto o = quiet_options();
-  o.max_connections = 2;
-  running_server s(o);
-  s.add(b);
+  echo_balancer e(2);
+  auto& s = e.s;
+  const auto& o = e.options;
   harmony::endpoint old_at = s.srv.listen_endpoint();
   const std::string payload = random_bytes(64 * 1024, 11);
   sock held1 = connect_to(old_at), held2 = connect_to(old_at);
@@ -195,11 +208,9 @@ struct storm {
 }  // namespace
 
 TEST_CASE("reconfigure: a storm of connections across a listen change sees no refusal and no reset") {
-  backend b(echo);
-  auto o = quiet_options();
-  o.workers = 2;
-  running_server s(o);
-  s.add(b);
+  echo_balancer e(0, 2);
+  auto& s = e.s;
+  const auto& o = e.options;
   std::mutex m;
   harmony::endpoint advertised = s.srv.listen_endpoint();
   storm clients([&] {
