@@ -132,6 +132,24 @@ HARMONY_DEF const char* to_string(algorithm a) noexcept {
   return "?";
 }
 
+HARMONY_DEF const char* to_string(proxy_protocol p) noexcept {
+  switch (p) {
+    case proxy_protocol::none: return "none";
+    case proxy_protocol::v1: return "v1";
+    case proxy_protocol::v2: return "v2";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out) {
+  for (proxy_protocol p : {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2})
+    if (text == to_string(p)) {
+      out = p;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
+
 HARMONY_DEF const char* to_string(log_level l) noexcept {
   switch (l) {
     case log_level::trace: return "trace";
@@ -241,6 +259,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("max_conns_per_client", o.max_conns_per_client, std::size_t{0}, max_max_connections);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  // What follows a v1 header in its last read goes into the first relay buffer.
+  if (o.accept_proxy && o.buffer_bytes < proxy_v1_max)
+    c.fail(errc::bad_option, "buffer_bytes", "must be at least " + std::to_string(proxy_v1_max) + " with accept_proxy");
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));

@@ -71,9 +71,12 @@ struct server::impl {
                                                              "new ones wait in the backlog", connection_limit);
     return clients.load(std::memory_order_relaxed) < limit;
   }
-  // Counts an accepted connection; false (counted as refused) when its address has
-  // max_conns_per_client open already.
-  bool take_client(const detail::address& peer) {
+  // Counts a connection from its accept on.
+  void client_accepted() { clients.fetch_add(1, std::memory_order_relaxed); }
+  // Counts the client's address (the connection's own, or what an upstream proxy's
+  // header announced); false (counted as refused) when it has max_conns_per_client
+  // open already.
+  bool take_client_address(const detail::address& peer) {
     if (options.max_conns_per_client > 0) {
       std::string key = peer.host_key();
       std::lock_guard<std::mutex> lock(per_client_mutex);
@@ -88,10 +91,17 @@ struct server::impl {
       }
       ++open;
     }
-    clients.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+  // >>worker: may resume the listeners. `address_counted`: take_client_address took `peer`.
+  void client_ended(const detail::address& peer, bool address_counted);
+  // A connection without a valid PROXY header (accept_proxy): logged, rate-limited.
+  void bad_proxy_header(const detail::address& from, const char* why) {
+    std::uint64_t held = 0;
+    if (bad_proxy_log.pass(detail::now_ms(), held))
+      log(log_level::warn, "connection from %s reset: %s (--accept-proxy)%s", from.to_endpoint().to_string().c_str(), why,
+          held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
+  }
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
   void close_all();
@@ -142,6 +152,7 @@ struct server::impl {
   std::atomic<bool> winding_down{false};       // close_all: the loops go, nothing is resumed
   std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
   detail::log_gate refused_log;
+  detail::log_gate bad_proxy_log;
   std::mutex per_client_mutex;
   std::unordered_map<std::string, std::size_t> per_client;  // open connections by client address
   std::vector<std::unique_ptr<detail::worker>> workers;
