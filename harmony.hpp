@@ -1583,6 +1583,17 @@ class harmony_category final : public std::error_category {
     return "unknown harmony error";
   }
 };
+
+// The enumerator among `values` whose to_string() is `text`.
+template <class E>
+std::error_code parse_by_name(std::string_view text, std::initializer_list<E> values, E& out) {
+  for (E v : values)
+    if (text == to_string(v)) {
+      out = v;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
 }  // namespace detail
 
 HARMONY_DEF const std::error_category& error_category() noexcept {
@@ -1709,12 +1720,7 @@ HARMONY_DEF const char* to_string(proxy_protocol p) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out) {
-  for (proxy_protocol p : {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2})
-    if (text == to_string(p)) {
-      out = p;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2}, out);
 }
 
 HARMONY_DEF const char* to_string(log_level l) noexcept {
@@ -1730,13 +1736,8 @@ HARMONY_DEF const char* to_string(log_level l) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& out) {
-  for (log_level l : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error,
-                      log_level::off})
-    if (text == to_string(l)) {
-      out = l;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(
+      text, {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error, log_level::off}, out);
 }
 
 HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
@@ -1887,12 +1888,7 @@ HARMONY_DEF const char* to_string(readiness r) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
-  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
-    if (text == to_string(r)) {
-      out = r;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {readiness::ready, readiness::drain, readiness::down}, out);
 }
 
 }  // namespace harmony
@@ -7946,19 +7942,19 @@ class session final : public connection_owner {
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
   // PROXY protocol: the client's and the listener's addresses (from an upstream
-  // header, or the connection's own, found when first needed), and the header the
-  // current backend is sent ahead of the client's bytes, with what is left of it.
+  // header, or the connection's own, found when first needed), and the bytes of a
+  // header: what arrived of an upstream's (greeting), later the one the current
+  // backend is sent ahead of the client's bytes, with what is left of it to send.
   proxy_addresses ends_;
   bool ends_known_ = false;
   bool address_counted_ = false;  // take_client_address counted peer_
   std::uint32_t header_left_ = 0;
   std::string header_;
-  std::string greeting_;  // what arrived of an upstream's header
   // How it ended, set by whatever ends it (null: the server stopped), and for the
   // access log (on_access only) what else it must tell.
   const char* end_ = nullptr;
-  std::int64_t accepted_at_ = 0;
   struct journal {
+    std::int64_t accepted_at = 0;
     std::string via;
     std::vector<std::string> tried;
     std::string reason;
@@ -7994,9 +7990,10 @@ inline void session::start(socket_handle fd, const address& peer) {
     journal_->reason.clear();
     journal_->to = resolved_address{};
     journal_->queued_ms = 0;
+    journal_->accepted_at = host_.loop().now();
   }
   reactor& loop = host_.loop();
-  last_activity_ = accepted_at_ = loop.now();
+  last_activity_ = loop.now();
   phase_ = phase::connecting;  // owns resources from here on: close() gives them back
   if (std::error_code e = client_.adopt(fd)) {
     host_.log()(log_level::error, "cannot watch the connection from %s: %s", client_text().c_str(),
@@ -8006,7 +8003,7 @@ inline void session::start(socket_handle fd, const address& peer) {
   }
   if (!settings.accept_proxy) return begin();
   phase_ = phase::greeting;
-  greeting_.clear();
+  header_.clear();
   loop.schedule(clock_, loop.now() + settings.connect_timeout_ms);
   client_.want_read(true);
   read_greeting();  // it has often arrived with the accept
@@ -8056,7 +8053,7 @@ inline void session::read_greeting() {
   static constexpr std::size_t shortest = 15;  // "PROXY UNKNOWN\r\n"
   const std::string_view signature(proxy_v2_signature, sizeof proxy_v2_signature);
   for (;;) {
-    proxy_parse p = parse_proxy_header(greeting_);
+    proxy_parse p = parse_proxy_header(header_);
     if (p.result == proxy_parse::status::invalid) return refuse_greeting(p.why);
     if (p.result == proxy_parse::status::done) {
       host_.loop().cancel(clock_);
@@ -8067,25 +8064,25 @@ inline void session::read_greeting() {
         ends_known_ = true;
         peer_ = to_os_address(p.addresses.source);
       }
-      if (std::size_t rest = greeting_.size() - p.consumed) {
+      if (std::size_t rest = header_.size() - p.consumed) {
         up_.data = host_.pool().take(false);
-        std::memcpy(up_.data, greeting_.data() + p.consumed, rest);
+        std::memcpy(up_.data, header_.data() + p.consumed, rest);
         up_.end = static_cast<std::uint32_t>(rest);
       }
-      greeting_.clear();
+      header_.clear();
       return begin();
     }
-    std::size_t have = greeting_.size(), want;
+    std::size_t have = header_.size(), want;
     if (have < shortest) want = shortest - have;
-    else if (greeting_.compare(0, std::min(have, signature.size()), signature.substr(0, std::min(have, signature.size()))) != 0)
+    else if (header_.compare(0, std::min(have, signature.size()), signature.substr(0, std::min(have, signature.size()))) != 0)
       want = proxy_v1_max - have;
     else if (have < proxy_v2_fixed) want = proxy_v2_fixed - have;
-    else want = proxy_v2_fixed + ((std::size_t{static_cast<unsigned char>(greeting_[14])} << 8) |
-                                  static_cast<unsigned char>(greeting_[15])) - have;
-    greeting_.resize(have + want);
+    else want = proxy_v2_fixed + ((std::size_t{static_cast<unsigned char>(header_[14])} << 8) |
+                                  static_cast<unsigned char>(header_[15])) - have;
+    header_.resize(have + want);
     std::error_code e;
-    read_result n = client_.read(&greeting_[have], want, e);
-    greeting_.resize(have + static_cast<std::size_t>(n > 0 ? n : 0));
+    read_result n = client_.read(&header_[have], want, e);
+    header_.resize(have + static_cast<std::size_t>(n > 0 ? n : 0));
     if (n > 0) continue;
     if (n == 0) return refuse_greeting("closed before its PROXY header ended");
     if (!e) return;  // the rest comes with the next readable event
@@ -8350,7 +8347,7 @@ inline void session::log_access() {
   e.bytes_in = sent_to_backend_;
   e.bytes_out = received_from_backend_;
   e.queued = duration(journal_->queued_ms);
-  e.lasted = duration(host_.loop().now() - accepted_at_);
+  e.lasted = duration(host_.loop().now() - journal_->accepted_at);
   e.end = end_ ? end_ : "shutdown";
   e.reason = std::move(journal_->reason);
   host_.settings().on_access(e);

@@ -16,6 +16,17 @@ class harmony_category final : public std::error_category {
     return "unknown harmony error";
   }
 };
+
+// The enumerator among `values` whose to_string() is `text`.
+template <class E>
+std::error_code parse_by_name(std::string_view text, std::initializer_list<E> values, E& out) {
+  for (E v : values)
+    if (text == to_string(v)) {
+      out = v;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
 }  // namespace detail
 
 HARMONY_DEF const std::error_category& error_category() noexcept {
@@ -142,12 +153,7 @@ HARMONY_DEF const char* to_string(proxy_protocol p) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out) {
-  for (proxy_protocol p : {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2})
-    if (text == to_string(p)) {
-      out = p;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2}, out);
 }
 
 HARMONY_DEF const char* to_string(log_level l) noexcept {
@@ -163,13 +169,8 @@ HARMONY_DEF const char* to_string(log_level l) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& out) {
-  for (log_level l : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error,
-                      log_level::off})
-    if (text == to_string(l)) {
-      out = l;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(
+      text, {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error, log_level::off}, out);
 }
 
 HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
@@ -320,12 +321,7 @@ HARMONY_DEF const char* to_string(readiness r) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
-  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
-    if (text == to_string(r)) {
-      out = r;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {readiness::ready, readiness::drain, readiness::down}, out);
 }
 
 }  // namespace harmony
