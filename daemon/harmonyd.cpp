@@ -217,13 +217,16 @@ void log_filtered(harmony::log_level level, std::string_view message) {
 
 void note(harmony::log_level level, const std::string& message) { log_filtered(level, message); }
 
-// SIGUSR1: the access log begins again at its path.
+#if !defined(_WIN32)
+// SIGUSR1: the access log begins again at its path (Windows has no SIGUSR1: a
+// rotation there needs a restart).
 void reopen_access_log() {
   if (access_log.path().empty()) return;
   std::string problem = access_log.reopen();
   if (problem.empty()) note(harmony::log_level::info, "SIGUSR1: access log reopened");
   else note(harmony::log_level::error, "SIGUSR1: cannot reopen the access log: " + problem);
 }
+#endif
 
 // Returns when a stop is asked for; calls reload() for each SIGHUP before that.
 template <class Reload>
