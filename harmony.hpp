@@ -194,6 +194,14 @@ inline constexpr std::uint32_t hash_table_size = 65537;
 std::error_code parse_algorithm(std::string_view text, algorithm& out);
 const char* to_string(algorithm a) noexcept;
 
+// The PROXY protocol (HAProxy's proxy-protocol.txt) spoken ahead of a connection's own
+// bytes, so that the far end learns the client's address: not at all, the text line
+// (v1) or the binary header (v2).
+enum class proxy_protocol : std::uint8_t { none, v1, v2 };
+std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out);  // "none", "v1", "v2"
+const char* to_string(proxy_protocol p) noexcept;
+inline constexpr std::size_t proxy_v1_max = 107;  // the longest v1 header line, CRLF included
+
 enum class log_level { trace, debug, info, warn, error, off };
 using log_function = std::function<void(log_level, std::string_view message)>;
 const char* to_string(log_level l) noexcept;
@@ -244,6 +252,11 @@ struct backend_info {
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
   std::string source;
+  proxy_protocol proxy = proxy_protocol::none;  // the header it is sent first (backend_options::proxy)
+  // Bytes of the connections it served, counted as each connection ends: client to
+  // backend (in) and backend to client (out).
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
 };
 
 // The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
@@ -259,6 +272,10 @@ struct backend_options {
   // Backups get connections only while no primary backend can take one (none is
   // eligible, or every eligible one is at its maxconn).
   bool backup = false;
+  // The PROXY protocol header sent ahead of the client's bytes on every connection to
+  // it (every attempt, a requeued one too): the client's address and port, and the
+  // address and port the client connected to. The backend must expect it.
+  proxy_protocol proxy = proxy_protocol::none;
 };
 
 struct server_stats {
@@ -271,7 +288,32 @@ struct server_stats {
   std::uint64_t bytes_out = 0;  // backend to client
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
   std::uint64_t refused = 0;        // closed at once: over max_conns_per_client
+  std::uint64_t bad_proxy_headers = 0;  // reset: no valid PROXY header (accept_proxy)
 };
+
+// What became of one client connection, handed to server_options::on_access when it
+// ends (an access log: format_access_entry).
+struct access_entry {
+  std::string client;              // HOST:PORT; with accept_proxy, what the PROXY header announced
+  std::string via;                 // with accept_proxy: the upstream proxy's HOST:PORT; empty otherwise
+  std::vector<std::string> tried;  // HOST:PORT of each backend whose attempt failed, in order
+  std::string backend;             // HOST:PORT of the backend that served it; empty when none did
+  std::uint64_t bytes_in = 0;      // client to backend
+  std::uint64_t bytes_out = 0;     // backend to client
+  duration queued{0};              // time spent in the wait queue
+  duration lasted{0};              // from its accept to its end
+  // How it ended: "closed" (both sides finished), "client-reset" or "backend-reset"
+  // (that side failed: `reason` says how), "idle-timeout", "unavailable" (`reason`
+  // says why), "refused" (max_conns_per_client), "bad-proxy-header" (accept_proxy:
+  // `reason` says what is wrong), "shutdown" (the server stopped), "error" (this host
+  // could not serve it: `reason`).
+  const char* end = "";
+  std::string reason;
+};
+// The access log line of `e` (no newline), ended at `unix_ms` (ms since 1970), in the
+// stable format README "Access log" documents: space-separated key=value fields in a
+// fixed order, `-` for an empty value, `reason` last and quoted.
+std::string format_access_entry(const access_entry& e, std::int64_t unix_ms);
 
 // The ranges of server_options, defined once: check() and the daemon's flags use them.
 inline constexpr int min_workers = 1;
@@ -416,6 +458,17 @@ struct server_options {
   // one more is closed at once, counted in server_stats::refused. 0: no limit.
   std::size_t max_conns_per_client = 0;
   // ---- end of the limits
+  // The listen port is behind another proxy that speaks the PROXY protocol (v1 or v2,
+  // told apart by their first bytes): every connection must begin with its header,
+  // and the address it announces is the client's for persistence, hashing,
+  // max_conns_per_client, the logs and backends' own PROXY headers. A connection
+  // without a valid header within connect_timeout is reset (logged, rate-limited,
+  // counted in server_stats::bad_proxy_headers). Needs buffer_bytes >= 107 (the longest
+  // v1 header, whose end only shows once read).
+  bool accept_proxy = false;
+  // Called on the connection's loop thread as each client connection ends (an access
+  // log): one call per connection that was accepted, whatever became of it.
+  std::function<void(const access_entry&)> on_access;
   // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
   // status page at /); empty (the default): none. Keep it on loopback or a private
   // network: it shows every backend's address and takes no password.
@@ -506,7 +559,7 @@ class server {
   // Applies `next` to the server as it runs, as a reload: what check() refuses is
   // refused (nothing changes). Open connections go on; the registry, persistence and
   // counters are kept. Applied at once: balance, persistent, concurrency, requeue,
-  // unavailable, on_unavailable, on_backend_error, the timeouts (host, connect, idle,
+  // unavailable, on_unavailable, on_backend_error, accept_proxy, on_access, the timeouts (host, connect, idle,
   // queue, admin, drain: an open connection takes a new one when its timer fires; one
   // that began with no idle timeout keeps none), slow_start, queue_limit, health detection and the active
   // checks, the limits (max_backends, max_admin_connections, max_admin_line,
@@ -597,6 +650,9 @@ struct client_options {
   int weight = default_weight;
   int maxconn = 0;                          // reported connection limit; 0: none
   readiness state = readiness::ready;       // reported on (re)registration
+  // The PROXY protocol header this backend expects ahead of each client's bytes
+  // (backend_options::proxy), asked for on registration.
+  proxy_protocol proxy = proxy_protocol::none;
   // How often the agent reports alive; keep it at most half the balancer's host timeout.
   duration ack{20000};
   duration reconnect_min{100};  // backoff after a failed connection, doubling up to max
@@ -1224,6 +1280,30 @@ inline std::int64_t unix_ms() noexcept {
       .count();
 }
 
+// `unix_ms` as UTC text, 2026-12-02T15:51:53.123Z: computed, not through gmtime, which
+// is not thread-safe everywhere and differs between platforms.
+inline std::string iso8601_utc(std::int64_t unix_ms) {
+  std::int64_t ms = ((unix_ms % 86400000) + 86400000) % 86400000;
+  std::int64_t days = (unix_ms - ms) / 86400000;
+  // The proleptic Gregorian calendar in eras of 400 years, from 0000-03-01, so that
+  // a leap day ends its year.
+  days += 719468;
+  std::int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  std::int64_t day_of_era = days - era * 146097;
+  std::int64_t year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+  std::int64_t day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  std::int64_t month_index = (5 * day_of_year + 2) / 153;  // from March
+  std::int64_t day = day_of_year - (153 * month_index + 2) / 5 + 1;
+  std::int64_t month = month_index < 10 ? month_index + 3 : month_index - 9;
+  std::int64_t year = year_of_era + era * 400 + (month <= 2);
+  char text[96];  // room for any 64-bit year, so that no compiler sees a truncation
+  std::snprintf(text, sizeof text, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%03lldZ", static_cast<long long>(year),
+                static_cast<long long>(month), static_cast<long long>(day), static_cast<long long>(ms / 3600000),
+                static_cast<long long>(ms / 60000 % 60), static_cast<long long>(ms / 1000 % 60),
+                static_cast<long long>(ms % 1000));
+  return text;
+}
+
 // Reads the file at `path` into `out`, at most `limit` bytes (errc::bad_option beyond).
 // std::errc::no_such_file_or_directory when there is none.
 inline std::error_code read_file(const std::string& path, std::string& out, std::size_t limit) {
@@ -1574,6 +1654,17 @@ class harmony_category final : public std::error_category {
     return "unknown harmony error";
   }
 };
+
+// The enumerator among `values` whose to_string() is `text`.
+template <class E>
+std::error_code parse_by_name(std::string_view text, std::initializer_list<E> values, E& out) {
+  for (E v : values)
+    if (text == to_string(v)) {
+      out = v;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
 }  // namespace detail
 
 HARMONY_DEF const std::error_category& error_category() noexcept {
@@ -1690,6 +1781,19 @@ HARMONY_DEF const char* to_string(algorithm a) noexcept {
   return "?";
 }
 
+HARMONY_DEF const char* to_string(proxy_protocol p) noexcept {
+  switch (p) {
+    case proxy_protocol::none: return "none";
+    case proxy_protocol::v1: return "v1";
+    case proxy_protocol::v2: return "v2";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out) {
+  return detail::parse_by_name(text, {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2}, out);
+}
+
 HARMONY_DEF const char* to_string(log_level l) noexcept {
   switch (l) {
     case log_level::trace: return "trace";
@@ -1703,13 +1807,8 @@ HARMONY_DEF const char* to_string(log_level l) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& out) {
-  for (log_level l : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error,
-                      log_level::off})
-    if (text == to_string(l)) {
-      out = l;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(
+      text, {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error, log_level::off}, out);
 }
 
 HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
@@ -1799,6 +1898,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("max_conns_per_client", o.max_conns_per_client, std::size_t{0}, max_max_connections);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  // What follows a v1 header in its last read goes into the first relay buffer.
+  if (o.accept_proxy && o.buffer_bytes < proxy_v1_max)
+    c.fail(errc::bad_option, "buffer_bytes", "must be at least " + std::to_string(proxy_v1_max) + " with accept_proxy");
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
@@ -1864,12 +1966,7 @@ HARMONY_DEF const char* to_string(readiness r) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
-  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
-    if (text == to_string(r)) {
-      out = r;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {readiness::ready, readiness::drain, readiness::down}, out);
 }
 
 }  // namespace harmony
@@ -1990,6 +2087,14 @@ inline bool parse_ip(std::string_view text, resolved_address& out) noexcept {
   return true;
 }
 
+// An IPv4-mapped IPv6 address (::ffff:a.b.c.d, what a dual-stack socket reports for
+// an IPv4 peer) as the IPv4 address it stands for; any other address as it is.
+inline resolved_address unmapped(const resolved_address& a) noexcept {
+  static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (a.family != ip_family::v6 || std::memcmp(a.bytes, mapped, 12) != 0) return a;
+  return resolved_address::v4(a.bytes[12], a.bytes[13], a.bytes[14], a.bytes[15], a.port);
+}
+
 // An address block, "10.0.0.0/8" or "fd00::/8"; a bare address is one host (/32, /128).
 struct cidr {
   resolved_address base;  // with the host bits cleared
@@ -1998,12 +2103,9 @@ struct cidr {
   // Whether `a` (its host; the port is ignored) is in the block. An IPv4 block also
   // holds the IPv4-mapped IPv6 form (::ffff:a.b.c.d) that a dual-stack socket reports.
   bool contains(const resolved_address& a) const noexcept {
-    const std::uint8_t* bytes = a.bytes;
-    static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (base.family == ip_family::v4 && a.family == ip_family::v6 && std::memcmp(a.bytes, mapped, 12) == 0)
-      bytes = a.bytes + 12;
-    else if (a.family != base.family)
-      return false;
+    resolved_address plain = base.family == ip_family::v4 ? unmapped(a) : a;
+    const std::uint8_t* bytes = plain.bytes;
+    if (plain.family != base.family) return false;
     for (int bit = 0; bit < prefix; bit += 8) {
       int keep = prefix - bit >= 8 ? 8 : prefix - bit;
       std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - keep));
@@ -2833,7 +2935,6 @@ namespace detail {
 // proxy's addresses in front of a connection's first byte, so that whoever is
 // behind a TCP proxy still sees who the client is. Version 1 is one text line of
 // at most 107 bytes; version 2 a 16-byte binary header and an address block.
-enum class proxy_version : std::uint8_t { none, v1, v2 };
 
 // The two ends a header describes: `source` is the client, `destination` where it
 // connected. `local` (v2 LOCAL, v1 UNKNOWN): the sender speaks for itself, the
@@ -2845,7 +2946,6 @@ struct proxy_addresses {
 };
 
 inline constexpr char proxy_v2_signature[12] = {'\r', '\n', '\r', '\n', '\0', '\r', '\n', 'Q', 'U', 'I', 'T', '\n'};
-inline constexpr std::size_t proxy_v1_max = 107;       // the longest v1 line, CRLF included
 inline constexpr std::size_t proxy_v2_fixed = 16;      // signature, version/command, family, length
 inline constexpr std::size_t proxy_header_max = proxy_v2_fixed + 0xffff;
 
@@ -2975,15 +3075,15 @@ inline bool parse_address_text(std::string_view text, resolved_address& out) {
 // The header for a connection from `a.source` to `a.destination`. Addresses a
 // header cannot carry (two families that differ, none known) are written as v1
 // UNKNOWN and v2 UNSPEC: the receiver then keeps the connection's own.
-inline std::string encode_proxy_header(proxy_version v, const proxy_addresses& a) {
+inline std::string encode_proxy_header(proxy_protocol v, const proxy_addresses& a) {
   bool same = a.source.family == a.destination.family && a.source.family != ip_family::none && !a.local;
-  if (v == proxy_version::v1) {
+  if (v == proxy_protocol::v1) {
     if (!same) return "PROXY UNKNOWN\r\n";
     return std::string("PROXY ") + (a.source.family == ip_family::v4 ? "TCP4 " : "TCP6 ") + address_text(a.source) +
            " " + address_text(a.destination) + " " + std::to_string(a.source.port) + " " +
            std::to_string(a.destination.port) + "\r\n";
   }
-  if (v != proxy_version::v2) return {};
+  if (v != proxy_protocol::v2) return {};
   std::string out(proxy_v2_signature, sizeof proxy_v2_signature);
   out.push_back(static_cast<char>(a.local ? 0x20 : 0x21));  // version 2, LOCAL or PROXY
   if (!same) {
@@ -3011,7 +3111,7 @@ struct proxy_parse {
   enum class status { incomplete, done, invalid };
   status result = status::incomplete;
   std::size_t consumed = 0;  // with done: the header's length; the stream's data follows it
-  proxy_version version = proxy_version::none;
+  proxy_protocol version = proxy_protocol::none;
   proxy_addresses addresses;
   const char* why = "";  // with invalid: what is wrong, for the log
 };
@@ -3036,7 +3136,7 @@ inline proxy_parse parse_proxy_header(std::string_view bytes) {
     if (command > 1) return fail("PROXY v2: unknown command");
     std::size_t length = (std::size_t{b(14)} << 8) | b(15);
     if (bytes.size() < proxy_v2_fixed + length) return p;
-    p.version = proxy_version::v2;
+    p.version = proxy_protocol::v2;
     p.consumed = proxy_v2_fixed + length;
     p.result = proxy_parse::status::done;
     unsigned family = b(13) >> 4, transport = b(13) & 15;
@@ -3064,7 +3164,7 @@ inline proxy_parse parse_proxy_header(std::string_view bytes) {
     return p;
   }
   if (end + 2 > proxy_v1_max) return fail("PROXY v1: longer than 107 bytes");
-  p.version = proxy_version::v1;
+  p.version = proxy_protocol::v1;
   p.consumed = end + 2;
   p.result = proxy_parse::status::done;
   std::string_view line = bytes.substr(6, end - 6);
@@ -3344,7 +3444,7 @@ namespace detail {
 // what it reads to parse_state(), the one entry point for untrusted bytes.
 //
 //   harmony-state 1
-//   backend id=5F38…7BDA kind=legacy host=10.0.0.7 addr=10.0.0.7 port=11081 weight=1000 maxconn=0 backup=0 drained=0 state=ready ack=1764651234567
+//   backend id=5F38…7BDA kind=legacy host=10.0.0.7 addr=10.0.0.7 port=11081 weight=1000 maxconn=0 backup=0 proxy=none drained=0 state=ready ack=1764651234567
 //   end 1
 //
 // One `backend` line per backend: space-separated key=value fields in any order;
@@ -3365,6 +3465,7 @@ struct state_record {
   int weight = default_weight;
   int maxconn = 0;
   bool backup = false;
+  proxy_protocol proxy = proxy_protocol::none;
   bool drained = false;  // by an operator
   readiness reported = readiness::ready;  // by its agent
   std::int64_t ack_unix_ms = 0;  // the last ack, wall clock (ms since 1970)
@@ -3406,7 +3507,7 @@ inline std::string format_state(const std::vector<state_record>& records) {
     out += "backend id=" + r.id + " kind=" + to_string(r.kind) + " host=" + text(r.host) + " addr=" + text(r.addr) +
            " port=" + std::to_string(r.port) + " weight=" + std::to_string(r.weight) +
            " maxconn=" + std::to_string(r.maxconn) + " backup=" + (r.backup ? "1" : "0") +
-           " drained=" + (r.drained ? "1" : "0") + " state=" + harmony::to_string(r.reported) +
+           " proxy=" + harmony::to_string(r.proxy) + " drained=" + (r.drained ? "1" : "0") + " state=" + harmony::to_string(r.reported) +
            " ack=" + std::to_string(r.ack_unix_ms) + " source=" + text(r.source) + "\n";
     ++written;
   }
@@ -3468,6 +3569,8 @@ inline std::string backend_line(std::string_view fields, state_record& r) {
       r.maxconn = static_cast<int>(number);
     } else if (key == "backup") {
       if (!flag_value(value, r.backup)) return "backup is 0 or 1";
+    } else if (key == "proxy") {
+      if (parse_proxy_protocol(value, r.proxy)) return "proxy '" + std::string(value) + "' is not none, v1 or v2";
     } else if (key == "drained") {
       if (!flag_value(value, r.drained)) return "drained is 0 or 1";
     } else if (key == "state") {
@@ -3589,6 +3692,7 @@ struct pick_result {
   // whether its outcome must be reported (a trial, or failures are being counted).
   bool trial = false;
   bool watch = false;
+  proxy_protocol proxy = proxy_protocol::none;  // the header the chosen backend is sent first
 };
 
 // One kept backend (--state-file, >>state-file) and the address it is reached at; the
@@ -3871,6 +3975,11 @@ class registry {
     });
   }
 
+  // The PROXY protocol header its connections begin with (backend_options::proxy).
+  std::error_code set_proxy(std::string_view id, proxy_protocol p) {
+    return update(id, -1, [&](record& r, std::uint32_t) { r.proxy = p; });
+  }
+
   // Slow start: a backend that becomes eligible (joins or comes back) ramps its
   // effective weight up over this many milliseconds; 0 turns it off.
   void set_slow_start(std::int64_t ms) { slow_start_ms_ = std::max<std::int64_t>(ms, 0); }
@@ -3914,6 +4023,7 @@ class registry {
     }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
+    out.proxy = r.proxy;
     out.watch = r.health.watching();
     if (r.health.picked(now, health_)) {
       out.trial = true;
@@ -4012,13 +4122,16 @@ class registry {
     return out;
   }
 
-  // Ends a connection's count against its backend. True when that made room on a
-  // backend that was at its maxconn: connections waiting for one may go now.
-  bool release(const lease& l, bool failed) {
+  // Ends a connection's count against its backend, with the bytes it moved each way
+  // (client to backend, backend to client). True when that made room on a backend
+  // that was at its maxconn: connections waiting for one may go now.
+  bool release(const lease& l, bool failed, std::uint64_t bytes_in = 0, std::uint64_t bytes_out = 0) {
     if (!l.valid() || !current(l)) return false;
     record& r = records_[l.slot];
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
+    r.bytes_in += bytes_in;
+    r.bytes_out += bytes_out;
     tiers_[r.backup].picks.set_active(l.slot, r.active);
     if (!r.full || at_limit(r)) return false;
     r.full = false;
@@ -4057,6 +4170,9 @@ class registry {
       b.draining = r.draining;
       b.state = state_of(slot, now);
       b.source = r.source;
+      b.proxy = r.proxy;
+      b.bytes_in = r.bytes_in;
+      b.bytes_out = r.bytes_out;
       out.push_back(std::move(b));
     }
     return out;
@@ -4084,6 +4200,7 @@ class registry {
       s.weight = r.weight;
       s.maxconn = r.maxconn;
       s.backup = r.backup;
+      s.proxy = r.proxy;
       s.drained = r.draining;
       s.reported = r.reported;
       s.ack_unix_ms = std::max<std::int64_t>(0, unix_now - (now - r.last_ack));
@@ -4109,6 +4226,7 @@ class registry {
     std::int64_t age = std::max<std::int64_t>(0, unix_now - k.ack_unix_ms);
     return update(id, now, [&](record& r, std::uint32_t) {
       r.maxconn = k.maxconn;
+      r.proxy = k.proxy;
       r.full = false;
       r.draining = k.drained;
       r.reported = k.reported;
@@ -4132,6 +4250,7 @@ class registry {
     int maxconn = 0;      // 0: no limit
     bool backup = false;  // in the backup tier
     bool full = false;    // at its maxconn
+    proxy_protocol proxy = proxy_protocol::none;
     // Where place() last put it: eligible when last judged, and in the hash table
     // (with which weight), so that the table is rebuilt only when these change.
     bool listed = false;
@@ -4141,6 +4260,7 @@ class registry {
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
+    std::uint64_t bytes_in = 0, bytes_out = 0;
     std::int64_t last_ack = 0;
     std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
     bool ramping = false;             // in ramping_: its effective weight still grows
@@ -5125,13 +5245,18 @@ inline std::string render_prometheus(const stats_snapshot& s) {
   };
   scalar("harmony_connections_accepted_total", "counter", "Client connections accepted.", double(s.totals.accepted));
   scalar("harmony_connections_active", "gauge", "Client connections open now.", double(s.totals.active));
-  scalar("harmony_connections_queued", "gauge", "Client connections waiting in the concurrency queue.",
+  scalar("harmony_connections_queued", "gauge", "Client connections waiting in the wait queue: one queue for all backends, for a "
+         "concurrency slot or for room on any backend at its maxconn.",
          double(s.totals.queued));
   scalar("harmony_connections_unavailable_total", "counter",
          "Client connections nobody could serve (no backend, attempts exhausted, queue full or timed out).",
          double(s.totals.unavailable));
   scalar("harmony_backend_connect_failures_total", "counter", "Failed backend connection attempts, all backends.",
          double(s.totals.connect_failures));
+  scalar("harmony_connections_refused_total", "counter",
+         "Client connections closed at once: their address had max-conns-per-client open.", double(s.totals.refused));
+  scalar("harmony_bad_proxy_headers_total", "counter",
+         "Client connections reset for lack of a valid PROXY header (accept-proxy).", double(s.totals.bad_proxy_headers));
   scalar("harmony_bytes_in_total", "counter", "Bytes relayed from clients to backends.", double(s.totals.bytes_in));
   scalar("harmony_bytes_out_total", "counter", "Bytes relayed from backends to clients.", double(s.totals.bytes_out));
   scalar("harmony_bytes_spliced_total", "counter", "Of the bytes relayed, those moved inside the kernel (splice).",
@@ -5161,6 +5286,12 @@ inline std::string render_prometheus(const stats_snapshot& s) {
        [](const backend_info& b) { return double(b.total); }},
       {"harmony_backend_failures_total", "counter", "Failed connection attempts to the backend.",
        [](const backend_info& b) { return double(b.failures); }},
+      {"harmony_backend_bytes_in_total", "counter",
+       "Bytes relayed from clients to the backend, counted as each connection ends.",
+       [](const backend_info& b) { return double(b.bytes_in); }},
+      {"harmony_backend_bytes_out_total", "counter",
+       "Bytes relayed from the backend to clients, counted as each connection ends.",
+       [](const backend_info& b) { return double(b.bytes_out); }},
   };
   for (const per_backend& row : rows) {
     family(row.name, row.type, row.help);
@@ -5170,7 +5301,7 @@ inline std::string render_prometheus(const stats_snapshot& s) {
   for (const backend_info& b : s.backends)
     sample("harmony_backend_info",
            labels(b) + ",state=\"" + prometheus_label(b.state) + "\",backup=\"" + (b.backup ? "yes" : "no") +
-               "\",source=\"" + prometheus_label(b.source) + "\"",
+               "\",source=\"" + prometheus_label(b.source) + "\",proxy=\"" + to_string(b.proxy) + "\"",
            1.0);
   return out;
 }
@@ -5202,7 +5333,8 @@ inline std::string render_json(const stats_snapshot& s) {
                     ",\"queued\":" + std::to_string(t.queued) + ",\"unavailable\":" + std::to_string(t.unavailable) +
                     ",\"connect_failures\":" + std::to_string(t.connect_failures) +
                     ",\"bytes_in\":" + std::to_string(t.bytes_in) + ",\"bytes_out\":" + std::to_string(t.bytes_out) +
-                    ",\"backends\":[";
+                    ",\"refused\":" + std::to_string(t.refused) +
+                    ",\"bad_proxy_headers\":" + std::to_string(t.bad_proxy_headers) + ",\"backends\":[";
   for (std::size_t i = 0; i < s.backends.size(); ++i) {
     const backend_info& b = s.backends[i];
     if (i) out += ",";
@@ -5210,7 +5342,9 @@ inline std::string render_json(const stats_snapshot& s) {
            ",\"state\":" + json_string(b.state) + ",\"weight\":" + std::to_string(b.weight) +
            ",\"maxconn\":" + std::to_string(b.maxconn) + ",\"backup\":" + (b.backup ? "true" : "false") +
            ",\"active\":" + std::to_string(b.active) + ",\"total\":" + std::to_string(b.total) +
-           ",\"failures\":" + std::to_string(b.failures) + ",\"source\":" + json_string(b.source) + "}";
+           ",\"failures\":" + std::to_string(b.failures) + ",\"bytes_in\":" + std::to_string(b.bytes_in) +
+           ",\"bytes_out\":" + std::to_string(b.bytes_out) + ",\"proxy\":" + json_string(to_string(b.proxy)) +
+           ",\"source\":" + json_string(b.source) + "}";
   }
   return out + "]}";
 }
@@ -5235,7 +5369,8 @@ inline std::string render_status_page(const stats_snapshot& s) {
     rows += "<tr><td>" + html_text(b.id.substr(0, 8)) + "</td><td>" + html_text(b.address.to_string()) +
             "</td><td class=\"s-" + html_text(b.state) + "\">" + html_text(b.state) + "</td><td>" +
             std::to_string(b.weight) + "</td><td>" + std::to_string(b.active) + "</td><td>" +
-            std::to_string(b.total) + "</td><td>" + std::to_string(b.failures) + "</td></tr>";
+            std::to_string(b.total) + "</td><td>" + std::to_string(b.failures) + "</td><td>" +
+            std::to_string(b.bytes_in) + "</td><td>" + std::to_string(b.bytes_out) + "</td></tr>";
   std::string page = R"(<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Harmony</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -5260,7 +5395,7 @@ up <span id="uptime">@UPTIME@</span> s &middot; updated <span id="updated">at lo
 <div class="card">unavailable<b id="unavailable">@UNAVAILABLE@</b></div>
 <div class="card">backends<b id="count">@COUNT@</b></div>
 </div>
-<table><thead><tr><th>id</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>failures</th></tr></thead>
+<table><thead><tr><th>id</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>failures</th><th>bytes in</th><th>bytes out</th></tr></thead>
 <tbody id="backends">@ROWS@</tbody></table>
 <script>
 function esc(t){return String(t).replace(/[&<>"]/g,function(c){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c];});}
@@ -5271,7 +5406,7 @@ function refresh(){
     document.getElementById('count').textContent=s.backends.length;
     document.getElementById('backends').innerHTML=s.backends.map(function(b){
       return '<tr><td>'+esc(b.id.slice(0,8))+'</td><td>'+esc(b.address)+'</td><td class="s-'+esc(b.state)+'">'+esc(b.state)+
-        '</td><td>'+b.weight+'</td><td>'+b.active+'</td><td>'+b.total+'</td><td>'+b.failures+'</td></tr>';}).join('');
+        '</td><td>'+b.weight+'</td><td>'+b.active+'</td><td>'+b.total+'</td><td>'+b.failures+'</td><td>'+b.bytes_in+'</td><td>'+b.bytes_out+'</td></tr>';}).join('');
     document.getElementById('updated').textContent=new Date().toLocaleTimeString();
   }).catch(function(){document.getElementById('updated').textContent='unreachable';});
 }
@@ -5625,6 +5760,7 @@ class admin_protocol {
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
                 " failures=" + std::to_string(b.failures) + " state=" + b.state +
                 " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") +
+                (b.proxy == proxy_protocol::none ? std::string() : std::string(" proxy=") + to_string(b.proxy)) +
                 (b.source.empty() ? std::string() : " source=" + b.source) + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
@@ -5688,7 +5824,7 @@ class admin_protocol {
   static const char* help_text() noexcept {
     return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
            "# hello [harmony/1]                      protocol version\n"
-           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [proxy=v1|v2] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
            "# report [weight=W] [maxconn=N] [state=ready|drain|down]   agent: report its own load\n"
@@ -5746,6 +5882,9 @@ class admin_protocol {
     long long maxconn = 0;  // absent: no limit
     if (c.option("maxconn", text) && parse_integer(text, 0, max_maxconn, maxconn))
       return error(out, "bad-argument", "maxconn is 0 (no limit) to " + std::to_string(max_maxconn));
+    proxy_protocol proxy = proxy_protocol::none;  // absent: none
+    if (c.option("proxy", text) && parse_proxy_protocol(text, proxy))
+      return error(out, "bad-argument", "proxy is none, v1 or v2");
     std::int64_t heartbeat = 0;
     if (c.option("heartbeat", text)) {
       duration d{};
@@ -5779,6 +5918,7 @@ class admin_protocol {
         ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
+      r->set_proxy(id, proxy);
     }
     admin_effect bind;
     bind.what = admin_effect::kind::bind_agent;
@@ -6909,6 +7049,7 @@ class connection_core : public io_handler {
 
   void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
   bool is_open() const noexcept { return fd_ != invalid_socket; }
+  socket_handle handle() const noexcept { return fd_; }
   bool connecting() const noexcept { return connecting_; }
   // Whether a read may find something (or the end, or an error) now.
   bool readable() const noexcept { return readable_; }
@@ -7709,9 +7850,11 @@ struct relay_settings {
   std::int64_t queue_timeout_ms = 0;
   std::size_t queue_limit = 0;
   int requeue = 0;
+  bool accept_proxy = false;
   std::string unavailable;
   std::function<void(std::error_code, rejected_connection&)> on_unavailable;
   std::function<void(const std::string&, std::error_code)> on_backend_error;
+  std::function<void(const access_entry&)> on_access;
 
   static relay_settings from(const server_options& o) {
     relay_settings s;
@@ -7720,16 +7863,18 @@ struct relay_settings {
     s.queue_timeout_ms = o.queue_timeout.count();
     s.queue_limit = o.queue_limit;
     s.requeue = o.requeue;
+    s.accept_proxy = o.accept_proxy;
     s.unavailable = o.unavailable;
     s.on_unavailable = o.on_unavailable;
     s.on_backend_error = o.on_backend_error;
+    s.on_access = o.on_access;
     return s;
   }
 };
 
 struct relay_counters {
   std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
-      bytes_out{0}, bytes_spliced{0};
+      bytes_out{0}, bytes_spliced{0}, bad_proxy_headers{0};
 };
 
 class session;
@@ -7751,12 +7896,19 @@ class session_host {
   // Chooses a backend for a client (by its address key), skipping the leases in
   // `tried`, and counts the connection against it.
   virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
-  virtual void release(const lease& backend, bool failed) = 0;
+  // Ends a connection's count against its backend, with the bytes it moved.
+  virtual void release(const lease& backend, bool failed, std::uint64_t bytes_in = 0, std::uint64_t bytes_out = 0) = 0;
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
-  // The client connection from `peer` has ended (the connection limits count it).
-  virtual void client_ended(const address& peer) = 0;
+  // Counts the client address against max_conns_per_client; false (counted and
+  // logged as refused) when it has as many open already.
+  virtual bool take_client_address(const address& peer) = 0;
+  // The client connection has ended (the connection limits count it); `peer` was
+  // taken by take_client_address when `address_counted`.
+  virtual void client_ended(const address& peer, bool address_counted) = 0;
+  // A connection that should have begun with a PROXY header did not (accept_proxy).
+  virtual void bad_proxy_header(const address& from, const char* why) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -7809,9 +7961,10 @@ class replay_window {
 // so an idle connection costs no buffer at all.
 class session final : public connection_owner {
  public:
+  // greeting: reading the PROXY header an upstream proxy sends first (accept_proxy).
   // passing_reset: one side failed; what it sent before still goes to the
   // other side, and the reset follows it there.
-  enum class phase { idle, queued, connecting, retrying, relaying, passing_reset, farewell };
+  enum class phase { idle, greeting, queued, connecting, retrying, relaying, passing_reset, farewell };
 
   explicit session(session_host& host) : host_(host), client_(host.loop()), backend_(host.loop()) {
     client_.set_owner(this);
@@ -7850,6 +8003,9 @@ class session final : public connection_owner {
   void on_readable(connection& c) override;
   void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
+  void begin();
+  void read_greeting();
+  void refuse_greeting(const char* why);
   void start_attempt();
   void wait_for_backend();
   void connected();
@@ -7868,6 +8024,10 @@ class session final : public connection_owner {
   void took_in(const connection& src, std::size_t n);
   void report(attempt_outcome what, std::string_view why = {});
   void put_out(const connection& dst, std::size_t n);
+  io_status send_header(connection& dst, std::error_code& error);
+  const proxy_addresses& ends();
+  void ending(const char* how, std::string reason = {});
+  void log_access();
   direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
   std::string client_text() const { return peer_.to_endpoint().to_string(); }
 
@@ -7895,6 +8055,28 @@ class session final : public connection_owner {
   std::uint8_t reset_polls_ = 0;  // passing_reset: how often the other kernel was asked
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
+  // PROXY protocol: the client's and the listener's addresses (from an upstream
+  // header, or the connection's own, found when first needed), and the bytes of a
+  // header: what arrived of an upstream's (greeting), later the one the current
+  // backend is sent ahead of the client's bytes, with what is left of it to send.
+  proxy_addresses ends_;
+  bool ends_known_ = false;
+  bool address_counted_ = false;  // take_client_address counted peer_
+  std::uint32_t header_left_ = 0;
+  std::string header_;
+  // How it ended, set by whatever ends it (null: the server stopped), and for the
+  // access log (on_access only) what else it must tell.
+  const char* end_ = nullptr;
+  struct journal {
+    std::int64_t accepted_at = 0;
+    std::string via;
+    std::vector<std::string> tried;
+    std::string reason;
+    resolved_address to;  // the current attempt's backend
+    std::int64_t queued_ms = 0;
+  };
+  std::unique_ptr<journal> journal_;  // kept for the next client, like the strings above
+  bool journaling_ = false;
 };
 
 inline void session::start(socket_handle fd, const address& peer) {
@@ -7910,14 +8092,45 @@ inline void session::start(socket_handle fd, const address& peer) {
   replay_.reset();
   farewell_.clear();
   farewell_sent_ = 0;
+  header_left_ = 0;
+  ends_known_ = address_counted_ = false;
+  end_ = nullptr;
+  const relay_settings& settings = host_.settings();
+  journaling_ = static_cast<bool>(settings.on_access);
+  if (journaling_) {
+    if (!journal_) journal_ = std::make_unique<journal>();
+    journal_->via.clear();
+    journal_->tried.clear();
+    journal_->reason.clear();
+    journal_->to = resolved_address{};
+    journal_->queued_ms = 0;
+    journal_->accepted_at = host_.loop().now();
+  }
   reactor& loop = host_.loop();
   last_activity_ = loop.now();
   phase_ = phase::connecting;  // owns resources from here on: close() gives them back
   if (std::error_code e = client_.adopt(fd)) {
     host_.log()(log_level::error, "cannot watch the connection from %s: %s", client_text().c_str(),
                 e.message().c_str());
+    ending("error", e.message());
     return close(true);
   }
+  if (!settings.accept_proxy) return begin();
+  phase_ = phase::greeting;
+  header_.clear();
+  loop.schedule(clock_, loop.now() + settings.connect_timeout_ms);
+  client_.want_read(true);
+  read_greeting();  // it has often arrived with the accept
+}
+
+// Once the client's address is known: counts it, then waits for a slot or starts.
+inline void session::begin() {
+  if (!host_.take_client_address(peer_)) {
+    ending("refused");
+    return close(false);
+  }
+  address_counted_ = true;
+  reactor& loop = host_.loop();
   if (host_.take_slot()) {
     holds_slot_ = true;
     return start_attempt();
@@ -7940,9 +8153,62 @@ inline void session::wait_for_backend() {
 }
 
 inline void session::admitted() {
-  host_.loop().cancel(clock_);
+  reactor& loop = host_.loop();
+  loop.cancel(clock_);
+  if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
   holds_slot_ = true;
   start_attempt();
+}
+
+// Reads the upstream proxy's header: never past its end where its length shows (v2),
+// and for v1 at most to the longest header, so that what follows it, the client's
+// first bytes, fits the first relay buffer (check() asks buffer_bytes >= proxy_v1_max).
+inline void session::read_greeting() {
+  static constexpr std::size_t shortest = 15;  // "PROXY UNKNOWN\r\n"
+  const std::string_view signature(proxy_v2_signature, sizeof proxy_v2_signature);
+  for (;;) {
+    proxy_parse p = parse_proxy_header(header_);
+    if (p.result == proxy_parse::status::invalid) return refuse_greeting(p.why);
+    if (p.result == proxy_parse::status::done) {
+      host_.loop().cancel(clock_);
+      client_.want_read(false);
+      if (!p.addresses.local) {  // LOCAL and UNKNOWN: the connection's own addresses stand
+        if (journaling_) journal_->via = client_text();
+        ends_ = p.addresses;
+        ends_known_ = true;
+        peer_ = to_os_address(p.addresses.source);
+      }
+      if (std::size_t rest = header_.size() - p.consumed) {
+        up_.data = host_.pool().take(false);
+        std::memcpy(up_.data, header_.data() + p.consumed, rest);
+        up_.end = static_cast<std::uint32_t>(rest);
+      }
+      header_.clear();
+      return begin();
+    }
+    std::size_t have = header_.size(), want;
+    if (have < shortest) want = shortest - have;
+    else if (header_.compare(0, std::min(have, signature.size()), signature.substr(0, std::min(have, signature.size()))) != 0)
+      want = proxy_v1_max - have;
+    else if (have < proxy_v2_fixed) want = proxy_v2_fixed - have;
+    else want = proxy_v2_fixed + ((std::size_t{static_cast<unsigned char>(header_[14])} << 8) |
+                                  static_cast<unsigned char>(header_[15])) - have;
+    header_.resize(have + want);
+    std::error_code e;
+    read_result n = client_.read(&header_[have], want, e);
+    header_.resize(have + static_cast<std::size_t>(n > 0 ? n : 0));
+    if (n > 0) continue;
+    if (n == 0) return refuse_greeting("closed before its PROXY header ended");
+    if (!e) return;  // the rest comes with the next readable event
+    ending("client-reset", e.message());
+    return close(true);
+  }
+}
+
+inline void session::refuse_greeting(const char* why) {
+  host_.bad_proxy_header(peer_, why);
+  ending("bad-proxy-header", why);
+  close(true);
 }
 
 inline void session::start_attempt() {
@@ -7958,15 +8224,28 @@ inline void session::start_attempt() {
   trial_ = pick.trial;
   watch_ = pick.watch || pick.trial;
   phase_ = phase::connecting;
+  if (journaling_) journal_->to = pick.to;
+  header_left_ = 0;
+  if (pick.proxy != proxy_protocol::none) {
+    header_ = encode_proxy_header(pick.proxy, ends());
+    header_left_ = static_cast<std::uint32_t>(header_.size());
+  }
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
   std::error_code e;
   address to = to_os_address(pick.to);
-  switch (backend_.connect(to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+  // The PROXY header goes first, with the connect; the client's bytes follow it.
+  const char* early = header_left_ ? header_.data() : up_.data + up_.begin;
+  std::size_t early_size = header_left_ ? header_.size() : up_.end - up_.begin;
+  switch (backend_.connect(to, early, early_size, sent, e)) {
     case io_status::failed: return attempt_failed(e);
     case io_status::done:
-      up_.begin += static_cast<std::uint32_t>(sent);
-      put_out(backend_, sent);
+      if (header_left_) {
+        header_left_ -= static_cast<std::uint32_t>(sent);
+      } else {
+        up_.begin += static_cast<std::uint32_t>(sent);
+        put_out(backend_, sent);
+      }
       return connected();
     case io_status::pending: break;
   }
@@ -7993,6 +8272,7 @@ inline bool session::read_ahead() {
   pool.give(buffer, false);
   if (n == 0) up_.eof = true;
   if (!e) return true;
+  ending("client-reset", e.message());
   close(true);  // the client is gone already
   return false;
 }
@@ -8016,6 +8296,7 @@ inline void session::on_connected(connection&, std::error_code error) {
 
 inline void session::on_readable(connection&) {
   if (phase_ == phase::relaying) return pump();
+  if (phase_ == phase::greeting) return read_greeting();
   if (phase_ == phase::farewell) return farewell_pump();
 }
 
@@ -8025,14 +8306,18 @@ inline void session::on_written(connection& c, std::size_t bytes, std::error_cod
     farewell_sent_ += bytes;
     return farewell_pump();
   }
-  direction& d = towards(c);
-  if (d.piped) {
-    d.piped -= static_cast<std::uint32_t>(bytes);
-    spliced_ += bytes;
+  if (&c == &backend_ && header_left_ > 0) {
+    header_left_ -= static_cast<std::uint32_t>(std::min<std::size_t>(bytes, header_left_));
   } else {
-    d.begin += static_cast<std::uint32_t>(bytes);
+    direction& d = towards(c);
+    if (d.piped) {
+      d.piped -= static_cast<std::uint32_t>(bytes);
+      spliced_ += bytes;
+    } else {
+      d.begin += static_cast<std::uint32_t>(bytes);
+    }
+    put_out(c, bytes);
   }
-  put_out(c, bytes);
   if (phase_ == phase::passing_reset) return error ? close(true) : pass_reset();
   if (error) return fail(c, error);
   if (phase_ == phase::relaying) pump();
@@ -8054,6 +8339,7 @@ inline void session::attempt_failed(std::error_code why) {
   if (!ours) watch_ = true;  // every failure of the backend counts; a trial of ours is abandoned
   report(ours ? attempt_outcome::abandoned : attempt_outcome::failed, why.message());
   host_.release(current_, !ours);
+  if (journaling_) journal_->tried.push_back(to_os_address(journal_->to).to_endpoint().to_string());
   tried_.push_back(current_);
   current_ = lease{};
   backend_.close(false);
@@ -8074,7 +8360,9 @@ inline void session::on_clock() {
   switch (phase_) {
     case phase::queued:
       host_.stop_waiting(*this);
+      if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
       return unavailable(make_error_code(errc::queue_timeout));
+    case phase::greeting: return refuse_greeting("no PROXY header within the connect timeout");
     case phase::retrying: return start_attempt();
     case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
     case phase::relaying: {
@@ -8082,6 +8370,7 @@ inline void session::on_clock() {
       std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
       if (loop.now() >= deadline) {
         host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
+        ending("idle-timeout");
         return close(false);
       }
       return loop.schedule(clock_, deadline);
@@ -8103,7 +8392,10 @@ inline void session::pump() {
     up_.data = nullptr;
     up_.begin = up_.end = 0;
   }
-  if (up_.shut && down_.shut) return close(false);
+  if (up_.shut && down_.shut) {
+    ending("closed");
+    return close(false);
+  }
   // A side is told of readability only while its outgoing direction may read.
   client_.want_read(!up_.eof && !up_.holds_bytes());
   backend_.want_read(!down_.eof && !down_.holds_bytes());
@@ -8131,13 +8423,65 @@ inline void session::put_out(const connection& dst, std::size_t n) {
   last_activity_ = host_.loop().now();
 }
 
+// Writes what is left of the PROXY header; the client's bytes wait behind it.
+inline io_status session::send_header(connection& dst, std::error_code& error) {
+  std::size_t written = 0;
+  io_status sent = dst.write(header_.data() + (header_.size() - header_left_), header_left_, written, error);
+  header_left_ -= static_cast<std::uint32_t>(written);
+  return sent;
+}
+
+// The client's address and the one it connected to: an upstream's header said, or
+// the connection's own (an IPv4 client of a dual-stack listener as IPv4).
+inline const proxy_addresses& session::ends() {
+  if (!ends_known_) {
+    ends_ = proxy_addresses{};
+    ends_.source = unmapped(to_resolved(peer_));
+    address local;
+    if (!local_address(client_.handle(), local)) ends_.destination = unmapped(to_resolved(local));
+    ends_known_ = true;
+  }
+  return ends_;
+}
+
+// The first to tell how the connection ends is right: what follows (a reset passed
+// on, a farewell that cannot be written) is its consequence.
+inline void session::ending(const char* how, std::string reason) {
+  if (end_) return;
+  end_ = how;
+  if (journaling_) journal_->reason = std::move(reason);
+}
+
+inline void session::log_access() {
+  access_entry e;
+  e.client = client_text();
+  e.via = std::move(journal_->via);
+  e.tried = std::move(journal_->tried);
+  if (journal_->to.valid()) e.backend = to_os_address(journal_->to).to_endpoint().to_string();
+  e.bytes_in = sent_to_backend_;
+  e.bytes_out = received_from_backend_;
+  e.queued = duration(journal_->queued_ms);
+  e.lasted = duration(host_.loop().now() - journal_->accepted_at);
+  e.end = end_ ? end_ : "shutdown";
+  e.reason = std::move(journal_->reason);
+  host_.settings().on_access(e);
+}
+
 // Moves one direction as far as it goes now: writes what it holds, then reads
 // more. False when the session has ended.
 inline bool session::flow(direction& d, connection& src, connection& dst) {
   buffer_pool& pool = host_.pool();
   for (;;) {
     if (dst.writing()) return true;  // on_written goes on
-    if (d.holds_bytes()) {
+    if (&d == &up_ && header_left_ > 0) {
+      std::error_code e;
+      io_status sent = send_header(dst, e);
+      if (sent == io_status::failed) {
+        fail(dst, e);
+        return false;
+      }
+      if (sent == io_status::pending) return true;
+    } else if (d.holds_bytes()) {
       std::error_code e;
       io_status sent = send_held(d, dst, e);
       if (sent == io_status::failed) {
@@ -8237,6 +8581,7 @@ inline void session::fail(connection& where, std::error_code error) {
                               : error);
   host_.log()(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
               client_text().c_str(), error.message().c_str());
+  ending(&where == &backend_ ? "backend-reset" : "client-reset", error.message());
   // A reset is passed on as a reset, but only behind the bytes the failed side
   // sent before it: those still go to the other side first.
   connection& other = &where == &backend_ ? client_ : backend_;
@@ -8254,6 +8599,7 @@ inline void session::fail(connection& where, std::error_code error) {
 inline void session::pass_reset() {
   direction& d = backend_.is_open() ? up_ : down_;  // towards the side still open
   connection& dst = &d == &up_ ? backend_ : client_;
+  if (&d == &up_ && header_left_ > 0 && !dst.writing()) return close(true);  // no byte may pass its header
   while (!dst.writing() && d.holds_bytes()) {
     std::error_code e;
     io_status sent = send_held(d, dst, e);
@@ -8277,6 +8623,7 @@ inline void session::pass_reset() {
 inline void session::unavailable(std::error_code why) {
   const relay_settings& settings = host_.settings();
   host_.counters().unavailable.fetch_add(1, std::memory_order_relaxed);
+  ending("unavailable", why.message());
   if (holds_slot_) {
     holds_slot_ = false;
     host_.give_slot();
@@ -8340,20 +8687,28 @@ inline void session::close(bool reset) {
   if (phase_ == phase::idle) return;
   reactor& loop = host_.loop();
   loop.cancel(clock_);
-  if (phase_ == phase::queued) host_.stop_waiting(*this);
+  if (phase_ == phase::queued) {
+    host_.stop_waiting(*this);
+    if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
+  }
   client_.close(reset);
   backend_.close(reset);
+  bool served = current_.valid() && connected_;
   if (current_.valid()) {
     report(connected_ ? attempt_outcome::answered : attempt_outcome::abandoned);
-    host_.release(current_, false);
+    host_.release(current_, false, sent_to_backend_, received_from_backend_);
   }
   current_ = lease{};
+  if (journaling_) {
+    if (!served) journal_->to = resolved_address{};
+    log_access();
+  }
   relay_counters& counters = host_.counters();
   counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
   counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
   counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
   counters.active.fetch_sub(1, std::memory_order_relaxed);
-  host_.client_ended(peer_);
+  host_.client_ended(peer_, address_counted_);
   phase_ = phase::idle;
   bool had_slot = holds_slot_;
   holds_slot_ = false;
@@ -8398,6 +8753,7 @@ struct resolver_name {
   bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
   int maxconn = 0;   // of each backend (backend_options::maxconn)
   bool backup = false;
+  proxy_protocol proxy = proxy_protocol::none;
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given
@@ -8741,9 +9097,12 @@ struct server::impl {
                                                              "new ones wait in the backlog", at_most);
     return clients.load(std::memory_order_relaxed) < limit;
   }
-  // Counts an accepted connection; false (counted as refused) when its address has
-  // max_conns_per_client open already.
-  bool take_client(const detail::address& peer) {
+  // Counts a connection from its accept on.
+  void client_accepted() { clients.fetch_add(1, std::memory_order_relaxed); }
+  // Counts the client's address (the connection's own, or what an upstream proxy's
+  // header announced); false (counted as refused) when it has max_conns_per_client
+  // open already.
+  bool take_client_address(const detail::address& peer) {
     std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
     if (per_client_max > 0) {
       std::string key = peer.host_key();
@@ -8759,10 +9118,17 @@ struct server::impl {
       }
       ++open;
     }
-    clients.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+  // >>worker: may resume the listeners. `address_counted`: take_client_address took `peer`.
+  void client_ended(const detail::address& peer, bool address_counted);
+  // A connection without a valid PROXY header (accept_proxy): logged, rate-limited.
+  void bad_proxy_header(const detail::address& from, const char* why) {
+    std::uint64_t held = 0;
+    if (bad_proxy_log.pass(detail::now_ms(), held))
+      log(log_level::warn, "connection from %s reset: %s (--accept-proxy)%s", from.to_endpoint().to_string().c_str(), why,
+          held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
+  }
   void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
@@ -8826,6 +9192,7 @@ struct server::impl {
   std::atomic<std::size_t> per_client_limit;   // max_conns_per_client in force, read on every loop
   std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
   detail::log_gate refused_log;
+  detail::log_gate bad_proxy_log;
   std::mutex per_client_mutex;
   std::unordered_map<std::string, std::size_t> per_client;  // open connections by client address
   std::vector<std::unique_ptr<detail::worker>> workers;
@@ -8954,7 +9321,7 @@ class worker final : public session_host {
   const logger& log() const noexcept override { return log_; }
   relay_counters& counters() noexcept override { return stats; }
   bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
-  void release(const lease& backend, bool failed) override;
+  void release(const lease& backend, bool failed, std::uint64_t bytes_in, std::uint64_t bytes_out) override;
   void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) override;
   std::string backend_id(const lease& backend) override;
   bool take_slot() override;
@@ -8966,7 +9333,12 @@ class worker final : public session_host {
     free_sessions_.push_back(&s);
     owner_.session_ended();  // a drain waits for the last one
   }
-  void client_ended(const address& peer) override { owner_.client_ended(peer); }
+  bool take_client_address(const address& peer) override { return owner_.take_client_address(peer); }
+  void client_ended(const address& peer, bool address_counted) override { owner_.client_ended(peer, address_counted); }
+  void bad_proxy_header(const address& from, const char* why) override {
+    stats.bad_proxy_headers.fetch_add(1, std::memory_order_relaxed);
+    owner_.bad_proxy_header(from, why);
+  }
 
   // Where one listener serves every loop, connections are dealt in turn.
   void deal(socket_handle fd, const address& peer);
@@ -9003,7 +9375,7 @@ inline session* worker::make_session() {
 }
 
 inline void worker::deal(socket_handle fd, const address& peer) {
-  if (!owner_.take_client(peer)) return close_socket(fd);  // over max_conns_per_client
+  owner_.client_accepted();
   auto& all = owner_.workers;
   worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
@@ -9022,8 +9394,8 @@ inline bool worker::pick(std::string_view client_key, const std::vector<lease>& 
 // A release that makes room on a backend at its maxconn lets the waiting
 // connections try again, on every loop, after this turn (never from inside it:
 // an admitted connection may itself release at once).
-inline void worker::release(const lease& backend, bool failed) {
-  if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
+inline void worker::release(const lease& backend, bool failed, std::uint64_t bytes_in, std::uint64_t bytes_out) {
+  if (owner_.backends.lock()->release(backend, failed, bytes_in, bytes_out) && owner_.waiting.load(std::memory_order_relaxed) > 0)
     owner_.wake_queues();
 }
 inline void worker::report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) {
@@ -9076,8 +9448,8 @@ inline void worker::admit_waiting() {
 
 }  // namespace detail
 
-inline void server::impl::client_ended(const detail::address& peer) {
-  if (per_client_limit.load(std::memory_order_relaxed) > 0) {
+inline void server::impl::client_ended(const detail::address& peer, bool address_counted) {
+  if (address_counted && per_client_limit.load(std::memory_order_relaxed) > 0) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);
@@ -9768,7 +10140,7 @@ inline std::error_code server::impl::add_name(std::string_view address, const ba
       options.maxconn > max_maxconn)
     return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup});
+  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup, options.proxy});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -9803,6 +10175,7 @@ inline void server::impl::apply(const detail::resolution& r) {
             table->set_source(id, name);
             if (c.backup) table->set_backup(id, true);
             if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
+            table->set_proxy(id, r.name.proxy);
             d.bind(c.to, id);
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
@@ -10132,6 +10505,7 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
     if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
     r->set_maxconn(id, options.maxconn);
     r->set_backup(id, options.backup);
+    r->set_proxy(id, options.proxy);
   }
   rebuild_tables();
   if (id_out) *id_out = id;
@@ -10176,6 +10550,24 @@ HARMONY_DEF std::error_code server::set_concurrency(int limit) {
   return {};
 }
 
+HARMONY_DEF std::string format_access_entry(const access_entry& e, std::int64_t unix_ms) {
+  auto text = [](const std::string& v) { return v.empty() ? std::string("-") : v; };
+  std::string tried;
+  for (const std::string& t : e.tried) tried += (tried.empty() ? "" : ",") + t;
+  std::string reason = "\"";
+  for (char c : e.reason) {  // one line whatever the text: quotes and control bytes escaped
+    if (c == '"' || c == '\\') reason += '\\';
+    if (static_cast<unsigned char>(c) < ' ') c = ' ';
+    reason += c;
+  }
+  reason += '"';
+  return "time=" + detail::iso8601_utc(unix_ms) + " client=" + text(e.client) + " via=" + text(e.via) +
+         " backend=" + text(e.backend) + " tried=" + text(tried) + " bytes_in=" + std::to_string(e.bytes_in) +
+         " bytes_out=" + std::to_string(e.bytes_out) + " queue_ms=" + std::to_string(e.queued.count()) +
+         " duration_ms=" + std::to_string(e.lasted.count()) + " end=" + (*e.end ? e.end : "-") +
+         " reason=" + reason;
+}
+
 HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
@@ -10193,6 +10585,7 @@ inline server_stats server::impl::collect_stats() const {
     s.bytes_in += w->stats.bytes_in.load(std::memory_order_relaxed);
     s.bytes_out += w->stats.bytes_out.load(std::memory_order_relaxed);
     s.bytes_spliced += w->stats.bytes_spliced.load(std::memory_order_relaxed);
+    s.bad_proxy_headers += w->stats.bad_proxy_headers.load(std::memory_order_relaxed);
   }
   s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
   s.refused = refused.load(std::memory_order_relaxed);
@@ -10242,6 +10635,8 @@ inline void take_live_options(server_options& to, const server_options& from) {
   to.unavailable = from.unavailable;
   to.on_unavailable = from.on_unavailable;
   to.on_backend_error = from.on_backend_error;
+  to.accept_proxy = from.accept_proxy;
+  to.on_access = from.on_access;
   to.host_timeout = from.host_timeout;
   to.connect_timeout = from.connect_timeout;
   to.idle_timeout = from.idle_timeout;
@@ -10617,6 +11012,7 @@ struct client::impl {
                        " heartbeat=" + std::to_string(options.ack.count()) + "ms";
     if (!wanted.empty()) line += " id=" + wanted;
     if (!options.host.empty()) line += " host=" + options.host;
+    if (options.proxy != proxy_protocol::none) line += std::string(" proxy=") + to_string(options.proxy);
     l.io.write(line + "\n");
   }
 

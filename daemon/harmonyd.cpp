@@ -105,6 +105,46 @@ void log_to_stderr(harmony::log_level level, std::string_view message) {
   std::fflush(stderr);
 }
 
+// --access-log: one line per client connection as it ends (README, Access log),
+// written by the loop threads; reopened on SIGUSR1 so that log rotation can move the
+// file away and have a new one begun.
+class access_log_file {
+ public:
+  // Opens `path` for appending ("-": stderr); what is wrong, empty when it is open.
+  std::string open(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return open_locked(path);
+  }
+  std::string reopen() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return path_.empty() || path_ == "-" ? std::string() : open_locked(path_);
+  }
+  const std::string& path() const { return path_; }
+  void write(const harmony::access_entry& e) {
+    std::string line = harmony::format_access_entry(e, harmony::detail::unix_ms()) + "\n";
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::FILE* out = path_ == "-" ? stderr : file_;
+    if (!out) return;
+    std::fwrite(line.data(), 1, line.size(), out);
+    std::fflush(out);  // whole lines, at once: readers and rotation see no half line
+  }
+
+ private:
+  // On failure the file in use, if any, stays in use.
+  std::string open_locked(const std::string& path) {
+    std::FILE* f = nullptr;
+    if (path != "-" && !(f = std::fopen(path.c_str(), "a"))) return path + ": " + std::strerror(errno);
+    if (file_) std::fclose(file_);
+    file_ = f;
+    path_ = path;
+    return {};
+  }
+  std::mutex mutex_;
+  std::string path_;
+  std::FILE* file_ = nullptr;
+};
+access_log_file access_log;
+
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr, "harmonyd: %s\nTry 'harmonyd --help'.\n", message.c_str());
   std::exit(2);
@@ -166,6 +206,7 @@ void block_stop_signals() {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   sigaddset(&stop_signals, SIGHUP);   // a reload, never a stop
+  sigaddset(&stop_signals, SIGUSR1);  // reopens the access log
   sigaddset(&stop_signals, SIGUSR2);  // an upgrade: a stop only once a successor serves
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   main_thread = pthread_self();
@@ -183,6 +224,17 @@ void log_filtered(harmony::log_level level, std::string_view message) {
 
 void note(harmony::log_level level, const std::string& message) { log_filtered(level, message); }
 
+#if !defined(_WIN32)
+// SIGUSR1: the access log begins again at its path (Windows has no SIGUSR1: a
+// rotation there needs a restart).
+void reopen_access_log() {
+  if (access_log.path().empty()) return;
+  std::string problem = access_log.reopen();
+  if (problem.empty()) note(harmony::log_level::info, "SIGUSR1: access log reopened");
+  else note(harmony::log_level::error, "SIGUSR1: cannot reopen the access log: " + problem);
+}
+#endif
+
 // Returns when a stop is asked for; calls reload() for each SIGHUP before that, and
 // upgrade() for each SIGUSR2: true (returned here too) when a successor serves.
 template <class Reload, class Upgrade>
@@ -191,6 +243,10 @@ bool wait_for_stop_signal(Reload reload, Upgrade upgrade) {
   for (;;) {
     int received = 0;
     sigwait(&stop_signals, &received);
+    if (received == SIGUSR1) {
+      reopen_access_log();
+      continue;
+    }
     if (received == SIGHUP) {
       reload();
       continue;
@@ -226,6 +282,10 @@ bool wait_for_wind_down_or_second_signal() {
     sigwait(&stop_signals, &received);
     if (wound_down.load()) return true;  // the wind-down's own wake-up (or a signal as it ended)
     if (received == SIGHUP || received == SIGUSR2) continue;  // no reload or upgrade while it drains, and no stop
+    if (received == SIGUSR1) {
+      reopen_access_log();
+      continue;
+    }
     note(harmony::log_level::info,
          std::string("stopping at once on a second ") + (received == SIGINT ? "SIGINT" : "SIGTERM"));
     return false;
@@ -326,6 +386,7 @@ struct static_backend {
 struct balancer_settings {
   harmony::server_options options;
   std::vector<static_backend> backends;
+  std::string access_log;  // --access-log PATH, or "-"
 };
 
 // The whole file, or false with the system's reason.
@@ -489,7 +550,7 @@ template <class Settings>
 constexpr flag<Settings> log_level_flag{"log-level", "LEVEL", "trace, debug, info, warn, error, off", nullptr,
                                         set_log_level<Settings>, show_log_level<Settings>};
 
-// HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]
+// HOST:PORT[,weight=N][,maxconn=N][,backup][,proxy=v1|v2][,resolve]
 std::string add_backend_flag(balancer_settings& s, const std::string& text) {
   static_backend b;
   auto comma = text.find(',');
@@ -509,10 +570,13 @@ std::string add_backend_flag(balancer_settings& s, const std::string& text) {
       b.options.maxconn = static_cast<int>(n);
     } else if (option == "backup") {
       b.options.backup = true;
+    } else if (option.rfind("proxy=", 0) == 0) {
+      if (harmony::parse_proxy_protocol(option.substr(6), b.options.proxy))
+        return "proxy " + quoted(option.substr(6)) + " is not none, v1 or v2";
     } else if (option == "resolve") {
       b.resolve = true;
     } else {
-      return "unknown option " + quoted(option) + " (expected weight=N, maxconn=N, backup or resolve)";
+      return "unknown option " + quoted(option) + " (expected weight=N, maxconn=N, backup, proxy=v1|v2 or resolve)";
     }
     comma = next;
   }
@@ -543,9 +607,11 @@ const std::vector<flag<B>> balancer_flags = {
        return std::string();
      },
      [](const B&) { return std::string("off"); }},
-    {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
+    {"backend", "HOST:PORT[,weight=N][,maxconn=N][,backup][,proxy=v1|v2][,resolve]",
      "a static backend, repeatable; maxconn: at most N open connections\n"
      "(0: no limit); backup: used only while no other backend can serve;\n"
+     "proxy: a PROXY protocol header of that version ahead of each client's\n"
+     "bytes (the client's address);\n"
      "resolve: every address of the name HOST, followed (see --resolve-interval);\n"
      "_SERVICE._tcp.NAME,resolve (no port): its SRV records give ports,\n"
      "weights and priorities (the lowest primary, the others backups)",
@@ -647,6 +713,18 @@ const std::vector<flag<B>> balancer_flags = {
      "drain_timeout", set_duration<B, &server_options::drain_timeout>, show_duration<B, &server_options::drain_timeout>},
     {"state-file", "FILE", "keeps the backends agents registered across\nrestarts (see README, State file)", "state_file",
      set_text<B, &server_options::state_file>, [](const B&) { return std::string("none"); }},
+    {"accept-proxy", nullptr,
+     "clients come through another proxy that sends a PROXY\nprotocol header (v1 or v2) first: its address is the\nclient's; a connection without one is reset",
+     "accept_proxy", set_switch<B, &server_options::accept_proxy, true>,
+     show_switch<B, &server_options::accept_proxy, true>},
+    {"access-log", "PATH|-", "one line per connection as it ends (see README,\nAccess log); -: stderr; reopened on SIGUSR1",
+     nullptr,
+     [](B& s, const std::string& v) {
+       if (v.empty()) return std::string("a path, or - for stderr");
+       s.access_log = v;
+       return std::string();
+     },
+     [](const B&) { return std::string("none"); }},
     {"splice", nullptr, "relay streaming connections inside the kernel (Linux\nsplice: less CPU per byte, see README)",
      "splice", set_switch<B, &server_options::splice, true>, show_switch<B, &server_options::splice, true>},
     log_level_flag<B>,
@@ -672,6 +750,12 @@ const std::vector<flag<A>> agent_flags = {
      show_number<A, &client_options::weight>},
     {"maxconn", "N", "connection limit reported to the balancers; 0: none", "maxconn",
      set_integer<A, &client_options::maxconn>, show_number<A, &client_options::maxconn>},
+    {"proxy", "VERSION", "the PROXY protocol header (v1, v2) this backend expects\nahead of each client's bytes; none: no header", "proxy",
+     [](A& s, const std::string& v) {
+       if (harmony::parse_proxy_protocol(v, s.options.proxy)) return "unknown version " + quoted(v) + " (none, v1, v2)";
+       return std::string();
+     },
+     [](const A& d) { return std::string(harmony::to_string(d.options.proxy)); }},
     {"state", "STATE", "start ready, drain (no new connections) or down", "state",
      [](A& s, const std::string& v) {
        if (harmony::parse_readiness(v, s.options.state)) return "unknown state " + quoted(v) + " (ready, drain, down)";
@@ -1044,7 +1128,11 @@ void add_backends(harmony::server& balancer, const balancer_settings& s, configu
     if (!c.check)
       note(harmony::log_level::info, "backend " + b.address + " weight " + std::to_string(b.options.weight) +
                                          (b.options.maxconn ? " maxconn " + std::to_string(b.options.maxconn) : "") +
-                                         (b.options.backup ? " backup" : "") + " id " + id);
+                                         (b.options.backup ? " backup" : "") +
+                                         (b.options.proxy != harmony::proxy_protocol::none
+                                              ? std::string(" proxy ") + harmony::to_string(b.options.proxy)
+                                              : "") +
+                                         " id " + id);
   }
 }
 
@@ -1089,6 +1177,7 @@ void reload(balancer_state& st) {
                                         " problem(s); the configuration in force is unchanged");
     return;
   }
+  fresh.options.on_access = st.in_force.options.on_access;  // the daemon's, not the file's
   std::vector<std::string> needs_restart;
   if (auto e = st.server.reconfigure(fresh.options, &needs_restart)) {
     note(harmony::log_level::error, "reload refused: " + e.message() + "; the configuration in force is unchanged");
@@ -1133,7 +1222,8 @@ void reload(balancer_state& st) {
     }
     kept[k] = true;
     running_backend r = st.statics[k];
-    if (r.backend.options.maxconn != b.options.maxconn || r.backend.options.backup != b.options.backup) {
+    if (r.backend.options.maxconn != b.options.maxconn || r.backend.options.backup != b.options.backup ||
+        r.backend.options.proxy != b.options.proxy) {
       st.server.remove_backend(r.id);  // its open connections finish
       add(b, readded);
       continue;
@@ -1180,6 +1270,13 @@ void reload(balancer_state& st) {
     std::string list;
     for (const auto& a : applied) list += (list.empty() ? "" : ", ") + a;
     note(harmony::log_level::info, "reload: applied " + list);
+  }
+  if (fresh.access_log != access_log.path() && !fresh.access_log.empty()) {
+    // A new path is taken at once; an access log is turned on or off only by a restart.
+    std::string problem = access_log.path().empty() ? std::string("not on since the start: needs a restart")
+                                                    : access_log.open(fresh.access_log);
+    if (problem.empty()) note(harmony::log_level::info, "reload: access log now " + fresh.access_log);
+    else note(harmony::log_level::error, "reload: access log: " + problem);
   }
   if (!restart.empty()) {
     std::string list;
@@ -1384,6 +1481,14 @@ int run_balancer(int argc, char** argv) {
   remember_self(argc, argv);
   if (!c.check) take_inheritance(s.options, inherited);
 #endif
+  if (!s.access_log.empty() && !c.check) {
+    std::string problem = access_log.open(s.access_log);
+    if (!problem.empty()) {
+      std::fprintf(stderr, "harmonyd: --access-log %s\n", problem.c_str());
+      return 2;
+    }
+    s.options.on_access = [](const harmony::access_entry& e) { access_log.write(e); };
+  }
   harmony::server balancer(s.options);
   balancer_state state{balancer, s, c, {}, {}};
   add_backends(balancer, s, c, &state.statics, &state.names);

@@ -178,7 +178,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--listen HOST:PORT", so.listen},
       {"--admin HOST:PORT|none", so.admin},
       {"--stats [HOST:]PORT", "off"},
-      {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup][,resolve]",
+      {"--backend HOST:PORT[,weight=N][,maxconn=N][,backup][,proxy=v1|v2][,resolve]",
        "weight " + std::to_string(harmony::default_weight) + ", maxconn " + std::to_string(harmony::backend_options{}.maxconn)},
       {"--algorithm NAME", harmony::to_string(so.balance)},
       {"--persistent", so.persistent ? "(default)" : ""},
@@ -210,6 +210,8 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--admin-timeout DUR", duration(so.admin_timeout)},
       {"--drain-timeout DUR", duration(so.drain_timeout)},
       {"--state-file FILE", "none"},
+      {"--accept-proxy", so.accept_proxy ? "(default)" : ""},
+      {"--access-log PATH|-", "none"},
       {"--splice", so.splice ? "(default)" : ""},
       {"--secret-file FILE", ""},
       {"--allow-legacy CIDR", ""},
@@ -220,6 +222,7 @@ TEST_CASE("harmonyd --help lists every flag with the library's default") {
       {"--port N", ""},  // required
       {"--weight N", std::to_string(co.weight)},
       {"--maxconn N", std::to_string(co.maxconn)},
+      {"--proxy VERSION", harmony::to_string(co.proxy)},
       {"--state STATE", harmony::to_string(co.state)},
       {"--ack DUR", duration(co.ack)},
       {"--host H", "the address it sees"},
@@ -321,6 +324,10 @@ TEST_CASE("harmonyd: a bad value of each flag is refused naming the flag, exit c
            {{"--backend", "127.0.0.1:80,maxconn=-1"}, "--backend: maxconn '-1' is not a number from 0 (no limit) to"},
            {{"--backend", "127.0.0.1:80,maxconn=lots"}, "--backend: maxconn 'lots' is not a number"},
            {{"--backend", "127.0.0.1:80,backup=yes"}, "--backend: unknown option 'backup=yes'"},
+           {{"--backend", "127.0.0.1:80,proxy=v3"}, "--backend: proxy 'v3' is not none, v1 or v2"},
+           {{"--access-log", ""}, "--access-log: a path, or - for stderr"},
+           {{"--access-log", "/nonexistent-dir/x.log"}, "--access-log /nonexistent-dir/x.log: "},
+           {{"agent", "--port", "80", "--proxy", "v3"}, "--proxy: unknown version 'v3' (none, v1, v2)"},
            {{"--backend", "svc:80,resolv"}, "--backend: unknown option 'resolv'"},
            {{"--backend", "svc:0,resolve"}, "--backend: 'svc:0'"},
            {{"--resolve-interval", "often"}, "--resolve-interval: 'often' is not a duration"},
@@ -1308,4 +1315,73 @@ TEST_CASE("harmonyd SIGUSR2: a new process takes over; a storm of connections se
 #else
   CHECK(eventually([&] { return ::kill(successor, 0) != 0; }, patient(5000ms)));
 #endif
+}
+
+namespace {
+
+// The whole content of a file, empty when there is none.
+std::string file_text(const std::string& path) {
+  std::string text;
+  if (std::FILE* f = std::fopen(path.c_str(), "rb")) {
+    char b[4096];
+    std::size_t k;
+    while ((k = std::fread(b, 1, sizeof b, f)) > 0) text.append(b, k);
+    std::fclose(f);
+  }
+  return text;
+}
+
+}  // namespace
+
+TEST_CASE("harmonyd --access-log: a line per connection, reopened on SIGUSR1; --accept-proxy and proxy=v1 chain") {
+  // The backend answers with the PROXY line it was sent, then echoes.
+  backend b([](const sock& s) {
+    std::string line;
+    char ch;
+    while (line.size() < 200 && recv_some(s.fd(), &ch, 1) == 1) {
+      line += ch;
+      if (line.size() >= 2 && line.compare(line.size() - 2, 2, "\r\n") == 0) break;
+    }
+    s.send_all(line);
+    echo(s);
+  });
+  std::string listen = free_address(), admin = free_address();
+  std::string log_path = "/tmp/harmony-test-" + std::to_string(::getpid()) + "-access.log";
+  std::remove(log_path.c_str());
+  std::remove((log_path + ".1").c_str());
+  process d({"--listen", listen, "--admin", admin, "--backend", b.address() + ",proxy=v1", "--accept-proxy",
+             "--access-log", log_path});
+  REQUIRE(eventually([&] { return listening(admin); }));
+  auto through = [&](const std::string& header, const std::string& data) {
+    sock c = connect_to(listen);
+    if (!c) return std::string("<connect failed>");
+    c.set_timeout(patient(5000ms));
+    c.send_all(header + data);
+    c.shutdown_send();
+    return c.read_all();
+  };
+  CHECK(through("PROXY TCP4 198.51.100.4 192.0.2.1 1111 80\r\n", "one") ==
+        "PROXY TCP4 198.51.100.4 192.0.2.1 1111 80\r\none");
+  CHECK(through("GET / HTTP/1.0\r\n", "\r\n").empty());  // no PROXY header: reset
+  REQUIRE(eventually([&] { return lines_of(file_text(log_path)).size() == 2; }, patient(5000ms)));
+  auto lines = lines_of(file_text(log_path));
+  CHECK(lines[0].find(" client=198.51.100.4:1111 via=127.0.0.1:") != std::string::npos);
+  CHECK(lines[0].find(" backend=" + b.address() + " tried=- bytes_in=3 bytes_out=46 ") != std::string::npos);
+  CHECK(lines[0].find(" end=closed reason=\"\"") != std::string::npos);
+  CHECK(lines[0].rfind("time=20", 0) == 0);
+  CHECK(lines[1].find(" end=bad-proxy-header reason=\"no PROXY header\"") != std::string::npos);
+  if (polite_stop() == SIGTERM) {  // SIGUSR1: POSIX only
+    // A rotation: the file is moved away, then the balancer begins a new one at the path.
+    REQUIRE(std::rename(log_path.c_str(), (log_path + ".1").c_str()) == 0);
+    d.signal(SIGUSR1);
+    REQUIRE(d.wrote("SIGUSR1: access log reopened"));
+    CHECK(through("PROXY TCP4 198.51.100.5 192.0.2.1 2222 80\r\n", "two").size() == 46);
+    REQUIRE(eventually([&] { return lines_of(file_text(log_path)).size() == 1; }));
+    CHECK(file_text(log_path).find("client=198.51.100.5:2222") != std::string::npos);
+    CHECK(lines_of(file_text(log_path + ".1")).size() == 2);
+  }
+  d.signal(polite_stop());
+  CHECK(d.wait() == 0);
+  std::remove(log_path.c_str());
+  std::remove((log_path + ".1").c_str());
 }

@@ -144,6 +144,12 @@ TEST_CASE("stats port: /metrics is Prometheus text that counts the traffic; /sta
   CHECK(backend_sample(samples, "harmony_backend_connections_total", ida) == counts["a"]);
   CHECK(backend_sample(samples, "harmony_backend_connections_total", idb) == counts["b"]);
   CHECK(samples.count("harmony_uptime_seconds") == 1);
+  // Per backend, the bytes of the connections it served: "x" in, "a:1" out.
+  CHECK(backend_sample(samples, "harmony_backend_bytes_in_total", ida) == counts["a"]);
+  CHECK(backend_sample(samples, "harmony_backend_bytes_out_total", ida) == 3 * counts["a"]);
+  CHECK(backend_sample(samples, "harmony_backend_bytes_out_total", idb) == 3 * counts["b"]);
+  CHECK(samples["harmony_bad_proxy_headers_total"] == 0);
+  CHECK(m.body.find("# HELP harmony_connections_queued Client connections waiting in the wait queue: one queue for all backends") != std::string::npos);
 #if defined(__linux__)
   CHECK(samples["process_open_fds"] > 3);
 #endif
@@ -158,6 +164,7 @@ TEST_CASE("stats port: /metrics is Prometheus text that counts the traffic; /sta
   CHECK(j.body.find("\"id\":\"" + ida + "\"") != std::string::npos);
   CHECK(j.body.find("\"state\":\"draining\"") != std::string::npos);
   CHECK(j.body.find("\"accepted\":12") != std::string::npos);
+  CHECK(j.body.find("\"bytes_out\":" + std::to_string(3 * counts["a"]) + ",\"proxy\":\"none\"") != std::string::npos);
   http_reply page = http_get(at, "/");
   REQUIRE(page.status == 200);
   CHECK(page.body.find("<!DOCTYPE html>") == 0);
@@ -236,6 +243,7 @@ TEST_CASE("stats port: the status page renders in headless Chromium and refreshe
   CHECK(dom.find("class=\"s-up\">up<") != std::string::npos);
   CHECK(dom.find("class=\"s-draining\">draining<") != std::string::npos);
   CHECK(dom.find("<b id=\"accepted\">20</b>") != std::string::npos);
+  CHECK(dom.find("<th>bytes in</th><th>bytes out</th>") != std::string::npos);
   CHECK(dom.find("<span id=\"updated\">at load</span>") == std::string::npos);  // refreshed in place
   CHECK(dom.find("<span id=\"updated\">unreachable</span>") == std::string::npos);
   if (const char* shot = std::getenv("HARMONY_STATUS_SCREENSHOT"))  // docs/status.png is made so

@@ -570,6 +570,28 @@ inline harmony::server_options quiet_options() {
   return o;
 }
 
+// Collects what the server logs, from any of its threads.
+struct captured_log {
+  std::mutex m;
+  std::vector<std::string> lines;
+
+  void attach(harmony::server_options& o) {
+    o.level = harmony::log_level::debug;
+    o.log = [this](harmony::log_level, std::string_view text) {
+      std::lock_guard<std::mutex> lock(m);
+      lines.emplace_back(text);
+    };
+  }
+  std::size_t count(const std::string& part) {
+    std::lock_guard<std::mutex> lock(m);
+    return static_cast<std::size_t>(
+        std::count_if(lines.begin(), lines.end(), [&](const std::string& l) { return l.find(part) != std::string::npos; }));
+  }
+  bool saw(const std::string& part) {
+    return eventually([&] { return count(part) > 0; });
+  }
+};
+
 struct running_server {
   explicit running_server(harmony::server_options o) : srv(std::move(o)) { REQUIRE_FALSE(srv.start()); }
   std::string address() const { return srv.listen_endpoint().to_string(); }

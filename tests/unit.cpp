@@ -1788,7 +1788,7 @@ TEST_CASE("stats: request heads, escapes, and what each path answers") {
   CHECK(m.find("# TYPE harmony_connections_accepted_total counter\nharmony_connections_accepted_total 7\n") !=
         std::string::npos);
   CHECK(m.find("harmony_backend_weight{backend=\"ABC\",address=\"10.0.0.1:80\"} 300\n") != std::string::npos);
-  CHECK(m.find("source=\"we\\\"ird:80\"} 1\n") != std::string::npos);
+  CHECK(m.find("source=\"we\\\"ird:80\",proxy=\"none\"} 1\n") != std::string::npos);
   CHECK(m.find("process_open_fds") == std::string::npos);  // unknown: left out, not -1
   std::string j = detail::render_json(snap);
   CHECK(j.find("\"backends\":[{\"id\":\"ABC\",\"address\":\"10.0.0.1:80\",\"state\":\"up\",\"weight\":300") !=
@@ -1850,26 +1850,26 @@ TEST_CASE("proxy header: addresses as text, RFC 5952 for IPv6, and back") {
 TEST_CASE("proxy header: v1 and v2 are written as the specification shows them") {
   detail::proxy_addresses four{detail::resolved_address::v4(192, 168, 0, 1, 56324),
                                detail::resolved_address::v4(192, 168, 0, 11, 443), false};
-  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, four) == "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
-  std::string v2 = detail::encode_proxy_header(detail::proxy_version::v2, four);
+  CHECK(detail::encode_proxy_header(proxy_protocol::v1, four) == "PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n");
+  std::string v2 = detail::encode_proxy_header(proxy_protocol::v2, four);
   const std::string expected("\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\xc0\xa8\x00\x01\xc0\xa8\x00\x0b\xdc\x04\x01\xbb", 28);
   CHECK(v2 == expected);
   detail::proxy_addresses six{v6_of({0x2001, 0xdb8, 0, 0, 0, 0, 0, 1}, 1234), v6_of({0, 0, 0, 0, 0, 0, 0, 1}, 80), false};
-  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, six) == "PROXY TCP6 2001:db8::1 ::1 1234 80\r\n");
-  v2 = detail::encode_proxy_header(detail::proxy_version::v2, six);
+  CHECK(detail::encode_proxy_header(proxy_protocol::v1, six) == "PROXY TCP6 2001:db8::1 ::1 1234 80\r\n");
+  v2 = detail::encode_proxy_header(proxy_protocol::v2, six);
   REQUIRE(v2.size() == 16 + 36);
   CHECK(static_cast<unsigned char>(v2[13]) == 0x21);
   CHECK(static_cast<unsigned char>(v2[15]) == 36);
   detail::proxy_addresses mixed{four.source, six.destination, false};
-  CHECK(detail::encode_proxy_header(detail::proxy_version::v1, mixed) == "PROXY UNKNOWN\r\n");
-  CHECK(detail::encode_proxy_header(detail::proxy_version::v2, mixed).size() == 16);
-  CHECK(detail::encode_proxy_header(detail::proxy_version::none, four).empty());
+  CHECK(detail::encode_proxy_header(proxy_protocol::v1, mixed) == "PROXY UNKNOWN\r\n");
+  CHECK(detail::encode_proxy_header(proxy_protocol::v2, mixed).size() == 16);
+  CHECK(detail::encode_proxy_header(proxy_protocol::none, four).empty());
 }
 
 TEST_CASE("proxy header: what is written reads back, byte by byte, with the data after it untouched") {
   detail::proxy_addresses four{detail::resolved_address::v4(10, 1, 2, 3, 40000), detail::resolved_address::v4(10, 9, 9, 9, 3000), false};
   detail::proxy_addresses six{v6_of({0xfd00, 0, 0, 0, 0, 0, 0, 7}, 5), v6_of({0xfd00, 0, 0, 0, 0, 0, 0, 8}, 6), false};
-  for (auto v : {detail::proxy_version::v1, detail::proxy_version::v2})
+  for (auto v : {proxy_protocol::v1, proxy_protocol::v2})
     for (const auto* a : {&four, &six}) {
       std::string header = detail::encode_proxy_header(v, *a);
       std::string stream = header + "GET / HTTP/1.0\r\n\r\n";
@@ -1890,7 +1890,7 @@ TEST_CASE("proxy header: what is written reads back, byte by byte, with the data
   REQUIRE(p.result == detail::proxy_parse::status::done);
   CHECK(p.addresses.local);
   CHECK(p.consumed == 19);
-  std::string tlv = detail::encode_proxy_header(detail::proxy_version::v2, four);
+  std::string tlv = detail::encode_proxy_header(proxy_protocol::v2, four);
   tlv[15] = static_cast<char>(12 + 5);
   tlv += std::string("\x04\x00\x02xy", 5);
   p = detail::parse_proxy_header(tlv + "z");
@@ -2233,6 +2233,7 @@ detail::state_record kept_sample(char digit, detail::kept_kind kind) {
   r.weight = 1000;
   r.maxconn = 12;
   r.backup = true;
+  r.proxy = proxy_protocol::v2;
   r.drained = true;
   r.reported = readiness::drain;
   r.ack_unix_ms = 1764651234567;
@@ -2241,7 +2242,8 @@ detail::state_record kept_sample(char digit, detail::kept_kind kind) {
 }
 bool same_record(const detail::state_record& a, const detail::state_record& b) {
   return a.id == b.id && a.kind == b.kind && a.host == b.host && a.addr == b.addr && a.port == b.port &&
-         a.weight == b.weight && a.maxconn == b.maxconn && a.backup == b.backup && a.drained == b.drained &&
+         a.weight == b.weight && a.maxconn == b.maxconn && a.backup == b.backup && a.proxy == b.proxy &&
+         a.drained == b.drained &&
          a.reported == b.reported && a.ack_unix_ms == b.ack_unix_ms && a.source == b.source;
 }
 }  // namespace
@@ -2253,6 +2255,7 @@ TEST_CASE("state file: what format_state writes, parse_state reads back, field f
   records[1].addr.clear();
   records[1].host = "[::1]";
   records[1].backup = false;
+  records[1].proxy = proxy_protocol::none;
   records[1].reported = readiness::ready;
   records[1].source = "web:80";
   std::string text = detail::format_state(records);
@@ -2346,6 +2349,7 @@ TEST_CASE("registry: keep and restore carry a backend across a restart, its last
   REQUIRE_FALSE(before.add(endpoint{"127.0.0.1", 9002}, &to, 300, true, &native, 1000));
   REQUIRE_FALSE(before.set_online(native, true, 1000));
   REQUIRE_FALSE(before.set_maxconn(native, 5));
+  REQUIRE_FALSE(before.set_proxy(native, proxy_protocol::v1));
   REQUIRE_FALSE(before.drain(native, true, 1000));
   REQUIRE_FALSE(before.add(endpoint{"127.0.0.1", 9003}, &to, 500, false, &fixed, 1000));  // static: not kept
   CHECK(changes >= 8);
@@ -2366,6 +2370,7 @@ TEST_CASE("registry: keep and restore carry a backend across a restart, its last
   CHECK(l.ack_unix_ms == 49000);
   CHECK(n.kind == detail::kept_kind::native);
   CHECK(n.maxconn == 5);
+  CHECK(n.proxy == proxy_protocol::v1);
   CHECK(n.drained);
 
   // Restored in a registry whose clock reads 100 when the wall reads 80000 (30 s later).
@@ -2382,6 +2387,7 @@ TEST_CASE("registry: keep and restore carry a backend across a restart, its last
     } else {
       CHECK(b.id == native);
       CHECK(b.maxconn == 5);
+      CHECK(b.proxy == proxy_protocol::v1);
       CHECK(b.draining);
       CHECK(b.state == "offline");  // until its agent registers again
     }
@@ -2391,6 +2397,59 @@ TEST_CASE("registry: keep and restore carry a backend across a restart, its last
   CHECK_FALSE(after.ack(legacy, 29000));
   for (const auto& b : after.list(29100))
     if (b.id == legacy) CHECK(b.state == "up");
+}
+
+TEST_CASE("access log: format_access_entry writes the documented fields in order, quoted and escaped") {
+  harmony::access_entry e;
+  e.client = "203.0.113.7:5555";
+  e.via = "127.0.0.1:40000";
+  e.tried = {"10.0.0.1:80", "[fd00::2]:80"};
+  e.backend = "10.0.0.3:80";
+  e.bytes_in = 12;
+  e.bytes_out = 3456;
+  e.queued = std::chrono::milliseconds(7);
+  e.lasted = std::chrono::milliseconds(1234);
+  e.end = "closed";
+  CHECK(harmony::format_access_entry(e, 1764690713123) ==
+        "time=2025-12-02T15:51:53.123Z client=203.0.113.7:5555 via=127.0.0.1:40000 backend=10.0.0.3:80 "
+        "tried=10.0.0.1:80,[fd00::2]:80 bytes_in=12 bytes_out=3456 queue_ms=7 duration_ms=1234 end=closed reason=\"\"");
+  harmony::access_entry bare;
+  bare.end = "unavailable";
+  bare.reason = "say \"no\"\n\\";
+  CHECK(harmony::format_access_entry(bare, 0) ==
+        "time=1970-01-01T00:00:00.000Z client=- via=- backend=- tried=- bytes_in=0 bytes_out=0 queue_ms=0 "
+        "duration_ms=0 end=unavailable reason=\"say \\\"no\\\" \\\\\"");
+  // The calendar: leap days, the turn of a century, before 1970.
+  CHECK(harmony::detail::iso8601_utc(951782400000) == "2000-02-29T00:00:00.000Z");
+  CHECK(harmony::detail::iso8601_utc(4107542399999) == "2100-02-28T23:59:59.999Z");
+  CHECK(harmony::detail::iso8601_utc(-1) == "1969-12-31T23:59:59.999Z");
+  CHECK(harmony::detail::iso8601_utc(1709164800000) == "2024-02-29T00:00:00.000Z");
+}
+
+TEST_CASE("PROXY protocol: parse_proxy_protocol and to_string; unmapped turns ::ffff:a.b.c.d into IPv4") {
+  harmony::proxy_protocol p = harmony::proxy_protocol::none;
+  CHECK_FALSE(harmony::parse_proxy_protocol("v2", p));
+  CHECK(p == harmony::proxy_protocol::v2);
+  CHECK_FALSE(harmony::parse_proxy_protocol("none", p));
+  CHECK(p == harmony::proxy_protocol::none);
+  CHECK(harmony::parse_proxy_protocol("v3", p));
+  CHECK(harmony::parse_proxy_protocol("V1", p));
+  CHECK(std::string(harmony::to_string(harmony::proxy_protocol::v1)) == "v1");
+  harmony::detail::resolved_address mapped;
+  REQUIRE(harmony::detail::parse_address_text("::ffff:192.0.2.9", mapped));
+  mapped.port = 7;
+  auto plain = harmony::detail::unmapped(mapped);
+  CHECK(plain.family == harmony::detail::ip_family::v4);
+  CHECK(harmony::detail::address_text(plain) == "192.0.2.9");
+  CHECK(plain.port == 7);
+  harmony::detail::resolved_address six;
+  REQUIRE(harmony::detail::parse_address_text("2001:db8::ffff:1:2", six));
+  CHECK(harmony::detail::unmapped(six).family == harmony::detail::ip_family::v6);
+  // A v1 header for a dual-stack listener's IPv4 client is TCP4.
+  harmony::detail::proxy_addresses ends;
+  ends.source = plain;
+  ends.destination = harmony::detail::unmapped(mapped);
+  CHECK(harmony::detail::encode_proxy_header(harmony::proxy_protocol::v1, ends) == "PROXY TCP4 192.0.2.9 192.0.2.9 7 7\r\n");
 }
 
 TEST_CASE("registry: ids are random hex, eligibility follows drain, port and acks") {
@@ -3430,6 +3489,7 @@ TEST_CASE("native commands: register, ping, weight, close for an agent") {
   CHECK(bench.say(p, "register port=80 heartbeat=soon\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
   CHECK(bench.say(p, "register port=80 heartbeat=0\n") == "err bad-argument heartbeat is a duration, e.g. 20s\n");
   CHECK(bench.say(p, "register port=80 host=unresolvable\n") == "err bad-argument cannot resolve host\n");
+  CHECK(bench.say(p, "register port=80 proxy=v3\n") == "err bad-argument proxy is none, v1 or v2\n");
   CHECK(bench.list().empty());
   CHECK_FALSE(p.agent());
   // A registration: the peer's host, the given port; the connection becomes the agent's.
@@ -3448,6 +3508,7 @@ TEST_CASE("native commands: register, ping, weight, close for an agent") {
   CHECK(list[0].address.to_string() == "203.0.113.5:8080");
   CHECK(list[0].weight == 700);
   CHECK(list[0].state == "up");
+  CHECK(list[0].proxy == proxy_protocol::none);
   // ping acks an agent.
   bench.now += 60001;
   CHECK(bench.list().at(0).state == "expired");
@@ -3459,9 +3520,10 @@ TEST_CASE("native commands: register, ping, weight, close for an agent") {
   CHECK(bench.say(p, "weight 900\n") == "ok weight=900\n");
   CHECK(bench.list().at(0).weight == 900);
   // Registering again on the same connection under another id moves the agent.
-  r = bench.feed(p, "register port=8081 host=backend.example\n");
+  r = bench.feed(p, "register port=8081 host=backend.example proxy=v2\n");
   const std::string second = nth_id(2);
   CHECK(r.text() == "ok id=" + second + "\n");
+  for (const auto& b : bench.list()) CHECK(b.proxy == (b.id == second ? proxy_protocol::v2 : proxy_protocol::none));
   REQUIRE(only_effect(r));
   CHECK(r.effects[0].id == second);
   CHECK(r.effects[0].previous == id);

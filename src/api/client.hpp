@@ -28,6 +28,9 @@ struct client_options {
   int weight = default_weight;
   int maxconn = 0;                          // reported connection limit; 0: none
   readiness state = readiness::ready;       // reported on (re)registration
+  // The PROXY protocol header this backend expects ahead of each client's bytes
+  // (backend_options::proxy), asked for on registration.
+  proxy_protocol proxy = proxy_protocol::none;
   // How often the agent reports alive; keep it at most half the balancer's host timeout.
   duration ack{20000};
   duration reconnect_min{100};  // backoff after a failed connection, doubling up to max

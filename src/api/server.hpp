@@ -18,6 +18,11 @@ struct backend_info {
   std::string state;
   // The NAME:PORT it was resolved from (server::add_backend_name); empty otherwise.
   std::string source;
+  proxy_protocol proxy = proxy_protocol::none;  // the header it is sent first (backend_options::proxy)
+  // Bytes of the connections it served, counted as each connection ends: client to
+  // backend (in) and backend to client (out).
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
 };
 
 // The limit of backend_options::maxconn (and of `maxconn=` on the admin port).
@@ -33,6 +38,10 @@ struct backend_options {
   // Backups get connections only while no primary backend can take one (none is
   // eligible, or every eligible one is at its maxconn).
   bool backup = false;
+  // The PROXY protocol header sent ahead of the client's bytes on every connection to
+  // it (every attempt, a requeued one too): the client's address and port, and the
+  // address and port the client connected to. The backend must expect it.
+  proxy_protocol proxy = proxy_protocol::none;
 };
 
 struct server_stats {
@@ -45,7 +54,32 @@ struct server_stats {
   std::uint64_t bytes_out = 0;  // backend to client
   std::uint64_t bytes_spliced = 0;  // of bytes_in and bytes_out, those moved by splice (Linux)
   std::uint64_t refused = 0;        // closed at once: over max_conns_per_client
+  std::uint64_t bad_proxy_headers = 0;  // reset: no valid PROXY header (accept_proxy)
 };
+
+// What became of one client connection, handed to server_options::on_access when it
+// ends (an access log: format_access_entry).
+struct access_entry {
+  std::string client;              // HOST:PORT; with accept_proxy, what the PROXY header announced
+  std::string via;                 // with accept_proxy: the upstream proxy's HOST:PORT; empty otherwise
+  std::vector<std::string> tried;  // HOST:PORT of each backend whose attempt failed, in order
+  std::string backend;             // HOST:PORT of the backend that served it; empty when none did
+  std::uint64_t bytes_in = 0;      // client to backend
+  std::uint64_t bytes_out = 0;     // backend to client
+  duration queued{0};              // time spent in the wait queue
+  duration lasted{0};              // from its accept to its end
+  // How it ended: "closed" (both sides finished), "client-reset" or "backend-reset"
+  // (that side failed: `reason` says how), "idle-timeout", "unavailable" (`reason`
+  // says why), "refused" (max_conns_per_client), "bad-proxy-header" (accept_proxy:
+  // `reason` says what is wrong), "shutdown" (the server stopped), "error" (this host
+  // could not serve it: `reason`).
+  const char* end = "";
+  std::string reason;
+};
+// The access log line of `e` (no newline), ended at `unix_ms` (ms since 1970), in the
+// stable format README "Access log" documents: space-separated key=value fields in a
+// fixed order, `-` for an empty value, `reason` last and quoted.
+std::string format_access_entry(const access_entry& e, std::int64_t unix_ms);
 
 // The ranges of server_options, defined once: check() and the daemon's flags use them.
 inline constexpr int min_workers = 1;
@@ -190,6 +224,17 @@ struct server_options {
   // one more is closed at once, counted in server_stats::refused. 0: no limit.
   std::size_t max_conns_per_client = 0;
   // ---- end of the limits
+  // The listen port is behind another proxy that speaks the PROXY protocol (v1 or v2,
+  // told apart by their first bytes): every connection must begin with its header,
+  // and the address it announces is the client's for persistence, hashing,
+  // max_conns_per_client, the logs and backends' own PROXY headers. A connection
+  // without a valid header within connect_timeout is reset (logged, rate-limited,
+  // counted in server_stats::bad_proxy_headers). Needs buffer_bytes >= 107 (the longest
+  // v1 header, whose end only shows once read).
+  bool accept_proxy = false;
+  // Called on the connection's loop thread as each client connection ends (an access
+  // log): one call per connection that was accepted, whatever became of it.
+  std::function<void(const access_entry&)> on_access;
   // Where the stats port listens (HTTP: /metrics for Prometheus, /status.json, and a
   // status page at /); empty (the default): none. Keep it on loopback or a private
   // network: it shows every backend's address and takes no password.
@@ -280,7 +325,7 @@ class server {
   // Applies `next` to the server as it runs, as a reload: what check() refuses is
   // refused (nothing changes). Open connections go on; the registry, persistence and
   // counters are kept. Applied at once: balance, persistent, concurrency, requeue,
-  // unavailable, on_unavailable, on_backend_error, the timeouts (host, connect, idle,
+  // unavailable, on_unavailable, on_backend_error, accept_proxy, on_access, the timeouts (host, connect, idle,
   // queue, admin, drain: an open connection takes a new one when its timer fires; one
   // that began with no idle timeout keeps none), slow_start, queue_limit, health detection and the active
   // checks, the limits (max_backends, max_admin_connections, max_admin_line,

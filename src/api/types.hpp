@@ -44,6 +44,14 @@ inline constexpr std::uint32_t hash_table_size = 65537;
 std::error_code parse_algorithm(std::string_view text, algorithm& out);
 const char* to_string(algorithm a) noexcept;
 
+// The PROXY protocol (HAProxy's proxy-protocol.txt) spoken ahead of a connection's own
+// bytes, so that the far end learns the client's address: not at all, the text line
+// (v1) or the binary header (v2).
+enum class proxy_protocol : std::uint8_t { none, v1, v2 };
+std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out);  // "none", "v1", "v2"
+const char* to_string(proxy_protocol p) noexcept;
+inline constexpr std::size_t proxy_v1_max = 107;  // the longest v1 header line, CRLF included
+
 enum class log_level { trace, debug, info, warn, error, off };
 using log_function = std::function<void(log_level, std::string_view message)>;
 const char* to_string(log_level l) noexcept;

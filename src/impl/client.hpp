@@ -114,6 +114,7 @@ struct client::impl {
                        " heartbeat=" + std::to_string(options.ack.count()) + "ms";
     if (!wanted.empty()) line += " id=" + wanted;
     if (!options.host.empty()) line += " host=" + options.host;
+    if (options.proxy != proxy_protocol::none) line += std::string(" proxy=") + to_string(options.proxy);
     l.io.write(line + "\n");
   }
 

@@ -314,6 +314,7 @@ class admin_protocol {
                 " active=" + std::to_string(b.active) + " total=" + std::to_string(b.total) +
                 " failures=" + std::to_string(b.failures) + " state=" + b.state +
                 " maxconn=" + std::to_string(b.maxconn) + " backup=" + (b.backup ? "yes" : "no") +
+                (b.proxy == proxy_protocol::none ? std::string() : std::string(" proxy=") + to_string(b.proxy)) +
                 (b.source.empty() ? std::string() : " source=" + b.source) + "\n";
       text += "ok backends=" + std::to_string(list.size()) + "\n";
       return append(out, text);
@@ -377,7 +378,7 @@ class admin_protocol {
   static const char* help_text() noexcept {
     return "# harmony/1 admin commands (one per line; replies end with 'ok ...' or 'err CODE MESSAGE')\n"
            "# hello [harmony/1]                      protocol version\n"
-           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [heartbeat=DUR]   agent: join or rejoin\n"
+           "# register port=P [id=ID] [host=H] [weight=W] [maxconn=N] [proxy=v1|v2] [heartbeat=DUR]   agent: join or rejoin\n"
            "# ping                                   agent heartbeat (answer: pong)\n"
            "# weight W                               agent: change its own weight\n"
            "# report [weight=W] [maxconn=N] [state=ready|drain|down]   agent: report its own load\n"
@@ -435,6 +436,9 @@ class admin_protocol {
     long long maxconn = 0;  // absent: no limit
     if (c.option("maxconn", text) && parse_integer(text, 0, max_maxconn, maxconn))
       return error(out, "bad-argument", "maxconn is 0 (no limit) to " + std::to_string(max_maxconn));
+    proxy_protocol proxy = proxy_protocol::none;  // absent: none
+    if (c.option("proxy", text) && parse_proxy_protocol(text, proxy))
+      return error(out, "bad-argument", "proxy is none, v1 or v2");
     std::int64_t heartbeat = 0;
     if (c.option("heartbeat", text)) {
       duration d{};
@@ -468,6 +472,7 @@ class admin_protocol {
         ctx.log(log_level::debug, "backend %s registered at %s weight %d", id.c_str(), at.to_string().c_str(), weight);
       }
       r->set_maxconn(id, static_cast<int>(maxconn));
+      r->set_proxy(id, proxy);
     }
     admin_effect bind;
     bind.what = admin_effect::kind::bind_agent;

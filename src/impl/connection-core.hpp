@@ -19,6 +19,7 @@ class connection_core : public io_handler {
 
   void set_owner(connection_owner* owner) noexcept { owner_ = owner; }
   bool is_open() const noexcept { return fd_ != invalid_socket; }
+  socket_handle handle() const noexcept { return fd_; }
   bool connecting() const noexcept { return connecting_; }
   // Whether a read may find something (or the end, or an error) now.
   bool readable() const noexcept { return readable_; }

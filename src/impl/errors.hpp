@@ -16,6 +16,17 @@ class harmony_category final : public std::error_category {
     return "unknown harmony error";
   }
 };
+
+// The enumerator among `values` whose to_string() is `text`.
+template <class E>
+std::error_code parse_by_name(std::string_view text, std::initializer_list<E> values, E& out) {
+  for (E v : values)
+    if (text == to_string(v)) {
+      out = v;
+      return {};
+    }
+  return make_error_code(errc::bad_option);
+}
 }  // namespace detail
 
 HARMONY_DEF const std::error_category& error_category() noexcept {
@@ -132,6 +143,19 @@ HARMONY_DEF const char* to_string(algorithm a) noexcept {
   return "?";
 }
 
+HARMONY_DEF const char* to_string(proxy_protocol p) noexcept {
+  switch (p) {
+    case proxy_protocol::none: return "none";
+    case proxy_protocol::v1: return "v1";
+    case proxy_protocol::v2: return "v2";
+  }
+  return "?";
+}
+
+HARMONY_DEF std::error_code parse_proxy_protocol(std::string_view text, proxy_protocol& out) {
+  return detail::parse_by_name(text, {proxy_protocol::none, proxy_protocol::v1, proxy_protocol::v2}, out);
+}
+
 HARMONY_DEF const char* to_string(log_level l) noexcept {
   switch (l) {
     case log_level::trace: return "trace";
@@ -145,13 +169,8 @@ HARMONY_DEF const char* to_string(log_level l) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_log_level(std::string_view text, log_level& out) {
-  for (log_level l : {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error,
-                      log_level::off})
-    if (text == to_string(l)) {
-      out = l;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(
+      text, {log_level::trace, log_level::debug, log_level::info, log_level::warn, log_level::error, log_level::off}, out);
 }
 
 HARMONY_DEF bool log_enabled(log_level threshold, log_level level) noexcept {
@@ -241,6 +260,9 @@ HARMONY_DEF std::error_code check(const server_options& o, option_problem* probl
   c.range("max_conns_per_client", o.max_conns_per_client, std::size_t{0}, max_max_connections);
   c.range("buffer_bytes", o.buffer_bytes, std::size_t{1}, max_buffer_bytes);
   c.range("bulk_buffer_bytes", o.bulk_buffer_bytes, std::size_t{0}, max_buffer_bytes);
+  // What follows a v1 header in its last read goes into the first relay buffer.
+  if (o.accept_proxy && o.buffer_bytes < proxy_v1_max)
+    c.fail(errc::bad_option, "buffer_bytes", "must be at least " + std::to_string(proxy_v1_max) + " with accept_proxy");
   if (o.resolve_interval < min_resolve_interval || o.resolve_interval > max_resolve_interval)
     c.fail(errc::bad_option, "resolve_interval",
            "must be from " + format_duration(min_resolve_interval) + " to " + format_duration(max_resolve_interval));
@@ -306,12 +328,7 @@ HARMONY_DEF const char* to_string(readiness r) noexcept {
 }
 
 HARMONY_DEF std::error_code parse_readiness(std::string_view text, readiness& out) {
-  for (readiness r : {readiness::ready, readiness::drain, readiness::down})
-    if (text == to_string(r)) {
-      out = r;
-      return {};
-    }
-  return make_error_code(errc::bad_option);
+  return detail::parse_by_name(text, {readiness::ready, readiness::drain, readiness::down}, out);
 }
 
 }  // namespace harmony

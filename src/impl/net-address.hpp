@@ -114,6 +114,14 @@ inline bool parse_ip(std::string_view text, resolved_address& out) noexcept {
   return true;
 }
 
+// An IPv4-mapped IPv6 address (::ffff:a.b.c.d, what a dual-stack socket reports for
+// an IPv4 peer) as the IPv4 address it stands for; any other address as it is.
+inline resolved_address unmapped(const resolved_address& a) noexcept {
+  static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (a.family != ip_family::v6 || std::memcmp(a.bytes, mapped, 12) != 0) return a;
+  return resolved_address::v4(a.bytes[12], a.bytes[13], a.bytes[14], a.bytes[15], a.port);
+}
+
 // An address block, "10.0.0.0/8" or "fd00::/8"; a bare address is one host (/32, /128).
 struct cidr {
   resolved_address base;  // with the host bits cleared
@@ -122,12 +130,9 @@ struct cidr {
   // Whether `a` (its host; the port is ignored) is in the block. An IPv4 block also
   // holds the IPv4-mapped IPv6 form (::ffff:a.b.c.d) that a dual-stack socket reports.
   bool contains(const resolved_address& a) const noexcept {
-    const std::uint8_t* bytes = a.bytes;
-    static constexpr std::uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    if (base.family == ip_family::v4 && a.family == ip_family::v6 && std::memcmp(a.bytes, mapped, 12) == 0)
-      bytes = a.bytes + 12;
-    else if (a.family != base.family)
-      return false;
+    resolved_address plain = base.family == ip_family::v4 ? unmapped(a) : a;
+    const std::uint8_t* bytes = plain.bytes;
+    if (plain.family != base.family) return false;
     for (int bit = 0; bit < prefix; bit += 8) {
       int keep = prefix - bit >= 8 ? 8 : prefix - bit;
       std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - keep));

@@ -519,6 +519,30 @@ inline std::int64_t unix_ms() noexcept {
       .count();
 }
 
+// `unix_ms` as UTC text, 2026-12-02T15:51:53.123Z: computed, not through gmtime, which
+// is not thread-safe everywhere and differs between platforms.
+inline std::string iso8601_utc(std::int64_t unix_ms) {
+  std::int64_t ms = ((unix_ms % 86400000) + 86400000) % 86400000;
+  std::int64_t days = (unix_ms - ms) / 86400000;
+  // The proleptic Gregorian calendar in eras of 400 years, from 0000-03-01, so that
+  // a leap day ends its year.
+  days += 719468;
+  std::int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+  std::int64_t day_of_era = days - era * 146097;
+  std::int64_t year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146096) / 365;
+  std::int64_t day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+  std::int64_t month_index = (5 * day_of_year + 2) / 153;  // from March
+  std::int64_t day = day_of_year - (153 * month_index + 2) / 5 + 1;
+  std::int64_t month = month_index < 10 ? month_index + 3 : month_index - 9;
+  std::int64_t year = year_of_era + era * 400 + (month <= 2);
+  char text[96];  // room for any 64-bit year, so that no compiler sees a truncation
+  std::snprintf(text, sizeof text, "%04lld-%02lld-%02lldT%02lld:%02lld:%02lld.%03lldZ", static_cast<long long>(year),
+                static_cast<long long>(month), static_cast<long long>(day), static_cast<long long>(ms / 3600000),
+                static_cast<long long>(ms / 60000 % 60), static_cast<long long>(ms / 1000 % 60),
+                static_cast<long long>(ms % 1000));
+  return text;
+}
+
 // Reads the file at `path` into `out`, at most `limit` bytes (errc::bad_option beyond).
 // std::errc::no_such_file_or_directory when there is none.
 inline std::error_code read_file(const std::string& path, std::string& out, std::size_t limit) {

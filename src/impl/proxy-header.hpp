@@ -6,7 +6,6 @@ namespace detail {
 // proxy's addresses in front of a connection's first byte, so that whoever is
 // behind a TCP proxy still sees who the client is. Version 1 is one text line of
 // at most 107 bytes; version 2 a 16-byte binary header and an address block.
-enum class proxy_version : std::uint8_t { none, v1, v2 };
 
 // The two ends a header describes: `source` is the client, `destination` where it
 // connected. `local` (v2 LOCAL, v1 UNKNOWN): the sender speaks for itself, the
@@ -18,7 +17,6 @@ struct proxy_addresses {
 };
 
 inline constexpr char proxy_v2_signature[12] = {'\r', '\n', '\r', '\n', '\0', '\r', '\n', 'Q', 'U', 'I', 'T', '\n'};
-inline constexpr std::size_t proxy_v1_max = 107;       // the longest v1 line, CRLF included
 inline constexpr std::size_t proxy_v2_fixed = 16;      // signature, version/command, family, length
 inline constexpr std::size_t proxy_header_max = proxy_v2_fixed + 0xffff;
 
@@ -148,15 +146,15 @@ inline bool parse_address_text(std::string_view text, resolved_address& out) {
 // The header for a connection from `a.source` to `a.destination`. Addresses a
 // header cannot carry (two families that differ, none known) are written as v1
 // UNKNOWN and v2 UNSPEC: the receiver then keeps the connection's own.
-inline std::string encode_proxy_header(proxy_version v, const proxy_addresses& a) {
+inline std::string encode_proxy_header(proxy_protocol v, const proxy_addresses& a) {
   bool same = a.source.family == a.destination.family && a.source.family != ip_family::none && !a.local;
-  if (v == proxy_version::v1) {
+  if (v == proxy_protocol::v1) {
     if (!same) return "PROXY UNKNOWN\r\n";
     return std::string("PROXY ") + (a.source.family == ip_family::v4 ? "TCP4 " : "TCP6 ") + address_text(a.source) +
            " " + address_text(a.destination) + " " + std::to_string(a.source.port) + " " +
            std::to_string(a.destination.port) + "\r\n";
   }
-  if (v != proxy_version::v2) return {};
+  if (v != proxy_protocol::v2) return {};
   std::string out(proxy_v2_signature, sizeof proxy_v2_signature);
   out.push_back(static_cast<char>(a.local ? 0x20 : 0x21));  // version 2, LOCAL or PROXY
   if (!same) {
@@ -184,7 +182,7 @@ struct proxy_parse {
   enum class status { incomplete, done, invalid };
   status result = status::incomplete;
   std::size_t consumed = 0;  // with done: the header's length; the stream's data follows it
-  proxy_version version = proxy_version::none;
+  proxy_protocol version = proxy_protocol::none;
   proxy_addresses addresses;
   const char* why = "";  // with invalid: what is wrong, for the log
 };
@@ -209,7 +207,7 @@ inline proxy_parse parse_proxy_header(std::string_view bytes) {
     if (command > 1) return fail("PROXY v2: unknown command");
     std::size_t length = (std::size_t{b(14)} << 8) | b(15);
     if (bytes.size() < proxy_v2_fixed + length) return p;
-    p.version = proxy_version::v2;
+    p.version = proxy_protocol::v2;
     p.consumed = proxy_v2_fixed + length;
     p.result = proxy_parse::status::done;
     unsigned family = b(13) >> 4, transport = b(13) & 15;
@@ -237,7 +235,7 @@ inline proxy_parse parse_proxy_header(std::string_view bytes) {
     return p;
   }
   if (end + 2 > proxy_v1_max) return fail("PROXY v1: longer than 107 bytes");
-  p.version = proxy_version::v1;
+  p.version = proxy_protocol::v1;
   p.consumed = end + 2;
   p.result = proxy_parse::status::done;
   std::string_view line = bytes.substr(6, end - 6);

@@ -15,9 +15,11 @@ struct relay_settings {
   std::int64_t queue_timeout_ms = 0;
   std::size_t queue_limit = 0;
   int requeue = 0;
+  bool accept_proxy = false;
   std::string unavailable;
   std::function<void(std::error_code, rejected_connection&)> on_unavailable;
   std::function<void(const std::string&, std::error_code)> on_backend_error;
+  std::function<void(const access_entry&)> on_access;
 
   static relay_settings from(const server_options& o) {
     relay_settings s;
@@ -26,16 +28,18 @@ struct relay_settings {
     s.queue_timeout_ms = o.queue_timeout.count();
     s.queue_limit = o.queue_limit;
     s.requeue = o.requeue;
+    s.accept_proxy = o.accept_proxy;
     s.unavailable = o.unavailable;
     s.on_unavailable = o.on_unavailable;
     s.on_backend_error = o.on_backend_error;
+    s.on_access = o.on_access;
     return s;
   }
 };
 
 struct relay_counters {
   std::atomic<std::uint64_t> accepted{0}, active{0}, unavailable{0}, connect_failures{0}, bytes_in{0},
-      bytes_out{0}, bytes_spliced{0};
+      bytes_out{0}, bytes_spliced{0}, bad_proxy_headers{0};
 };
 
 class session;
@@ -57,12 +61,19 @@ class session_host {
   // Chooses a backend for a client (by its address key), skipping the leases in
   // `tried`, and counts the connection against it.
   virtual bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) = 0;
-  virtual void release(const lease& backend, bool failed) = 0;
+  // Ends a connection's count against its backend, with the bytes it moved.
+  virtual void release(const lease& backend, bool failed, std::uint64_t bytes_in = 0, std::uint64_t bytes_out = 0) = 0;
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
-  // The client connection from `peer` has ended (the connection limits count it).
-  virtual void client_ended(const address& peer) = 0;
+  // Counts the client address against max_conns_per_client; false (counted and
+  // logged as refused) when it has as many open already.
+  virtual bool take_client_address(const address& peer) = 0;
+  // The client connection has ended (the connection limits count it); `peer` was
+  // taken by take_client_address when `address_counted`.
+  virtual void client_ended(const address& peer, bool address_counted) = 0;
+  // A connection that should have begun with a PROXY header did not (accept_proxy).
+  virtual void bad_proxy_header(const address& from, const char* why) = 0;
   virtual std::string backend_id(const lease& backend) = 0;
   // One proxied connection under the concurrency limit.
   virtual bool take_slot() = 0;
@@ -115,9 +126,10 @@ class replay_window {
 // so an idle connection costs no buffer at all.
 class session final : public connection_owner {
  public:
+  // greeting: reading the PROXY header an upstream proxy sends first (accept_proxy).
   // passing_reset: one side failed; what it sent before still goes to the
   // other side, and the reset follows it there.
-  enum class phase { idle, queued, connecting, retrying, relaying, passing_reset, farewell };
+  enum class phase { idle, greeting, queued, connecting, retrying, relaying, passing_reset, farewell };
 
   explicit session(session_host& host) : host_(host), client_(host.loop()), backend_(host.loop()) {
     client_.set_owner(this);
@@ -156,6 +168,9 @@ class session final : public connection_owner {
   void on_readable(connection& c) override;
   void on_written(connection& c, std::size_t bytes, std::error_code error) override;
 
+  void begin();
+  void read_greeting();
+  void refuse_greeting(const char* why);
   void start_attempt();
   void wait_for_backend();
   void connected();
@@ -174,6 +189,10 @@ class session final : public connection_owner {
   void took_in(const connection& src, std::size_t n);
   void report(attempt_outcome what, std::string_view why = {});
   void put_out(const connection& dst, std::size_t n);
+  io_status send_header(connection& dst, std::error_code& error);
+  const proxy_addresses& ends();
+  void ending(const char* how, std::string reason = {});
+  void log_access();
   direction& towards(const connection& dst) noexcept { return &dst == &backend_ ? up_ : down_; }
   std::string client_text() const { return peer_.to_endpoint().to_string(); }
 
@@ -201,6 +220,28 @@ class session final : public connection_owner {
   std::uint8_t reset_polls_ = 0;  // passing_reset: how often the other kernel was asked
   std::string farewell_;
   std::size_t farewell_sent_ = 0;
+  // PROXY protocol: the client's and the listener's addresses (from an upstream
+  // header, or the connection's own, found when first needed), and the bytes of a
+  // header: what arrived of an upstream's (greeting), later the one the current
+  // backend is sent ahead of the client's bytes, with what is left of it to send.
+  proxy_addresses ends_;
+  bool ends_known_ = false;
+  bool address_counted_ = false;  // take_client_address counted peer_
+  std::uint32_t header_left_ = 0;
+  std::string header_;
+  // How it ended, set by whatever ends it (null: the server stopped), and for the
+  // access log (on_access only) what else it must tell.
+  const char* end_ = nullptr;
+  struct journal {
+    std::int64_t accepted_at = 0;
+    std::string via;
+    std::vector<std::string> tried;
+    std::string reason;
+    resolved_address to;  // the current attempt's backend
+    std::int64_t queued_ms = 0;
+  };
+  std::unique_ptr<journal> journal_;  // kept for the next client, like the strings above
+  bool journaling_ = false;
 };
 
 inline void session::start(socket_handle fd, const address& peer) {
@@ -216,14 +257,45 @@ inline void session::start(socket_handle fd, const address& peer) {
   replay_.reset();
   farewell_.clear();
   farewell_sent_ = 0;
+  header_left_ = 0;
+  ends_known_ = address_counted_ = false;
+  end_ = nullptr;
+  const relay_settings& settings = host_.settings();
+  journaling_ = static_cast<bool>(settings.on_access);
+  if (journaling_) {
+    if (!journal_) journal_ = std::make_unique<journal>();
+    journal_->via.clear();
+    journal_->tried.clear();
+    journal_->reason.clear();
+    journal_->to = resolved_address{};
+    journal_->queued_ms = 0;
+    journal_->accepted_at = host_.loop().now();
+  }
   reactor& loop = host_.loop();
   last_activity_ = loop.now();
   phase_ = phase::connecting;  // owns resources from here on: close() gives them back
   if (std::error_code e = client_.adopt(fd)) {
     host_.log()(log_level::error, "cannot watch the connection from %s: %s", client_text().c_str(),
                 e.message().c_str());
+    ending("error", e.message());
     return close(true);
   }
+  if (!settings.accept_proxy) return begin();
+  phase_ = phase::greeting;
+  header_.clear();
+  loop.schedule(clock_, loop.now() + settings.connect_timeout_ms);
+  client_.want_read(true);
+  read_greeting();  // it has often arrived with the accept
+}
+
+// Once the client's address is known: counts it, then waits for a slot or starts.
+inline void session::begin() {
+  if (!host_.take_client_address(peer_)) {
+    ending("refused");
+    return close(false);
+  }
+  address_counted_ = true;
+  reactor& loop = host_.loop();
   if (host_.take_slot()) {
     holds_slot_ = true;
     return start_attempt();
@@ -246,9 +318,62 @@ inline void session::wait_for_backend() {
 }
 
 inline void session::admitted() {
-  host_.loop().cancel(clock_);
+  reactor& loop = host_.loop();
+  loop.cancel(clock_);
+  if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
   holds_slot_ = true;
   start_attempt();
+}
+
+// Reads the upstream proxy's header: never past its end where its length shows (v2),
+// and for v1 at most to the longest header, so that what follows it, the client's
+// first bytes, fits the first relay buffer (check() asks buffer_bytes >= proxy_v1_max).
+inline void session::read_greeting() {
+  static constexpr std::size_t shortest = 15;  // "PROXY UNKNOWN\r\n"
+  const std::string_view signature(proxy_v2_signature, sizeof proxy_v2_signature);
+  for (;;) {
+    proxy_parse p = parse_proxy_header(header_);
+    if (p.result == proxy_parse::status::invalid) return refuse_greeting(p.why);
+    if (p.result == proxy_parse::status::done) {
+      host_.loop().cancel(clock_);
+      client_.want_read(false);
+      if (!p.addresses.local) {  // LOCAL and UNKNOWN: the connection's own addresses stand
+        if (journaling_) journal_->via = client_text();
+        ends_ = p.addresses;
+        ends_known_ = true;
+        peer_ = to_os_address(p.addresses.source);
+      }
+      if (std::size_t rest = header_.size() - p.consumed) {
+        up_.data = host_.pool().take(false);
+        std::memcpy(up_.data, header_.data() + p.consumed, rest);
+        up_.end = static_cast<std::uint32_t>(rest);
+      }
+      header_.clear();
+      return begin();
+    }
+    std::size_t have = header_.size(), want;
+    if (have < shortest) want = shortest - have;
+    else if (header_.compare(0, std::min(have, signature.size()), signature.substr(0, std::min(have, signature.size()))) != 0)
+      want = proxy_v1_max - have;
+    else if (have < proxy_v2_fixed) want = proxy_v2_fixed - have;
+    else want = proxy_v2_fixed + ((std::size_t{static_cast<unsigned char>(header_[14])} << 8) |
+                                  static_cast<unsigned char>(header_[15])) - have;
+    header_.resize(have + want);
+    std::error_code e;
+    read_result n = client_.read(&header_[have], want, e);
+    header_.resize(have + static_cast<std::size_t>(n > 0 ? n : 0));
+    if (n > 0) continue;
+    if (n == 0) return refuse_greeting("closed before its PROXY header ended");
+    if (!e) return;  // the rest comes with the next readable event
+    ending("client-reset", e.message());
+    return close(true);
+  }
+}
+
+inline void session::refuse_greeting(const char* why) {
+  host_.bad_proxy_header(peer_, why);
+  ending("bad-proxy-header", why);
+  close(true);
 }
 
 inline void session::start_attempt() {
@@ -264,15 +389,28 @@ inline void session::start_attempt() {
   trial_ = pick.trial;
   watch_ = pick.watch || pick.trial;
   phase_ = phase::connecting;
+  if (journaling_) journal_->to = pick.to;
+  header_left_ = 0;
+  if (pick.proxy != proxy_protocol::none) {
+    header_ = encode_proxy_header(pick.proxy, ends());
+    header_left_ = static_cast<std::uint32_t>(header_.size());
+  }
   if (attempts_ == 0 && !up_.data && !up_.eof && !read_ahead()) return;
   std::size_t sent = 0;
   std::error_code e;
   address to = to_os_address(pick.to);
-  switch (backend_.connect(to, up_.data + up_.begin, up_.end - up_.begin, sent, e)) {
+  // The PROXY header goes first, with the connect; the client's bytes follow it.
+  const char* early = header_left_ ? header_.data() : up_.data + up_.begin;
+  std::size_t early_size = header_left_ ? header_.size() : up_.end - up_.begin;
+  switch (backend_.connect(to, early, early_size, sent, e)) {
     case io_status::failed: return attempt_failed(e);
     case io_status::done:
-      up_.begin += static_cast<std::uint32_t>(sent);
-      put_out(backend_, sent);
+      if (header_left_) {
+        header_left_ -= static_cast<std::uint32_t>(sent);
+      } else {
+        up_.begin += static_cast<std::uint32_t>(sent);
+        put_out(backend_, sent);
+      }
       return connected();
     case io_status::pending: break;
   }
@@ -299,6 +437,7 @@ inline bool session::read_ahead() {
   pool.give(buffer, false);
   if (n == 0) up_.eof = true;
   if (!e) return true;
+  ending("client-reset", e.message());
   close(true);  // the client is gone already
   return false;
 }
@@ -322,6 +461,7 @@ inline void session::on_connected(connection&, std::error_code error) {
 
 inline void session::on_readable(connection&) {
   if (phase_ == phase::relaying) return pump();
+  if (phase_ == phase::greeting) return read_greeting();
   if (phase_ == phase::farewell) return farewell_pump();
 }
 
@@ -331,14 +471,18 @@ inline void session::on_written(connection& c, std::size_t bytes, std::error_cod
     farewell_sent_ += bytes;
     return farewell_pump();
   }
-  direction& d = towards(c);
-  if (d.piped) {
-    d.piped -= static_cast<std::uint32_t>(bytes);
-    spliced_ += bytes;
+  if (&c == &backend_ && header_left_ > 0) {
+    header_left_ -= static_cast<std::uint32_t>(std::min<std::size_t>(bytes, header_left_));
   } else {
-    d.begin += static_cast<std::uint32_t>(bytes);
+    direction& d = towards(c);
+    if (d.piped) {
+      d.piped -= static_cast<std::uint32_t>(bytes);
+      spliced_ += bytes;
+    } else {
+      d.begin += static_cast<std::uint32_t>(bytes);
+    }
+    put_out(c, bytes);
   }
-  put_out(c, bytes);
   if (phase_ == phase::passing_reset) return error ? close(true) : pass_reset();
   if (error) return fail(c, error);
   if (phase_ == phase::relaying) pump();
@@ -360,6 +504,7 @@ inline void session::attempt_failed(std::error_code why) {
   if (!ours) watch_ = true;  // every failure of the backend counts; a trial of ours is abandoned
   report(ours ? attempt_outcome::abandoned : attempt_outcome::failed, why.message());
   host_.release(current_, !ours);
+  if (journaling_) journal_->tried.push_back(to_os_address(journal_->to).to_endpoint().to_string());
   tried_.push_back(current_);
   current_ = lease{};
   backend_.close(false);
@@ -380,7 +525,9 @@ inline void session::on_clock() {
   switch (phase_) {
     case phase::queued:
       host_.stop_waiting(*this);
+      if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
       return unavailable(make_error_code(errc::queue_timeout));
+    case phase::greeting: return refuse_greeting("no PROXY header within the connect timeout");
     case phase::retrying: return start_attempt();
     case phase::connecting: return attempt_failed(make_error_code(errc::connect_timeout));
     case phase::relaying: {
@@ -388,6 +535,7 @@ inline void session::on_clock() {
       std::int64_t deadline = last_activity_ + host_.settings().idle_timeout_ms;
       if (loop.now() >= deadline) {
         host_.log()(log_level::debug, "idle timeout for %s", client_text().c_str());
+        ending("idle-timeout");
         return close(false);
       }
       return loop.schedule(clock_, deadline);
@@ -409,7 +557,10 @@ inline void session::pump() {
     up_.data = nullptr;
     up_.begin = up_.end = 0;
   }
-  if (up_.shut && down_.shut) return close(false);
+  if (up_.shut && down_.shut) {
+    ending("closed");
+    return close(false);
+  }
   // A side is told of readability only while its outgoing direction may read.
   client_.want_read(!up_.eof && !up_.holds_bytes());
   backend_.want_read(!down_.eof && !down_.holds_bytes());
@@ -437,13 +588,65 @@ inline void session::put_out(const connection& dst, std::size_t n) {
   last_activity_ = host_.loop().now();
 }
 
+// Writes what is left of the PROXY header; the client's bytes wait behind it.
+inline io_status session::send_header(connection& dst, std::error_code& error) {
+  std::size_t written = 0;
+  io_status sent = dst.write(header_.data() + (header_.size() - header_left_), header_left_, written, error);
+  header_left_ -= static_cast<std::uint32_t>(written);
+  return sent;
+}
+
+// The client's address and the one it connected to: an upstream's header said, or
+// the connection's own (an IPv4 client of a dual-stack listener as IPv4).
+inline const proxy_addresses& session::ends() {
+  if (!ends_known_) {
+    ends_ = proxy_addresses{};
+    ends_.source = unmapped(to_resolved(peer_));
+    address local;
+    if (!local_address(client_.handle(), local)) ends_.destination = unmapped(to_resolved(local));
+    ends_known_ = true;
+  }
+  return ends_;
+}
+
+// The first to tell how the connection ends is right: what follows (a reset passed
+// on, a farewell that cannot be written) is its consequence.
+inline void session::ending(const char* how, std::string reason) {
+  if (end_) return;
+  end_ = how;
+  if (journaling_) journal_->reason = std::move(reason);
+}
+
+inline void session::log_access() {
+  access_entry e;
+  e.client = client_text();
+  e.via = std::move(journal_->via);
+  e.tried = std::move(journal_->tried);
+  if (journal_->to.valid()) e.backend = to_os_address(journal_->to).to_endpoint().to_string();
+  e.bytes_in = sent_to_backend_;
+  e.bytes_out = received_from_backend_;
+  e.queued = duration(journal_->queued_ms);
+  e.lasted = duration(host_.loop().now() - journal_->accepted_at);
+  e.end = end_ ? end_ : "shutdown";
+  e.reason = std::move(journal_->reason);
+  host_.settings().on_access(e);
+}
+
 // Moves one direction as far as it goes now: writes what it holds, then reads
 // more. False when the session has ended.
 inline bool session::flow(direction& d, connection& src, connection& dst) {
   buffer_pool& pool = host_.pool();
   for (;;) {
     if (dst.writing()) return true;  // on_written goes on
-    if (d.holds_bytes()) {
+    if (&d == &up_ && header_left_ > 0) {
+      std::error_code e;
+      io_status sent = send_header(dst, e);
+      if (sent == io_status::failed) {
+        fail(dst, e);
+        return false;
+      }
+      if (sent == io_status::pending) return true;
+    } else if (d.holds_bytes()) {
       std::error_code e;
       io_status sent = send_held(d, dst, e);
       if (sent == io_status::failed) {
@@ -543,6 +746,7 @@ inline void session::fail(connection& where, std::error_code error) {
                               : error);
   host_.log()(log_level::debug, "%s side of %s failed: %s", &where == &backend_ ? "backend" : "client",
               client_text().c_str(), error.message().c_str());
+  ending(&where == &backend_ ? "backend-reset" : "client-reset", error.message());
   // A reset is passed on as a reset, but only behind the bytes the failed side
   // sent before it: those still go to the other side first.
   connection& other = &where == &backend_ ? client_ : backend_;
@@ -560,6 +764,7 @@ inline void session::fail(connection& where, std::error_code error) {
 inline void session::pass_reset() {
   direction& d = backend_.is_open() ? up_ : down_;  // towards the side still open
   connection& dst = &d == &up_ ? backend_ : client_;
+  if (&d == &up_ && header_left_ > 0 && !dst.writing()) return close(true);  // no byte may pass its header
   while (!dst.writing() && d.holds_bytes()) {
     std::error_code e;
     io_status sent = send_held(d, dst, e);
@@ -583,6 +788,7 @@ inline void session::pass_reset() {
 inline void session::unavailable(std::error_code why) {
   const relay_settings& settings = host_.settings();
   host_.counters().unavailable.fetch_add(1, std::memory_order_relaxed);
+  ending("unavailable", why.message());
   if (holds_slot_) {
     holds_slot_ = false;
     host_.give_slot();
@@ -646,20 +852,28 @@ inline void session::close(bool reset) {
   if (phase_ == phase::idle) return;
   reactor& loop = host_.loop();
   loop.cancel(clock_);
-  if (phase_ == phase::queued) host_.stop_waiting(*this);
+  if (phase_ == phase::queued) {
+    host_.stop_waiting(*this);
+    if (journaling_) journal_->queued_ms = loop.now() - waiting.since;
+  }
   client_.close(reset);
   backend_.close(reset);
+  bool served = current_.valid() && connected_;
   if (current_.valid()) {
     report(connected_ ? attempt_outcome::answered : attempt_outcome::abandoned);
-    host_.release(current_, false);
+    host_.release(current_, false, sent_to_backend_, received_from_backend_);
   }
   current_ = lease{};
+  if (journaling_) {
+    if (!served) journal_->to = resolved_address{};
+    log_access();
+  }
   relay_counters& counters = host_.counters();
   counters.bytes_in.fetch_add(sent_to_backend_, std::memory_order_relaxed);
   counters.bytes_out.fetch_add(received_from_backend_, std::memory_order_relaxed);
   counters.bytes_spliced.fetch_add(spliced_, std::memory_order_relaxed);
   counters.active.fetch_sub(1, std::memory_order_relaxed);
-  host_.client_ended(peer_);
+  host_.client_ended(peer_, address_counted_);
   phase_ = phase::idle;
   bool had_slot = holds_slot_;
   holds_slot_ = false;

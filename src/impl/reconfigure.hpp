@@ -39,6 +39,8 @@ inline void take_live_options(server_options& to, const server_options& from) {
   to.unavailable = from.unavailable;
   to.on_unavailable = from.on_unavailable;
   to.on_backend_error = from.on_backend_error;
+  to.accept_proxy = from.accept_proxy;
+  to.on_access = from.on_access;
   to.host_timeout = from.host_timeout;
   to.connect_timeout = from.connect_timeout;
   to.idle_timeout = from.idle_timeout;

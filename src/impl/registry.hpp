@@ -16,6 +16,7 @@ struct pick_result {
   // whether its outcome must be reported (a trial, or failures are being counted).
   bool trial = false;
   bool watch = false;
+  proxy_protocol proxy = proxy_protocol::none;  // the header the chosen backend is sent first
 };
 
 // One kept backend (--state-file, >>state-file) and the address it is reached at; the
@@ -298,6 +299,11 @@ class registry {
     });
   }
 
+  // The PROXY protocol header its connections begin with (backend_options::proxy).
+  std::error_code set_proxy(std::string_view id, proxy_protocol p) {
+    return update(id, -1, [&](record& r, std::uint32_t) { r.proxy = p; });
+  }
+
   // Slow start: a backend that becomes eligible (joins or comes back) ramps its
   // effective weight up over this many milliseconds; 0 turns it off.
   void set_slow_start(std::int64_t ms) { slow_start_ms_ = std::max<std::int64_t>(ms, 0); }
@@ -341,6 +347,7 @@ class registry {
     }
     out.chosen = lease{chosen, r.generation};
     out.to = r.to;
+    out.proxy = r.proxy;
     out.watch = r.health.watching();
     if (r.health.picked(now, health_)) {
       out.trial = true;
@@ -439,13 +446,16 @@ class registry {
     return out;
   }
 
-  // Ends a connection's count against its backend. True when that made room on a
-  // backend that was at its maxconn: connections waiting for one may go now.
-  bool release(const lease& l, bool failed) {
+  // Ends a connection's count against its backend, with the bytes it moved each way
+  // (client to backend, backend to client). True when that made room on a backend
+  // that was at its maxconn: connections waiting for one may go now.
+  bool release(const lease& l, bool failed, std::uint64_t bytes_in = 0, std::uint64_t bytes_out = 0) {
     if (!l.valid() || !current(l)) return false;
     record& r = records_[l.slot];
     if (r.active > 0) --r.active;
     if (failed) ++r.failures;
+    r.bytes_in += bytes_in;
+    r.bytes_out += bytes_out;
     tiers_[r.backup].picks.set_active(l.slot, r.active);
     if (!r.full || at_limit(r)) return false;
     r.full = false;
@@ -484,6 +494,9 @@ class registry {
       b.draining = r.draining;
       b.state = state_of(slot, now);
       b.source = r.source;
+      b.proxy = r.proxy;
+      b.bytes_in = r.bytes_in;
+      b.bytes_out = r.bytes_out;
       out.push_back(std::move(b));
     }
     return out;
@@ -511,6 +524,7 @@ class registry {
       s.weight = r.weight;
       s.maxconn = r.maxconn;
       s.backup = r.backup;
+      s.proxy = r.proxy;
       s.drained = r.draining;
       s.reported = r.reported;
       s.ack_unix_ms = std::max<std::int64_t>(0, unix_now - (now - r.last_ack));
@@ -536,6 +550,7 @@ class registry {
     std::int64_t age = std::max<std::int64_t>(0, unix_now - k.ack_unix_ms);
     return update(id, now, [&](record& r, std::uint32_t) {
       r.maxconn = k.maxconn;
+      r.proxy = k.proxy;
       r.full = false;
       r.draining = k.drained;
       r.reported = k.reported;
@@ -559,6 +574,7 @@ class registry {
     int maxconn = 0;      // 0: no limit
     bool backup = false;  // in the backup tier
     bool full = false;    // at its maxconn
+    proxy_protocol proxy = proxy_protocol::none;
     // Where place() last put it: eligible when last judged, and in the hash table
     // (with which weight), so that the table is rebuilt only when these change.
     bool listed = false;
@@ -568,6 +584,7 @@ class registry {
     int active = 0;
     std::uint64_t total = 0;
     std::uint64_t failures = 0;
+    std::uint64_t bytes_in = 0, bytes_out = 0;
     std::int64_t last_ack = 0;
     std::int64_t eligible_since = 0;  // when it last became eligible (slow start)
     bool ramping = false;             // in ramping_: its effective weight still grows

@@ -28,6 +28,7 @@ struct resolver_name {
   bool srv = false;  // an SRV name (is_srv_name): ports, weights and roles from its records
   int maxconn = 0;   // of each backend (backend_options::maxconn)
   bool backup = false;
+  proxy_protocol proxy = proxy_protocol::none;
 };
 struct resolution {
   std::size_t index = 0;  // the name's place in the order names were given

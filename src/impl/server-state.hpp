@@ -73,9 +73,12 @@ struct server::impl {
                                                              "new ones wait in the backlog", at_most);
     return clients.load(std::memory_order_relaxed) < limit;
   }
-  // Counts an accepted connection; false (counted as refused) when its address has
-  // max_conns_per_client open already.
-  bool take_client(const detail::address& peer) {
+  // Counts a connection from its accept on.
+  void client_accepted() { clients.fetch_add(1, std::memory_order_relaxed); }
+  // Counts the client's address (the connection's own, or what an upstream proxy's
+  // header announced); false (counted as refused) when it has max_conns_per_client
+  // open already.
+  bool take_client_address(const detail::address& peer) {
     std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
     if (per_client_max > 0) {
       std::string key = peer.host_key();
@@ -91,10 +94,17 @@ struct server::impl {
       }
       ++open;
     }
-    clients.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  void client_ended(const detail::address& peer);  // >>worker: may resume the listeners
+  // >>worker: may resume the listeners. `address_counted`: take_client_address took `peer`.
+  void client_ended(const detail::address& peer, bool address_counted);
+  // A connection without a valid PROXY header (accept_proxy): logged, rate-limited.
+  void bad_proxy_header(const detail::address& from, const char* why) {
+    std::uint64_t held = 0;
+    if (bad_proxy_log.pass(detail::now_ms(), held))
+      log(log_level::warn, "connection from %s reset: %s (--accept-proxy)%s", from.to_endpoint().to_string().c_str(), why,
+          held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
+  }
   void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
@@ -158,6 +168,7 @@ struct server::impl {
   std::atomic<std::size_t> per_client_limit;   // max_conns_per_client in force, read on every loop
   std::atomic<std::uint64_t> refused{0};       // over max_conns_per_client
   detail::log_gate refused_log;
+  detail::log_gate bad_proxy_log;
   std::mutex per_client_mutex;
   std::unordered_map<std::string, std::size_t> per_client;  // open connections by client address
   std::vector<std::unique_ptr<detail::worker>> workers;

@@ -172,7 +172,7 @@ inline std::error_code server::impl::add_name(std::string_view address, const ba
       options.maxconn > max_maxconn)
     return make_error_code(errc::bad_option);
   std::lock_guard<std::mutex> lock(lifecycle);
-  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup});
+  names.push_back(detail::resolver_name{at, options.weight, srv, options.maxconn, options.backup, options.proxy});
   if (resolver) resolver->add(names.back());
   else if (running) start_resolver();
   return {};
@@ -207,6 +207,7 @@ inline void server::impl::apply(const detail::resolution& r) {
             table->set_source(id, name);
             if (c.backup) table->set_backup(id, true);
             if (r.name.maxconn) table->set_maxconn(id, r.name.maxconn);
+            table->set_proxy(id, r.name.proxy);
             d.bind(c.to, id);
           } else {
             notes.push_back("backend " + at + " from " + name + " not added: " + e.message());
@@ -536,6 +537,7 @@ inline std::error_code server::impl::add_static(std::string_view address, const 
     if (auto e = r->add(at, &to, options.weight, false, &id, detail::now_ms())) return e;
     r->set_maxconn(id, options.maxconn);
     r->set_backup(id, options.backup);
+    r->set_proxy(id, options.proxy);
   }
   rebuild_tables();
   if (id_out) *id_out = id;
@@ -580,6 +582,24 @@ HARMONY_DEF std::error_code server::set_concurrency(int limit) {
   return {};
 }
 
+HARMONY_DEF std::string format_access_entry(const access_entry& e, std::int64_t unix_ms) {
+  auto text = [](const std::string& v) { return v.empty() ? std::string("-") : v; };
+  std::string tried;
+  for (const std::string& t : e.tried) tried += (tried.empty() ? "" : ",") + t;
+  std::string reason = "\"";
+  for (char c : e.reason) {  // one line whatever the text: quotes and control bytes escaped
+    if (c == '"' || c == '\\') reason += '\\';
+    if (static_cast<unsigned char>(c) < ' ') c = ' ';
+    reason += c;
+  }
+  reason += '"';
+  return "time=" + detail::iso8601_utc(unix_ms) + " client=" + text(e.client) + " via=" + text(e.via) +
+         " backend=" + text(e.backend) + " tried=" + text(tried) + " bytes_in=" + std::to_string(e.bytes_in) +
+         " bytes_out=" + std::to_string(e.bytes_out) + " queue_ms=" + std::to_string(e.queued.count()) +
+         " duration_ms=" + std::to_string(e.lasted.count()) + " end=" + (*e.end ? e.end : "-") +
+         " reason=" + reason;
+}
+
 HARMONY_DEF std::vector<backend_info> server::backends() const { return impl_->backends.lock()->list(detail::now_ms()); }
 
 HARMONY_DEF server_stats server::stats() const {
@@ -597,6 +617,7 @@ inline server_stats server::impl::collect_stats() const {
     s.bytes_in += w->stats.bytes_in.load(std::memory_order_relaxed);
     s.bytes_out += w->stats.bytes_out.load(std::memory_order_relaxed);
     s.bytes_spliced += w->stats.bytes_spliced.load(std::memory_order_relaxed);
+    s.bad_proxy_headers += w->stats.bad_proxy_headers.load(std::memory_order_relaxed);
   }
   s.queued = static_cast<std::uint64_t>(waiting.load(std::memory_order_relaxed));
   s.refused = refused.load(std::memory_order_relaxed);

@@ -7,7 +7,7 @@ namespace detail {
 // what it reads to parse_state(), the one entry point for untrusted bytes.
 //
 //   harmony-state 1
-//   backend id=5F38…7BDA kind=legacy host=10.0.0.7 addr=10.0.0.7 port=11081 weight=1000 maxconn=0 backup=0 drained=0 state=ready ack=1764651234567
+//   backend id=5F38…7BDA kind=legacy host=10.0.0.7 addr=10.0.0.7 port=11081 weight=1000 maxconn=0 backup=0 proxy=none drained=0 state=ready ack=1764651234567
 //   end 1
 //
 // One `backend` line per backend: space-separated key=value fields in any order;
@@ -28,6 +28,7 @@ struct state_record {
   int weight = default_weight;
   int maxconn = 0;
   bool backup = false;
+  proxy_protocol proxy = proxy_protocol::none;
   bool drained = false;  // by an operator
   readiness reported = readiness::ready;  // by its agent
   std::int64_t ack_unix_ms = 0;  // the last ack, wall clock (ms since 1970)
@@ -69,7 +70,7 @@ inline std::string format_state(const std::vector<state_record>& records) {
     out += "backend id=" + r.id + " kind=" + to_string(r.kind) + " host=" + text(r.host) + " addr=" + text(r.addr) +
            " port=" + std::to_string(r.port) + " weight=" + std::to_string(r.weight) +
            " maxconn=" + std::to_string(r.maxconn) + " backup=" + (r.backup ? "1" : "0") +
-           " drained=" + (r.drained ? "1" : "0") + " state=" + harmony::to_string(r.reported) +
+           " proxy=" + harmony::to_string(r.proxy) + " drained=" + (r.drained ? "1" : "0") + " state=" + harmony::to_string(r.reported) +
            " ack=" + std::to_string(r.ack_unix_ms) + " source=" + text(r.source) + "\n";
     ++written;
   }
@@ -131,6 +132,8 @@ inline std::string backend_line(std::string_view fields, state_record& r) {
       r.maxconn = static_cast<int>(number);
     } else if (key == "backup") {
       if (!flag_value(value, r.backup)) return "backup is 0 or 1";
+    } else if (key == "proxy") {
+      if (parse_proxy_protocol(value, r.proxy)) return "proxy '" + std::string(value) + "' is not none, v1 or v2";
     } else if (key == "drained") {
       if (!flag_value(value, r.drained)) return "drained is 0 or 1";
     } else if (key == "state") {

@@ -90,13 +90,18 @@ inline std::string render_prometheus(const stats_snapshot& s) {
   };
   scalar("harmony_connections_accepted_total", "counter", "Client connections accepted.", double(s.totals.accepted));
   scalar("harmony_connections_active", "gauge", "Client connections open now.", double(s.totals.active));
-  scalar("harmony_connections_queued", "gauge", "Client connections waiting in the concurrency queue.",
+  scalar("harmony_connections_queued", "gauge", "Client connections waiting in the wait queue: one queue for all backends, for a "
+         "concurrency slot or for room on any backend at its maxconn.",
          double(s.totals.queued));
   scalar("harmony_connections_unavailable_total", "counter",
          "Client connections nobody could serve (no backend, attempts exhausted, queue full or timed out).",
          double(s.totals.unavailable));
   scalar("harmony_backend_connect_failures_total", "counter", "Failed backend connection attempts, all backends.",
          double(s.totals.connect_failures));
+  scalar("harmony_connections_refused_total", "counter",
+         "Client connections closed at once: their address had max-conns-per-client open.", double(s.totals.refused));
+  scalar("harmony_bad_proxy_headers_total", "counter",
+         "Client connections reset for lack of a valid PROXY header (accept-proxy).", double(s.totals.bad_proxy_headers));
   scalar("harmony_bytes_in_total", "counter", "Bytes relayed from clients to backends.", double(s.totals.bytes_in));
   scalar("harmony_bytes_out_total", "counter", "Bytes relayed from backends to clients.", double(s.totals.bytes_out));
   scalar("harmony_bytes_spliced_total", "counter", "Of the bytes relayed, those moved inside the kernel (splice).",
@@ -126,6 +131,12 @@ inline std::string render_prometheus(const stats_snapshot& s) {
        [](const backend_info& b) { return double(b.total); }},
       {"harmony_backend_failures_total", "counter", "Failed connection attempts to the backend.",
        [](const backend_info& b) { return double(b.failures); }},
+      {"harmony_backend_bytes_in_total", "counter",
+       "Bytes relayed from clients to the backend, counted as each connection ends.",
+       [](const backend_info& b) { return double(b.bytes_in); }},
+      {"harmony_backend_bytes_out_total", "counter",
+       "Bytes relayed from the backend to clients, counted as each connection ends.",
+       [](const backend_info& b) { return double(b.bytes_out); }},
   };
   for (const per_backend& row : rows) {
     family(row.name, row.type, row.help);
@@ -135,7 +146,7 @@ inline std::string render_prometheus(const stats_snapshot& s) {
   for (const backend_info& b : s.backends)
     sample("harmony_backend_info",
            labels(b) + ",state=\"" + prometheus_label(b.state) + "\",backup=\"" + (b.backup ? "yes" : "no") +
-               "\",source=\"" + prometheus_label(b.source) + "\"",
+               "\",source=\"" + prometheus_label(b.source) + "\",proxy=\"" + to_string(b.proxy) + "\"",
            1.0);
   return out;
 }
@@ -167,7 +178,8 @@ inline std::string render_json(const stats_snapshot& s) {
                     ",\"queued\":" + std::to_string(t.queued) + ",\"unavailable\":" + std::to_string(t.unavailable) +
                     ",\"connect_failures\":" + std::to_string(t.connect_failures) +
                     ",\"bytes_in\":" + std::to_string(t.bytes_in) + ",\"bytes_out\":" + std::to_string(t.bytes_out) +
-                    ",\"backends\":[";
+                    ",\"refused\":" + std::to_string(t.refused) +
+                    ",\"bad_proxy_headers\":" + std::to_string(t.bad_proxy_headers) + ",\"backends\":[";
   for (std::size_t i = 0; i < s.backends.size(); ++i) {
     const backend_info& b = s.backends[i];
     if (i) out += ",";
@@ -175,7 +187,9 @@ inline std::string render_json(const stats_snapshot& s) {
            ",\"state\":" + json_string(b.state) + ",\"weight\":" + std::to_string(b.weight) +
            ",\"maxconn\":" + std::to_string(b.maxconn) + ",\"backup\":" + (b.backup ? "true" : "false") +
            ",\"active\":" + std::to_string(b.active) + ",\"total\":" + std::to_string(b.total) +
-           ",\"failures\":" + std::to_string(b.failures) + ",\"source\":" + json_string(b.source) + "}";
+           ",\"failures\":" + std::to_string(b.failures) + ",\"bytes_in\":" + std::to_string(b.bytes_in) +
+           ",\"bytes_out\":" + std::to_string(b.bytes_out) + ",\"proxy\":" + json_string(to_string(b.proxy)) +
+           ",\"source\":" + json_string(b.source) + "}";
   }
   return out + "]}";
 }
@@ -200,7 +214,8 @@ inline std::string render_status_page(const stats_snapshot& s) {
     rows += "<tr><td>" + html_text(b.id.substr(0, 8)) + "</td><td>" + html_text(b.address.to_string()) +
             "</td><td class=\"s-" + html_text(b.state) + "\">" + html_text(b.state) + "</td><td>" +
             std::to_string(b.weight) + "</td><td>" + std::to_string(b.active) + "</td><td>" +
-            std::to_string(b.total) + "</td><td>" + std::to_string(b.failures) + "</td></tr>";
+            std::to_string(b.total) + "</td><td>" + std::to_string(b.failures) + "</td><td>" +
+            std::to_string(b.bytes_in) + "</td><td>" + std::to_string(b.bytes_out) + "</td></tr>";
   std::string page = R"(<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Harmony</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -225,7 +240,7 @@ up <span id="uptime">@UPTIME@</span> s &middot; updated <span id="updated">at lo
 <div class="card">unavailable<b id="unavailable">@UNAVAILABLE@</b></div>
 <div class="card">backends<b id="count">@COUNT@</b></div>
 </div>
-<table><thead><tr><th>id</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>failures</th></tr></thead>
+<table><thead><tr><th>id</th><th>address</th><th>state</th><th>weight</th><th>active</th><th>total</th><th>failures</th><th>bytes in</th><th>bytes out</th></tr></thead>
 <tbody id="backends">@ROWS@</tbody></table>
 <script>
 function esc(t){return String(t).replace(/[&<>"]/g,function(c){return {'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c];});}
@@ -236,7 +251,7 @@ function refresh(){
     document.getElementById('count').textContent=s.backends.length;
     document.getElementById('backends').innerHTML=s.backends.map(function(b){
       return '<tr><td>'+esc(b.id.slice(0,8))+'</td><td>'+esc(b.address)+'</td><td class="s-'+esc(b.state)+'">'+esc(b.state)+
-        '</td><td>'+b.weight+'</td><td>'+b.active+'</td><td>'+b.total+'</td><td>'+b.failures+'</td></tr>';}).join('');
+        '</td><td>'+b.weight+'</td><td>'+b.active+'</td><td>'+b.total+'</td><td>'+b.failures+'</td><td>'+b.bytes_in+'</td><td>'+b.bytes_out+'</td></tr>';}).join('');
     document.getElementById('updated').textContent=new Date().toLocaleTimeString();
   }).catch(function(){document.getElementById('updated').textContent='unreachable';});
 }

@@ -89,7 +89,7 @@ class worker final : public session_host {
   const logger& log() const noexcept override { return log_; }
   relay_counters& counters() noexcept override { return stats; }
   bool pick(std::string_view client_key, const std::vector<lease>& tried, pick_result& out) override;
-  void release(const lease& backend, bool failed) override;
+  void release(const lease& backend, bool failed, std::uint64_t bytes_in, std::uint64_t bytes_out) override;
   void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) override;
   std::string backend_id(const lease& backend) override;
   bool take_slot() override;
@@ -101,7 +101,12 @@ class worker final : public session_host {
     free_sessions_.push_back(&s);
     owner_.session_ended();  // a drain waits for the last one
   }
-  void client_ended(const address& peer) override { owner_.client_ended(peer); }
+  bool take_client_address(const address& peer) override { return owner_.take_client_address(peer); }
+  void client_ended(const address& peer, bool address_counted) override { owner_.client_ended(peer, address_counted); }
+  void bad_proxy_header(const address& from, const char* why) override {
+    stats.bad_proxy_headers.fetch_add(1, std::memory_order_relaxed);
+    owner_.bad_proxy_header(from, why);
+  }
 
   // Where one listener serves every loop, connections are dealt in turn.
   void deal(socket_handle fd, const address& peer);
@@ -138,7 +143,7 @@ inline session* worker::make_session() {
 }
 
 inline void worker::deal(socket_handle fd, const address& peer) {
-  if (!owner_.take_client(peer)) return close_socket(fd);  // over max_conns_per_client
+  owner_.client_accepted();
   auto& all = owner_.workers;
   worker* target = all.size() > 1 && !listeners_share_port ? all[next_worker_++ % all.size()].get() : this;
   if (target == this) return adopt(fd, peer);
@@ -157,8 +162,8 @@ inline bool worker::pick(std::string_view client_key, const std::vector<lease>& 
 // A release that makes room on a backend at its maxconn lets the waiting
 // connections try again, on every loop, after this turn (never from inside it:
 // an admitted connection may itself release at once).
-inline void worker::release(const lease& backend, bool failed) {
-  if (owner_.backends.lock()->release(backend, failed) && owner_.waiting.load(std::memory_order_relaxed) > 0)
+inline void worker::release(const lease& backend, bool failed, std::uint64_t bytes_in, std::uint64_t bytes_out) {
+  if (owner_.backends.lock()->release(backend, failed, bytes_in, bytes_out) && owner_.waiting.load(std::memory_order_relaxed) > 0)
     owner_.wake_queues();
 }
 inline void worker::report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) {
@@ -211,8 +216,8 @@ inline void worker::admit_waiting() {
 
 }  // namespace detail
 
-inline void server::impl::client_ended(const detail::address& peer) {
-  if (per_client_limit.load(std::memory_order_relaxed) > 0) {
+inline void server::impl::client_ended(const detail::address& peer, bool address_counted) {
+  if (address_counted && per_client_limit.load(std::memory_order_relaxed) > 0) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);
