@@ -7901,11 +7901,11 @@ class session_host {
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
-  // Counts the client address against max_conns_per_client; false (counted and
-  // logged as refused) when it has as many open already.
-  virtual bool take_client_address(const address& peer) = 0;
+  // Counts the client address against max_conns_per_client (`counted`: while one is
+  // in force); false (counted and logged as refused) when it has as many open already.
+  virtual bool take_client_address(const address& peer, bool& counted) = 0;
   // The client connection has ended (the connection limits count it); `peer` was
-  // taken by take_client_address when `address_counted`.
+  // counted by take_client_address when `address_counted`.
   virtual void client_ended(const address& peer, bool address_counted) = 0;
   // A connection that should have begun with a PROXY header did not (accept_proxy).
   virtual void bad_proxy_header(const address& from, const char* why) = 0;
@@ -8125,11 +8125,10 @@ inline void session::start(socket_handle fd, const address& peer) {
 
 // Once the client's address is known: counts it, then waits for a slot or starts.
 inline void session::begin() {
-  if (!host_.take_client_address(peer_)) {
+  if (!host_.take_client_address(peer_, address_counted_)) {
     ending("refused");
     return close(false);
   }
-  address_counted_ = true;
   reactor& loop = host_.loop();
   if (host_.take_slot()) {
     holds_slot_ = true;
@@ -9100,9 +9099,10 @@ struct server::impl {
   // Counts a connection from its accept on.
   void client_accepted() { clients.fetch_add(1, std::memory_order_relaxed); }
   // Counts the client's address (the connection's own, or what an upstream proxy's
-  // header announced); false (counted as refused) when it has max_conns_per_client
-  // open already.
-  bool take_client_address(const detail::address& peer) {
+  // header announced) while max_conns_per_client is in force (`counted`); false
+  // (counted as refused) when it has that many open already.
+  bool take_client_address(const detail::address& peer, bool& counted) {
+    counted = false;
     std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
     if (per_client_max > 0) {
       std::string key = peer.host_key();
@@ -9117,11 +9117,13 @@ struct server::impl {
         return false;
       }
       ++open;
+      counted = true;
     }
     return true;
   }
-  // >>worker: may resume the listeners. `address_counted`: take_client_address took `peer`.
+  // >>worker: may resume the listeners. `address_counted`: take_client_address counted `peer`.
   void client_ended(const detail::address& peer, bool address_counted);
+  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
   // A connection without a valid PROXY header (accept_proxy): logged, rate-limited.
   void bad_proxy_header(const detail::address& from, const char* why) {
     std::uint64_t held = 0;
@@ -9129,7 +9131,6 @@ struct server::impl {
       log(log_level::warn, "connection from %s reset: %s (--accept-proxy)%s", from.to_endpoint().to_string().c_str(), why,
           held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
   }
-  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
   // Binds `text` for the loops: with listeners_share_port one listener per loop on one
@@ -9333,7 +9334,9 @@ class worker final : public session_host {
     free_sessions_.push_back(&s);
     owner_.session_ended();  // a drain waits for the last one
   }
-  bool take_client_address(const address& peer) override { return owner_.take_client_address(peer); }
+  bool take_client_address(const address& peer, bool& counted) override {
+    return owner_.take_client_address(peer, counted);
+  }
   void client_ended(const address& peer, bool address_counted) override { owner_.client_ended(peer, address_counted); }
   void bad_proxy_header(const address& from, const char* why) override {
     stats.bad_proxy_headers.fetch_add(1, std::memory_order_relaxed);
@@ -9449,7 +9452,7 @@ inline void worker::admit_waiting() {
 }  // namespace detail
 
 inline void server::impl::client_ended(const detail::address& peer, bool address_counted) {
-  if (address_counted && per_client_limit.load(std::memory_order_relaxed) > 0) {
+  if (address_counted) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);

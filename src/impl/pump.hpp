@@ -66,11 +66,11 @@ class session_host {
   // What an attempt on a backend came to, for its health (>>health); `trial` when
   // the pick said it was the backend's trial.
   virtual void report(const lease& backend, attempt_outcome what, bool trial, std::string_view why) = 0;
-  // Counts the client address against max_conns_per_client; false (counted and
-  // logged as refused) when it has as many open already.
-  virtual bool take_client_address(const address& peer) = 0;
+  // Counts the client address against max_conns_per_client (`counted`: while one is
+  // in force); false (counted and logged as refused) when it has as many open already.
+  virtual bool take_client_address(const address& peer, bool& counted) = 0;
   // The client connection has ended (the connection limits count it); `peer` was
-  // taken by take_client_address when `address_counted`.
+  // counted by take_client_address when `address_counted`.
   virtual void client_ended(const address& peer, bool address_counted) = 0;
   // A connection that should have begun with a PROXY header did not (accept_proxy).
   virtual void bad_proxy_header(const address& from, const char* why) = 0;
@@ -290,11 +290,10 @@ inline void session::start(socket_handle fd, const address& peer) {
 
 // Once the client's address is known: counts it, then waits for a slot or starts.
 inline void session::begin() {
-  if (!host_.take_client_address(peer_)) {
+  if (!host_.take_client_address(peer_, address_counted_)) {
     ending("refused");
     return close(false);
   }
-  address_counted_ = true;
   reactor& loop = host_.loop();
   if (host_.take_slot()) {
     holds_slot_ = true;

@@ -76,9 +76,10 @@ struct server::impl {
   // Counts a connection from its accept on.
   void client_accepted() { clients.fetch_add(1, std::memory_order_relaxed); }
   // Counts the client's address (the connection's own, or what an upstream proxy's
-  // header announced); false (counted as refused) when it has max_conns_per_client
-  // open already.
-  bool take_client_address(const detail::address& peer) {
+  // header announced) while max_conns_per_client is in force (`counted`); false
+  // (counted as refused) when it has that many open already.
+  bool take_client_address(const detail::address& peer, bool& counted) {
+    counted = false;
     std::size_t per_client_max = per_client_limit.load(std::memory_order_relaxed);
     if (per_client_max > 0) {
       std::string key = peer.host_key();
@@ -93,11 +94,13 @@ struct server::impl {
         return false;
       }
       ++open;
+      counted = true;
     }
     return true;
   }
-  // >>worker: may resume the listeners. `address_counted`: take_client_address took `peer`.
+  // >>worker: may resume the listeners. `address_counted`: take_client_address counted `peer`.
   void client_ended(const detail::address& peer, bool address_counted);
+  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
   // A connection without a valid PROXY header (accept_proxy): logged, rate-limited.
   void bad_proxy_header(const detail::address& from, const char* why) {
     std::uint64_t held = 0;
@@ -105,7 +108,6 @@ struct server::impl {
       log(log_level::warn, "connection from %s reset: %s (--accept-proxy)%s", from.to_endpoint().to_string().c_str(), why,
           held ? (", " + std::to_string(held) + " more since the last such line").c_str() : "");
   }
-  void resume_if_room();  // resumes paused listeners when connection_limit allows one more (>>worker)
 
   std::error_code open(option_problem* problem);  // checks, binds, opens the loops
   // Binds `text` for the loops: with listeners_share_port one listener per loop on one

@@ -101,7 +101,9 @@ class worker final : public session_host {
     free_sessions_.push_back(&s);
     owner_.session_ended();  // a drain waits for the last one
   }
-  bool take_client_address(const address& peer) override { return owner_.take_client_address(peer); }
+  bool take_client_address(const address& peer, bool& counted) override {
+    return owner_.take_client_address(peer, counted);
+  }
   void client_ended(const address& peer, bool address_counted) override { owner_.client_ended(peer, address_counted); }
   void bad_proxy_header(const address& from, const char* why) override {
     stats.bad_proxy_headers.fetch_add(1, std::memory_order_relaxed);
@@ -217,7 +219,7 @@ inline void worker::admit_waiting() {
 }  // namespace detail
 
 inline void server::impl::client_ended(const detail::address& peer, bool address_counted) {
-  if (address_counted && per_client_limit.load(std::memory_order_relaxed) > 0) {
+  if (address_counted) {
     std::string key = peer.host_key();
     std::lock_guard<std::mutex> lock(per_client_mutex);
     auto it = per_client.find(key);
