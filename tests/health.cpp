@@ -103,10 +103,7 @@ TEST_CASE("health: a refused backend costs a few of 200 sequential connections, 
 
 TEST_CASE("health: a blackholed backend costs a connect timeout or two, not one per connection") {
   blackhole hole;
-  if (!hole.hangs) {
-    MESSAGE("connects to a full accept queue do not hang on this system: nothing to test");
-    return;
-  }
+  if (!hole.hangs) SKIP_CASE("connects to a full accept queue do not hang on this system");
   backend live(echo);
   log_capture logs;
   std::atomic<int> failures{0};

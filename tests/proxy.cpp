@@ -134,7 +134,7 @@ TEST_CASE("weights 1000:500 hold 2:1 when the backend closes a moment after the 
   }
 }
 
-TEST_CASE("leastconn gives a backend that answers after 300 ms clearly less of 16 parallel clients") {
+TEST_CASE("leastconn gives a backend that answers after 300 ms clearly less of 4 parallel clients") {
   auto answer = [](std::string name, std::chrono::milliseconds after) {
     return [name, after](const sock& c) {
       std::this_thread::sleep_for(after);
@@ -150,7 +150,12 @@ TEST_CASE("leastconn gives a backend that answers after 300 ms clearly less of 1
   std::atomic<int> slow_count{0}, fast_count{0}, failed{0};
   std::vector<std::thread> clients;
   const auto until = std::chrono::steady_clock::now() + 1500ms;
-  for (int t = 0; t < 16; ++t)
+  // Clients in a closed loop are always inside some connection, and leastconn evens
+  // out open connections: the slow backend gets fewer only while the fast one stays
+  // fast under the load. 16 clients saturate the proxied path under Wine on two
+  // cores (about 130 connections a second; "fast" then takes 60 ms and more, and
+  // the slow one gets its half of the clients), 4 do not.
+  for (int t = 0; t < 4; ++t)
     clients.emplace_back([&] {
       for (int i = 0; i < 400 && std::chrono::steady_clock::now() < until; ++i) {
         sock c = connect_to(s.address());
@@ -161,20 +166,10 @@ TEST_CASE("leastconn gives a backend that answers after 300 ms clearly less of 1
       }
     });
   for (auto& t : clients) t.join();
-  CAPTURE(slow_count.load());
-  CAPTURE(fast_count.load());
+  MESSAGE("leastconn: slow " << slow_count.load() << ", fast " << fast_count.load());
   CHECK(failed == 0);
   CHECK(slow_count > 0);
   // Equal weights, but the slow one is passed over once it holds more than its share.
-#if defined(_WIN32)
-  // Under Wine, after other cases in the same process, the "fast" backend itself can
-  // take hundreds of milliseconds a connection (36-40 in 1.5 s, also on builds before
-  // this test changed): then both are slow and there is no contrast to judge.
-  if (fast_count < 200) {
-    MESSAGE("the fast backend was not fast here (" << fast_count.load() << " connections): ratio not judged");
-    return;
-  }
-#endif
   CHECK(slow_count * 5 < fast_count);
 }
 
